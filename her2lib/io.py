@@ -1,0 +1,87 @@
+"""Atomic file writing and content hashing.
+
+Everything her2lib writes goes through :func:`atomic_path`: the data is written to a temporary file in the
+target folder and renamed over the target only once complete, so an interrupted run never leaves a
+half-written file and never destroys the previous good copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = ["atomic_path", "write_text", "write_json", "write_csv", "sha256_file", "hash_files"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
+
+    The temporary file keeps ``target``'s suffix (or ``suffix``) so writers that infer the format from the
+    extension (``.nii.gz``, ``.png``, ``.pt``) still work. On an exception the temporary file is removed and
+    ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``target``."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (keys sorted, so equal content gives equal bytes)."""
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(target: str | os.PathLike, df, **kwargs) -> Path:
+    """Atomically write a pandas DataFrame as CSV (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, **kwargs)
+    return Path(target)
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """One SHA-256 over several files: each file's path (relative to ``root``) and content hash, in sorted order."""
+    h = hashlib.sha256()
+    items = []
+    for p in paths:
+        p = Path(p)
+        name = str(p.relative_to(root)) if root is not None else str(p)
+        items.append((name, p))
+    for name, p in sorted(items):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(sha256_file(p).encode())
+        h.update(b"\n")
+    return h.hexdigest()

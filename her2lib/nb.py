@@ -1,0 +1,118 @@
+"""Notebook plumbing: the one ``setup`` call every numbered notebook makes after its ``parameters`` cell.
+
+Contract (shared by all notebooks and the batch runner, :mod:`her2lib.pipeline`):
+
+* Every notebook's first code cell is tagged ``parameters`` and assigns one name per line
+  (``name: type = value  # comment``). It always declares the common parameters ``profile``, ``seed``,
+  ``out_dir`` and ``cohort_dir``.
+* Relative paths are relative to the repository root, whatever the kernel's working directory.
+* ``out_dir`` has a fixed layout (``figures/``, ``tables/``, ``predictions/``, ``models/``, ``cache/``,
+  ``params/``); a notebook writes only there and reads only earlier notebooks' files or the cohort.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ParameterError
+from .io import write_json
+
+__all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "COMMON_PARAMETERS", "RunDirs", "setup", "parameter_names",
+           "parameters_cell", "resolve"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+COMMON_PARAMETERS = ("profile", "seed", "out_dir", "cohort_dir")
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """Output layout of one pipeline run (all absolute paths)."""
+
+    root: Path
+    figures: Path
+    tables: Path
+    predictions: Path
+    models: Path
+    cache: Path
+    params: Path
+    cohort_dir: Path
+
+    @property
+    def manifest(self) -> Path:
+        """The cohort's manifest (``cohort_dir / "manifest.csv"``)."""
+        return self.cohort_dir / "manifest.csv"
+
+    @classmethod
+    def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> "RunDirs":
+        root = resolve(out_dir)
+        dirs = cls(root=root, figures=root / "figures", tables=root / "tables",
+                   predictions=root / "predictions", models=root / "models", cache=root / "cache",
+                   params=root / "params", cohort_dir=resolve(cohort_dir))
+        for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models, dirs.cache, dirs.params):
+            d.mkdir(parents=True, exist_ok=True)
+        return dirs
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """Absolute path; a relative one is taken relative to the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def parameters_cell(notebook: str | os.PathLike) -> str:
+    """Source of the code cell tagged ``parameters`` in ``notebook`` (a path, or a stem like ``"03_train_us"``)."""
+    path = Path(notebook)
+    if path.suffix != ".ipynb":
+        path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell.get("source", "")
+            return "".join(src) if isinstance(src, list) else src
+    raise ParameterError(f"{path}: no code cell is tagged 'parameters'; tag the first code cell "
+                         "'parameters' (JupyterLab: property inspector > cell tags).")
+
+
+def parameter_names(notebook: str | os.PathLike) -> list[str]:
+    """Names assigned in the notebook's ``parameters`` cell, in order."""
+    tree = ast.parse(parameters_cell(notebook))
+    names: list[str] = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        for t in targets:
+            if isinstance(t, ast.Name) and t.id not in names:
+                names.append(t.id)
+    return names
+
+
+def setup(notebook: str, namespace: Mapping[str, Any]) -> RunDirs:
+    """Collect ``notebook``'s parameters from ``namespace`` (pass ``globals()``), create the output layout
+    and record the parameters in ``out_dir/params/<notebook>.json``.
+
+    Parameters
+    ----------
+    notebook : str
+        The notebook's stem, e.g. ``"03_train_us"``; its committed copy in ``notebooks/`` defines the names.
+    namespace : mapping
+        Where the parameter values live after papermill injection (the notebook's ``globals()``).
+
+    Returns
+    -------
+    RunDirs
+        Absolute output folders of this run.
+    """
+    names = parameter_names(notebook)
+    missing_common = [n for n in COMMON_PARAMETERS if n not in names]
+    if missing_common:
+        raise ParameterError(f"notebooks/{notebook}.ipynb: the parameters cell must declare {missing_common}.")
+    params = {n: namespace[n] for n in names if n in namespace}
+    dirs = RunDirs.from_out_dir(params["out_dir"], params["cohort_dir"])
+    write_json(dirs.params / f"{notebook}.json", params)
+    return dirs
