@@ -99,7 +99,8 @@ def setup(notebook: str, namespace: Mapping[str, Any]) -> RunDirs:
     Parameters
     ----------
     notebook : str
-        The notebook's stem, e.g. ``"03_train_us"``; its committed copy in ``notebooks/`` defines the names.
+        The notebook's stem, e.g. ``"03_train_us"`` (its committed copy in ``notebooks/`` defines the names),
+        or a path to a notebook file.
     namespace : mapping
         Where the parameter values live after papermill injection (the notebook's ``globals()``).
 
@@ -109,10 +110,11 @@ def setup(notebook: str, namespace: Mapping[str, Any]) -> RunDirs:
         Absolute output folders of this run.
     """
     names = parameter_names(notebook)
+    stem = Path(notebook).stem
     missing_common = [n for n in COMMON_PARAMETERS if n not in names]
     if missing_common:
-        raise ParameterError(f"notebooks/{notebook}.ipynb: the parameters cell must declare {missing_common}.")
+        raise ParameterError(f"{stem}.ipynb: the parameters cell must declare {missing_common}.")
     params = {n: namespace[n] for n in names if n in namespace}
     dirs = RunDirs.from_out_dir(params["out_dir"], params["cohort_dir"])
-    write_json(dirs.params / f"{notebook}.json", params)
+    write_json(dirs.params / f"{stem}.json", params)
     return dirs

@@ -1,0 +1,45 @@
+# her2lib — the two commands of the README, plus helpers. Every target is idempotent.
+#   make reproduce   build the embedded cohort and regenerate reports/default/ (all notebooks, default profile)
+#   make test        unit tests + one end-to-end run of the smoke profile
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.her2lib-installed
+PROFILE ?= default
+
+.PHONY: install reproduce test lab smoke paper bench clean-reports strip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "her2lib needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --constraint requirements-lock.txt --editable ".[test]"
+	$(PY) -c "import torch, timm, monai, her2lib; print('her2lib environment ready: torch', torch.__version__)"
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m her2lib.pipeline --profile $(PROFILE)
+
+smoke: $(STAMP)
+	$(PY) -m her2lib.pipeline --profile smoke
+
+paper: $(STAMP)
+	$(PY) -m her2lib.pipeline --profile paper
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_delong.py
+	$(PY) benchmarks/bench_train_loop.py
+
+strip: $(STAMP)
+	$(PY) -m her2lib.nbstrip notebooks/*.ipynb
+
+clean-reports:
+	rm -rf reports/smoke reports/default

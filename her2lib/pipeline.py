@@ -1,0 +1,234 @@
+"""Batch runner: execute the numbered notebooks in order with papermill, one profile at a time.
+
+Usage::
+
+    python -m her2lib.pipeline --profile default            # all notebooks -> reports/default/
+    python -m her2lib.pipeline --profile smoke --out /tmp/x  # another output folder
+    python -m her2lib.pipeline --profile default --only 05 06
+    python -m her2lib.pipeline --profile default --from 03
+
+A profile (``configs/<profile>.yaml``) has a ``common`` section injected into every notebook and a
+``notebooks`` section with one mapping per notebook stem. Every injected name must exist in that notebook's
+``parameters`` cell: an unknown name is a :class:`~her2lib.errors.ParameterError` raised before anything runs.
+
+The output folder receives ``notebooks/`` (executed copies), the folders the notebooks write
+(``figures/``, ``tables/``, ``predictions/`` ...), ``provenance.json`` (rewritten after every notebook) and
+``index.html``. A failing notebook stops the batch with exit status 1; its partial copy is kept as
+``notebooks/<stem>.failed.ipynb`` and every earlier output stays as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from . import nb as _nb
+from .errors import Her2libError, ParameterError
+
+__all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline",
+           "NotebookFailed", "main"]
+
+CONFIG_DIR = _nb.REPO_ROOT / "configs"
+PROFILES = ("smoke", "default", "paper")
+_NB_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
+
+
+class NotebookFailed(Her2libError):
+    """A notebook raised while executing; names the notebook, the cell and the partial copy kept."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook to run and the parameters injected into it."""
+
+    number: str
+    stem: str
+    path: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _close(name: str, options: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CONFIG_DIR) -> dict[str, Any]:
+    """Read and check a profile.
+
+    Parameters
+    ----------
+    profile : str or path
+        A profile name (``smoke``, ``default``, ``paper`` or any ``configs/<name>.yaml``) or a YAML path.
+    config_dir : path
+        Where named profiles live.
+
+    Returns
+    -------
+    dict
+        ``{"name": str, "path": Path, "common": dict, "notebooks": {stem: dict}}``.
+    """
+    path = Path(profile)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(config_dir) / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+        raise ParameterError(f"Unknown profile {str(profile)!r}: {path} does not exist. Known profiles: "
+                             f"{known}.{_close(str(profile), known)}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{path}: not valid YAML ({exc}). Fix the file.") from exc
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a mapping with 'common' and 'notebooks', got {type(data).__name__}.")
+    unknown = set(data) - {"common", "notebooks"}
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise ParameterError(f"{path}: unknown top-level key {bad!r}; allowed: 'common', 'notebooks'."
+                             f"{_close(bad, ['common', 'notebooks'])}")
+    common = data.get("common") or {}
+    notebooks = data.get("notebooks") or {}
+    for key, section in [("common", common)] + [(f"notebooks.{k}", v) for k, v in notebooks.items()]:
+        if not isinstance(section, dict):
+            raise ParameterError(f"{path}: section {key!r} must be a mapping of parameter: value.")
+    if "out_dir" in common:
+        raise ParameterError(f"{path}: 'out_dir' is set by the runner (--out), remove it from 'common'.")
+    return {"name": common.get("profile", path.stem), "path": path, "common": dict(common),
+            "notebooks": {str(k): dict(v) for k, v in notebooks.items()}}
+
+
+def list_notebooks(notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in ``notebook_dir``, in order."""
+    return sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NB_PATTERN.match(p.name))
+
+
+def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR,
+         only: Sequence[str] | None = None, start: str | None = None) -> list[Step]:
+    """Resolve which notebooks run with which parameters, and check every name before anything runs."""
+    notebooks = list_notebooks(notebook_dir)
+    if not notebooks:
+        raise ParameterError(f"No numbered notebooks (NN_name.ipynb) in {notebook_dir}.")
+    stems = [p.stem for p in notebooks]
+    numbers = [s[:2] for s in stems]
+    for stem in profile["notebooks"]:
+        if stem not in stems:
+            raise ParameterError(f"{profile['path']}: section notebooks.{stem} names no notebook in "
+                                 f"{notebook_dir}.{_close(stem, stems)}")
+    wanted = [_as_number(x, numbers) for x in only] if only else None
+    first = _as_number(start, numbers) if start else None
+    steps = []
+    for path, stem, num in zip(notebooks, stems, numbers):
+        if wanted is not None and num not in wanted:
+            continue
+        if first is not None and num < first:
+            continue
+        params = {**profile["common"], **profile["notebooks"].get(stem, {}), "out_dir": str(out_dir)}
+        declared = _nb.parameter_names(path)
+        for name in params:
+            if name not in declared:
+                raise ParameterError(
+                    f"Profile {profile['name']!r} injects unknown parameter {name!r} into {path.name}; "
+                    f"its parameters cell declares {declared}.{_close(name, declared)} "
+                    f"Fix {profile['path']} or the notebook's parameters cell.")
+        steps.append(Step(num, stem, path, params))
+    return steps
+
+
+def _as_number(value: str, numbers: Sequence[str]) -> str:
+    num = str(value)[:2].zfill(2) if str(value).isdigit() else str(value)[:2]
+    if num not in numbers:
+        raise ParameterError(f"No notebook numbered {value!r}; available: {list(numbers)}.")
+    return num
+
+
+def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathLike | None = None,
+                 only: Sequence[str] | None = None, start: str | None = None,
+                 notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR,
+                 config_dir: str | os.PathLike = CONFIG_DIR, kernel_name: str = "python3",
+                 log_output: bool = False) -> Path:
+    """Execute the numbered notebooks for one profile; return the output folder.
+
+    Raises
+    ------
+    ParameterError
+        Unknown profile, notebook section or parameter (nothing has run).
+    NotebookFailed
+        A notebook raised; earlier outputs are intact and ``provenance.json`` records the failure.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm.auto import tqdm
+
+    from . import provenance
+
+    prof = load_profile(profile, config_dir)
+    out = _nb.resolve(out_dir) if out_dir else _nb.REPO_ROOT / "reports" / prof["name"]
+    steps = plan(prof, out, notebook_dir, only, start)
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    prov = provenance.start(out, prof)
+    for step in tqdm(steps, desc=f"her2lib pipeline [{prof['name']}]", unit="notebook"):
+        record = provenance.begin_notebook(prov, step.stem, step.parameters)
+        provenance.save(out, prov)
+        target = out / "notebooks" / step.path.name
+        failed_copy = target.with_name(f"{step.stem}.failed.ipynb")
+        t0 = time.perf_counter()
+        tmp = target.with_name(f".{step.stem}.running.ipynb")
+        try:
+            pm.execute_notebook(str(step.path), str(tmp), parameters=step.parameters,
+                                kernel_name=kernel_name, cwd=str(Path(notebook_dir)),
+                                progress_bar=False, log_output=log_output)
+        except PapermillExecutionError as exc:
+            if tmp.exists():
+                os.replace(tmp, failed_copy)
+            provenance.end_notebook(record, time.perf_counter() - t0, "failed", f"{exc.ename}: {exc.evalue}")
+            provenance.save(out, prov)
+            raise NotebookFailed(
+                f"{step.path.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
+                f"{exc.ename}: {exc.evalue}. The partial run is kept as {failed_copy}; earlier outputs in "
+                f"{out} are intact. Fix the cause, then resume with --from {step.number}.") from exc
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            provenance.end_notebook(record, time.perf_counter() - t0, "failed", repr(exc))
+            provenance.save(out, prov)
+            raise
+        os.replace(tmp, target)
+        failed_copy.unlink(missing_ok=True)
+        provenance.end_notebook(record, time.perf_counter() - t0, "ok")
+        provenance.save(out, prov)
+    provenance.finish(out, prov)
+    from .report import write_index
+
+    write_index(out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``python -m her2lib.pipeline``)."""
+    parser = argparse.ArgumentParser(prog="python -m her2lib.pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="default", help="smoke, default, paper, or a YAML path")
+    parser.add_argument("--out", default=None, help="output folder (default reports/<profile>/)")
+    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebook numbers")
+    parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook number")
+    parser.add_argument("--log-output", action="store_true", help="stream notebook output to the log")
+    args = parser.parse_args(argv)
+    try:
+        out = run_pipeline(args.profile, args.out, args.only, args.start, log_output=args.log_output)
+    except Her2libError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, NotebookFailed) else 2
+    print(f"Done: {out}/index.html")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Provenance of a pipeline run: what code, which profile and parameters, which data, which packages.
+
+``provenance.json`` is rewritten (atomically) after every notebook, so even a failed batch says what ran.
+Each notebook's record lists the parameters injected, its start/end time, wall time, status and the output
+files it wrote (found by modification time), which :mod:`her2lib.report` uses to link outputs to notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .io import hash_files, sha256_file, write_json
+from .nb import REPO_ROOT
+
+__all__ = ["PACKAGES", "git_info", "package_versions", "cohort_hash", "start", "begin_notebook",
+           "end_notebook", "save", "finish", "FILE_NAME"]
+
+FILE_NAME = "provenance.json"
+PACKAGES = ("her2lib", "torch", "torchvision", "timm", "monai", "numpy", "scipy", "pandas", "scikit-learn",
+            "statsmodels", "SimpleITK", "nibabel", "pydicom", "matplotlib", "seaborn", "grad-cam",
+            "papermill", "nbclient", "ipykernel", "tqdm", "PyYAML")
+_PATH_COLUMNS = ("us_image", "us_mask", "mri_image", "mri_mask")
+_SKIP_OUTPUT_DIRS = ("notebooks", "cache", "params")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_info(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """``{"commit", "dirty", "branch"}`` of ``repo``; ``commit`` is ``None`` outside a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None,
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (``None`` when absent)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cohort_hash(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """SHA-256 of the cohort's ``manifest.csv`` and of every image and mask file it references.
+
+    Returns ``None`` when there is no manifest yet.
+    """
+    import pandas as pd
+
+    cohort_dir = Path(cohort_dir)
+    manifest = cohort_dir / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    files = sorted({(cohort_dir / v).resolve() for c in _PATH_COLUMNS if c in df for v in df[c] if v})
+    existing = [f for f in files if f.is_file()]
+    return {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest),
+            "files_sha256": hash_files(existing, root=cohort_dir.resolve()) if existing else None,
+            "n_files": len(existing), "n_missing": len(files) - len(existing), "n_patients": len(df)}
+
+
+def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
+    """New provenance for a batch in ``out``; notebook records of an earlier batch there are kept."""
+    previous: dict[str, Any] = {}
+    path = out / FILE_NAME
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+    return {
+        "her2lib_provenance": 1,
+        "git": git_info(),
+        "profile": {"name": profile["name"], "file": str(profile["path"]),
+                    "sha256": sha256_file(profile["path"]), "common": profile["common"],
+                    "notebooks": profile["notebooks"]},
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": package_versions(),
+        "started_at": _now(),
+        "finished_at": None,
+        "cohort": None,
+        "notebooks": dict(previous.get("notebooks", {})),
+        "out_dir": str(out),
+    }
+
+
+def begin_notebook(prov: dict[str, Any], stem: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Open the record of one notebook (status ``running``) and return it."""
+    import time
+
+    record = {"parameters": dict(parameters), "started_at": _now(), "ended_at": None, "wall_s": None,
+              "status": "running", "error": None, "outputs": [], "_t0": time.time()}
+    prov["notebooks"][stem] = record
+    return record
+
+
+def end_notebook(record: dict[str, Any], wall_s: float, status: str, error: str | None = None) -> None:
+    """Close a record: wall time, status, error, and the output files written since it began."""
+    record.update(ended_at=_now(), wall_s=round(wall_s, 3), status=status, error=error)
+    out = Path(record["parameters"]["out_dir"])
+    t0 = record.pop("_t0", None)
+    if t0 is not None and out.is_dir():
+        outputs = []
+        for p in out.rglob("*"):
+            rel = p.relative_to(out)
+            if p.is_file() and rel.parts[0] not in _SKIP_OUTPUT_DIRS and not p.name.startswith(".") \
+                    and p.name not in (FILE_NAME, "index.html") and p.stat().st_mtime >= t0 - 1:
+                outputs.append(str(rel))
+        record["outputs"] = sorted(outputs)
+
+
+def save(out: Path, prov: dict[str, Any]) -> None:
+    """Write ``provenance.json`` atomically (adds the cohort hash as soon as a manifest exists)."""
+    if prov.get("cohort") is None:
+        cohort_dir = prov["profile"]["common"].get("cohort_dir")
+        if cohort_dir:
+            from .nb import resolve
+
+            prov["cohort"] = cohort_hash(resolve(cohort_dir))
+    clean = {**prov, "notebooks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
+                                   for k, v in prov["notebooks"].items()}}
+    write_json(out / FILE_NAME, clean)
+
+
+def finish(out: Path, prov: dict[str, Any]) -> None:
+    """Stamp the end time, refresh the cohort hash and save."""
+    prov["finished_at"] = _now()
+    prov["cohort"] = None
+    save(out, prov)

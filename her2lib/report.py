@@ -1,0 +1,117 @@
+"""``index.html`` of a pipeline run: every figure and table, the notebook that made it, and provenance."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .io import write_text
+
+__all__ = ["write_index"]
+
+_FIGURES = (".png", ".svg")
+_TABLES = (".csv",)
+_TEXT = (".md", ".txt")
+
+
+def _producers(prov: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for stem, rec in prov.get("notebooks", {}).items():
+        for rel in rec.get("outputs", []):
+            out[rel] = stem
+    return out
+
+
+def _table_html(path: Path, max_rows: int = 40) -> str:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:  # an unreadable table is reported, not fatal for the index
+        return f"<p><em>could not read: {html.escape(str(exc))}</em></p>"
+    more = f"<p><em>{len(df) - max_rows} more rows in the CSV</em></p>" if len(df) > max_rows else ""
+    return df.head(max_rows).to_html(index=False, border=0, classes="tbl", na_rep="") + more
+
+
+def write_index(out: str | os.PathLike) -> Path:
+    """Write ``out/index.html`` linking every figure, table and executed notebook with its provenance.
+
+    Figures (PNG; an SVG twin is linked) are embedded, CSV tables rendered (first 40 rows) and linked,
+    Markdown/text results shown verbatim. Each item names the notebook that wrote it and that notebook's
+    injected parameters and wall time, read from ``provenance.json``.
+    """
+    out = Path(out)
+    prov_path = out / "provenance.json"
+    prov = json.loads(prov_path.read_text(encoding="utf-8")) if prov_path.is_file() else {}
+    producers = _producers(prov)
+    nbs = prov.get("notebooks", {})
+    e = html.escape
+
+    def made_by(rel: str) -> str:
+        stem = producers.get(rel)
+        if not stem:
+            return ""
+        rec = nbs.get(stem, {})
+        return (f' <span class="by">— <a href="notebooks/{e(stem)}.ipynb">{e(stem)}</a>, '
+                f'{rec.get("wall_s", "?")} s</span>')
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>her2lib report</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "img{max-width:100%;border:1px solid #ddd}.by{color:#666;font-size:90%}"
+             "table.tbl,table.meta{border-collapse:collapse;font-size:85%;margin-bottom:1em}"
+             "table.tbl td,table.tbl th,table.meta td,table.meta th{border:1px solid #ccc;padding:2px 6px}"
+             "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}",
+             "</style></head><body>"]
+    profile = prov.get("profile", {})
+    git = prov.get("git", {})
+    cohort = prov.get("cohort") or {}
+    parts.append(f"<h1>her2lib report — profile <code>{e(str(profile.get('name', '?')))}</code></h1>")
+    meta = [("git commit", f"{git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"),
+            ("profile file", f"{profile.get('file')} (sha256 {str(profile.get('sha256'))[:12]})"),
+            ("cohort manifest", f"{cohort.get('manifest')} (sha256 {str(cohort.get('manifest_sha256'))[:12]})"),
+            ("cohort images+masks", f"{cohort.get('n_files')} files, sha256 {str(cohort.get('files_sha256'))[:12]}"),
+            ("started / finished", f"{prov.get('started_at')} / {prov.get('finished_at')}"),
+            ("python / platform", f"{prov.get('python')} / {prov.get('platform')}")]
+    parts.append("<table class='meta'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>"
+                                                 for k, v in meta) + "</table>")
+    pk = prov.get("packages", {})
+    parts.append("<details><summary>Package versions</summary><table class='meta'>" + "".join(
+        f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in pk.items()) + "</table></details>")
+
+    parts.append("<h2>Notebooks</h2><table class='meta'><tr><th>notebook</th><th>status</th><th>wall s</th>"
+                 "<th>parameters</th></tr>")
+    for stem, rec in sorted(nbs.items()):
+        params = ", ".join(f"{k}={v}" for k, v in rec.get("parameters", {}).items() if k != "out_dir")
+        parts.append(f"<tr><td><a href='notebooks/{e(stem)}.ipynb'>{e(stem)}</a></td>"
+                     f"<td>{e(str(rec.get('status')))}</td><td>{rec.get('wall_s')}</td>"
+                     f"<td><code>{e(params)}</code></td></tr>")
+    parts.append("</table>")
+
+    figs = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+    parts.append("<h2>Figures</h2>")
+    for f in figs:
+        rel = f.relative_to(out).as_posix()
+        svg = f.with_suffix(".svg")
+        svg_link = f" (<a href='{e(svg.relative_to(out).as_posix())}'>SVG</a>)" if svg.exists() else ""
+        parts.append(f"<h3><a href='{e(rel)}'>{e(f.name)}</a>{svg_link}{made_by(rel)}</h3>"
+                     f"<img src='{e(rel)}' alt='{e(f.name)}'>")
+    parts.append("<h2>Tables</h2>")
+    tdir = out / "tables"
+    for f in sorted(tdir.glob("*")) if tdir.is_dir() else []:
+        rel = f.relative_to(out).as_posix()
+        if f.suffix in _TABLES:
+            parts.append(f"<h3><a href='{e(rel)}'>{e(f.name)}</a>{made_by(rel)}</h3>{_table_html(f)}")
+        elif f.suffix in _TEXT:
+            parts.append(f"<h3><a href='{e(rel)}'>{e(f.name)}</a>{made_by(rel)}</h3>"
+                         f"<pre>{e(f.read_text(encoding='utf-8'))}</pre>")
+    pdir = out / "predictions"
+    preds = sorted(pdir.glob("*.csv")) if pdir.is_dir() else []
+    if preds:
+        parts.append("<h2>Predictions</h2><ul>" + "".join(
+            f"<li><a href='{e(p.relative_to(out).as_posix())}'>{e(p.name)}</a>"
+            f"{made_by(p.relative_to(out).as_posix())}</li>" for p in preds) + "</ul>")
+    parts.append("<p>Full provenance: <a href='provenance.json'>provenance.json</a></p></body></html>")
+    return write_text(out / "index.html", "\n".join(parts))
