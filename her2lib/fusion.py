@@ -1,0 +1,493 @@
+"""DL-US&MRI fusion (paper, Methods: "we developed the DL-US&MRI model using logistic regression, incorporating
+the predictive values of DL-US and DL-MRI ... in the test cohort").
+
+The fused model is a logistic regression of HER2 status on the two models' probabilities on the logit scale::
+
+    logit P(HER2+) = b0 + b_us * logit(p_us) + b_mri * logit(p_mri)
+
+with probabilities clipped to ``[1e-6, 1 - 1e-6]`` before the logit.
+
+Two protocols are implemented and always labelled:
+
+``"leakage-free"`` (the her2lib default)
+    The regression is fitted on the **training cohort's out-of-fold (OOF)** predictions only and applied once to
+    the test cohort. The OOF fusion predictions themselves are *cross-fitted* over the same four folds (fit on
+    three folds' OOF predictions, predict the held-out fold), so even the training-cohort fusion scores never
+    saw their own labels.
+``"paper"``
+    The paper's protocol: the regression is fitted in the test cohort and evaluated on the same patients. Its
+    test AUC is optimistic; :func:`fuse` reports the *optimism* = paper-protocol test AUC minus leakage-free test
+    AUC so users see why her2lib's default differs from the paper.
+
+Patients are joined by ``patient_id``; a US/MRI mismatch (missing patient, different label, split or fold) is a
+:class:`~her2lib.errors.DataError` that lists every offending patient.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, ParameterError
+from .io import write_csv
+
+__all__ = ["PREDICTION_COLUMNS", "EPS", "logit", "read_predictions", "validate_predictions", "join_modalities",
+           "FusionModel", "fit_fusion", "cross_fit_oof", "FusionResult", "fuse", "run_fusion"]
+
+PREDICTION_COLUMNS = ("patient_id", "split", "fold", "her2", "p_her2")
+EPS = 1e-6
+_TERMS = ("intercept", "logit_p_us", "logit_p_mri")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction files
+# ----------------------------------------------------------------------------------------------------------------
+def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """Logit of probabilities clipped to ``[eps, 1 - eps]``.
+
+    Parameters
+    ----------
+    p : array_like, shape (n_patients,)
+        Probabilities in [0, 1].
+    eps : float
+        Clipping bound, so that p = 0 or 1 gives a finite value (``logit(1e-6) = -13.8``).
+
+    Returns
+    -------
+    ndarray, shape (n_patients,), float64
+    """
+    if not 0 < eps < 0.5:
+        raise ParameterError(f"eps must lie in (0, 0.5); got {eps!r}.")
+    q = np.clip(np.asarray(p, dtype=float), eps, 1.0 - eps)
+    return np.log(q) - np.log1p(-q)
+
+
+def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: str | None = None) -> pd.DataFrame:
+    """Check one prediction table and return a clean copy.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Columns ``patient_id, split, fold, her2, p_her2`` (extra columns are kept), one row per patient.
+    source : str
+        Name used in error messages (usually the file path).
+    split : {"train", "test"} or None
+        If given, every row must belong to this split.
+
+    Returns
+    -------
+    DataFrame
+        Copy with ``patient_id`` as str, ``fold``/``her2`` as int, ``p_her2`` as float.
+
+    Raises
+    ------
+    DataError
+        Listing every problem (missing columns, duplicate patients, labels not 0/1, probabilities outside [0, 1],
+        test rows with fold != -1, ...).
+    """
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; a prediction file needs the columns "
+                        f"{list(PREDICTION_COLUMNS)} (written by the 03/04/05 notebooks).")
+    out = df.copy()
+    out["patient_id"] = out["patient_id"].astype(str)
+    problems: list[str] = []
+    dup = out.loc[out["patient_id"].duplicated(), "patient_id"].tolist()
+    if dup:
+        problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
+    bad_split = out.loc[~out["split"].isin(["train", "test"]), "patient_id"].tolist()
+    if bad_split:
+        problems.append(f"{source}: split must be 'train' or 'test' (patients {bad_split[:10]}).")
+    if split is not None:
+        other = out.loc[out["split"] != split, "patient_id"].tolist()
+        if other:
+            problems.append(f"{source}: expected only split == {split!r} rows, but patients {other[:10]} are not; "
+                            "OOF files hold training patients, test files test patients.")
+    her2 = pd.to_numeric(out["her2"], errors="coerce")
+    bad_y = out.loc[~her2.isin([0, 1]), "patient_id"].tolist()
+    if bad_y:
+        problems.append(f"{source}: her2 must be 0 or 1 (patients {bad_y[:10]}).")
+    p = pd.to_numeric(out["p_her2"], errors="coerce")
+    bad_p = out.loc[~(np.isfinite(p) & (p >= 0) & (p <= 1)), "patient_id"].tolist()
+    if bad_p:
+        problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients {bad_p[:10]}).")
+    fold = pd.to_numeric(out["fold"], errors="coerce")
+    bad_fold = out.loc[fold.isna() | (fold != np.round(fold)), "patient_id"].tolist()
+    if bad_fold:
+        problems.append(f"{source}: fold must be an integer (patients {bad_fold[:10]}).")
+    else:
+        bad_test = out.loc[(out["split"] == "test") & (fold != -1), "patient_id"].tolist()
+        bad_train = out.loc[(out["split"] == "train") & (fold < 0), "patient_id"].tolist()
+        if bad_test:
+            problems.append(f"{source}: test patients must have fold == -1 (patients {bad_test[:10]}).")
+        if bad_train:
+            problems.append(f"{source}: training patients need a fold >= 0 (patients {bad_train[:10]}).")
+    if len(out) == 0:
+        problems.append(f"{source}: no rows.")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
+    out["her2"] = her2.astype(int)
+    out["p_her2"] = p.astype(float)
+    out["fold"] = fold.astype(int)
+    return out.reset_index(drop=True)
+
+
+def read_predictions(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
+    """Read and validate a prediction CSV (see :func:`validate_predictions`).
+
+    Raises
+    ------
+    DataError
+        If the file does not exist (names the notebook that writes it) or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prediction file {path} not found; run the notebook that writes it first "
+                        "(03_train_us -> us_*.csv, 04_train_mri -> mri_*.csv, 05_fusion -> fusion_*.csv).")
+    df = pd.read_csv(path, dtype={"patient_id": str})
+    return validate_predictions(df, source=str(path), split=split)
+
+
+def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, us_source: str = "DL-US predictions",
+                    mri_source: str = "DL-MRI predictions") -> pd.DataFrame:
+    """Join DL-US and DL-MRI predictions patient by patient.
+
+    Parameters
+    ----------
+    us, mri : DataFrame
+        Prediction tables (columns ``patient_id, split, fold, her2, p_her2``) of the same patients.
+    us_source, mri_source : str
+        Names (file paths) used in error messages.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``patient_id, split, fold, her2, p_us, p_mri``, sorted by ``patient_id``.
+
+    Raises
+    ------
+    DataError
+        If a patient is in one table only, or its ``her2``, ``split`` or ``fold`` differ between the tables
+        (every offending patient is listed).
+    """
+    us = validate_predictions(us, us_source)
+    mri = validate_predictions(mri, mri_source)
+    m = us.merge(mri, on="patient_id", how="outer", suffixes=("_us", "_mri"), indicator=True)
+    problems: list[str] = []
+    only_us = sorted(m.loc[m["_merge"] == "left_only", "patient_id"])
+    only_mri = sorted(m.loc[m["_merge"] == "right_only", "patient_id"])
+    if only_us:
+        problems.append(f"patients {only_us[:10]} (n={len(only_us)}) are in {us_source} but not in {mri_source}.")
+    if only_mri:
+        problems.append(f"patients {only_mri[:10]} (n={len(only_mri)}) are in {mri_source} but not in {us_source}.")
+    both = m[m["_merge"] == "both"]
+    for col in ("her2", "split", "fold"):
+        diff = sorted(both.loc[both[f"{col}_us"] != both[f"{col}_mri"], "patient_id"])
+        if diff:
+            problems.append(f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} "
+                            f"(n={len(diff)}).")
+    if problems:
+        raise DataError("DL-US and DL-MRI predictions do not describe the same patients: " + " ".join(problems)
+                        + " Re-run 03_train_us and 04_train_mri on the same cohort and fold assignment.", problems)
+    out = pd.DataFrame({"patient_id": both["patient_id"], "split": both["split_us"],
+                        "fold": both["fold_us"].astype(int), "her2": both["her2_us"].astype(int),
+                        "p_us": both["p_her2_us"].astype(float), "p_mri": both["p_her2_mri"].astype(float)})
+    return out.sort_values("patient_id", kind="mergesort").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The logistic regression
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FusionModel:
+    """A fitted DL-US&MRI logistic regression.
+
+    Attributes
+    ----------
+    params, bse, ci_low, ci_high, pvalues : tuple of float
+        Per term (``intercept, logit_p_us, logit_p_mri``): coefficient (log-odds per unit logit), standard error,
+        Wald CI bounds at ``level`` and Wald P value. NaN when ``method`` is the penalised fallback.
+    level : float
+        Confidence level of the CIs.
+    fit_on : str
+        Which patients the model was fitted on (e.g. ``"train OOF"``, ``"test (paper protocol)"``).
+    n, n_pos, n_neg : int
+        Patients used in the fit.
+    method : str
+        ``"logit MLE (statsmodels)"``, or ``"L2-penalised logit (separation)"`` when the MLE does not exist
+        (perfect separation, non-convergence); the penalised fit still ranks patients but has no CIs.
+    eps : float
+        Probability clipping bound used before the logit.
+    """
+
+    params: tuple[float, float, float]
+    bse: tuple[float, float, float]
+    ci_low: tuple[float, float, float]
+    ci_high: tuple[float, float, float]
+    pvalues: tuple[float, float, float]
+    level: float
+    fit_on: str
+    n: int
+    n_pos: int
+    n_neg: int
+    method: str
+    eps: float = EPS
+    terms: tuple[str, str, str] = field(default=_TERMS)
+
+    def linear_predictor(self, p_us: np.ndarray, p_mri: np.ndarray) -> np.ndarray:
+        """Fused log-odds, shape (n_patients,)."""
+        p_us, p_mri = _check_pair(p_us, p_mri)
+        b0, b1, b2 = self.params
+        return b0 + b1 * logit(p_us, self.eps) + b2 * logit(p_mri, self.eps)
+
+    def predict(self, p_us: np.ndarray, p_mri: np.ndarray) -> np.ndarray:
+        """Fused probability of HER2-positive, shape (n_patients,), from the two models' probabilities."""
+        eta = self.linear_predictor(p_us, p_mri)
+        return 1.0 / (1.0 + np.exp(-eta))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Coefficient table: one row per term with coefficient, SE, CI, odds ratio per unit logit and P."""
+        rows = []
+        for i, term in enumerate(self.terms):
+            rows.append({"fit_on": self.fit_on, "term": term, "coef": self.params[i], "se": self.bse[i],
+                         "ci_low": self.ci_low[i], "ci_high": self.ci_high[i], "ci_level": self.level,
+                         "odds_ratio": float(np.exp(self.params[i])), "p_value": self.pvalues[i],
+                         "n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg, "method": self.method})
+        return pd.DataFrame(rows)
+
+
+def _check_pair(p_us, p_mri) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(p_us, dtype=float).ravel()
+    b = np.asarray(p_mri, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ParameterError(f"p_us and p_mri must have the same length; got {a.size} and {b.size}.")
+    for name, v in (("p_us", a), ("p_mri", b)):
+        if not np.all(np.isfinite(v) & (v >= 0) & (v <= 1)):
+            raise ParameterError(f"{name} must contain finite probabilities in [0, 1].")
+    return a, b
+
+
+def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str = "train OOF",
+               level: float = 0.95, eps: float = EPS) -> FusionModel:
+    """Fit the DL-US&MRI logistic regression by maximum likelihood (statsmodels ``Logit``).
+
+    Parameters
+    ----------
+    p_us, p_mri : array_like, shape (n_patients,)
+        DL-US and DL-MRI probabilities of HER2-positive.
+    y : array_like, shape (n_patients,)
+        HER2 status, 1 = positive.
+    fit_on : str
+        Label stored in the result (which patients these are).
+    level : float
+        Confidence level of the Wald CIs.
+    eps : float
+        Probability clipping bound before the logit.
+
+    Returns
+    -------
+    FusionModel
+
+    Notes
+    -----
+    If the MLE does not exist (perfect separation, |coefficient| > 50) or does not converge, a weak L2 penalty
+    on all three terms (``alpha = 1 / n``, statsmodels ``GLM.fit_regularized``) is used instead, a warning is
+    issued and the CIs/P values are NaN.
+    """
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
+
+    p_us, p_mri = _check_pair(p_us, p_mri)
+    y = np.asarray(y).ravel()
+    if y.shape != p_us.shape:
+        raise ParameterError(f"y has {y.size} values but the probabilities have {p_us.size}.")
+    if not np.isin(y, [0, 1]).all():
+        raise ParameterError("y must be binary 0/1 (1 = HER2-positive).")
+    y = y.astype(float)
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if n_pos < 2 or n_neg < 2:
+        raise DataError(f"fusion fit on {fit_on}: needs at least 2 HER2-positive and 2 HER2-negative patients; "
+                        f"got {n_pos} and {n_neg}. Use a larger cohort (profile) for fusion.")
+    if not 0 < level < 1:
+        raise ParameterError(f"level must lie in (0, 1); got {level!r}.")
+    X = np.column_stack([np.ones_like(p_us), logit(p_us, eps), logit(p_mri, eps)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = sm.Logit(y, X).fit(disp=0, method="newton", maxiter=100)
+            ok = bool(res.mle_retvals.get("converged", False))
+        except np.linalg.LinAlgError:
+            res, ok = None, False
+    ok = ok and not any(issubclass(w.category, (PerfectSeparationWarning, ConvergenceWarning)) for w in caught)
+    if ok:
+        params = np.asarray(res.params, dtype=float)
+        ok = bool(np.all(np.isfinite(res.bse))) and float(np.max(np.abs(params))) < 50
+    if ok:
+        ci = np.asarray(res.conf_int(alpha=1 - level), dtype=float)
+        return FusionModel(params=tuple(map(float, res.params)), bse=tuple(map(float, res.bse)),
+                           ci_low=tuple(map(float, ci[:, 0])), ci_high=tuple(map(float, ci[:, 1])),
+                           pvalues=tuple(map(float, res.pvalues)), level=level, fit_on=fit_on, n=int(y.size),
+                           n_pos=n_pos, n_neg=n_neg, method="logit MLE (statsmodels)", eps=eps)
+    warnings.warn(f"fusion fit on {fit_on}: the maximum-likelihood logistic regression does not exist "
+                  "(perfect separation or no convergence); using a weakly L2-penalised fit without CIs.",
+                  UserWarning, stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pen = sm.GLM(y, X, family=sm.families.Binomial()).fit_regularized(alpha=1.0 / y.size, L1_wt=0.0)
+    nan3 = (float("nan"),) * 3
+    return FusionModel(params=tuple(map(float, pen.params)), bse=nan3, ci_low=nan3, ci_high=nan3, pvalues=nan3,
+                       level=level, fit_on=fit_on, n=int(y.size), n_pos=n_pos, n_neg=n_neg,
+                       method="L2-penalised logit (separation)", eps=eps)
+
+
+def cross_fit_oof(train: pd.DataFrame, level: float = 0.95, eps: float = EPS) -> pd.DataFrame:
+    """Cross-fitted out-of-fold fusion predictions for the training cohort.
+
+    For each fold k the regression is fitted on the other folds' OOF predictions and applied to fold k, so no
+    training patient's fusion score depends on its own label.
+
+    Parameters
+    ----------
+    train : DataFrame
+        Output of :func:`join_modalities` restricted to training patients (``fold >= 0``).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``patient_id, split, fold, her2, p_her2`` in the order of ``train``.
+    """
+    if (train["split"] != "train").any():
+        raise DataError("cross_fit_oof: only training-cohort (OOF) rows may be used; found test rows "
+                        f"{train.loc[train['split'] != 'train', 'patient_id'].tolist()[:10]}.")
+    folds = sorted(train["fold"].unique())
+    if len(folds) < 2:
+        raise DataError(f"cross_fit_oof: needs at least 2 folds in the OOF predictions; found {folds}.")
+    p = np.full(len(train), np.nan)
+    for k in folds:
+        held = (train["fold"] == k).to_numpy()
+        fit = fit_fusion(train.loc[~held, "p_us"], train.loc[~held, "p_mri"], train.loc[~held, "her2"],
+                         fit_on=f"train OOF folds != {k}", level=level, eps=eps)
+        p[held] = fit.predict(train.loc[held, "p_us"], train.loc[held, "p_mri"])
+    return pd.DataFrame({"patient_id": train["patient_id"].to_numpy(), "split": "train",
+                         "fold": train["fold"].to_numpy(), "her2": train["her2"].to_numpy(), "p_her2": p})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Both protocols
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FusionResult:
+    """Everything :func:`fuse` computes.
+
+    Attributes
+    ----------
+    model : FusionModel
+        Leakage-free fit (training OOF predictions).
+    paper_model : FusionModel
+        The paper's protocol (fitted in the test cohort).
+    oof : DataFrame
+        Cross-fitted OOF fusion predictions of the training cohort (prediction-file columns).
+    test : DataFrame
+        Leakage-free fusion predictions of the test cohort (``fold = -1``).
+    paper_test : DataFrame
+        Paper-protocol (in-sample) fusion predictions of the test cohort.
+    protocols : DataFrame
+        One row per protocol: fitted on, evaluated on, test AUC and the optimism.
+    coefficients : DataFrame
+        Both fits' coefficient tables stacked (``FusionModel.to_frame``), column ``protocol`` added.
+    """
+
+    model: FusionModel
+    paper_model: FusionModel
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    paper_test: pd.DataFrame
+    protocols: pd.DataFrame
+    coefficients: pd.DataFrame
+
+
+def _pred_frame(df: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"patient_id": df["patient_id"].to_numpy(), "split": df["split"].to_numpy(),
+                         "fold": df["fold"].to_numpy(), "her2": df["her2"].to_numpy(), "p_her2": p})
+
+
+def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame,
+         level: float = 0.95, eps: float = EPS) -> FusionResult:
+    """Run the leakage-free fusion and the paper's protocol.
+
+    Parameters
+    ----------
+    us_oof, mri_oof : DataFrame
+        Training-cohort OOF predictions of DL-US and DL-MRI (``split == "train"``).
+    us_test, mri_test : DataFrame
+        Test-cohort predictions (``split == "test"``, ``fold == -1``).
+    level : float
+        Confidence level of the coefficient CIs.
+    eps : float
+        Probability clipping bound before the logit.
+
+    Returns
+    -------
+    FusionResult
+        The test predictions of the leakage-free model depend only on the training rows' labels (the coefficient
+        fit never reads a test label).
+    """
+    from .stats import auc
+
+    train = join_modalities(validate_predictions(us_oof, "us_oof", split="train"),
+                            validate_predictions(mri_oof, "mri_oof", split="train"), "us_oof", "mri_oof")
+    test = join_modalities(validate_predictions(us_test, "us_test", split="test"),
+                           validate_predictions(mri_test, "mri_test", split="test"), "us_test", "mri_test")
+    overlap = sorted(set(train["patient_id"]) & set(test["patient_id"]))
+    if overlap:
+        raise DataError(f"patients {overlap[:10]} appear in both the OOF (train) and the test predictions.")
+
+    model = fit_fusion(train["p_us"], train["p_mri"], train["her2"], fit_on="train OOF", level=level, eps=eps)
+    oof = cross_fit_oof(train, level=level, eps=eps)
+    test_pred = _pred_frame(test, model.predict(test["p_us"], test["p_mri"]))
+    paper_model = fit_fusion(test["p_us"], test["p_mri"], test["her2"], fit_on="test (paper protocol)",
+                             level=level, eps=eps)
+    paper_pred = _pred_frame(test, paper_model.predict(test["p_us"], test["p_mri"]))
+
+    y_test = test["her2"].to_numpy()
+    auc_free = float(auc(y_test, test_pred["p_her2"].to_numpy()))
+    auc_paper = float(auc(y_test, paper_pred["p_her2"].to_numpy()))
+    auc_oof = float(auc(oof["her2"].to_numpy(), oof["p_her2"].to_numpy()))
+    protocols = pd.DataFrame([
+        {"protocol": "leakage-free (her2lib default)", "fit_on": "train OOF", "n_fit": model.n,
+         "evaluated_on": "test", "n_eval": len(test), "auc": auc_free, "optimism": 0.0,
+         "auc_train_oof_crossfit": auc_oof, "method": model.method},
+        {"protocol": "paper (fit in the test cohort)", "fit_on": "test", "n_fit": paper_model.n,
+         "evaluated_on": "test (same patients)", "n_eval": len(test), "auc": auc_paper,
+         "optimism": auc_paper - auc_free, "auc_train_oof_crossfit": float("nan"), "method": paper_model.method},
+    ])
+    coefs = pd.concat([model.to_frame().assign(protocol="leakage-free (her2lib default)"),
+                       paper_model.to_frame().assign(protocol="paper (fit in the test cohort)")],
+                      ignore_index=True)
+    coefs = coefs[["protocol"] + [c for c in coefs.columns if c != "protocol"]]
+    return FusionResult(model=model, paper_model=paper_model, oof=oof, test=test_pred, paper_test=paper_pred,
+                        protocols=protocols, coefficients=coefs)
+
+
+def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike, level: float = 0.95,
+               eps: float = EPS) -> FusionResult:
+    """Read ``{us,mri}_{oof,test}.csv``, run :func:`fuse` and write its outputs atomically.
+
+    Writes ``predictions_dir/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_paper.csv``
+    (paper protocol, labelled), ``tables_dir/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+    """
+    pdir, tdir = Path(predictions_dir), Path(tables_dir)
+    res = fuse(read_predictions(pdir / "us_oof.csv", "train"), read_predictions(pdir / "mri_oof.csv", "train"),
+               read_predictions(pdir / "us_test.csv", "test"), read_predictions(pdir / "mri_test.csv", "test"),
+               level=level, eps=eps)
+    write_csv(pdir / "fusion_oof.csv", res.oof)
+    write_csv(pdir / "fusion_test.csv", res.test)
+    write_csv(pdir / "fusion_test_paper.csv", res.paper_test)
+    write_csv(tdir / "fusion_coefficients.csv", res.coefficients)
+    write_csv(tdir / "fusion_protocols.csv", res.protocols)
+    return res

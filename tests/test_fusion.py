@@ -1,0 +1,180 @@
+"""Tests for her2lib.fusion: leakage-free fit, cross-fitted OOF, paper protocol, validation errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2lib.errors import DataError, ParameterError
+from her2lib.fusion import (cross_fit_oof, fit_fusion, fuse, join_modalities, logit, read_predictions,
+                            run_fusion, validate_predictions)
+
+
+def make_predictions(n_train: int = 149, n_test: int = 48, seed: int = 0, sep_us: float = 1.2,
+                     sep_mri: float = 0.9) -> dict[str, pd.DataFrame]:
+    """Synthetic DL-US / DL-MRI prediction tables with the her2lib prediction-file columns."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = (rng.uniform(size=n) < 0.4).astype(int)
+    split = np.array(["train"] * n_train + ["test"] * n_test)
+    fold = np.r_[np.arange(n_train) % 4, -np.ones(n_test, int)]
+    ids = np.array([f"P{i:03d}" for i in range(n)])
+
+    def probs(sep):
+        return 1 / (1 + np.exp(-(sep * (2 * y - 1) + rng.normal(size=n))))
+
+    out = {}
+    for mod, sep in (("us", sep_us), ("mri", sep_mri)):
+        p = probs(sep)
+        df = pd.DataFrame({"patient_id": ids, "split": split, "fold": fold, "her2": y, "p_her2": p})
+        out[f"{mod}_oof"] = df[df.split == "train"].reset_index(drop=True)
+        out[f"{mod}_test"] = df[df.split == "test"].reset_index(drop=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def preds():
+    return make_predictions()
+
+
+def test_logit_clips():
+    v = logit(np.array([0.0, 0.5, 1.0]))
+    assert v[1] == 0.0
+    assert v[0] == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+    assert v[2] == pytest.approx(-v[0])
+    with pytest.raises(ParameterError, match="eps"):
+        logit([0.5], eps=0.7)
+
+
+def test_fit_matches_statsmodels_and_sklearn_unpenalised(preds):
+    j = join_modalities(preds["us_oof"], preds["mri_oof"])
+    m = fit_fusion(j.p_us, j.p_mri, j.her2)
+    assert m.method.startswith("logit MLE")
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.c_[logit(j.p_us), logit(j.p_mri)]
+    sk = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(X, j.her2)
+    np.testing.assert_allclose(m.params, np.r_[sk.intercept_, sk.coef_[0]], rtol=1e-4, atol=1e-5)
+    for i in range(3):
+        assert m.ci_low[i] < m.params[i] < m.ci_high[i]
+        # Wald interval: coef +- 1.96 se
+        assert m.ci_high[i] - m.params[i] == pytest.approx(1.959964 * m.bse[i], rel=1e-5)
+    np.testing.assert_allclose(m.predict(j.p_us, j.p_mri), sk.predict_proba(X)[:, 1], atol=1e-6)
+    tab = m.to_frame()
+    assert tab["term"].tolist() == ["intercept", "logit_p_us", "logit_p_mri"]
+    assert (tab["n"] == len(j)).all()
+
+
+def test_fit_only_uses_training_rows(preds):
+    """Changing any test row (label or probability) must not change the leakage-free coefficients or the OOF."""
+    base = fuse(preds["us_oof"], preds["mri_oof"], preds["us_test"], preds["mri_test"])
+    us_t, mri_t = preds["us_test"].copy(), preds["mri_test"].copy()
+    us_t.loc[:5, "p_her2"] = 1 - us_t.loc[:5, "p_her2"]
+    us_t.loc[:5, "her2"] = 1 - us_t.loc[:5, "her2"]
+    mri_t.loc[:5, "her2"] = us_t.loc[:5, "her2"]
+    changed = fuse(preds["us_oof"], preds["mri_oof"], us_t, mri_t)
+    assert changed.model.params == base.model.params
+    pd.testing.assert_frame_equal(changed.oof, base.oof)
+    # unchanged test patients keep their predictions; the paper protocol does move (it fits on test)
+    np.testing.assert_array_equal(changed.test.p_her2[6:], base.test.p_her2[6:])
+    assert changed.paper_model.params != base.paper_model.params
+
+
+def test_cross_fit_oof_never_uses_own_fold(preds):
+    j = join_modalities(preds["us_oof"], preds["mri_oof"])
+    oof = cross_fit_oof(j)
+    assert oof["patient_id"].tolist() == j["patient_id"].tolist()
+    # fold-0 predictions equal a model fitted on folds 1-3 and do not change when fold 0's labels change
+    held = j.fold == 0
+    m = fit_fusion(j.p_us[~held], j.p_mri[~held], j.her2[~held])
+    np.testing.assert_allclose(oof.p_her2[held], m.predict(j.p_us[held], j.p_mri[held]))
+    j2 = j.copy()
+    j2.loc[held, "her2"] = 1 - j2.loc[held, "her2"]
+    np.testing.assert_allclose(cross_fit_oof(j2).p_her2[held], oof.p_her2[held])
+    with pytest.raises(DataError, match="only training-cohort"):
+        cross_fit_oof(j.assign(split="test"))
+
+
+def test_fuse_outputs_and_optimism(preds):
+    res = fuse(preds["us_oof"], preds["mri_oof"], preds["us_test"], preds["mri_test"])
+    from her2lib.stats import auc
+
+    assert list(res.test.columns) == ["patient_id", "split", "fold", "her2", "p_her2"]
+    assert (res.test.fold == -1).all() and (res.test.split == "test").all()
+    assert (res.oof.split == "train").all() and set(res.oof.fold) == {0, 1, 2, 3}
+    p = res.protocols.set_index("fit_on")
+    assert p.loc["train OOF", "auc"] == pytest.approx(auc(res.test.her2, res.test.p_her2))
+    assert p.loc["test", "auc"] == pytest.approx(auc(res.paper_test.her2, res.paper_test.p_her2))
+    assert p.loc["test", "optimism"] == pytest.approx(p.loc["test", "auc"] - p.loc["train OOF", "auc"])
+    # fitting on the evaluation patients themselves is optimistic (for this seed strictly)
+    assert p.loc["test", "optimism"] > 0
+    assert set(res.coefficients.protocol) == {"leakage-free (her2lib default)", "paper (fit in the test cohort)"}
+
+
+def test_mismatch_errors(preds):
+    us, mri = preds["us_oof"], preds["mri_oof"]
+    with pytest.raises(DataError, match=r"P000.*in DL-US predictions but not in DL-MRI"):
+        join_modalities(us, mri.iloc[1:])
+    bad = mri.copy()
+    bad.loc[3, "her2"] = 1 - bad.loc[3, "her2"]
+    with pytest.raises(DataError, match=r"her2 differs .* \['P003'\]"):
+        join_modalities(us, bad)
+    bad = mri.copy()
+    bad.loc[2, "fold"] = (bad.loc[2, "fold"] + 1) % 4
+    with pytest.raises(DataError, match=r"fold differs .* \['P002'\]"):
+        join_modalities(us, bad)
+    # a test patient in the OOF file: split mismatch against the expected split
+    with pytest.raises(DataError, match="expected only split == 'train'"):
+        fuse(pd.concat([us, preds["us_test"].iloc[:1]]), mri, preds["us_test"], preds["mri_test"])
+
+
+def test_validate_predictions_problems(tmp_path):
+    df = pd.DataFrame({"patient_id": ["A", "A", "B"], "split": ["train", "train", "test"], "fold": [0, 0, 1],
+                       "her2": [0, 2, 1], "p_her2": [0.1, 1.5, np.nan]})
+    with pytest.raises(DataError) as e:
+        validate_predictions(df, "x.csv")
+    msgs = " ".join(e.value.problems)
+    for frag in ("duplicate patient_id", "her2 must be 0 or 1", "p_her2 must be", "fold == -1"):
+        assert frag in msgs
+    with pytest.raises(DataError, match="missing column"):
+        validate_predictions(df.drop(columns="fold"), "x.csv")
+    with pytest.raises(DataError, match="not found; run the notebook"):
+        read_predictions(tmp_path / "us_oof.csv")
+
+
+def test_separation_falls_back_with_warning():
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    p_us = np.r_[np.linspace(0.05, 0.3, 10), np.linspace(0.7, 0.95, 10)]
+    p_mri = np.linspace(0.2, 0.8, 20)
+    with pytest.warns(UserWarning, match="perfect separation"):
+        m = fit_fusion(p_us, p_mri, y)
+    assert m.method.startswith("L2-penalised")
+    assert np.isnan(m.ci_low).all()
+    p = m.predict(p_us, p_mri)
+    assert (p[y == 1].min() > p[y == 0].max())  # still ranks correctly
+    with pytest.raises(DataError, match="at least 2 HER2-positive"):
+        fit_fusion([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0, 0, 1])
+    with pytest.raises(ParameterError, match="same length"):
+        fit_fusion([0.1, 0.2], [0.1], [0, 1])
+
+
+def test_run_fusion_writes_files(preds, tmp_path):
+    pdir, tdir = tmp_path / "predictions", tmp_path / "tables"
+    pdir.mkdir()
+    for k, df in preds.items():
+        df.to_csv(pdir / f"{k}.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = run_fusion(pdir, tdir)
+    for f in ("fusion_oof.csv", "fusion_test.csv", "fusion_test_paper.csv"):
+        assert (pdir / f).is_file()
+    back = read_predictions(pdir / "fusion_test.csv", "test")
+    np.testing.assert_allclose(back.p_her2, res.test.p_her2)
+    assert len(pd.read_csv(tdir / "fusion_coefficients.csv")) == 6
+    assert len(pd.read_csv(tdir / "fusion_protocols.csv")) == 2
+    # deterministic
+    res2 = run_fusion(pdir, tdir)
+    pd.testing.assert_frame_equal(res2.coefficients, res.coefficients)
