@@ -1,0 +1,518 @@
+"""ROC statistics (paper, *Statistical analysis*): AUC, the paired DeLong test, AUC confidence intervals,
+threshold metrics and Youden's threshold.
+
+Conventions (the same as pROC with ``direction = "<"``):
+
+* ``y_true`` holds 0/1 labels, 1 = HER2-positive (the "cases"); 0 = HER2-negative ("controls").
+* A **higher score means more likely positive**. A case and a control with equal scores count one half.
+* ``binary_metrics`` calls a patient positive when ``score >= threshold``.
+
+References these functions were checked against (``tests/test_stats_roc.py``):
+
+* pROC 1.18.0 (R 4.2): ``auc``, ``var(roc)``, ``ci.auc(method = "delong")`` and
+  ``roc.test(method = "delong", paired = TRUE)`` with ``direction = "<"``; agreement to 1e-7 on random data
+  with ties and unbalanced classes (fixtures in ``tests/fixtures/``, made by ``tests/fixtures/make_reference.R``).
+* A brute-force all-pairs DeLong implementation (the definition, O(n_pos * n_neg)).
+* MedCalc's exact-binomial AUC interval as printed in the paper (AUC 464/551, 19 positive / 29 negative
+  -> 0.708-0.931).
+
+The DeLong computations use the midrank algorithm of Sun & Xu (2014), *IEEE Signal Processing Letters*
+21(11):1389-1393: O(N log N) time and O(N) memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as _st
+
+from ..errors import DataError, ParameterError, UndefinedMetricWarning
+from ._common import as_binary_labels, as_scores, check_level, clopper_pearson
+
+__all__ = ["auc", "delong_placements", "delong_test", "DeLongResult", "auc_ci", "AUCInterval",
+           "binary_metrics", "BinaryMetrics", "Estimate", "youden_threshold"]
+
+AUC_CI_METHODS = ("delong", "exact-binomial", "bootstrap")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _validate(y_true, y_score, name: str = "y_score") -> tuple[np.ndarray, np.ndarray]:
+    y = as_binary_labels(y_true)
+    s = as_scores(y_score, y.shape[0], name)
+    return y, s
+
+
+def _both_classes(y: np.ndarray, what: str) -> bool:
+    n_pos = int(y.sum())
+    n_neg = int(y.shape[0] - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        warnings.warn(f"{what} is undefined with a single class (n_pos={n_pos}, n_neg={n_neg}); returning NaN. "
+                      "Evaluate on a set with both HER2-positive and HER2-negative patients.",
+                      UndefinedMetricWarning, stacklevel=3)
+        return False
+    return True
+
+
+def delong_placements(y_true, y_score) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC and DeLong placement values by the midrank algorithm of Sun & Xu (2014).
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+        1 = HER2-positive (case), 0 = HER2-negative (control).
+    y_score : array-like of float, shape (n_patients,)
+        Higher = more likely positive.
+
+    Returns
+    -------
+    theta : float
+        The AUC (ties count one half).
+    v10 : ndarray, shape (n_pos,)
+        For each case, the fraction of controls it outranks (ties 1/2) — pROC's ``X``.
+    v01 : ndarray, shape (n_neg,)
+        For each control, the fraction of cases that outrank it (ties 1/2) — pROC's ``Y``.
+
+    Notes
+    -----
+    With midranks ``Z`` in the pooled sample, ``T_X`` within the cases and ``T_Y`` within the controls,
+    ``v10 = (Z - T_X) / n_neg`` and ``v01 = 1 - (Z - T_Y) / n_pos``; O(N log N) (three sorts).
+    """
+    y, s = _validate(y_true, y_score)
+    if not _both_classes(y, "The AUC"):
+        return float("nan"), np.full(int(y.sum()), np.nan), np.full(int((1 - y).sum()), np.nan)
+    return _placements(y.astype(bool), s)
+
+
+def _placements(pos: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    x, yv = s[pos], s[~pos]
+    m, n = x.shape[0], yv.shape[0]
+    z = _st.rankdata(s, method="average")
+    tx = _st.rankdata(x, method="average")
+    ty = _st.rankdata(yv, method="average")
+    v10 = (z[pos] - tx) / n
+    v01 = 1.0 - (z[~pos] - ty) / m
+    theta = float((z[pos].sum() - m * (m + 1) / 2.0) / (m * n))
+    return theta, v10, v01
+
+
+# --------------------------------------------------------------------------------------------------- AUC
+def auc(y_true, y_score) -> float:
+    """Area under the ROC curve (Mann-Whitney estimate; ties count one half; higher score = positive).
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+        1 = HER2-positive.
+    y_score : array-like of float, shape (n_patients,)
+        Predicted probability (or any score) of HER2-positive.
+
+    Returns
+    -------
+    float
+        AUC in [0, 1]; NaN (with :class:`~her2lib.errors.UndefinedMetricWarning`) if only one class is present.
+        Equals pROC's ``auc(roc(y, s, direction = "<"))``; an AUC below 0.5 is kept, never flipped.
+    """
+    y, s = _validate(y_true, y_score)
+    if not _both_classes(y, "The AUC"):
+        return float("nan")
+    pos = y.astype(bool)
+    m = int(pos.sum())
+    n = y.shape[0] - m
+    z = _st.rankdata(s, method="average")
+    return float((z[pos].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+# --------------------------------------------------------------------------------------------------- DeLong
+@dataclass(frozen=True)
+class DeLongResult:
+    """Paired DeLong test of two correlated AUCs (pROC ``roc.test(method = "delong", paired = TRUE)``).
+
+    Attributes
+    ----------
+    auc_a, auc_b : float
+        AUCs of the two scores.
+    diff : float
+        ``auc_a - auc_b``.
+    diff_ci : tuple (low, high, level)
+        Wald interval ``diff ± z_{1-(1-level)/2} * sd_diff`` (pROC's ``conf.int``).
+    z, pvalue : float
+        ``z = diff / sd_diff``; two-sided ``P = 2 * Phi(-|z|)``. ``z = 0, P = 1`` when ``diff`` and ``sd_diff``
+        are both 0 (e.g. identical scores); ``|z| = inf, P = 0`` when only ``sd_diff`` is 0.
+    var_a, var_b, cov_ab, sd_diff : float
+        DeLong variances of the AUCs, their covariance and the SD of the difference.
+    n_pos, n_neg : int
+        Number of cases (HER2-positive) and controls.
+    method : str
+        Description of the test.
+    """
+
+    auc_a: float
+    auc_b: float
+    diff: float
+    diff_ci: tuple[float, float, float]
+    z: float
+    pvalue: float
+    var_a: float
+    var_b: float
+    cov_ab: float
+    sd_diff: float
+    n_pos: int
+    n_neg: int
+    method: str = "DeLong's test for two correlated ROC curves (paired; pROC 1.18 roc.test, direction '<')"
+
+    def to_row(self) -> dict:
+        """Flat dict for a results table (``diff_ci`` split into ``diff_ci_low/high/level``)."""
+        d = asdict(self)
+        lo, hi, lev = d.pop("diff_ci")
+        d.update(diff_ci_low=lo, diff_ci_high=hi, diff_ci_level=lev)
+        return d
+
+
+def delong_test(y_true, score_a, score_b, level: float = 0.95) -> DeLongResult:
+    """Paired DeLong test comparing the AUCs of two scores on the same patients.
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+        1 = HER2-positive.
+    score_a, score_b : array-like of float, shape (n_patients,)
+        Two models' scores for the same patients, in the same order. Higher = more likely positive.
+    level : float, default 0.95
+        Confidence level of the interval for ``auc_a - auc_b``.
+
+    Returns
+    -------
+    DeLongResult
+
+    Raises
+    ------
+    DataError
+        If labels are not 0/1, lengths differ, a score is not finite, or a class has fewer than 2 patients
+        (DeLong's variance divides by ``n_pos - 1`` and ``n_neg - 1``).
+
+    Notes
+    -----
+    Reproduces pROC 1.18 ``roc.test(roc(y, a, direction = "<"), roc(y, b, direction = "<"),
+    method = "delong", paired = TRUE)``: ``S = S10 / n_pos + S01 / n_neg`` with ``S10``, ``S01`` the sample
+    covariance matrices (denominator ``n - 1``) of the placement values, ``sd_diff = sqrt(S11 + S22 - 2 S12)``.
+    Placements by the O(N log N) midrank algorithm of Sun & Xu (2014). A tiny negative variance from floating
+    point rounding is treated as 0.
+    """
+    level = check_level(level)
+    y = as_binary_labels(y_true)
+    a = as_scores(score_a, y.shape[0], "score_a")
+    b = as_scores(score_b, y.shape[0], "score_b")
+    pos = y.astype(bool)
+    m = int(pos.sum())
+    n = y.shape[0] - m
+    if m < 2 or n < 2:
+        raise DataError(f"The DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients; got "
+                        f"n_pos={m}, n_neg={n}. Use a larger evaluation set.")
+    ta, xa, ya = _placements(pos, a)
+    tb, xb, yb = _placements(pos, b)
+    dxa, dxb = xa - ta, xb - tb
+    dya, dyb = ya - ta, yb - tb
+    # Same formula and order of operations as pROC's delong.paired.calculations.
+    s11 = np.sum(dxa * dxa) / (m - 1) / m + np.sum(dya * dya) / (n - 1) / n
+    s22 = np.sum(dxb * dxb) / (m - 1) / m + np.sum(dyb * dyb) / (n - 1) / n
+    s12 = np.sum(dxa * dxb) / (m - 1) / m + np.sum(dya * dyb) / (n - 1) / n
+    var_d = s11 + s22 - 2.0 * s12
+    sig = float(np.sqrt(var_d)) if var_d > 0 else 0.0
+    d = ta - tb
+    if sig == 0.0:
+        z = 0.0 if d == 0 else float(np.copysign(np.inf, d))
+    else:
+        z = d / sig
+    p = float(2.0 * _st.norm.sf(abs(z)))
+    crit = float(_st.norm.ppf(1 - (1 - level) / 2))
+    return DeLongResult(auc_a=ta, auc_b=tb, diff=d, diff_ci=(d - crit * sig, d + crit * sig, level), z=float(z),
+                        pvalue=p, var_a=float(s11), var_b=float(s22), cov_ab=float(s12), sd_diff=sig,
+                        n_pos=m, n_neg=n)
+
+
+# --------------------------------------------------------------------------------------------------- AUC CI
+@dataclass(frozen=True)
+class AUCInterval:
+    """An AUC with its confidence interval.
+
+    Attributes
+    ----------
+    auc : float
+    ci : tuple (low, high, level)
+    method : str
+        ``"delong"``, ``"exact-binomial"`` or ``"bootstrap"``.
+    n_pos, n_neg : int
+    detail : str
+        What exactly was computed (reference implementation, resamples, seed).
+    """
+
+    auc: float
+    ci: tuple[float, float, float]
+    method: str
+    n_pos: int
+    n_neg: int
+    detail: str = ""
+
+    def to_row(self) -> dict:
+        """Flat dict: ``auc, ci_low, ci_high, ci_level, method, n_pos, n_neg, detail``."""
+        lo, hi, lev = self.ci
+        return dict(auc=self.auc, ci_low=lo, ci_high=hi, ci_level=lev, method=self.method, n_pos=self.n_pos,
+                    n_neg=self.n_neg, detail=self.detail)
+
+
+def auc_ci(y_true, y_score, method: Literal["delong", "exact-binomial", "bootstrap"] = "delong",
+           level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> AUCInterval:
+    """AUC with a confidence interval by one of three explicitly named methods.
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+        1 = HER2-positive.
+    y_score : array-like of float, shape (n_patients,)
+        Higher = more likely positive.
+    method : {"delong", "exact-binomial", "bootstrap"}
+        * ``"delong"``: pROC 1.18 ``ci.auc(method = "delong")`` — normal interval around the AUC with DeLong's
+          variance, clipped to [0, 1].
+        * ``"exact-binomial"``: MedCalc's default (the paper's software): Clopper-Pearson on the non-integer
+          count ``k = AUC * n`` with ``n = n_pos + n_neg`` the whole cohort; lower
+          ``beta.ppf(a/2, k, n - k + 1)``, upper ``beta.ppf(1 - a/2, k + 1, n - k)``.
+        * ``"bootstrap"``: stratified (positives and negatives resampled separately, as pROC's
+          ``boot.stratified = TRUE``) percentile interval from ``n_boot`` resamples drawn with
+          ``numpy.random.default_rng(seed)``.
+    level : float, default 0.95
+    n_boot : int, default 2000
+        Bootstrap resamples (``"bootstrap"`` only).
+    seed : int, default 0
+        Bootstrap seed (``"bootstrap"`` only); same seed, same interval.
+
+    Returns
+    -------
+    AUCInterval
+        NaN interval (with :class:`~her2lib.errors.UndefinedMetricWarning`) when a class is missing, or for
+        ``"delong"`` when a class has a single patient (as pROC).
+    """
+    if method not in AUC_CI_METHODS:
+        import difflib
+        close = difflib.get_close_matches(str(method), AUC_CI_METHODS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ParameterError(f"auc_ci method must be one of {AUC_CI_METHODS}; got {method!r}.{hint}")
+    level = check_level(level)
+    y, s = _validate(y_true, y_score)
+    pos = y.astype(bool)
+    m = int(pos.sum())
+    n = y.shape[0] - m
+    nan = float("nan")
+    if not _both_classes(y, "The AUC interval"):
+        return AUCInterval(nan, (nan, nan, level), method, m, n, "single class")
+    theta, v10, v01 = _placements(pos, s)
+    if method == "delong":
+        if m < 2 or n < 2:
+            warnings.warn(f"DeLong's AUC variance needs at least 2 patients per class (n_pos={m}, n_neg={n}); "
+                          "interval is NaN.", UndefinedMetricWarning, stacklevel=2)
+            return AUCInterval(theta, (nan, nan, level), method, m, n, "too few patients per class")
+        var = np.sum((v10 - theta) ** 2) / (m - 1) / m + np.sum((v01 - theta) ** 2) / (n - 1) / n
+        if var > 0:
+            lo, hi = _st.norm.ppf([(1 - level) / 2, 1 - (1 - level) / 2], loc=theta, scale=np.sqrt(var))
+        else:  # zero variance (e.g. perfect separation): pROC's qnorm(sd = 0) returns the AUC itself
+            lo = hi = theta
+        lo, hi = float(min(max(lo, 0.0), 1.0)), float(min(max(hi, 0.0), 1.0))
+        return AUCInterval(theta, (lo, hi, level), method, m, n,
+                           f"DeLong variance {float(var):.6g}; pROC 1.18 ci.auc(method='delong')")
+    if method == "exact-binomial":
+        tot = m + n
+        lo, hi = clopper_pearson(theta * tot, tot, level)
+        return AUCInterval(theta, (lo, hi, level), method, m, n,
+                           f"MedCalc: Clopper-Pearson with k = AUC*n = {theta * tot:.4f}, n = {tot}")
+    # bootstrap
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise ParameterError(f"n_boot must be an integer >= 10 (2000 recommended); got {n_boot!r}.")
+    aucs = _bootstrap_aucs(s[pos], s[~pos], int(n_boot), np.random.default_rng(seed))
+    aucs = aucs[np.isfinite(aucs)]
+    lo, hi = np.quantile(aucs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return AUCInterval(theta, (float(lo), float(hi), level), method, m, n,
+                       f"stratified percentile bootstrap, {n_boot} resamples, seed {seed}")
+
+
+def _bootstrap_aucs(x: np.ndarray, yv: np.ndarray, n_boot: int, rng: np.random.Generator,
+                    chunk: int = 256) -> np.ndarray:
+    """AUCs of ``n_boot`` stratified resamples (vectorised in chunks, midranks per row)."""
+    m, n = x.shape[0], yv.shape[0]
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        xi = rng.integers(0, m, size=(k, m))
+        yi = rng.integers(0, n, size=(k, n))
+        pooled = np.concatenate([x[xi], yv[yi]], axis=1)
+        z = _st.rankdata(pooled, method="average", axis=1)
+        out[start:start + k] = (z[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- threshold metrics
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its confidence interval ``ci = (low, high, level)`` and how it was computed."""
+
+    value: float
+    ci: tuple[float, float, float]
+    method: str
+    numerator: float | None = None
+    denominator: float | None = None
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Classification metrics at one threshold (positive when ``score >= threshold``).
+
+    Attributes
+    ----------
+    threshold : float
+    tp, fp, tn, fn : int
+        Confusion counts (positive class = HER2-positive).
+    accuracy, sensitivity, specificity, ppv, npv, f1 : Estimate
+        Proportions with exact Clopper-Pearson intervals; F1 (not a binomial proportion) with a seeded
+        stratified bootstrap interval.
+    n_pos, n_neg : int
+    method : str
+    """
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    accuracy: Estimate
+    sensitivity: Estimate
+    specificity: Estimate
+    ppv: Estimate
+    npv: Estimate
+    f1: Estimate
+    n_pos: int
+    n_neg: int
+    method: str = "score >= threshold is positive; Clopper-Pearson CIs; F1 CI by stratified bootstrap"
+
+    METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+    def to_row(self) -> dict:
+        """Flat dict: counts, then ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high`` for each metric."""
+        row: dict = dict(threshold=self.threshold, tp=self.tp, fp=self.fp, tn=self.tn, fn=self.fn,
+                         n_pos=self.n_pos, n_neg=self.n_neg)
+        for name in self.METRICS:
+            e: Estimate = getattr(self, name)
+            row[name] = e.value
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = e.ci[0], e.ci[1]
+        row["ci_level"] = self.accuracy.ci[2]
+        return row
+
+
+def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boot: int = 2000,
+                   seed: int = 0) -> BinaryMetrics:
+    """Accuracy, sensitivity, specificity, PPV, NPV and F1 at a fixed threshold, with confidence intervals.
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+        1 = HER2-positive.
+    y_score : array-like of float, shape (n_patients,)
+        Higher = more likely positive.
+    threshold : float
+        A patient is called positive when ``score >= threshold`` (choose it on training/OOF data only, e.g.
+        with :func:`youden_threshold`).
+    level : float, default 0.95
+    n_boot, seed : int
+        Resamples and seed of the F1 bootstrap interval.
+
+    Returns
+    -------
+    BinaryMetrics
+        A metric whose denominator is 0 (e.g. PPV with no predicted positive) is NaN, with
+        :class:`~her2lib.errors.UndefinedMetricWarning`.
+
+    Notes
+    -----
+    Proportions get exact Clopper-Pearson intervals. F1 = 2TP / (2TP + FP + FN) gets a percentile interval from
+    a stratified bootstrap at the fixed threshold, drawn exactly as resampling patients within each class:
+    ``TP* ~ Binomial(n_pos, TP / n_pos)``, ``FP* ~ Binomial(n_neg, FP / n_neg)``.
+    """
+    level = check_level(level)
+    if not isinstance(threshold, (int, float, np.integer, np.floating)) or not np.isfinite(threshold):
+        raise ParameterError(f"threshold must be a finite number; got {threshold!r}.")
+    y, s = _validate(y_true, y_score)
+    pred = s >= float(threshold)
+    pos = y.astype(bool)
+    tp = int(np.sum(pred & pos))
+    fn = int(np.sum(~pred & pos))
+    fp = int(np.sum(pred & ~pos))
+    tn = int(np.sum(~pred & ~pos))
+
+    def prop(name: str, k: int, n: int) -> Estimate:
+        if n == 0:
+            warnings.warn(f"{name} is undefined at threshold {threshold} (denominator 0); returning NaN.",
+                          UndefinedMetricWarning, stacklevel=3)
+            return Estimate(float("nan"), (float("nan"), float("nan"), level), "Clopper-Pearson", k, n)
+        lo, hi = clopper_pearson(k, n, level)
+        return Estimate(k / n, (lo, hi, level), "Clopper-Pearson", k, n)
+
+    acc = prop("Accuracy", tp + tn, tp + tn + fp + fn)
+    sen = prop("Sensitivity", tp, tp + fn)
+    spe = prop("Specificity", tn, tn + fp)
+    ppv = prop("PPV", tp, tp + fp)
+    npv = prop("NPV", tn, tn + fn)
+    den = 2 * tp + fp + fn
+    if den == 0:
+        warnings.warn("F1 is undefined (no positive patient and no positive call); returning NaN.",
+                      UndefinedMetricWarning, stacklevel=2)
+        f1 = Estimate(float("nan"), (float("nan"),) * 2 + (level,), "bootstrap", 2 * tp, den)
+    else:
+        m, n = tp + fn, tn + fp
+        rng = np.random.default_rng(seed)
+        tpb = rng.binomial(m, tp / m, size=n_boot) if m else np.zeros(n_boot)
+        fpb = rng.binomial(n, fp / n, size=n_boot) if n else np.zeros(n_boot)
+        denb = 2 * tpb + fpb + (m - tpb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1b = np.where(denb > 0, 2 * tpb / np.where(denb > 0, denb, 1), np.nan)
+        f1b = f1b[np.isfinite(f1b)]
+        lo, hi = np.quantile(f1b, [(1 - level) / 2, 1 - (1 - level) / 2])
+        f1 = Estimate(2 * tp / den, (float(lo), float(hi), level),
+                      f"stratified bootstrap ({n_boot} resamples, seed {seed})", 2 * tp, den)
+    return BinaryMetrics(float(threshold), tp, fp, tn, fn, acc, sen, spe, ppv, npv, f1, tp + fn, tn + fp)
+
+
+def youden_threshold(y_true, y_score) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 (rule ``score >= threshold``).
+
+    Choose it on training or out-of-fold predictions only, never on the test set.
+
+    Parameters
+    ----------
+    y_true : array-like of 0/1, shape (n_patients,)
+    y_score : array-like of float, shape (n_patients,)
+
+    Returns
+    -------
+    float
+        Candidates are the midpoints between consecutive distinct scores (as pROC's ``coords(..., "best")``), so
+        the threshold does not sit on a training patient's score. Among equal J the one with the highest
+        sensitivity (lowest threshold) wins. If all scores are equal, that score is returned. NaN (with a
+        warning) if a class is missing.
+    """
+    y, s = _validate(y_true, y_score)
+    if not _both_classes(y, "Youden's threshold"):
+        return float("nan")
+    u = np.unique(s)
+    if u.size == 1:
+        return float(u[0])
+    cand = (u[:-1] + u[1:]) / 2.0
+    pos = y.astype(bool)
+    m = pos.sum()
+    n = y.shape[0] - m
+    # count of positives / negatives with score >= candidate, via sorting: O(N log N)
+    xs, ys = np.sort(s[pos]), np.sort(s[~pos])
+    tp = m - np.searchsorted(xs, cand, side="left")
+    fp = n - np.searchsorted(ys, cand, side="left")
+    j = tp / m + (n - fp) / n - 1.0
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    return float(cand[best[0]])
