@@ -490,7 +490,7 @@ def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | 
     vars_ = _as_variables(df, variables)
     rows = []
     for v in vars_:
-        sub = df[[v.column, by]].dropna()
+        sub = df[list(dict.fromkeys([v.column, by]))].dropna()
         n_missing = int(df[by].isin(groups).sum() - sub[by].isin(groups).sum())
         if v.kind == "continuous":
             a = sub.loc[sub[by] == groups[0], v.column].to_numpy(float)
@@ -591,7 +591,7 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
         t = tests.loc[v.column]
         p, padj, test = format_pvalue(t["pvalue"]), format_pvalue(t["p_bonferroni"]), t["test"]
         miss = f" [{int(t['n_missing'])} missing]" if t["n_missing"] else ""
-        sub = df[[v.column, by]].dropna()
+        sub = df[list(dict.fromkeys([v.column, by]))].dropna()
         if v.kind == "continuous":
             unit = f", {v.unit}" if v.unit else ""
             vals = [sub.loc[sub[by] == g, v.column].to_numpy(float) for g in groups]
