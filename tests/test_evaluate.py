@@ -1,0 +1,162 @@
+"""Tests for her2lib.evaluate: hand-computed metrics, OOF-only thresholds, tables, paper-style text, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2lib.errors import DataError, ParameterError
+from her2lib.evaluate import (ModelPredictions, brier_score, calibration_curve, calibration_summary,
+                              decision_curve, delong_table, load_predictions, performance_table,
+                              results_paragraph, roc_points, run_evaluation)
+from her2lib.fusion import run_fusion
+
+from test_fusion import make_predictions
+
+
+def _write(preds: dict, pdir):
+    pdir.mkdir(parents=True, exist_ok=True)
+    for k, df in preds.items():
+        df.to_csv(pdir / f"{k}.csv", index=False)
+
+
+def _mp(key, oof_y, oof_p, y, p):
+    n_o, n_t = len(oof_y), len(y)
+    oof = pd.DataFrame({"patient_id": [f"T{i}" for i in range(n_o)], "split": "train",
+                        "fold": np.arange(n_o) % 4, "her2": oof_y, "p_her2": oof_p})
+    test = pd.DataFrame({"patient_id": [f"S{i}" for i in range(n_t)], "split": "test", "fold": -1,
+                         "her2": y, "p_her2": p})
+    return ModelPredictions(key, {"dl_us": "DL-US", "dl_mri": "DL-MRI"}.get(key, key), oof, test)
+
+
+def test_brier_and_calibration_hand_values():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.6, 0.8])
+    assert brier_score(y, p) == pytest.approx((0.01 + 0.09 + 0.16 + 0.04) / 4)
+    cc = calibration_curve(y, p, n_bins=2)
+    assert cc["n"].tolist() == [2, 2]
+    assert cc["mean_predicted"].tolist() == pytest.approx([0.2, 0.7])
+    assert cc["observed"].tolist() == [0.0, 1.0]
+    # Clopper-Pearson for 0/2: upper = 1 - 0.025 ** (1/2)
+    assert cc["observed_ci_high"].iloc[0] == pytest.approx(1 - 0.025 ** 0.5)
+    cu = calibration_curve(y, p, n_bins=4, strategy="uniform")
+    assert cu["n"].tolist() == [1, 1, 1, 1]
+    s = calibration_summary(y, p)
+    assert s["brier_reference"] == pytest.approx(0.25)
+    assert np.isnan(s["calibration_slope"])  # perfectly separated: no MLE
+    with pytest.raises(ParameterError, match="strategy"):
+        calibration_curve(y, p, strategy="equal")
+    with pytest.raises(ParameterError, match="same length"):
+        brier_score(y, p[:3])
+
+
+def test_decision_curve_hand_values():
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
+    dc = decision_curve(y, p, thresholds=[0.25, 0.5])
+    # pt = 0.25: calls 0.9, 0.4, 0.6 -> TP 2, FP 1; NB = 2/5 - 1/5 * (1/3)
+    assert dc.net_benefit.iloc[0] == pytest.approx(2 / 5 - 1 / 15)
+    # pt = 0.5: calls 0.9, 0.6 -> TP 1, FP 1; NB = 1/5 - 1/5
+    assert dc.net_benefit.iloc[1] == pytest.approx(0.0)
+    assert dc.treat_all.iloc[0] == pytest.approx(0.4 - 0.6 / 3)
+    assert (dc.treat_none == 0).all()
+    with pytest.raises(ParameterError, match="strictly in"):
+        decision_curve(y, p, thresholds=[0.0, 0.5])
+
+
+def test_roc_points():
+    pts = roc_points([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    assert pts[["fpr", "tpr"]].values.tolist() == [[0, 0], [0, 0.5], [0.5, 0.5], [0.5, 1.0], [1.0, 1.0]]
+    with pytest.raises(DataError, match="both"):
+        roc_points([1, 1], [0.2, 0.3])
+
+
+def test_performance_threshold_from_oof_only():
+    oof_y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    oof_p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.65, 0.35])
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.2, 0.5, 0.55, 0.9, 0.7, 0.4])
+    preds = {"dl_us": _mp("dl_us", oof_y, oof_p, y, p)}
+    perf = performance_table(preds)
+    r = perf.iloc[0]
+    from her2lib.stats import youden_threshold
+
+    thr = youden_threshold(oof_y, oof_p)
+    assert r["threshold"] == pytest.approx(thr)
+    assert thr == pytest.approx(0.325)  # midpoint of 0.30 and 0.35: sensitivity 4/4, specificity 3/4
+    # hand confusion at p >= thr on the test cohort
+    call = p >= thr
+    tp, fp = int((call & (y == 1)).sum()), int((call & (y == 0)).sum())
+    tn, fn = int((~call & (y == 0)).sum()), int((~call & (y == 1)).sum())
+    assert (r.tp, r.fp, r.tn, r.fn) == (tp, fp, tn, fn) == (3, 2, 1, 0)
+    assert r.sensitivity == pytest.approx(tp / (tp + fn))
+    assert r.specificity == pytest.approx(tn / (tn + fp))
+    assert r.ppv == pytest.approx(tp / (tp + fp))
+    assert r.f1 == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert r.auc == pytest.approx(6 / 9)  # 9 pos-neg pairs, 6 correctly ordered
+    assert "exact binomial" in r.auc_ci_method
+    # the threshold does not move when test labels/probabilities change
+    preds2 = {"dl_us": _mp("dl_us", oof_y, oof_p, 1 - y, 1 - p)}
+    assert performance_table(preds2).iloc[0]["threshold"] == r["threshold"]
+    with pytest.raises(ParameterError, match="ci_method"):
+        performance_table(preds, ci_method="medcalc")
+
+
+def test_paper_sentence_reproduced():
+    """Feeding the paper's numbers gives the paper's sentence (modulo the threshold note)."""
+    perf = pd.DataFrame([{"model": "dl_us", "label": "DL-US", "auc": 0.842, "auc_ci_low": 0.708,
+                          "auc_ci_high": 0.931, "auc_ci_level": 0.95, "accuracy": 0.833, "sensitivity": 0.895,
+                          "specificity": 0.793, "ppv": 0.739, "npv": 0.920, "f1": 0.810, "threshold": 0.5,
+                          "auc_ci_method": "exact binomial (MedCalc, as in the paper)"}])
+    text = results_paragraph(perf)
+    assert ("In the test cohort, DL-US achieved an AUC of 0.842 (95% CI: 0.708\u20130.931), with an accuracy of "
+            "0.833, sensitivity of 89.5%, specificity of 79.3%, PPV of 0.739, NPV of 0.920, and an F1 score of "
+            "0.810") in text
+    assert "exact binomial" in text and "out-of-fold" in text
+    with pytest.raises(ParameterError, match="lacks columns"):
+        results_paragraph(perf.drop(columns="f1"))
+
+
+def test_delong_table_matches_stats():
+    res = make_predictions(seed=1)
+    from her2lib.stats import delong_test
+
+    preds = {k: ModelPredictions(k, k, res[f"{p}_oof"], res[f"{p}_test"]) for k, p in
+             (("dl_us", "us"), ("dl_mri", "mri"))}
+    tab = delong_table(preds)
+    assert len(tab) == 1  # only the US-vs-MRI pair is available
+    t = res["us_test"]
+    r = delong_test(t.her2, t.p_her2, res["mri_test"].p_her2)
+    assert tab.iloc[0]["p_value"] == pytest.approx(r.pvalue)
+    assert tab.iloc[0]["z"] == pytest.approx(r.z)
+
+
+def test_load_predictions_mismatch(tmp_path):
+    preds = make_predictions(seed=2, sep_us=0.7, sep_mri=0.5)
+    _write(preds, tmp_path / "predictions")
+    run_fusion(tmp_path / "predictions", tmp_path / "tables")
+    loaded = load_predictions(tmp_path / "predictions")
+    assert list(loaded) == ["dl_us", "dl_mri", "dl_us_mri"]
+    bad = preds["mri_test"].iloc[1:]
+    bad.to_csv(tmp_path / "predictions" / "mri_test.csv", index=False)
+    with pytest.raises(DataError, match="cover different patients"):
+        load_predictions(tmp_path / "predictions")
+    with pytest.raises(ParameterError, match="unknown model"):
+        load_predictions(tmp_path / "predictions", models=("dl_ct",))
+
+
+def test_run_evaluation_end_to_end(tmp_path):
+    _write(make_predictions(seed=3, sep_us=0.7, sep_mri=0.5), tmp_path / "predictions")
+    run_fusion(tmp_path / "predictions", tmp_path / "tables")
+    res = run_evaluation(tmp_path / "predictions", tmp_path / "tables", tmp_path / "figures", n_boot=200, dpi=80)
+    perf = pd.read_csv(tmp_path / "tables" / "performance.csv")
+    assert perf["label"].tolist() == ["DL-US", "DL-MRI", "DL-US&MRI"]
+    assert (perf.auc_ci_low <= perf.auc).all() and (perf.auc <= perf.auc_ci_high).all()
+    dl = pd.read_csv(tmp_path / "tables" / "delong.csv")
+    assert dl[["model_a", "model_b"]].values.tolist() == [["DL-US&MRI", "DL-US"], ["DL-US&MRI", "DL-MRI"],
+                                                          ["DL-US", "DL-MRI"]]
+    for f in ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png"):
+        assert (tmp_path / "figures" / f).stat().st_size > 1000
+    text = (tmp_path / "tables" / "results_text.md").read_text()
+    assert text == res.text and "optimism" in text
