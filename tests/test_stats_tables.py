@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from her2lib.errors import DataError, ParameterError
-from her2lib.stats import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, compare_with_paper,
+from her2lib.stats import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, cohort_tables,
+                           compare_with_paper, write_cohort_tables,
                            continuous_test, fisher_exact_rx2, paper_variables, table_tests)
 from her2lib.stats.tables import _paper_json
 
@@ -224,9 +225,10 @@ def test_cohort_table_by_her2_and_missing_values():
     t = cohort_table(df, "her2", "table1_clinical")
     assert list(t.columns[3:5]) == ["HER2-positive (n = 79)", "HER2-negative (n = 118)"]
     assert "[2 missing]" in t[(t.variable == "ki67") & (t.level == "")].iloc[0]["Variables"]
-    # HER2 vs itself: perfectly separated
-    h = t[(t.variable == "her2") & (t.level == "1")].iloc[0]
-    assert h["HER2-positive (n = 79)"] == "79 (100)" and h["HER2-negative (n = 118)"] == "0 (0)"
+    assert "her2" not in set(t.variable)  # the grouping column is not compared with itself
+    ki = t[(t.variable == "ki67") & (t.level != "")]
+    assert sum(int(c.split()[0]) for c in ki["HER2-positive (n = 79)"]) + \
+        sum(int(c.split()[0]) for c in ki["HER2-negative (n = 118)"]) == 195
 
 
 def test_cohort_table_codes_as_strings_from_csv(tmp_path):
@@ -266,3 +268,17 @@ def test_paper_variables_order():
     t3 = [x.column for x in paper_variables("table3_mri")]
     assert t3[:3] == ["mri_shape", "mri_margin", "mri_size_mm"]
     assert len(v) == 27 and isinstance(categorical_test([[1, 2], [3, 4]]), TestResult)
+
+
+def test_cohort_tables_and_write(tmp_path):
+    df = _paper_cohort()
+    tabs = cohort_tables(df)
+    assert set(tabs) == {"table1_clinical", "table2_us", "table3_mri", "table1_clinical_by_her2",
+                         "table2_us_by_her2", "table3_mri_by_her2", "tests", "pvalues_vs_paper"}
+    cmp = tabs["pvalues_vs_paper"]
+    assert len(cmp) == 27 and cmp.loc[~cmp.variable.isin(["age", "mri_size_mm"]), "match"].all()
+    paths = write_cohort_tables(tabs, tmp_path / "tables")
+    assert [p.name for p in paths][:3] == ["table1_clinical.csv", "table2_us.csv", "table3_mri.csv"]
+    back = pd.read_csv(tmp_path / "tables" / "table2_us.csv", keep_default_na=False)
+    assert back.shape == tabs["table2_us"].shape
+    assert not list(tmp_path.joinpath("tables").glob(".*"))  # no temporary files left

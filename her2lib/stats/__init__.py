@@ -9,10 +9,11 @@ Tables 1-3 (see ``tests/test_stats_*.py``).
 
 from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, auc, auc_ci, binary_metrics,
                   delong_placements, delong_test, youden_threshold)
-from .tables import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, compare_with_paper,
-                     continuous_test, fisher_exact_rx2, format_pvalue, paper_variables, table_tests)
+from .tables import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, cohort_tables,
+                     compare_with_paper, continuous_test, fisher_exact_rx2, format_pvalue, paper_variables,
+                     table_tests, write_cohort_tables)
 
 __all__ = ["auc", "delong_test", "DeLongResult", "delong_placements", "auc_ci", "AUCInterval", "binary_metrics",
            "BinaryMetrics", "Estimate", "youden_threshold", "categorical_test", "continuous_test", "TestResult",
-           "fisher_exact_rx2", "cohort_table", "table_tests", "compare_with_paper", "paper_variables", "Variable",
+           "fisher_exact_rx2", "cohort_table", "cohort_tables", "write_cohort_tables", "table_tests", "compare_with_paper", "paper_variables", "Variable",
            "PAPER_PVALUES", "format_pvalue"]

@@ -36,7 +36,7 @@ from ..errors import DataError, ParameterError
 
 __all__ = ["TestResult", "categorical_test", "fisher_exact_rx2", "continuous_test", "Variable",
            "paper_variables", "PAPER_PVALUES", "table_tests", "cohort_table", "compare_with_paper",
-           "format_pvalue"]
+           "format_pvalue", "cohort_tables", "write_cohort_tables"]
 
 CATEGORICAL_METHODS = ("chi2", "chi2_yates", "fisher")
 
@@ -401,7 +401,7 @@ def paper_variables(table: str | None = None) -> list[Variable]:
     return [v for v in out if table is None or v.table == table]
 
 
-def _as_variables(df: pd.DataFrame, variables) -> list[Variable]:
+def _as_variables(df: pd.DataFrame, variables, by: str | None = None) -> list[Variable]:
     if isinstance(variables, str):
         variables = paper_variables(variables)
     out = []
@@ -416,6 +416,8 @@ def _as_variables(df: pd.DataFrame, variables) -> list[Variable]:
                 codes = tuple(sorted(df[v].dropna().unique().tolist(), key=str))
                 v = Variable(v, v, "categorical", tuple(str(c) for c in codes), codes)
         out.append(v)
+    if by is not None:
+        out = [v for v in out if v.column != by]  # the grouping column itself is not compared
     missing = [v.column for v in out if v.column not in df.columns]
     if missing:
         import difflib
@@ -487,7 +489,7 @@ def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | 
     from statsmodels.stats.multitest import multipletests
 
     groups = _groups(df, by, groups)
-    vars_ = _as_variables(df, variables)
+    vars_ = _as_variables(df, variables, by)
     rows = []
     for v in vars_:
         sub = df[list(dict.fromkeys([v.column, by]))].dropna()
@@ -563,7 +565,8 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
     variables : str or sequence of Variable or str
         A paper table name (``"table1_clinical"``, ``"table2_us"``, ``"table3_mri"``) or explicit variables.
     groups : two group values, optional
-        Column order (default train/test, or HER2-positive/negative).
+        Column order (default train/test, or HER2-positive/negative). The grouping column itself is never a row
+        (e.g. the HER2 row is left out of Table 1 by HER2 status).
     alpha : float
         Shapiro-Wilk level.
     pct_digits : int, default 0
@@ -582,7 +585,7 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
         use. Missing values are excluded per variable and counted in the header text.
     """
     groups = _groups(df, by, groups)
-    vars_ = _as_variables(df, variables)
+    vars_ = _as_variables(df, variables, by)
     tests = table_tests(df, by, vars_, groups=groups, alpha=alpha).set_index("variable")
     n_g = [int((df[by] == g).sum()) for g in groups]
     heads = [_group_header(by, g, n) for g, n in zip(groups, n_g)]
@@ -643,4 +646,53 @@ def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out["p_ours_rounded"] = out["p_ours"].round(digits)
     out["p_paper"] = out["variable"].map(PAPER_PVALUES)
     out["match"] = np.isclose(out["p_ours_rounded"], out["p_paper"], atol=10 ** -(digits + 2))
+    cont = out["variable"].isin(["age", "mri_size_mm"])
+    out["note"] = np.where(cont, "continuous: the paper prints only median (Q1, Q3); not reproducible from counts",
+                           "categorical: reproducible from the counts of Tables 1-3")
     return out.reset_index(drop=True)
+
+
+PAPER_TABLES = ("table1_clinical", "table2_us", "table3_mri")
+
+
+def cohort_tables(df: pd.DataFrame, alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+    """All cohort tables of notebook 01: the paper's Tables 1-3 by split and by HER2 status, tests, paper check.
+
+    Parameters
+    ----------
+    df : DataFrame, one row per patient (``her2lib.data.load_cohort``), with the columns of tables_1_3.json
+    alpha : float
+        Shapiro-Wilk level for continuous variables.
+
+    Returns
+    -------
+    dict of str to DataFrame
+        ``"table1_clinical"``, ``"table2_us"``, ``"table3_mri"`` (Train vs Test, as the paper);
+        ``"table1_clinical_by_her2"``, ``"table2_us_by_her2"``, ``"table3_mri_by_her2"`` (HER2-positive vs
+        HER2-negative; the HER2 row itself omitted); ``"tests"`` (numeric results of every table, with columns
+        ``table`` and ``by``); ``"pvalues_vs_paper"`` (:func:`compare_with_paper` for the train/test tables).
+    """
+    out: dict[str, pd.DataFrame] = {}
+    tests = []
+    for by, suffix in (("split", ""), ("her2", "_by_her2")):
+        for name in PAPER_TABLES:
+            out[name + suffix] = cohort_table(df, by, name, alpha=alpha)
+            tests.append(table_tests(df, by, name, alpha=alpha).assign(table=name, by=by))
+    allt = pd.concat(tests, ignore_index=True)
+    out["tests"] = allt[["table", "by", *[c for c in allt.columns if c not in ("table", "by")]]]
+    out["pvalues_vs_paper"] = compare_with_paper(allt[allt["by"] == "split"])
+    return out
+
+
+def write_cohort_tables(tables: dict[str, pd.DataFrame], tables_dir) -> list:
+    """Write each table of :func:`cohort_tables` to ``tables_dir / f"{name}.csv"`` atomically (UTF-8).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in the dict's order.
+    """
+    from pathlib import Path
+
+    from ..io import write_csv
+    return [write_csv(Path(tables_dir) / f"{name}.csv", t) for name, t in tables.items()]
