@@ -1,0 +1,768 @@
+"""The embedded synthetic cohort (paper, Methods: *Patients*; Tables 1-3).
+
+No patient data can ship with her2lib, so the default input is a deterministic synthetic cohort that mirrors the
+paper's: 197 patients (149 train / 48 test; HER2-positive 60/19), every categorical variable of Tables 1-3 with
+the paper's per-split counts *exactly*, age and largest tumour size with the paper's per-split median and
+quartiles (``numpy.quantile``, linear method), and per patient one B-mode ultrasound image (8-bit PNG) and one
+DCE post-contrast T1 MRI volume (NIfTI), each with its lesion mask.
+
+HER2 signal model
+-----------------
+Each patient has one latent score ``z ~ N(+-her2_signal / 2, 1)`` (sign = HER2 status) and one noisy copy per
+modality ``s_us = z + modality_noise * e_us``, ``s_mri = z + modality_noise * e_mri`` (independent standard
+normal ``e``). ``s_us`` drives the US BI-RADS columns associated with HER2 in the literature (calcifications,
+posterior enhancement, not-circumscribed margin, heterogeneous echo) and, continuously, the rendered image
+(internal heterogeneity, posterior acoustic enhancement, number and size of echogenic calcification foci,
+echogenic halo); ``s_mri`` drives the MRI columns (heterogeneous enhancement, non-mass enhancement, multiple
+lesions, irregular shape) and the rendered enhancement (rim-like profile, heterogeneity, peak intensity).
+The features are blob-scale (several mm), so they survive resizing the ROI to 64x64 / 32^3.
+
+An oracle that knows a score reaches ROC AUC ``Phi(her2_signal / sqrt(2 * v))`` with ``v = 1`` for ``z``,
+``v = 1 + modality_noise**2`` for one modality and ``v = 1 + modality_noise**2 / 2`` for the mean of both
+(:func:`oracle_auc_theory`); defaults (``her2_signal=2.0, modality_noise=1.0``): latent 0.92, US 0.84, MRI 0.84,
+fused 0.88. :func:`oracle_auc` gives the empirical values of a built cohort.
+
+Paper-count inconsistencies (documented, unavoidable with the printed counts)
+-------------------------------------------------------------------------
+``luminal`` = not (``her2_nonluminal`` or ``triple_negative``) holds exactly (46 = 32 + 14 train, 14 = 11 + 3
+test). ``triple_negative`` implies ``her2 = 0, hr = 0``; ``her2_nonluminal`` implies ``her2 = 1, hr = 0``.
+But the paper has more HR-negative patients than non-luminal ones (train 51 vs 46, test 18 vs 14), so 5 train /
+4 test luminal patients get ``hr = 0``; and more ER-positive than HR-positive patients (train 100 vs 98, test
+35 vs 30), so 2 train / 5 test patients are ER-positive with ``hr = 0``. ER/PR-negative cells go first to the
+non-luminal patients, so every non-luminal patient is ER- and PR-negative and every ``hr = 1`` patient is ER- or
+PR-positive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .data import table_spec, write_nifti, write_png
+from .errors import ParameterError
+from .io import write_csv, write_json
+
+__all__ = ["SynthKnobs", "make_cohort", "make_table", "split_counts", "scale_counts", "place_quantiles",
+           "oracle_auc", "oracle_auc_theory", "paper_count_table", "knobs_from"]
+
+SYNTH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SynthKnobs:
+    """Knobs of the synthetic cohort (all have defaults; pass as ``make_cohort(..., **knobs)``).
+
+    Attributes
+    ----------
+    us_shape : (int, int)
+        US image ``(height, width)`` in px (depth x lateral). Default (448, 512).
+    us_fov_mm : float
+        Lateral field of view of the US image in mm (sets px/mm). Default 50.
+    mri_shape : (int, int, int)
+        MRI volume ``(z, y, x)`` in voxels. Default (48, 96, 96).
+    mri_fov_mm : (float, float, float)
+        MRI field of view ``(z, y, x)`` in mm; spacing = fov / shape. Default (72, 67.2, 67.2) -> 1.5 x 0.7 x 0.7 mm.
+    her2_signal : float
+        Separation of the latent score between HER2 classes (in SDs); 0 = no signal. Default 2.0.
+    modality_noise : float
+        SD of the independent per-modality noise added to the latent score. Default 1.0.
+    n_jobs : int
+        Worker processes for rendering (results do not depend on it). Default 1.
+    """
+
+    us_shape: tuple[int, int] = (448, 512)
+    us_fov_mm: float = 50.0
+    mri_shape: tuple[int, int, int] = (48, 96, 96)
+    mri_fov_mm: tuple[float, float, float] = (72.0, 67.2, 67.2)
+    her2_signal: float = 2.0
+    modality_noise: float = 1.0
+    n_jobs: int = 1
+
+    @property
+    def mri_spacing(self) -> tuple[float, float, float]:
+        return tuple(float(f) / int(s) for f, s in zip(self.mri_fov_mm, self.mri_shape))  # type: ignore
+
+
+def knobs_from(**knobs: Any) -> SynthKnobs:
+    """Build :class:`SynthKnobs` from keyword arguments, validating names and values.
+
+    Raises
+    ------
+    ParameterError
+        Unknown knob (with a close match) or an invalid value.
+    """
+    import difflib
+    names = set(SynthKnobs.__dataclass_fields__)
+    for k in knobs:
+        if k not in names:
+            m = difflib.get_close_matches(k, sorted(names), n=1)
+            raise ParameterError(f"unknown synthetic-cohort knob {k!r}" + (f"; did you mean {m[0]!r}?" if m else "")
+                                 + f" Valid knobs: {sorted(names)}.")
+    kw = dict(knobs)
+    for k in ("us_shape", "mri_shape"):
+        if k in kw:
+            kw[k] = tuple(int(v) for v in kw[k])
+    if "mri_fov_mm" in kw:
+        kw["mri_fov_mm"] = tuple(float(v) for v in kw["mri_fov_mm"])
+    k = SynthKnobs(**kw)
+    if len(k.us_shape) != 2 or min(k.us_shape) < 32:
+        raise ParameterError(f"us_shape={k.us_shape} must be (height, width) with both >= 32 px.")
+    if len(k.mri_shape) != 3 or min(k.mri_shape) < 8:
+        raise ParameterError(f"mri_shape={k.mri_shape} must be (z, y, x) with all >= 8 voxels.")
+    if len(k.mri_fov_mm) != 3 or min(k.mri_fov_mm) <= 0 or k.us_fov_mm <= 0:
+        raise ParameterError("mri_fov_mm (3 values) and us_fov_mm must be positive.")
+    if k.her2_signal < 0 or k.modality_noise < 0:
+        raise ParameterError("her2_signal and modality_noise must be >= 0.")
+    if k.n_jobs < 1:
+        raise ParameterError(f"n_jobs={k.n_jobs} must be >= 1.")
+    return k
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Counts
+# ----------------------------------------------------------------------------------------------------------
+def scale_counts(counts: list[int], total: int) -> list[int]:
+    """Scale ``counts`` to sum to ``total`` by largest-remainder rounding (ties -> earlier level).
+
+    Parameters
+    ----------
+    counts : list of int
+        Reference counts (e.g. the paper's, per level).
+    total : int
+        Target sum.
+
+    Returns
+    -------
+    list of int
+        Non-negative counts summing to ``total``; equal to ``counts`` when ``total == sum(counts)``.
+    """
+    ref = sum(counts)
+    if ref == total:
+        return list(counts)
+    exact = [c * total / ref for c in counts]
+    base = [int(math.floor(e)) for e in exact]
+    rem = total - sum(base)
+    order = sorted(range(len(counts)), key=lambda i: (-(exact[i] - base[i]), i))
+    for i in order[:rem]:
+        base[i] += 1
+    return base
+
+
+def split_counts(n_patients: int) -> dict[str, int]:
+    """Train/test sizes for ``n_patients`` (paper: 149/48 of 197, largest-remainder scaling)."""
+    spec = table_spec()["n"]
+    tr, te = scale_counts([spec["train"], spec["test"]], n_patients)
+    return {"train": tr, "test": te}
+
+
+def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bool = True) -> np.ndarray:
+    """Monotonically adjust ``values`` so that ``np.quantile(out, q) == targets[q]`` exactly.
+
+    Parameters
+    ----------
+    values : np.ndarray, shape (n,)
+        Draws (any order); the output keeps each value's rank.
+    targets : dict
+        ``{0.25: Q1, 0.5: median, 0.75: Q3}`` (any increasing quantiles).
+    integer : bool
+        Round to integers wherever the targets allow (ages, mm), else keep floats.
+
+    Returns
+    -------
+    np.ndarray, shape (n,)
+        Adjusted values in the input order.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    order = np.argsort(v, kind="stable")
+    s = v[order].copy()
+    qs = sorted(targets)
+    if n < 2:
+        return v
+    # 1) piecewise-linear monotone map of the empirical quantiles onto the targets
+    emp = np.quantile(s, qs)
+    tgt = np.array([targets[q] for q in qs], float)
+    lo_slope = (tgt[1] - tgt[0]) / max(emp[1] - emp[0], 1e-9) if len(qs) > 1 else 1.0
+    hi_slope = (tgt[-1] - tgt[-2]) / max(emp[-1] - emp[-2], 1e-9) if len(qs) > 1 else 1.0
+    xs = np.concatenate([[emp[0] - 1e3], emp, [emp[-1] + 1e3]])
+    ys = np.concatenate([[tgt[0] - 1e3 * lo_slope], tgt, [tgt[-1] + 1e3 * hi_slope]])
+    if np.all(np.diff(xs) > 0):
+        s = np.interp(s, xs, ys)
+    if integer:
+        s = np.round(s)
+    # 2) pin the order statistics that define each quantile, then restore monotonicity around them
+    pinned: dict[int, float] = {}
+    for q in qs:
+        h = (n - 1) * q
+        lo, hi = int(math.floor(h)), int(math.ceil(h))
+        frac = h - lo
+        t = float(targets[q])
+        if hi == lo or (integer and float(t).is_integer()):
+            pinned[lo] = t
+            pinned[hi] = t
+        else:
+            a = math.floor(t) if integer else s[lo]
+            a = min(a, t)
+            b = a + (t - a) / frac
+            pinned[lo], pinned[hi] = float(a), float(b)
+    for i, val in pinned.items():
+        s[i] = val
+    keys = sorted(pinned)
+    for i in range(n):
+        lo_b = max([pinned[k] for k in keys if k <= i], default=-np.inf)
+        hi_b = min([pinned[k] for k in keys if k >= i], default=np.inf)
+        s[i] = min(max(s[i], lo_b), hi_b)
+    s = np.maximum.accumulate(s)
+    out = np.empty(n)
+    out[order] = s
+    return out
+
+
+def _parse_quartiles(text: str) -> dict[float, float]:
+    import re
+    num = r"\s*([-+]?\d+(?:\.\d+)?)"
+    found = [re.search(key + num, text, flags=re.I) for key in ("median", "Q1", "Q3")]
+    if not all(found):
+        raise ParameterError(f"cannot parse 'median M (Q1 a, Q3 b)' from {text!r}")
+    med, q1, q3 = (float(m.group(1)) for m in found)  # type: ignore[union-attr]
+    return {0.25: q1, 0.5: med, 0.75: q3}
+
+
+# which level is HER2-like (first in the list = most HER2+-like) and the weight of the modality score
+_ASSOC: dict[str, tuple[list[str], float, str]] = {
+    "ki67": (["high", "low"], 0.6, "z"),
+    "us_shape": (["irregular", "round_oval"], 0.3, "us"),
+    "us_orientation": (["parallel", "not_parallel"], 0.3, "us"),
+    "us_margin": (["not_circumscribed", "circumscribed"], 0.5, "us"),
+    "us_echo_pattern": (["heterogeneous", "complex_cystic_solid", "hypoechoic", "isoechoic"], 0.8, "us"),
+    "us_posterior": (["enhancement", "combined", "none", "shadowing"], 1.0, "us"),
+    "us_calcifications": (["present", "absent"], 1.0, "us"),
+    "us_vascularity": (["internal", "rim", "absent"], 0.4, "us"),
+    "us_axillary_ln": (["present", "absent"], 0.3, "z"),
+    "mri_shape": (["irregular", "round_oval"], 0.3, "mri"),
+    "mri_margin": (["not_circumscribed", "circumscribed"], 0.4, "mri"),
+    "mri_lesions": (["multiple", "single"], 0.6, "mri"),
+    "mri_t2_hyper": (["present", "absent"], 0.4, "mri"),
+    "mri_skin": (["present", "absent"], 0.2, "mri"),
+    "mri_nipple": (["present", "absent"], 0.2, "mri"),
+    "mri_enhancement": (["heterogeneous", "homogeneous"], 1.0, "mri"),
+    "mri_nonmass": (["present", "absent"], 0.7, "mri"),
+}
+
+
+def _assign_exact(priority: np.ndarray, levels_in_order: list, counts_in_order: list[int]) -> np.ndarray:
+    """Give the ``counts[0]`` highest-priority patients level 0, the next ``counts[1]`` level 1, ..."""
+    order = np.argsort(-priority, kind="stable")
+    out = np.empty(priority.size, dtype=object)
+    start = 0
+    for lev, c in zip(levels_in_order, counts_in_order):
+        out[order[start:start + c]] = lev
+        start += c
+    return out
+
+
+def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) -> pd.DataFrame:
+    spec = table_spec()
+    cat = {v["column"]: v for v in spec["categorical"]}
+
+    def counts(col: str) -> dict:
+        v = cat[col]
+        return dict(zip(v["codes"], scale_counts(v[split], n)))
+
+    noise = lambda: rng.standard_normal(n)  # noqa: E731
+    tie = lambda: rng.random(n) * 1e-3  # noqa: E731  (random tie-break)
+    df = pd.DataFrame(index=range(n))
+    c = counts("her2")
+    df["her2"] = _assign_exact(tie(), [1, 0], [c[1], c[0]]).astype(int)
+    her2 = df["her2"].to_numpy()
+    z = np.where(her2 == 1, k.her2_signal / 2, -k.her2_signal / 2) + rng.standard_normal(n)
+    s = {"z": z, "us": z + k.modality_noise * rng.standard_normal(n),
+         "mri": z + k.modality_noise * rng.standard_normal(n)}
+    # molecular subtypes (priorities: big integer = hard preference, tie() = random within)
+    c = counts("her2_nonluminal")
+    df["her2_nonluminal"] = _assign_exact(10 * her2 + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    nl = df["her2_nonluminal"].to_numpy()
+    c = counts("triple_negative")
+    df["triple_negative"] = _assign_exact(10 * (1 - her2) - 20 * nl + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    tn = df["triple_negative"].to_numpy()
+    nonlum = (nl + tn) > 0
+    c = counts("luminal")
+    df["luminal"] = _assign_exact(10 * (~nonlum) + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    lum = df["luminal"].to_numpy()
+    c = counts("hr")
+    df["hr"] = _assign_exact(10 * lum + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    hr = df["hr"].to_numpy()
+    c = counts("er")
+    df["er"] = _assign_exact(10 * hr + 5 * lum + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    er = df["er"].to_numpy()
+    c = counts("pr")
+    df["pr"] = _assign_exact(10 * hr + 5 * lum + 3 * (hr * (1 - er)) + tie(), [1, 0], [c[1], c[0]]).astype(int)
+    for col in ("location",):
+        c = counts(col)
+        df[col] = _assign_exact(tie(), list(c), list(c.values()))
+    for col, (order, w, src) in _ASSOC.items():
+        c = counts(col)
+        df[col] = _assign_exact(w * s[src] + noise(), order, [c[o] for o in order])
+    # continuous
+    cont = {v["column"]: _parse_quartiles(v[split]) for v in spec["continuous"]}
+    age = np.clip(rng.normal(cont["age"][0.5], (cont["age"][0.75] - cont["age"][0.25]) / 1.35, n), 25, 88)
+    df["age"] = place_quantiles(age, cont["age"]).astype(int) if n >= 4 else np.round(age).astype(int)
+    t = cont["mri_size_mm"]
+    size = np.exp(rng.normal(np.log(t[0.5]), np.log(t[0.75] / t[0.25]) / 1.35, n)) + 0.3 * s["mri"]
+    size = np.clip(size, 6, 80)
+    size = place_quantiles(size, t) if n >= 4 else np.round(size)
+    df["mri_size_mm"] = [int(v) if float(v).is_integer() else float(v) for v in size]
+    # HER2 IHC / FISH consistent with her2
+    u = rng.random(n)
+    ihc = np.where(her2 == 1, np.where(u < 0.75, "3+", "2+"),
+                   np.where(u < 0.35, "0", np.where(u < 0.75, "1+", "2+")))
+    df["her2_ihc"] = ihc
+    df["fish"] = np.where(ihc == "2+", np.where(her2 == 1, "positive", "negative"), "not_done")
+    df["split"] = split
+    df["_z"], df["_s_us"], df["_s_mri"] = s["z"], s["us"], s["mri"]
+    return df
+
+
+def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFrame:
+    """The synthetic cohort's table (no images): manifest columns without paths, plus latent scores.
+
+    Parameters
+    ----------
+    n_patients : int
+        Cohort size (>= 20). 197 reproduces the paper's counts exactly; others scale them.
+    seed : int
+        Seed; the table depends only on ``(n_patients, seed, her2_signal, modality_noise)``.
+    **knobs
+        :class:`SynthKnobs` fields.
+
+    Returns
+    -------
+    pd.DataFrame, shape (n_patients, n_columns)
+        ``patient_id, split, her2``, Tables 1-3 columns, ``age, mri_size_mm, her2_ihc, fish`` and the latent
+        columns ``_z, _s_us, _s_mri`` (not written to the manifest).
+    """
+    if int(n_patients) != n_patients or n_patients < 20:
+        raise ParameterError(f"n_patients={n_patients!r} must be an integer >= 20 (both splits need both classes).")
+    k = knobs_from(**knobs)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
+    parts = [_split_table(rng, sp, n, k) for sp, n in split_counts(int(n_patients)).items()]
+    df = pd.concat(parts, ignore_index=True)
+    perm = rng.permutation(len(df))  # interleave splits so ids carry no split information
+    df = df.iloc[perm].reset_index(drop=True)
+    width = max(3, len(str(len(df))))
+    df.insert(0, "patient_id", [f"SYN{i + 1:0{width}d}" for i in range(len(df))])
+    return df
+
+
+def paper_count_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-split counts of every categorical variable of Tables 1-3 next to the paper's (scaled) counts.
+
+    Parameters
+    ----------
+    df : pd.DataFrame
+        A cohort table (e.g. :func:`her2lib.data.load_cohort` output).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``column, level, code, split, n_cohort, n_paper, n_paper_scaled``.
+    """
+    spec = table_spec()
+    rows = []
+    n_split = df["split"].value_counts().to_dict()
+    for v in spec["categorical"]:
+        if v["column"] not in df.columns:
+            continue
+        for split in ("train", "test"):
+            scaled = scale_counts(v[split], int(n_split.get(split, 0)))
+            col = df.loc[df["split"] == split, v["column"]].astype(str)
+            for lev, code, npap, nsc in zip(v["levels"], v["codes"], v[split], scaled):
+                rows.append({"column": v["column"], "level": lev, "code": code, "split": split,
+                             "n_cohort": int((col == str(code)).sum()), "n_paper": npap, "n_paper_scaled": nsc})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering helpers
+# ----------------------------------------------------------------------------------------------------------
+def _field(rng: np.random.Generator, shape: tuple[int, ...], corr: float | tuple) -> np.ndarray:
+    """Smooth Gaussian random field (zero mean, unit SD) with correlation length ``corr`` (px per axis).
+
+    White noise on a grid ``corr / 2`` coarser, Gaussian-filtered (sigma 2 coarse px), linearly upsampled.
+    """
+    corr = np.broadcast_to(np.asarray(corr, float), (len(shape),))
+    f = np.maximum(1.0, corr / 2.0)
+    low = tuple(int(math.ceil(s / fi)) + 1 for s, fi in zip(shape, f))
+    a = rng.standard_normal(low).astype(np.float32)
+    a = ndimage.gaussian_filter(a, tuple(c / fi for c, fi in zip(corr, f)), mode="wrap")
+    if any(fi > 1 for fi in f):
+        a = ndimage.zoom(a, [s / l for s, l in zip(shape, low)], order=1, mode="nearest", grid_mode=True)
+    a = a[tuple(slice(0, s) for s in shape)]
+    if a.shape != tuple(shape):
+        a = np.pad(a, [(0, s - fs) for s, fs in zip(shape, a.shape)], mode="edge")
+    a = a - a.mean()
+    return (a / (a.std() + 1e-6)).astype(np.float32)
+
+
+def _sig(x: np.ndarray | float) -> Any:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+def _lesion_level(coords: list[np.ndarray], center: list[float], radii: list[float], rng: np.random.Generator,
+                  shape: tuple, irregular: bool, circumscribed: bool,
+                  spacing: tuple[float, ...]) -> np.ndarray:
+    """Normalised radius minus boundary perturbation: lesion = level < 1 (coords/radii in units of spacing)."""
+    rho = np.sqrt(sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, center, radii)))
+    rmin = min(radii)
+    sp = np.asarray(spacing, float)
+    amp_low = rng.uniform(0.18, 0.3) if irregular else rng.uniform(0.02, 0.05)
+    pert = amp_low * _field(rng, shape, rmin * 0.7 / sp)
+    if not circumscribed:
+        pert += rng.uniform(0.08, 0.14) * _field(rng, shape, np.maximum(1.5, rmin / 6 / sp))
+    return (rho - pert).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ultrasound
+# ----------------------------------------------------------------------------------------------------------
+def render_us(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray]:
+    """Render one B-mode ultrasound image and lesion mask.
+
+    Parameters
+    ----------
+    row : dict
+        One cohort row (BI-RADS US columns, ``mri_size_mm`` and latent ``_s_us``).
+    rng : np.random.Generator
+        The patient's generator.
+    k : SynthKnobs
+        Image size knobs.
+
+    Returns
+    -------
+    image : np.ndarray, uint8, shape (H, W)
+    mask : np.ndarray, uint8, shape (H, W), values 0/255
+    """
+    H, W = k.us_shape
+    ppm = W / k.us_fov_mm
+    t = float(_sig(row["_s_us"]))  # HER2-likeness of the US appearance, 0..1
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    # tissue layers with wavy boundaries
+    xs = np.arange(W, dtype=np.float32)
+    wave = lambda amp, per: amp * np.sin(2 * np.pi * xs / per + rng.uniform(0, 2 * np.pi))  # noqa: E731
+    skin_end = 0.035 * H + wave(0.006 * H, W * rng.uniform(0.8, 1.6))
+    fat_end = rng.uniform(0.16, 0.24) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
+    gland_end = rng.uniform(0.78, 0.86) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
+    tex = _field(rng, (H, W), (6 * ppm / 10, 14 * ppm / 10))
+    E = np.empty((H, W), np.float32)
+    skin, fat, gland = yy < skin_end, (yy >= skin_end) & (yy < fat_end), (yy >= fat_end) & (yy < gland_end)
+    muscle = yy >= gland_end
+    E[skin] = 0.9
+    lob = _field(rng, (H, W), 3 * ppm)
+    E[fat] = (0.28 + 0.12 * np.clip(np.abs(lob) < 0.25, 0, 1) * 2.0)[fat]  # fat lobules with echogenic septa
+    E[gland] = np.clip(0.62 + 0.16 * tex, 0.3, 1.0)[gland]
+    stria = 0.45 + 0.15 * np.sin(yy / (0.9 * ppm) + 2 * tex)
+    E[muscle] = stria[muscle]
+    # lesion geometry
+    size_px = min(float(row["mri_size_mm"]) * rng.uniform(0.85, 1.0) * ppm, 0.62 * W)
+    a = size_px / 2
+    aspect = rng.uniform(0.55, 0.8) if row["us_orientation"] == "parallel" else rng.uniform(1.1, 1.35)
+    b = a * aspect
+    if b > 0.3 * H:
+        a, b = a * 0.3 * H / b, 0.3 * H
+    cx = W / 2 + rng.uniform(-0.08, 0.08) * W
+    cy = float(np.clip(0.48 * H + rng.uniform(-0.06, 0.06) * H, b + 0.1 * H, H - b - 0.14 * H))
+    level = _lesion_level([yy, xx], [cy, cx], [b, a], rng, (H, W), row["us_shape"] == "irregular",
+                          row["us_margin"] == "circumscribed", (1.0, 1.0))
+    mask = level < 1.0
+    edge = (0.8 if row["us_margin"] == "circumscribed" else 2.5 + 0.04 * a) / a
+    w_in = _sig((1.0 - level) / edge).astype(np.float32)
+    # lesion interior echo; heterogeneity grows with t (blob scale ~ a/4, survives downsampling)
+    echo = {"hypoechoic": 0.2, "isoechoic": 0.55, "heterogeneous": 0.3, "complex_cystic_solid": 0.28}[
+        row["us_echo_pattern"]]
+    blob = _field(rng, (H, W), max(2.0, a / 4))
+    het = 0.03 + 0.22 * t + (0.15 if row["us_echo_pattern"] == "heterogeneous" else 0.0)
+    L = np.clip(echo * (1 + het * 2.2 * blob), 0.03, 1.0)
+    if row["us_echo_pattern"] == "complex_cystic_solid":
+        cyst = _field(rng, (H, W), max(2.0, a / 3)) > 0.4
+        L = np.where(cyst, 0.03, L)
+    if row["us_margin"] != "circumscribed":  # echogenic halo
+        halo = np.exp(-((level - 1.08) / 0.07) ** 2) * (0.25 + 0.2 * rng.random())
+        E = E + halo.astype(np.float32)
+    E = E * (1 - w_in) + L * w_in
+    # posterior acoustic features: column below the lesion
+    cols = mask.any(axis=0)
+    if cols.any():
+        bottom = np.where(cols, H - 1 - np.argmax(mask[::-1], axis=0), 0).astype(np.float32)
+        colw = ndimage.gaussian_filter1d(cols.astype(np.float32), max(1.0, a / 8))
+        below = np.clip((yy - bottom[None, :]) / (0.03 * H), 0, 1) * np.exp(
+            -np.clip(yy - bottom[None, :], 0, None) / (0.45 * H))
+        below = below * colw[None, :]
+        post = row["us_posterior"]
+        enh = 0.45 + 0.9 * t
+        gain_map = {"enhancement": enh, "none": 0.25 * (t - 0.5), "shadowing": -0.6 + 0.3 * t}
+        if post == "combined":
+            side = (xx < cx).astype(np.float32)
+            gain = side * enh + (1 - side) * (-0.55)
+        else:
+            gain = gain_map[post]
+        E = E * (1 + gain * below * (1 - w_in))
+    # calcifications: echogenic foci inside the lesion; number and size grow with t
+    if row["us_calcifications"] == "present":
+        inner = np.argwhere(level < 0.8)
+        if inner.size:
+            n_c = int(2 + round(10 * t) + rng.integers(0, 3))
+            r_c = max(1.0, a / 30 * (0.8 + 0.8 * t))
+            cluster = inner[rng.integers(0, len(inner))]
+            for _ in range(n_c):
+                p = inner[rng.integers(0, len(inner))] if rng.random() < 0.5 else \
+                    cluster + rng.normal(0, a / 4, 2)
+                d2 = (yy - p[0]) ** 2 + (xx - p[1]) ** 2
+                E = E + 1.3 * np.exp(-d2 / (2 * r_c ** 2)).astype(np.float32) * (level < 1.0)
+    # speckle: smoothed complex Gaussian -> Rayleigh amplitude
+    sy, sx = max(0.6, 0.08 * ppm), max(0.8, 0.18 * ppm)
+    re = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
+    im = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
+    speckle = np.sqrt(re ** 2 + im ** 2)
+    speckle /= speckle.mean() + 1e-6
+    atten = np.exp(-0.6 * yy / H) * (1 + 0.35 * yy / H)  # attenuation partly compensated by TGC
+    I = np.clip(E, 0, None) * speckle * atten
+    img = np.log1p(6.0 * I) / np.log1p(6.0 * 2.2)
+    img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    return img, (mask.astype(np.uint8) * 255)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MRI
+# ----------------------------------------------------------------------------------------------------------
+def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray]:
+    """Render one fat-suppressed DCE post-contrast T1 volume and its index-lesion mask.
+
+    Parameters
+    ----------
+    row : dict
+        One cohort row (MRI columns, ``mri_size_mm``, latent ``_s_mri``).
+    rng : np.random.Generator
+        The patient's generator.
+    k : SynthKnobs
+        ``mri_shape`` (z, y, x) and ``mri_fov_mm``.
+
+    Returns
+    -------
+    volume : np.ndarray, int16, shape (Z, Y, X)
+        Signal in arbitrary units (0..~1200); axis y runs anterior (skin, y=0) to posterior (chest wall).
+    mask : np.ndarray, uint8, shape (Z, Y, X), values 0/1
+        The index lesion only (satellites and non-mass enhancement are not in the mask).
+    """
+    Z, Y, X = k.mri_shape
+    sz, sy, sx = k.mri_spacing
+    t = float(_sig(row["_s_mri"]))
+    zz, yy, xx = np.meshgrid(np.arange(Z, dtype=np.float32) * sz, np.arange(Y, dtype=np.float32) * sy,
+                             np.arange(X, dtype=np.float32) * sx, indexing="ij")
+    fz, fy, fx = Z * sz, Y * sy, X * sx
+    vox_mm = min(sy, sx)
+    corr = lambda mm: (mm / sz, mm / sy, mm / sx)  # noqa: E731
+    # anatomy: air anterior of a curved skin surface, fat, fibroglandular tissue, pectoralis + chest wall
+    skin_y = 3.0 + 0.004 * ((xx - fx / 2) ** 2 + 0.5 * (zz - fz / 2) ** 2) + 1.0 * _field(rng, (Z, Y, X), corr(25))
+    cw_y = fy * rng.uniform(0.84, 0.9) + 2.0 * _field(rng, (Z, Y, X), corr(30))
+    fgt = _field(rng, (Z, Y, X), corr(6)) + 0.8 * _field(rng, (Z, Y, X), corr(20)) > 0.4
+    V = np.where(fgt, 0.32, 0.12).astype(np.float32)
+    V = np.where(yy < skin_y, 0.02, V)
+    skin_thick = 2.0 * (1 + 1.5 * (row["mri_skin"] == "present"))
+    skin_band = (yy >= skin_y) & (yy < skin_y + skin_thick)
+    V = np.where(skin_band, 0.35 + 0.25 * (row["mri_skin"] == "present"), V)
+    V = np.where(yy > cw_y, 0.28, V)
+    V = np.where(yy > cw_y + 8, 0.18, V)
+    # index lesion
+    d = min(float(row["mri_size_mm"]), 0.7 * min(fy, fx), 0.85 * fz * 2)
+    a = d / 2
+    radii = [a * rng.uniform(0.6, 0.9), a * rng.uniform(0.7, 1.0), a]
+    radii[0] = min(radii[0], 0.42 * fz)
+    c = [fz / 2 + rng.uniform(-0.1, 0.1) * fz,
+         float(np.clip(fy * 0.45 + rng.uniform(-0.05, 0.05) * fy, radii[1] + 8, fy * 0.82 - radii[1])),
+         fx / 2 + rng.uniform(-0.1, 0.1) * fx]
+    ang = rng.uniform(0, np.pi)
+    ry = (yy - c[1]) * np.cos(ang) - (xx - c[2]) * np.sin(ang) + c[1]
+    rx = (yy - c[1]) * np.sin(ang) + (xx - c[2]) * np.cos(ang) + c[2]
+    level = _lesion_level([zz, ry, rx], c, radii, rng, (Z, Y, X), row["mri_shape"] == "irregular",
+                          row["mri_margin"] == "circumscribed", (sz, sy, sx))
+    mask = level < 1.0
+    edge = (0.6 * vox_mm if row["mri_margin"] == "circumscribed" else 1.5 + 0.05 * a) / a
+    w_in = _sig((1.0 - level) / edge).astype(np.float32)
+    peak = 0.75 + 0.45 * t
+    rim = 0.1 + 0.6 * t  # rim-like profile: the centre enhances less
+    het = 0.06 + 0.25 * t + (0.18 if row["mri_enhancement"] == "heterogeneous" else 0.0)
+    prof = 1.0 - rim * np.clip(1.0 - level, 0, 1) ** 1.5
+    blob = _field(rng, (Z, Y, X), corr(max(2.0, a / 3)))
+    L = np.clip(peak * prof * (1 + het * 1.2 * blob), 0.05, 1.6)
+    V = V * (1 - w_in) + L * w_in
+    # satellites (multiple lesions) and non-mass enhancement (not in the mask)
+    if row["mri_lesions"] == "multiple":
+        for _ in range(int(rng.integers(1, 3))):
+            dirv = rng.normal(size=3)
+            dirv /= np.linalg.norm(dirv)
+            dist = a + rng.uniform(5, 12)
+            p = [c[i] + dirv[i] * dist for i in range(3)]
+            r = rng.uniform(2.5, 4.5)
+            d2 = (zz - p[0]) ** 2 + (yy - p[1]) ** 2 + (xx - p[2]) ** 2
+            V = np.maximum(V, (peak * 0.9 * _sig((r - np.sqrt(d2)) / 0.6)).astype(np.float32))
+    if row["mri_nonmass"] == "present":
+        dirv = np.array([rng.uniform(-0.3, 0.3), -1.0, rng.uniform(-0.6, 0.6)])
+        dirv /= np.linalg.norm(dirv)
+        rel = np.stack([zz - c[0], yy - c[1], xx - c[2]])
+        along = np.tensordot(dirv, rel, axes=1)
+        perp = np.sqrt(np.clip((rel ** 2).sum(0) - along ** 2, 0, None))
+        seg = (along > 0) & (along < a + rng.uniform(12, 22)) & (perp < rng.uniform(3, 6))
+        clumps = _field(rng, (Z, Y, X), corr(2.0)) > 0.2
+        V = np.where(seg & clumps & (yy >= skin_y), np.maximum(V, 0.55 + 0.2 * t), V)
+    if row["mri_nipple"] == "present":
+        d2 = (xx - fx / 2) ** 2 + (zz - fz / 2) ** 2
+        V = np.where((d2 < 36) & (yy >= skin_y - 2) & (yy < skin_y + 6), 0.6, V)
+    # bias field, partial-volume blur, Rician-like noise
+    bias = 1.0 + 0.08 * _field(rng, (Z, Y, X), corr(40))
+    V = ndimage.gaussian_filter(V * bias, (0.35, 0.5, 0.5))
+    n1 = rng.standard_normal((Z, Y, X)).astype(np.float32) * 0.025
+    n2 = rng.standard_normal((Z, Y, X)).astype(np.float32) * 0.025
+    V = np.sqrt((V + n1) ** 2 + n2 ** 2)
+    vol = np.clip(np.round(V * 750.0), 0, 32767).astype(np.int16)
+    return vol, mask.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cohort
+# ----------------------------------------------------------------------------------------------------------
+_MANIFEST_HEAD = ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
+
+
+def _render_patient(args: tuple) -> dict:
+    row, index, seed, knobs_dict, out_dir = args
+    k = SynthKnobs(**knobs_dict)
+    pid = row["patient_id"]
+    rng_us = np.random.default_rng(np.random.SeedSequence([int(seed), 1, int(index)]))
+    rng_mri = np.random.default_rng(np.random.SeedSequence([int(seed), 2, int(index)]))
+    out = Path(out_dir)
+    img, mask = render_us(row, rng_us, k)
+    write_png(out / "us" / f"{pid}.png", img)
+    write_png(out / "us" / f"{pid}_mask.png", mask)
+    vol, vmask = render_mri(row, rng_mri, k)
+    write_nifti(out / "mri" / f"{pid}.nii.gz", vol, k.mri_spacing)
+    write_nifti(out / "mri" / f"{pid}_mask.nii.gz", vmask, k.mri_spacing)
+    return {"patient_id": pid, "us_image": f"us/{pid}.png", "us_mask": f"us/{pid}_mask.png",
+            "mri_image": f"mri/{pid}.nii.gz", "mri_mask": f"mri/{pid}_mask.nii.gz"}
+
+
+def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
+    """The parameters that fully determine a synthetic cohort (recorded in ``synth_params.json``)."""
+    k = knobs_from(**knobs)
+    d = asdict(k)
+    d.pop("n_jobs")  # does not change the output
+    return {"synth_version": SYNTH_VERSION, "n_patients": int(n_patients), "seed": int(seed),
+            **{kk: list(v) if isinstance(v, tuple) else v for kk, v in d.items()}}
+
+
+def make_cohort(out_dir: str | os.PathLike, n_patients: int = 197, seed: int = 0, progress: bool = False,
+                **knobs: Any) -> Path:
+    """Build the synthetic cohort (images, masks, manifest) in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Cohort folder; created if needed. Files are written atomically; the manifest is written last, so its
+        presence means the build completed.
+    n_patients : int
+        Number of patients (>= 20); 197 reproduces the paper's per-split counts exactly.
+    seed : int
+        Master seed; per-patient generators derive from ``SeedSequence([seed, modality, patient_index])``,
+        so the result is byte-identical for equal arguments whatever ``n_jobs``.
+    progress : bool
+        Show a tqdm progress bar.
+    **knobs
+        :class:`SynthKnobs` fields: ``us_shape, us_fov_mm, mri_shape, mri_fov_mm, her2_signal,
+        modality_noise, n_jobs``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir / "manifest.csv"``. Also written: ``synth_params.json`` (the knobs) and ``synth_latent.csv``
+        (latent scores, for :func:`oracle_auc`; no model may read it).
+    """
+    k = knobs_from(**knobs)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table = make_table(n_patients, seed, **knobs)
+    kd = asdict(k)
+    rows = table.to_dict("records")
+    jobs = [(r, i, seed, kd, str(out)) for i, r in enumerate(rows)]
+    it: Any
+    if k.n_jobs > 1:
+        import multiprocessing as mp
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(k.n_jobs) as pool:
+            it = pool.imap(_render_patient, jobs, chunksize=4)
+            if progress:
+                from tqdm.auto import tqdm
+                it = tqdm(it, total=len(jobs), desc="synthetic cohort")
+            paths = list(it)
+    else:
+        it = jobs
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(jobs, desc="synthetic cohort")
+        paths = [_render_patient(j) for j in it]
+    pdf = pd.DataFrame(paths)
+    man = table.merge(pdf, on="patient_id", how="left")
+    latent = man[["patient_id", "split", "her2", "_z", "_s_us", "_s_mri"]].rename(
+        columns={"_z": "latent", "_s_us": "score_us", "_s_mri": "score_mri"})
+    desc = [c for c in man.columns if c not in _MANIFEST_HEAD and not c.startswith("_")]
+    man = man[_MANIFEST_HEAD + desc]
+    write_csv(out / "synth_latent.csv", latent.round(6))
+    write_json(out / "synth_params.json", synth_params(n_patients, seed, **knobs))
+    manifest = out / "manifest.csv"
+    write_csv(manifest, man)
+    return manifest
+
+
+def oracle_auc_theory(her2_signal: float = 2.0, modality_noise: float = 1.0) -> dict[str, float]:
+    """ROC AUC of an oracle that knows the latent score (infinite-sample, binormal model).
+
+    Returns
+    -------
+    dict
+        ``{"latent", "us", "mri", "fused"}``: ``Phi(her2_signal / sqrt(2 v))`` with ``v = 1``,
+        ``1 + modality_noise**2`` (each modality) and ``1 + modality_noise**2 / 2`` (mean of both).
+    """
+    from scipy.stats import norm
+    f = lambda v: float(norm.cdf(her2_signal / math.sqrt(2 * v)))  # noqa: E731
+    m = f(1 + modality_noise ** 2)
+    return {"latent": f(1.0), "us": m, "mri": m, "fused": f(1 + modality_noise ** 2 / 2)}
+
+
+def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[str, float]:
+    """Empirical ROC AUC of the latent scores of a built cohort (``synth_latent.csv``).
+
+    Parameters
+    ----------
+    cohort_dir : path-like
+        Folder of a cohort built by :func:`make_cohort`.
+    split : {"train", "test"}, optional
+        Restrict to one split (default: all patients).
+
+    Returns
+    -------
+    dict
+        ``{"latent", "us", "mri", "fused"}`` AUCs (fused = mean of the two modality scores).
+    """
+    from sklearn.metrics import roc_auc_score
+    lat = pd.read_csv(Path(cohort_dir) / "synth_latent.csv")
+    if split is not None:
+        lat = lat[lat["split"] == split]
+    y = lat["her2"].to_numpy()
+    return {"latent": float(roc_auc_score(y, lat["latent"])), "us": float(roc_auc_score(y, lat["score_us"])),
+            "mri": float(roc_auc_score(y, lat["score_mri"])),
+            "fused": float(roc_auc_score(y, lat["score_us"] + lat["score_mri"]))}
