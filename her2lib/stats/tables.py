@@ -205,7 +205,8 @@ def categorical_test(counts, method: Literal["chi2", "chi2_yates", "fisher"] | N
     method : {None, "chi2", "chi2_yates", "fisher"}
         ``None`` applies the paper's rule (module docstring): Yates chi-square for a 2x2 table with every
         expected count >= 5, Fisher's exact test for a 2x2 table otherwise, the exact Fisher-Freeman-Halton test
-        for r > 2 levels, and the uncorrected chi-square where the chosen test gives P = 1.
+        for r > 2 levels, and the uncorrected chi-square where the chosen test gives P = 1 (P >= 1 - 1e-9, to absorb
+        the round-off of summing the exact test's table probabilities).
         ``"chi2"`` = Pearson chi-square without correction; ``"chi2_yates"`` = with Yates' correction (2x2 only;
         larger tables get no correction, as scipy and R); ``"fisher"`` = exact test for any r x 2 table.
 
