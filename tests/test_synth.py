@@ -1,0 +1,192 @@
+"""Tests of the synthetic cohort: exact paper counts, quantiles, subtype logic, determinism, HER2 signal."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2lib import synth
+from her2lib.data import load_cohort, read_image, table_spec
+from her2lib.errors import ParameterError
+
+TINY = dict(n_patients=24, seed=3, us_shape=(96, 112), mri_shape=(16, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def table197() -> pd.DataFrame:
+    return synth.make_table(197, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory) -> Path:
+    return synth.make_cohort(tmp_path_factory.mktemp("tiny") / "cohort", **TINY)
+
+
+def test_split_and_her2_counts_197(table197):
+    assert (table197["split"] == "train").sum() == 149
+    assert (table197["split"] == "test").sum() == 48
+    assert table197.groupby("split")["her2"].sum().to_dict() == {"train": 60, "test": 19}
+    assert table197["patient_id"].is_unique
+
+
+def test_every_categorical_count_matches_paper_197(table197):
+    for var in table_spec()["categorical"]:
+        for split in ("train", "test"):
+            col = table197.loc[table197["split"] == split, var["column"]]
+            got = [int((col.astype(str) == str(code)).sum()) for code in var["codes"]]
+            assert got == var[split], (var["column"], split, got, var[split])
+
+
+def test_continuous_quantiles_197(table197):
+    expect = {"train": {"age": [46, 51, 58], "mri_size_mm": [17, 23, 29]},
+              "test": {"age": [46, 50, 57], "mri_size_mm": [16.75, 21, 26]}}
+    for split, cols in expect.items():
+        sub = table197[table197["split"] == split]
+        for col, q in cols.items():
+            np.testing.assert_allclose(np.quantile(sub[col].astype(float), [0.25, 0.5, 0.75]), q)
+            assert (sub[col].astype(float) > 0).all()
+
+
+def test_subtype_logic(table197):
+    t = table197
+    tn, nl = t["triple_negative"] == 1, t["her2_nonluminal"] == 1
+    assert ((t["her2"] == 0) & (t["hr"] == 0))[tn].all()
+    assert ((t["her2"] == 1) & (t["hr"] == 0))[nl].all()
+    assert (t["luminal"] == 1 - (tn | nl).astype(int)).all()
+    # HR-positive patients are ER- or PR-positive
+    assert ((t["er"] == 1) | (t["pr"] == 1))[t["hr"] == 1].all()
+    # documented, count-forced exceptions: luminal with hr=0 (train 5, test 4)
+    forced = t[(t["luminal"] == 1) & (t["hr"] == 0)].groupby("split").size().to_dict()
+    assert forced == {"train": 5, "test": 4}
+    # IHC / FISH consistent with HER2
+    pos = t["her2"] == 1
+    assert t.loc[pos, "her2_ihc"].isin(["2+", "3+"]).all()
+    assert t.loc[~pos, "her2_ihc"].isin(["0", "1+", "2+"]).all()
+    eq = t["her2_ihc"] == "2+"
+    assert (t.loc[eq & pos, "fish"] == "positive").all() and (t.loc[eq & ~pos, "fish"] == "negative").all()
+    assert (t.loc[~eq, "fish"] == "not_done").all()
+
+
+@pytest.mark.parametrize("n", [20, 48, 100, 400])
+def test_other_sizes_scale_counts(n):
+    t = synth.make_table(n, seed=1)
+    sizes = synth.split_counts(n)
+    assert len(t) == n and sum(sizes.values()) == n
+    for var in table_spec()["categorical"]:
+        for split in ("train", "test"):
+            col = t.loc[t["split"] == split, var["column"]].astype(str)
+            got = [int((col == str(c)).sum()) for c in var["codes"]]
+            assert got == synth.scale_counts(var[split], sizes[split])
+
+
+def test_scale_counts_largest_remainder():
+    assert synth.scale_counts([149, 48], 197) == [149, 48]
+    assert synth.scale_counts([149, 48], 48) == [36, 12]
+    assert synth.scale_counts([1, 1, 1], 2) == [1, 1, 0]
+    assert sum(synth.scale_counts([134, 7, 5, 3], 37)) == 37
+
+
+@pytest.mark.parametrize("n", [5, 12, 36, 48, 149])
+@pytest.mark.parametrize("integer", [True, False])
+def test_place_quantiles_exact(n, integer):
+    rng = np.random.default_rng(n)
+    target = {0.25: 16.75, 0.5: 21.0, 0.75: 26.0}
+    out = synth.place_quantiles(rng.lognormal(3, 0.4, n), target, integer=integer)
+    np.testing.assert_allclose(np.quantile(out, [0.25, 0.5, 0.75]), [16.75, 21, 26], atol=1e-9)
+
+
+def test_unknown_knob_and_bad_values():
+    with pytest.raises(ParameterError, match="did you mean 'her2_signal'"):
+        synth.make_table(40, her2_signa=1.0)
+    with pytest.raises(ParameterError, match="n_patients"):
+        synth.make_table(10)
+    with pytest.raises(ParameterError, match="us_shape"):
+        synth.knobs_from(us_shape=(8, 8))
+
+
+def test_rebuild_is_byte_identical(tiny_cohort, tmp_path):
+    again = synth.make_cohort(tmp_path / "again", n_jobs=2, **TINY)
+    a, b = tiny_cohort.parent, again.parent
+    names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert names_a == names_b and len(names_a) == 4 * TINY["n_patients"] + 3
+    for rel in names_a:
+        assert filecmp.cmp(a / rel, b / rel, shallow=False), rel
+
+
+def test_different_seed_differs(tiny_cohort, tmp_path):
+    other = synth.make_table(TINY["n_patients"], seed=4)
+    assert not other.equals(synth.make_table(TINY["n_patients"], seed=3))
+
+
+def test_built_cohort_validates_and_records_knobs(tiny_cohort):
+    df = load_cohort(tiny_cohort)
+    assert len(df) == TINY["n_patients"]
+    params = json.loads((tiny_cohort.parent / "synth_params.json").read_text())
+    assert params == synth.synth_params(**TINY)
+    img, sp = read_image(df["mri_image"].iloc[0])
+    assert img.shape == (16, 32, 32)
+    np.testing.assert_allclose(sp, (72 / 16, 67.2 / 32, 67.2 / 32))
+    us, sp2 = read_image(df["us_image"].iloc[0])
+    assert us.shape == (96, 112) and sp2 == (1.0, 1.0)
+    assert list(df.columns[:7]) == ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
+    assert "_z" not in df.columns
+
+
+def test_oracle_auc_theory_and_empirical(tiny_cohort):
+    th = synth.oracle_auc_theory(2.0, 1.0)
+    assert th["latent"] > th["fused"] > th["us"] == th["mri"] > 0.5
+    assert synth.oracle_auc_theory(0.0, 1.0)["us"] == pytest.approx(0.5)
+    emp = synth.oracle_auc(tiny_cohort.parent)
+    assert set(emp) == {"latent", "us", "mri", "fused"} and all(0 <= v <= 1 for v in emp.values())
+    big = synth.make_table(400, seed=0)
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(big["her2"], big["_s_us"]) == pytest.approx(th["us"], abs=0.05)
+
+
+def _row(**kw):
+    base = dict(mri_size_mm=22, us_orientation="parallel", us_shape="round_oval", us_margin="circumscribed",
+                us_echo_pattern="hypoechoic", us_posterior="none", us_calcifications="absent", _s_us=0.0,
+                mri_shape="round_oval", mri_margin="circumscribed", mri_enhancement="homogeneous",
+                mri_lesions="single", mri_nonmass="absent", mri_skin="absent", mri_nipple="absent", _s_mri=0.0)
+    base.update(kw)
+    return base
+
+
+def _below_lesion_mean(img, mask):
+    ys, xs = np.nonzero(mask)
+    return img[ys.max() + 5: ys.max() + 40, xs.min(): xs.max()].mean()
+
+
+def test_us_image_follows_columns():
+    k = synth.knobs_from(us_shape=(256, 288))
+    rend = lambda **kw: synth.render_us(_row(**kw), np.random.default_rng(0), k)  # noqa: E731
+    enh, m = rend(us_posterior="enhancement")
+    sha, _ = rend(us_posterior="shadowing")
+    assert _below_lesion_mean(enh, m) > _below_lesion_mean(sha, m) + 20
+    calc, m2 = rend(us_calcifications="present", _s_us=2.0)
+    none, _ = rend(us_calcifications="absent", _s_us=2.0)
+    assert (calc[m2 > 0] > 200).sum() > (none[m2 > 0] > 200).sum()
+    par, mp = rend(us_orientation="parallel")
+    npar, mn = rend(us_orientation="not_parallel")
+    extent = lambda mm: np.ptp(np.nonzero(mm)[0]) / np.ptp(np.nonzero(mm)[1])  # noqa: E731
+    assert extent(mp) < 1 < extent(mn)
+    assert set(np.unique(m).tolist()) == {0, 255}
+
+
+def test_mri_enhancement_follows_her2_score():
+    k = synth.knobs_from(mri_shape=(24, 48, 48))
+    rend = lambda **kw: synth.render_mri(_row(**kw), np.random.default_rng(0), k)  # noqa: E731
+    lo, m = rend(_s_mri=-3.0)
+    hi, _ = rend(_s_mri=3.0)
+    from scipy import ndimage
+    core = ndimage.binary_erosion(m, iterations=2)
+    rim = m.astype(bool) & ~core
+    assert hi[rim].mean() > lo[rim].mean()  # stronger enhancement
+    assert hi[core].mean() / hi[rim].mean() < lo[core].mean() / lo[rim].mean()  # more rim-like
+    assert lo.dtype == np.int16 and m.dtype == np.uint8 and m.any()
