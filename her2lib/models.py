@@ -1,0 +1,247 @@
+"""The two deep-learning models (Methods: "DL model of US" and "DL model of MRI").
+
+* DL-US: ConvNeXt V2 (timm ``convnextv2_*``), one grey-level input channel, two logits. The paper does not name
+  the ConvNeXt V2 size; :class:`DLUSConfig` defaults to ``convnextv2_tiny`` (our choice), CPU profiles use
+  ``convnextv2_atto``.
+* DL-MRI: 3D ResNet18 (MONAI ``resnet18(spatial_dims=3, n_input_channels=1)``), two logits. MONAI's first
+  convolution has stride 1 by default (the paper's setting, we assume); ``conv1_t_stride=2`` makes CPU profiles
+  affordable.
+
+The configs hold the paper's defaults (architecture *and* optimisation, so the ``config.json`` written beside the
+checkpoints describes the whole run); notebook profiles overlay them. The factories never download anything:
+weights come only from an optional local checkpoint file. Output index 1 of the logits is HER2-positive.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ParameterError
+
+__all__ = ["DLUSConfig", "DLMRIConfig", "build_dl_us", "build_dl_mri", "build_model", "config_from_dict"]
+
+
+@dataclass
+class DLUSConfig:
+    """DL-US: ConvNeXt V2 on the 2-D ultrasound ROI (paper defaults).
+
+    Attributes
+    ----------
+    variant : str
+        timm model name, ``convnextv2_atto`` ... ``convnextv2_huge``. Paper: unnamed; default ``convnextv2_tiny``.
+    image_size : int
+        Side of the square input in pixels (paper 256).
+    in_chans, num_classes : int
+        1 grey channel, 2 logits (index 1 = HER2-positive).
+    drop_path_rate : float
+        Stochastic depth rate.
+    checkpoint : str or None
+        Optional LOCAL weights file (timm/ImageNet ConvNeXt V2 ``.pth``/``.safetensors`` or a state dict);
+        the 3-channel stem is summed to 1 channel and the classifier re-initialised. Never downloaded.
+    lr, weight_decay, batch_size, epochs : AdamW learning rate 2e-5, weight decay 5e-2, batch 16, 300 epochs.
+    mixup : bool
+        timm Mixup on the training batches (paper: yes).
+    mixup_alpha, cutmix_alpha, label_smoothing : float
+        timm ``Mixup`` parameters.
+    amp : bool or None
+        Mixed precision with dynamic loss scaling; None = on for CUDA, off on CPU.
+    channels_last : bool or None
+        None = on for CUDA only.
+    """
+
+    variant: str = "convnextv2_tiny"
+    image_size: int = 256
+    in_chans: int = 1
+    num_classes: int = 2
+    drop_path_rate: float = 0.1
+    checkpoint: str | None = None
+    lr: float = 2e-5
+    weight_decay: float = 5e-2
+    batch_size: int = 16
+    epochs: int = 300
+    mixup: bool = True
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.1
+    amp: bool | None = None
+    channels_last: bool | None = None
+    kind: str = field(default="dl_us", init=False)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample, ``(1, H, W)``."""
+        return (self.in_chans, self.image_size, self.image_size)
+
+
+@dataclass
+class DLMRIConfig:
+    """DL-MRI: MONAI 3D ResNet18 on the MRI ROI volume (paper defaults).
+
+    Attributes
+    ----------
+    image_size : int
+        Side of the cubic input in voxels (paper 96).
+    conv1_t_size, conv1_t_stride : int
+        Kernel size and stride of the first convolution (MONAI defaults 7 and 1; 2 for CPU profiles).
+    n_input_channels, num_classes : int
+    checkpoint : str or None
+        Optional LOCAL state-dict file (e.g. MedicalNet resnet_18); keys with other shapes are skipped (warned).
+    lr, weight_decay, batch_size, epochs : AdamW 4e-6, 1e-2, batch 16, 300 epochs.
+    mixup : bool
+        The paper mentions Mixup for US only; off by default.
+    amp, channels_last : bool or None
+        None = on for CUDA only.
+    """
+
+    image_size: int = 96
+    conv1_t_size: int = 7
+    conv1_t_stride: int = 1
+    n_input_channels: int = 1
+    num_classes: int = 2
+    checkpoint: str | None = None
+    lr: float = 4e-6
+    weight_decay: float = 1e-2
+    batch_size: int = 16
+    epochs: int = 300
+    mixup: bool = False
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.1
+    amp: bool | None = None
+    channels_last: bool | None = None
+    kind: str = field(default="dl_mri", init=False)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample, ``(1, D, H, W)``."""
+        return (self.n_input_channels,) + (self.image_size,) * 3
+
+
+ModelConfig = DLUSConfig | DLMRIConfig
+
+
+def _validate(cfg: ModelConfig) -> None:
+    if cfg.num_classes != 2:
+        raise ParameterError(f"num_classes={cfg.num_classes}: her2lib models have 2 logits (HER2-/HER2+).")
+    for name in ("lr", "batch_size", "epochs", "image_size"):
+        if getattr(cfg, name) <= 0:
+            raise ParameterError(f"{cfg.kind}: {name}={getattr(cfg, name)} must be > 0.")
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
+        raise ParameterError(f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
+                             "weights; give a local file or checkpoint=None (random initialisation).")
+
+
+def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
+    """ConvNeXt V2 with ``in_chans`` input channels and 2 logits.
+
+    Parameters
+    ----------
+    cfg : DLUSConfig, optional
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps ``(B, 1, H, W)`` float to ``(B, 2)`` logits.
+    """
+    import timm
+
+    cfg = cfg or DLUSConfig()
+    _validate(cfg)
+    if not cfg.variant.startswith("convnextv2_"):
+        raise ParameterError(f"variant={cfg.variant!r}: DL-US is a ConvNeXt V2; use one of "
+                             f"{timm.list_models('convnextv2_*')}.")
+    if cfg.variant not in timm.list_models("convnextv2_*"):
+        import difflib
+
+        close = difflib.get_close_matches(cfg.variant, timm.list_models("convnextv2_*"), n=1)
+        raise ParameterError(f"variant={cfg.variant!r} is not a timm ConvNeXt V2 model"
+                             + (f"; did you mean {close[0]!r}?" if close else "."))
+    kw: dict[str, Any] = dict(in_chans=cfg.in_chans, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
+    if cfg.checkpoint is None:
+        return timm.create_model(cfg.variant, pretrained=False, **kw)
+    # Local file only: timm adapts the stem to in_chans and drops the mismatched classifier.
+    return timm.create_model(cfg.variant, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve()), hf_hub_id=None,
+                                                         url=None), **kw)
+
+
+def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
+    """MONAI 3D ResNet18 with ``n_input_channels`` inputs and 2 logits.
+
+    Parameters
+    ----------
+    cfg : DLMRIConfig, optional
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps ``(B, 1, D, H, W)`` float to ``(B, 2)`` logits.
+    """
+    from monai.networks.nets import resnet18
+
+    cfg = cfg or DLMRIConfig()
+    _validate(cfg)
+    if cfg.conv1_t_stride < 1:
+        raise ParameterError(f"conv1_t_stride={cfg.conv1_t_stride} must be >= 1.")
+    model = resnet18(spatial_dims=3, n_input_channels=cfg.n_input_channels, num_classes=cfg.num_classes,
+                     conv1_t_size=cfg.conv1_t_size, conv1_t_stride=cfg.conv1_t_stride, pretrained=False)
+    if cfg.checkpoint is not None:
+        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        own = model.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(state) - set(keep))
+        if not keep:
+            raise ParameterError(f"checkpoint {cfg.checkpoint}: no tensor matches the 3D ResNet18's names/shapes.")
+        if skipped:
+            warnings.warn(f"checkpoint {cfg.checkpoint}: skipped {len(skipped)} tensors with other names/shapes "
+                          f"(e.g. {skipped[:3]}).", UserWarning, stacklevel=2)
+        model.load_state_dict(keep, strict=False)
+    return model
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Dispatch to :func:`build_dl_us` or :func:`build_dl_mri` by the config's type."""
+    if isinstance(cfg, DLUSConfig):
+        return build_dl_us(cfg)
+    if isinstance(cfg, DLMRIConfig):
+        return build_dl_mri(cfg)
+    raise ParameterError(f"build_model: expected DLUSConfig or DLMRIConfig, got {type(cfg).__name__}.")
+
+
+def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Plain dict (JSON-ready) of a config, including its ``kind``."""
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Inverse of :func:`config_to_dict` (unknown keys are an error, with the close match)."""
+    d = dict(d)
+    kind = d.pop("kind", None)
+    cls = {"dl_us": DLUSConfig, "dl_mri": DLMRIConfig}.get(kind)
+    if cls is None:
+        raise ParameterError(f"config kind={kind!r}: expected 'dl_us' or 'dl_mri'.")
+    names = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        import difflib
+
+        hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
+        raise ParameterError(f"{kind} config: unknown keys {hints} (key: close match).")
+    return cls(**d)

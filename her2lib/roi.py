@@ -1,0 +1,434 @@
+"""Region of interest (Methods: "DL model of US" / "DL model of MRI", preprocessing).
+
+The paper's recipe, for both modalities:
+
+1. dilate the clinician's lesion mask outward by 50 pixels (US) or 50 in-plane voxels on every slice (MRI);
+2. take the bounding box of the dilated mask (clipped at the image border) and crop it;
+3. z-score normalise the crop (mean and standard deviation of the cropped region);
+4. resize to 256 x 256 (US) or 96 x 96 x 96 (MRI).
+
+:func:`us_roi` and :func:`mri_roi` are pure functions on arrays. :func:`preprocess_cohort` applies them to every
+patient of a cohort and keeps the results in a content-keyed on-disk cache (key = SHA-256 of the image and mask
+file bytes, every preprocessing parameter and :data:`ROI_CODE_VERSION`), so a re-run never recomputes and a
+changed parameter never reuses a stale entry. :func:`plot_roi_examples` draws before/after examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .errors import DataError, ParameterError
+from .io import atomic_path, sha256_file
+
+__all__ = ["ROI_CODE_VERSION", "RoiResult", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi", "mri_roi",
+           "cache_key", "preprocess_cohort", "plot_roi_examples"]
+
+#: Bump whenever the preprocessing code changes its output; it is part of every cache key.
+ROI_CODE_VERSION = "roi-1"
+
+
+@dataclass(frozen=True)
+class RoiResult:
+    """One preprocessed region of interest.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        float32, channel first, ``(1, H, W)`` or ``(1, D, H, W)``; z-scored within the crop.
+    mask : np.ndarray
+        uint8 0/1, same shape: the clinician's (undilated) lesion mask, cropped and resized (nearest).
+    box : tuple of (start, stop)
+        Half-open crop box in the source array's index order (``(y, x)`` or ``(z, y, x)``).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    box: tuple[tuple[int, int], ...]
+
+
+def _size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    if isinstance(size, (int, np.integer)):
+        size = (int(size),) * ndim
+    size = tuple(int(s) for s in size)
+    if len(size) != ndim or any(s < 1 for s in size):
+        raise ParameterError(f"{name}={size!r}: need {ndim} positive integers (or one int for a square/cube).")
+    return size
+
+
+def dilate_mask(mask: np.ndarray, margin: float, sampling: Sequence[float] | None = None,
+                in_plane: bool = False) -> np.ndarray:
+    """Dilate a binary mask outward by ``margin`` (Euclidean distance).
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        Binary mask, ``(H, W)`` or ``(D, H, W)``.
+    margin : float
+        Dilation radius, in the units of ``sampling`` (pixels when ``sampling`` is None).
+    sampling : sequence of float, optional
+        Pixel/voxel spacing per axis (e.g. mm), same axis order as ``mask``.
+    in_plane : bool
+        For 3-D masks: dilate each slice ``mask[z]`` in its own (y, x) plane only (the paper's "per slice"
+        rule); slices without lesion stay empty.
+
+    Returns
+    -------
+    np.ndarray
+        bool array, same shape as ``mask``.
+    """
+    mask = np.asarray(mask) > 0
+    if margin < 0:
+        raise ParameterError(f"margin={margin}: the dilation margin must be >= 0.")
+    if in_plane and mask.ndim == 3:
+        samp = None if sampling is None else tuple(sampling)[1:]
+        out = np.zeros_like(mask)
+        for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+            out[z] = dilate_mask(mask[z], margin, samp)
+        return out
+    if not mask.any():
+        return mask.copy()
+    dist = ndimage.distance_transform_edt(~mask, sampling=sampling)
+    return dist <= margin + 1e-6
+
+
+def roi_box(dilated: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Half-open bounding box ``((start, stop), ...)`` of a non-empty mask (inside the array by construction)."""
+    idx = np.nonzero(dilated)
+    if len(idx[0]) == 0:
+        raise DataError("the lesion mask is empty: nothing to crop. Fix: check the mask file of this patient.")
+    return tuple((int(i.min()), int(i.max()) + 1) for i in idx)
+
+
+def _crop_norm_resize(image: np.ndarray, mask: np.ndarray, box, size: tuple[int, ...]) -> RoiResult:
+    sl = tuple(slice(a, b) for a, b in box)
+    crop = image[sl].astype(np.float64)
+    mcrop = (mask[sl] > 0).astype(np.float32)
+    mean, std = crop.mean(), crop.std()
+    crop = (crop - mean) / std if std > 0 else crop - mean
+    t = torch.from_numpy(crop.astype(np.float32))[None, None]
+    m = torch.from_numpy(mcrop)[None, None]
+    if crop.ndim == 2:
+        img = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    else:
+        img = F.interpolate(t, size=size, mode="trilinear", align_corners=False)
+    msk = F.interpolate(m, size=size, mode="nearest-exact")
+    return RoiResult(image=img[0].numpy().astype(np.float32), mask=msk[0].numpy().astype(np.uint8), box=box)
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim != ndim:
+        raise DataError(f"{what}: image has shape {image.shape}; expected {ndim} dimensions.")
+    if mask.shape != image.shape:
+        raise DataError(f"{what}: mask shape {mask.shape} differs from image shape {image.shape}; "
+                        "fix: export the mask on the image's grid.")
+    if not np.isfinite(image).all():
+        raise DataError(f"{what}: image contains NaN or infinite values.")
+    if not (mask > 0).any():
+        raise DataError(f"{what}: the lesion mask is empty; fix: delineate the lesion or drop the patient.")
+    return image, mask
+
+
+def us_roi(image: np.ndarray, mask: np.ndarray, margin_px: float = 50,
+           size: int | Sequence[int] = (256, 256)) -> RoiResult:
+    """Ultrasound ROI: dilate by ``margin_px`` pixels, crop the bounding box, z-score, resize.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Grey-level image ``(H, W)``.
+    mask : np.ndarray
+        Lesion mask ``(H, W)``, non-zero inside the lesion.
+    margin_px : float
+        Outward margin in pixels (paper: 50).
+    size : int or (int, int)
+        Output ``(H, W)`` (paper: 256 x 256).
+
+    Returns
+    -------
+    RoiResult
+        ``image`` float32 ``(1, H, W)``, ``mask`` uint8 ``(1, H, W)``, ``box`` ``((y0, y1), (x0, x1))``.
+    """
+    image, mask = _check_pair(image, mask, 2, "us_roi")
+    size = _size_tuple(size, 2, "size")
+    box = roi_box(dilate_mask(mask, margin_px))
+    return _crop_norm_resize(image, mask, box, size)
+
+
+def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+            margin: float = 50, margin_unit: str = "px",
+            size: int | Sequence[int] = (96, 96, 96)) -> RoiResult:
+    """MRI ROI: dilate every slice in-plane by ``margin``, crop the bounding box, z-score, resize.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``(D, H, W)`` = ``(z, y, x)``.
+    mask : np.ndarray
+        Lesion mask, same shape.
+    spacing : (float, float, float)
+        Voxel spacing in mm, ``(z, y, x)``; used when ``margin_unit="mm"``.
+    margin : float
+        Outward in-plane margin (paper: 50 voxels). The z extent is the lesion's own slice range.
+    margin_unit : {"px", "mm"}
+        ``"px"``: ``margin`` voxels along y and x; ``"mm"``: ``margin`` millimetres (anisotropic in-plane
+        spacing gives different voxel margins along y and x).
+    size : int or (int, int, int)
+        Output ``(D, H, W)`` (paper: 96 x 96 x 96).
+
+    Returns
+    -------
+    RoiResult
+        ``image`` float32 ``(1, D, H, W)``, ``mask`` uint8 ``(1, D, H, W)``, ``box`` ``((z0,z1),(y0,y1),(x0,x1))``.
+    """
+    volume, mask = _check_pair(volume, mask, 3, "mri_roi")
+    size = _size_tuple(size, 3, "size")
+    if margin_unit not in ("px", "mm"):
+        raise ParameterError(f"margin_unit={margin_unit!r}: use 'px' (voxels) or 'mm'.")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or any(not np.isfinite(s) or s <= 0 for s in spacing):
+        raise ParameterError(f"spacing={spacing}: need three positive voxel sizes in mm, (z, y, x).")
+    sampling = spacing if margin_unit == "mm" else None
+    box = roi_box(dilate_mask(mask, margin, sampling=sampling, in_plane=True))
+    return _crop_norm_resize(volume, mask, box, size)
+
+
+# ----------------------------------------------------------------------------------------------- cohort + cache
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Every preprocessing parameter (part of the cache key). Defaults = the paper.
+
+    Attributes
+    ----------
+    us_size : int
+        Output side of the square US ROI in pixels (paper 256).
+    us_margin_px : float
+        US dilation margin in pixels (paper 50).
+    mri_size : int
+        Output side of the cubic MRI ROI in voxels (paper 96).
+    mri_margin : float
+        MRI in-plane dilation margin (paper 50 voxels).
+    mri_margin_unit : str
+        ``"px"`` or ``"mm"``.
+    """
+
+    us_size: int = 256
+    us_margin_px: float = 50
+    mri_size: int = 96
+    mri_margin: float = 50
+    mri_margin_unit: str = "px"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | str | os.PathLike) -> "PreprocessSpec":
+        """Build from a dict (extra keys ignored) or from a JSON file such as ``params/02_preprocess.json``."""
+        if not isinstance(params, dict):
+            path = Path(params)
+            if not path.exists():
+                raise ParameterError(f"{path} does not exist; run notebooks/02_preprocess.ipynb first "
+                                     "(with the same out_dir).")
+            params = json.loads(path.read_text(encoding="utf-8"))
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: params[k] for k in names if k in params})
+
+    def params_for(self, modality: str) -> dict[str, Any]:
+        """The parameters that shape one modality's arrays."""
+        if modality == "us":
+            return {"modality": "us", "size": int(self.us_size), "margin_px": float(self.us_margin_px)}
+        if modality == "mri":
+            return {"modality": "mri", "size": int(self.mri_size), "margin": float(self.mri_margin),
+                    "margin_unit": self.mri_margin_unit}
+        raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
+
+
+def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any]) -> str:
+    """SHA-256 over the image and mask file bytes, the parameters (sorted JSON) and :data:`ROI_CODE_VERSION`."""
+    h = hashlib.sha256()
+    h.update(ROI_CODE_VERSION.encode())
+    h.update(sha256_file(image_path).encode())
+    h.update(sha256_file(mask_path).encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _compute(modality: str, image_path: str, mask_path: str, params: dict[str, Any]) -> RoiResult:
+    from .data import read_image  # imported late: data is another engineer's module
+
+    img, spacing = read_image(image_path)
+    msk, _ = read_image(mask_path)
+    if modality == "us":
+        if img.ndim == 3 and img.shape[-1] in (3, 4):  # RGB(A) screenshot: luminance
+            img = img[..., :3].mean(axis=-1)
+        if msk.ndim == 3:
+            msk = msk.max(axis=-1)
+        return us_roi(img, msk, margin_px=params["margin_px"], size=params["size"])
+    return mri_roi(img, msk, spacing=spacing, margin=params["margin"], margin_unit=params["margin_unit"],
+                   size=params["size"])
+
+
+def _load_entry(path: Path) -> RoiResult:
+    with np.load(path, allow_pickle=False) as z:
+        box = tuple((int(a), int(b)) for a, b in z["box"])
+        return RoiResult(image=z["image"].astype(np.float32), mask=z["mask"].astype(np.uint8), box=box)
+
+
+def _save_entry(path: Path, res: RoiResult) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, image=res.image, mask=res.mask, box=np.asarray(res.box, dtype=np.int64))
+
+
+def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike,
+                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
+    """Preprocess one modality for every patient of ``cohort``, through the on-disk cache.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        As returned by :func:`her2lib.data.load_cohort` (absolute paths in ``us_image``/``us_mask`` or
+        ``mri_image``/``mri_mask``).
+    modality : {"us", "mri"}
+    spec : PreprocessSpec
+    cache_dir : path
+        Cache folder (``run.cache``); entries live in ``cache_dir/roi/<modality>/<key>.npz``.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    images : np.ndarray
+        float32 ``(n_patients, 1, H, W)`` or ``(n_patients, 1, D, H, W)``, in ``cohort`` row order.
+    masks : np.ndarray
+        uint8, same shape (lesion masks).
+    boxes : list
+        Crop box per patient.
+    """
+    from tqdm.auto import tqdm
+
+    params = spec.params_for(modality)
+    folder = Path(cache_dir) / "roi" / modality
+    folder.mkdir(parents=True, exist_ok=True)
+    cols = (f"{modality}_image", f"{modality}_mask")
+    missing = [c for c in ("patient_id",) + cols if c not in cohort.columns]
+    if missing:
+        raise DataError(f"preprocess_cohort: the cohort table lacks columns {missing}; load it with "
+                        "her2lib.data.load_cohort.")
+    images, masks, boxes = [], [], []
+    rows = list(cohort[["patient_id", *cols]].itertuples(index=False))
+    for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):
+        key = cache_key(ipath, mpath, params)
+        entry = folder / f"{key}.npz"
+        res = None
+        if entry.exists():
+            try:
+                res = _load_entry(entry)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                warnings.warn(f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); "
+                              "recomputing it.", RuntimeWarning, stacklevel=2)
+                res = None
+        if res is None:
+            try:
+                res = _compute(modality, ipath, mpath, params)
+            except DataError as exc:
+                raise DataError(f"patient {pid} ({ipath}, {mpath}): {exc}") from exc
+            _save_entry(entry, res)
+        images.append(res.image)
+        masks.append(res.mask)
+        boxes.append(res.box)
+    if not images:
+        raise DataError("preprocess_cohort: the cohort table has no rows.")
+    return np.stack(images), np.stack(masks), boxes
+
+
+# ----------------------------------------------------------------------------------------------- figure
+
+
+def plot_roi_examples(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike, n: int = 3,
+                      path: str | os.PathLike | None = None, seed: int = 0):
+    """Figure: for ``n`` patients (HER2-positive and -negative mixed), the source US image and the MRI slice
+    through the lesion centre with the lesion outline and ROI box, and the preprocessed ROIs beside them.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    spec : PreprocessSpec
+    cache_dir : path
+        ``run.cache`` (ROIs are taken from / put into the cache).
+    n : int
+        Number of patients (rows of the figure).
+    path : path, optional
+        Where to save the PNG (atomically).
+    seed : int
+        Chooses the patients.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .data import read_image
+
+    rng = np.random.default_rng(seed)
+    order = []
+    for label in (1, 0):
+        ids = np.flatnonzero(cohort["her2"].to_numpy() == label)
+        order.append(list(rng.permutation(ids)))
+    pick = [i for pair in zip(*order) for i in pair][:n] or list(range(min(n, len(cohort))))
+    sub = cohort.iloc[pick]
+    us_x, us_m, us_b = preprocess_cohort(sub, "us", spec, cache_dir, progress=False)
+    mr_x, mr_m, mr_b = preprocess_cohort(sub, "mri", spec, cache_dir, progress=False)
+    fig, axes = plt.subplots(len(sub), 4, figsize=(12, 3 * len(sub)), squeeze=False)
+    for r, (_, row) in enumerate(sub.iterrows()):
+        img, _ = read_image(row["us_image"])
+        msk, _ = read_image(row["us_mask"])
+        if img.ndim == 3:
+            img, msk = img[..., :3].mean(-1), msk.max(-1) if msk.ndim == 3 else msk
+        (y0, y1), (x0, x1) = us_b[r]
+        ax = axes[r, 0]
+        ax.imshow(img, cmap="gray")
+        ax.contour(msk > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+        ax.set_title(f"{row['patient_id']} US (HER2 {'+' if row['her2'] == 1 else '-'})", fontsize=9)
+        axes[r, 1].imshow(us_x[r, 0], cmap="gray")
+        axes[r, 1].contour(us_m[r, 0] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+        axes[r, 1].set_title(f"US ROI {us_x.shape[-1]}x{us_x.shape[-2]}, z-scored", fontsize=9)
+        vol, _ = read_image(row["mri_image"])
+        vm, _ = read_image(row["mri_mask"])
+        (z0, z1), (y0, y1), (x0, x1) = mr_b[r]
+        zc = (z0 + z1) // 2
+        ax = axes[r, 2]
+        ax.imshow(vol[zc], cmap="gray")
+        if (vm[zc] > 0).any():
+            ax.contour(vm[zc] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+        ax.set_title(f"MRI slice z={zc}, ROI box", fontsize=9)
+        d = mr_x.shape[2] // 2
+        axes[r, 3].imshow(mr_x[r, 0, d], cmap="gray")
+        if (mr_m[r, 0, d] > 0).any():
+            axes[r, 3].contour(mr_m[r, 0, d] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+        axes[r, 3].set_title(f"MRI ROI {mr_x.shape[2]}^3 (centre slice)", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Lesion outline (yellow), dilated-mask bounding box (red) and the model inputs", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    return fig
