@@ -197,12 +197,18 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[fl
     spacing : sequence of float
         Voxel size in mm, same axis order as ``array``.
     dtype : numpy dtype, optional
-        On-disk type (default: the array's).
+        On-disk type (default: the array's; bool -> uint8, int64 -> int32, float64 -> float32).
     """
     import nibabel as nib
     array = np.asarray(array)
     if dtype is not None:
         array = array.astype(dtype)
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.int64:
+        array = array.astype(np.int32)
+    elif array.dtype == np.float64:
+        array = array.astype(np.float32)
     if len(spacing) != array.ndim:
         raise DataError(f"{path}: spacing {tuple(spacing)} does not match array dimensions {array.shape}.")
     data = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))

@@ -162,7 +162,8 @@ def split_counts(n_patients: int) -> dict[str, int]:
     return {"train": tr, "test": te}
 
 
-def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bool = True) -> np.ndarray:
+def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bool = True,
+                    bounds: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
     """Monotonically adjust ``values`` so that ``np.quantile(out, q) == targets[q]`` exactly.
 
     Parameters
@@ -173,6 +174,8 @@ def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bo
         ``{0.25: Q1, 0.5: median, 0.75: Q3}`` (any increasing quantiles).
     integer : bool
         Round to integers wherever the targets allow (ages, mm), else keep floats.
+    bounds : (float, float)
+        Plausible range; values outside are clipped (never the pinned quantile values).
 
     Returns
     -------
@@ -192,9 +195,11 @@ def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bo
     lo_slope = (tgt[1] - tgt[0]) / max(emp[1] - emp[0], 1e-9) if len(qs) > 1 else 1.0
     hi_slope = (tgt[-1] - tgt[-2]) / max(emp[-1] - emp[-2], 1e-9) if len(qs) > 1 else 1.0
     xs = np.concatenate([[emp[0] - 1e3], emp, [emp[-1] + 1e3]])
+    lo_slope, hi_slope = float(np.clip(lo_slope, 0.25, 4.0)), float(np.clip(hi_slope, 0.25, 4.0))
     ys = np.concatenate([[tgt[0] - 1e3 * lo_slope], tgt, [tgt[-1] + 1e3 * hi_slope]])
     if np.all(np.diff(xs) > 0):
         s = np.interp(s, xs, ys)
+    s = np.clip(s, min(bounds[0], tgt.min()), max(bounds[1], tgt.max()))
     if integer:
         s = np.round(s)
     # 2) pin the order statistics that define each quantile, then restore monotonicity around them
@@ -313,11 +318,12 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     # continuous
     cont = {v["column"]: _parse_quartiles(v[split]) for v in spec["continuous"]}
     age = np.clip(rng.normal(cont["age"][0.5], (cont["age"][0.75] - cont["age"][0.25]) / 1.35, n), 25, 88)
-    df["age"] = place_quantiles(age, cont["age"]).astype(int) if n >= 4 else np.round(age).astype(int)
+    df["age"] = place_quantiles(age, cont["age"], bounds=(25, 88)).astype(int) if n >= 4 else \
+        np.round(age).astype(int)
     t = cont["mri_size_mm"]
     size = np.exp(rng.normal(np.log(t[0.5]), np.log(t[0.75] / t[0.25]) / 1.35, n)) + 0.3 * s["mri"]
     size = np.clip(size, 6, 80)
-    size = place_quantiles(size, t) if n >= 4 else np.round(size)
+    size = place_quantiles(size, t, bounds=(6, 80)) if n >= 4 else np.round(size)
     df["mri_size_mm"] = [int(v) if float(v).is_integer() else float(v) for v in size]
     # HER2 IHC / FISH consistent with her2
     u = rng.random(n)
