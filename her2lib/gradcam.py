@@ -39,7 +39,8 @@ from torch import nn
 from .errors import ParameterError
 
 __all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "lesion_centre",
-           "select_cases", "plot_gradcam_us", "plot_gradcam_mri"]
+           "select_cases", "plot_gradcam_us", "plot_gradcam_mri", "TARGET_LAYERS", "cohort_cams", "energy_table",
+           "energy_summary", "GradCAMRun", "run_gradcam"]
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ def _contour(ax, mask2d: np.ndarray) -> None:
 
 
 def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                    dpi: int = 200):
+                    dpi: int = 200, note: str | None = None):
     """Figure 4 (US): for each case, the ROI image and the image with the Grad-CAM overlay.
 
     Parameters
@@ -316,6 +317,8 @@ def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = N
         Where to save (PNG; an SVG with the same stem is not written). The figure is returned either way.
     alpha : float
         Opacity of the heat map.
+    note : str or None
+        Footnote (e.g. how the cases were chosen).
 
     Returns
     -------
@@ -341,16 +344,18 @@ def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = N
             ax.set_yticks([])
     axes[0, 0].set_ylabel("US ROI", fontsize=11)
     axes[1, 0].set_ylabel("Grad-CAM (HER2+ logit)", fontsize=11)
-    cb = fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.85, pad=0.01)
+    cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.45, pad=0.01, anchor=(0.0, 0.1))
     cb.set_label("Grad-CAM (normalised)", fontsize=10)
     fig.suptitle("DL-US Grad-CAM, test cohort (dashed: lesion mask)", fontsize=12)
+    if note:
+        fig.supxlabel(note, fontsize=8.5, color="0.35")
     if path is not None:
         _save(fig, path, dpi)
     return fig
 
 
 def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                     dpi: int = 200):
+                     dpi: int = 200, note: str | None = None):
     """Figure 4 (MRI): for each case, axial, coronal and sagittal slices through the lesion centre with the
     Grad-CAM overlay.
 
@@ -361,6 +366,10 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
         ``her2``, ``p_her2``, ``outcome``. Axis 0 is taken as the slice (z) axis.
     path : path or None
         Where to save the PNG.
+    alpha : float
+        Opacity of the heat map.
+    note : str or None
+        Footnote (e.g. how the cases were chosen).
 
     Returns
     -------
@@ -396,6 +405,8 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01)
     cb.set_label("Grad-CAM (normalised)", fontsize=10)
     fig.suptitle("DL-MRI Grad-CAM through the lesion centre, test cohort (dashed: lesion mask)", fontsize=12)
+    if note:
+        fig.supxlabel(note, fontsize=8.5, color="0.35")
     if path is not None:
         _save(fig, path, dpi)
     return fig
@@ -407,3 +418,222 @@ def _save(fig, path: str | os.PathLike, dpi: int) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cohort level (07_gradcam)
+# ----------------------------------------------------------------------------------------------------------------
+#: Grad-CAM target layer per model: the last ConvNeXt stage (DL-US) and MONAI ResNet ``layer4`` (DL-MRI).
+TARGET_LAYERS = {"dl_us": "stages.3", "dl_mri": "layer4"}
+_MODALITY = {"dl_us": ("us", "DL-US"), "dl_mri": ("mri", "DL-MRI")}
+
+
+def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: str, class_index: int = 1,
+                progress: bool = True, desc: str = "Grad-CAM") -> np.ndarray:
+    """Grad-CAM of every image, averaged over an ensemble (the four fold models).
+
+    Parameters
+    ----------
+    models : sequence of nn.Module
+        The fold models (the test prediction is their mean probability, so the map is their mean map).
+    images : ndarray, shape (n_patients, C, H, W) or (n_patients, C, D, H, W)
+        ROI inputs exactly as the models saw them.
+    target_layer : str
+        Layer name in every model (:data:`TARGET_LAYERS`).
+    class_index : int
+        Explained logit (1 = HER2-positive).
+
+    Returns
+    -------
+    ndarray, float32, shape (n_patients, H, W) or (n_patients, D, H, W)
+        Per patient: mean of the models' max-normalised maps, divided again by its maximum (so in [0, 1]);
+        all zeros if no model finds positive evidence.
+    """
+    from tqdm.auto import tqdm
+
+    if not models:
+        raise ParameterError("cohort_cams: no models given.")
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim not in (4, 5):
+        raise ParameterError(f"cohort_cams: images must be (n, C, H, W) or (n, C, D, H, W); got {images.shape}.")
+    out = np.zeros((images.shape[0],) + images.shape[2:], np.float32)
+    for i in tqdm(range(images.shape[0]), desc=desc, disable=not progress, leave=False):
+        acc = np.zeros(images.shape[2:], np.float64)
+        for m in models:
+            acc += grad_cam(m, images[i], target_layer, class_index=class_index).cam
+        mx = acc.max()
+        out[i] = (acc / mx) if mx > 0 else acc
+    return out
+
+
+def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray, model: str) -> "pd.DataFrame":
+    """Per-patient share of Grad-CAM energy inside the lesion and the lesion's area (volume) fraction.
+
+    Parameters
+    ----------
+    patient_ids : sequence of str, length n_patients
+    cams : ndarray, shape (n_patients, *spatial)
+    masks : ndarray, shape (n_patients, *spatial) or (n_patients, 1, *spatial)
+    model : str
+        ``"dl_us"`` or ``"dl_mri"`` (stored in the ``model`` column).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``model, patient_id, energy_in_lesion, lesion_fraction, enrichment`` where
+        ``enrichment = energy_in_lesion / lesion_fraction`` (1 = no better than a uniform map).
+    """
+    import pandas as pd
+
+    masks = np.asarray(masks)
+    if masks.ndim == np.asarray(cams).ndim + 1:
+        masks = masks[:, 0]
+    if len(patient_ids) != len(cams) or len(cams) != len(masks):
+        raise ParameterError(f"energy_table: {len(patient_ids)} ids, {len(cams)} maps and {len(masks)} masks.")
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for pid, c, m in zip(patient_ids, cams, masks):
+            e, a = energy_fraction(c, m), mask_fraction(m)
+            rows.append({"model": model, "patient_id": str(pid), "energy_in_lesion": e, "lesion_fraction": a,
+                         "enrichment": e / a if a > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def energy_summary(energy: "pd.DataFrame") -> "pd.DataFrame":
+    """Per model: median (IQR) energy in the lesion vs the lesion's area fraction, and the Wilcoxon signed-rank
+    test of ``energy_in_lesion - lesion_fraction`` (H0: the map is no more lesion-focused than a uniform map).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``model, n`` (patients with a non-zero map), ``n_zero_maps`` (no positive evidence anywhere:
+        energy undefined), ``energy_median, energy_q1, energy_q3, lesion_fraction_median`` (all patients),
+        ``enrichment_median, n_above_uniform, wilcoxon_p``.
+    """
+    import pandas as pd
+    from scipy.stats import wilcoxon
+
+    rows = []
+    for model, g_all in energy.groupby("model", sort=False):
+        g = g_all.dropna(subset=["energy_in_lesion"])
+        d = (g["energy_in_lesion"] - g["lesion_fraction"]).to_numpy()
+        p = float("nan")
+        if np.count_nonzero(d) >= 2:
+            p = float(wilcoxon(d).pvalue)
+        q1, med, q3 = (np.quantile(g["energy_in_lesion"], [0.25, 0.5, 0.75]) if len(g) else (np.nan,) * 3)
+        rows.append({"model": model, "n": int(len(g)), "n_zero_maps": int(len(g_all) - len(g)),
+                     "energy_median": float(med), "energy_q1": float(q1), "energy_q3": float(q3),
+                     "lesion_fraction_median": float(g_all["lesion_fraction"].median()),
+                     "enrichment_median": float(g["enrichment"].median()), "n_above_uniform": int((d > 0).sum()),
+                     "wilcoxon_p": p})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class GradCAMRun:
+    """Outputs of :func:`run_gradcam`: per-patient energy, its summary, the selected cases, written files."""
+
+    energy: "pd.DataFrame"
+    summary: "pd.DataFrame"
+    cases: "pd.DataFrame"
+    files: tuple[Path, ...]
+
+
+def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | Sequence[int] | None = None,
+                max_patients: int | None = None, progress: bool = True, dpi: int = 200) -> GradCAMRun:
+    """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the energy table.
+
+    Parameters
+    ----------
+    run : her2lib.nb.RunDirs
+        Reads ``run.manifest``, ``run.params/02_preprocess.json`` (ROI settings; ROIs come from ``run.cache``),
+        ``run.models/<model>/fold{k}.pt`` and ``run.predictions/{us,mri}_{oof,test}.csv``.
+    models : sequence of {"dl_us", "dl_mri"}
+    folds : int, sequence of int or None
+        Fold models whose maps are averaged: None or 0 = every ``fold{k}.pt`` present, an int n = the first n of
+        them, a sequence = those folds.
+    max_patients : int or None
+        Limit the energy analysis to the first n test patients (by patient_id) plus the four Figure-4 cases
+        (for quick runs); None or 0 = the whole test cohort.
+    progress : bool
+    dpi : int
+
+    Returns
+    -------
+    GradCAMRun
+        Writes ``tables/gradcam_energy.csv`` (per patient), ``tables/gradcam_energy_summary.csv``,
+        ``tables/gradcam_cases.csv`` and ``figures/gradcam_us.png`` / ``figures/gradcam_mri.png``.
+
+    Notes
+    -----
+    Figure-4 cases are chosen per model at that model's Youden threshold on its **training OOF** predictions
+    (:func:`select_cases`).
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from .data import load_cohort
+    from .fusion import read_predictions
+    from .io import write_csv
+    from .roi import PreprocessSpec, preprocess_cohort
+    from .stats import youden_threshold
+    from .train import load_fold_model
+
+    unknown = [m for m in models if m not in _MODALITY]
+    if unknown:
+        raise ParameterError(f"run_gradcam: unknown model(s) {unknown}; use 'dl_us' and/or 'dl_mri'.")
+    cohort = load_cohort(run.manifest, check_files="exists")
+    spec = PreprocessSpec.from_params(run.params / "02_preprocess.json")
+    files: list[Path] = []
+    energies, case_tabs = [], []
+    for key in models:
+        mod, label = _MODALITY[key]
+        mdir = run.models / key
+        present = sorted(int(p.stem[4:]) for p in mdir.glob("fold*.pt") if p.stem[4:].isdigit())
+        if folds is None or isinstance(folds, (int, np.integer)):
+            ks = present[:folds] if folds else present
+        else:
+            ks = [int(k) for k in folds]
+        if not ks:
+            raise ParameterError(f"run_gradcam: no fold checkpoints in {mdir}; run the training notebook "
+                                 f"({'03_train_us' if key == 'dl_us' else '04_train_mri'}) first.")
+        nets = [load_fold_model(mdir, k) for k in ks]
+        test = read_predictions(run.predictions / f"{mod}_test.csv", "test")
+        oof = read_predictions(run.predictions / f"{mod}_oof.csv", "train")
+        thr = youden_threshold(oof["her2"], oof["p_her2"])
+        cases = select_cases(test, thr).assign(model=key, threshold=thr)
+        case_tabs.append(cases)
+        ids = sorted(test["patient_id"])
+        if max_patients:
+            ids = sorted(set(ids[:max_patients]) | set(cases["patient_id"]))
+        missing = [p for p in ids if p not in set(cohort["patient_id"])]
+        if missing:
+            raise ParameterError(f"run_gradcam: test patients {missing[:10]} of {mod}_test.csv are not in "
+                                 f"{run.manifest}; run the notebooks on one cohort.")
+        sub = cohort.set_index("patient_id").loc[ids].reset_index()
+        images, masks, _ = preprocess_cohort(sub, mod, spec, run.cache, progress=progress)
+        cams = cohort_cams(nets, images, TARGET_LAYERS[key], progress=progress, desc=f"Grad-CAM {label}")
+        energies.append(energy_table(ids, cams, masks, key))
+        pos = {p: i for i, p in enumerate(ids)}
+        pred = test.set_index("patient_id")
+        fig_cases = []
+        for _, c in cases.iterrows():
+            i = pos[c["patient_id"]]
+            fig_cases.append(dict(image=images[i, 0], cam=cams[i], mask=masks[i, 0], patient_id=c["patient_id"],
+                                  her2=int(pred.loc[c["patient_id"], "her2"]), p_her2=float(c["p_her2"]),
+                                  outcome=c["outcome"]))
+        plot = plot_gradcam_us if key == "dl_us" else plot_gradcam_mri
+        path = run.figures / f"gradcam_{mod}.png"
+        fig = plot(fig_cases, None, note=f"Cases chosen at {label}'s training-OOF Youden threshold {thr:.3f}; "
+                   f"map = mean of {len(nets)} fold models' Grad-CAMs.")
+        _save(fig, path, dpi)
+        plt.close(fig)
+        files.append(path)
+    energy = pd.concat(energies, ignore_index=True)
+    summary = energy_summary(energy)
+    cases_all = pd.concat(case_tabs, ignore_index=True)
+    files += [write_csv(run.tables / "gradcam_energy.csv", energy),
+              write_csv(run.tables / "gradcam_energy_summary.csv", summary),
+              write_csv(run.tables / "gradcam_cases.csv", cases_all)]
+    return GradCAMRun(energy=energy, summary=summary, cases=cases_all, files=tuple(files))
