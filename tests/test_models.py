@@ -1,0 +1,74 @@
+"""DL-US / DL-MRI factories: shapes, configs, local checkpoints only, augmentation determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from her2lib import models
+from her2lib.errors import ParameterError
+from her2lib.transforms import AugmentSpec, BatchAugmenter
+
+
+def test_dl_us_shapes_and_paper_defaults():
+    cfg = models.DLUSConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.image_size) == (2e-5, 5e-2, 16, 300, 256)
+    assert cfg.mixup and cfg.variant == "convnextv2_tiny"
+    m = models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", image_size=32)).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
+
+
+def test_dl_mri_shapes_stride_and_paper_defaults():
+    cfg = models.DLMRIConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.image_size) == (4e-6, 1e-2, 16, 300, 96)
+    m = models.build_dl_mri(models.DLMRIConfig(image_size=16, conv1_t_stride=2)).eval()
+    assert m.conv1.stride == (2, 2, 2) and m.conv1.in_channels == 1
+    with torch.no_grad():
+        assert m(torch.zeros(2, 1, 16, 16, 16)).shape == (2, 2)
+
+
+def test_unknown_variant_and_missing_checkpoint():
+    with pytest.raises(ParameterError, match="did you mean 'convnextv2_atto'"):
+        models.build_dl_us(models.DLUSConfig(variant="convnextv2_ato"))
+    with pytest.raises(ParameterError, match="never downloads"):
+        models.build_dl_mri(models.DLMRIConfig(checkpoint="/nonexistent/weights.pth"))
+
+
+def test_local_checkpoints_load(tmp_path):
+    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
+    src = models.build_dl_mri(cfg)
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "mri.pt")
+    dst = models.build_dl_mri(models.DLMRIConfig(image_size=16, conv1_t_stride=2, checkpoint=str(tmp_path / "mri.pt")))
+    assert torch.equal(dst.conv1.weight, src.conv1.weight)
+
+    # an "ImageNet-like" 3-channel, 1000-class ConvNeXt V2 file: stem adapted, head re-initialised
+    import timm
+    rgb = timm.create_model("convnextv2_atto", pretrained=False, num_classes=1000)
+    torch.save(rgb.state_dict(), tmp_path / "atto.pth")
+    us = models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", checkpoint=str(tmp_path / "atto.pth")))
+    assert us.stem[0].weight.shape[1] == 1
+    assert torch.allclose(us.stem[0].weight[:, 0], rgb.stem[0].weight.sum(1), atol=1e-5)
+
+
+def test_config_roundtrip_and_unknown_key():
+    d = models.config_to_dict(models.DLMRIConfig(conv1_t_stride=2))
+    assert models.config_from_dict(d) == models.DLMRIConfig(conv1_t_stride=2)
+    d["conv1_stride"] = 2
+    with pytest.raises(ParameterError, match="conv1_t_stride"):
+        models.config_from_dict(d)
+
+
+@pytest.mark.parametrize("dims, size", [(2, (32, 32)), (3, (16, 16, 16))])
+def test_augmentation_seeded_and_shape_preserving(dims, size):
+    x = torch.randn(4, 1, *size)
+    aug = BatchAugmenter(dims, size, AugmentSpec(), seed=0)
+    a1 = aug(x)
+    aug.reseed(0)
+    a2 = aug(x)
+    assert a1.shape == x.shape and a1.dtype == torch.float32 and torch.equal(a1, a2)
+    assert not torch.equal(a1, aug(x))  # the stream moves on
+    assert torch.equal(x, x.clone())  # input untouched
+    with pytest.raises(ParameterError, match="expected"):
+        aug(torch.zeros(2, 1, *[s + 1 for s in size]))

@@ -1,0 +1,158 @@
+"""Four-fold CV protocol: fold stratification/disjointness, no test patient in any fit, determinism, resume after
+interruption, prediction files, fold-model loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from her2lib import models, train
+from her2lib.errors import DataError
+
+
+def _cohort(n_train=16, n_test=6, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    her2 = np.r_[np.tile([0, 1], n_train // 2), np.tile([0, 1], n_test // 2)]
+    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
+                       "split": ["train"] * n_train + ["test"] * n_test, "her2": her2})
+    return df, rng
+
+
+def test_assign_folds_stratified_disjoint_deterministic():
+    rng = np.random.default_rng(0)
+    n = 197
+    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
+                       "split": np.where(rng.random(n) < 0.75, "train", "test"),
+                       "her2": (rng.random(n) < 0.4).astype(int)})
+    f = train.assign_folds(df, n_folds=4, seed=0)
+    assert (f[df.split == "test"] == -1).all()
+    tr = df.split == "train"
+    assert set(f[tr]) == {0, 1, 2, 3}
+    sizes = f[tr].value_counts()
+    assert sizes.max() - sizes.min() <= 1
+    pos = df[tr].groupby(f[tr])["her2"].sum()
+    assert pos.max() - pos.min() <= 1  # stratified
+    assert f.equals(train.assign_folds(df, 4, 0))
+    shuffled = df.sample(frac=1, random_state=1)
+    assert f.equals(train.assign_folds(shuffled, 4, 0).loc[df.index])  # row order does not matter
+    assert not f.equals(train.assign_folds(df, 4, 1))
+
+
+def test_folds_file_roundtrip_and_validation(tmp_path):
+    df, _ = _cohort()
+    f = train.assign_folds(df, 2)
+    train.write_folds(tmp_path / "folds.csv", df, f)
+    assert train.read_folds(tmp_path / "folds.csv", df).equals(f)
+    bad = pd.read_csv(tmp_path / "folds.csv")
+    bad.loc[bad.split == "test", "fold"] = 0
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="does not match") as e:
+        train.read_folds(tmp_path / "bad.csv", df)
+    assert any("test patient with a CV fold" in p for p in e.value.problems)
+
+
+def test_fit_fold_refuses_test_patients(tmp_path):
+    df, rng = _cohort()
+    x = torch.zeros(len(df), 1, 32, 32)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1)
+    with pytest.raises(DataError, match="test-cohort patients .*P016"):
+        train.fit_fold(cfg, x, df, x[:2], df.iloc[:2], fold=0, out_dir=tmp_path)
+    with pytest.raises(DataError, match="held-out"):
+        train.fit_fold(cfg, x[:16], df.iloc[:16], x, df, fold=0, out_dir=tmp_path)
+
+
+def _us_inputs(df, rng):
+    x = rng.normal(size=(len(df), 1, 32, 32)).astype(np.float32)
+    x[df.her2.to_numpy() == 1, :, 8:24, 8:24] += 1.0
+    return x
+
+
+def test_resume_after_interruption_gives_identical_result(tmp_path):
+    df, rng = _cohort()
+    x = _us_inputs(df, rng)
+    folds = train.assign_folds(df, n_folds=2, seed=0)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=3, lr=1e-3, batch_size=4)
+    ref = train.run_cv(df, x, cfg, folds, tmp_path / "ref", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(fold, epoch, row):
+        if fold == 1 and epoch == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.run_cv(df, x, cfg, folds, tmp_path / "run", progress=False, epoch_hook=interrupt)
+    assert (tmp_path / "run" / "fold0.pt").exists() and (tmp_path / "run" / "fold1_state.pt").exists()
+    seen = []
+    res = train.run_cv(df, x, cfg, folds, tmp_path / "run", progress=False,
+                       epoch_hook=lambda f, e, r: seen.append((f, e)))
+    assert seen == [(1, 1), (1, 2)]  # fold 0 reused, fold 1 resumed after epoch 0
+    pd.testing.assert_frame_equal(res.oof, ref.oof)
+    pd.testing.assert_frame_equal(res.test, ref.test)
+    pd.testing.assert_frame_equal(res.history, ref.history)
+    assert not (tmp_path / "run" / "fold1_state.pt").exists()
+
+    # outputs: OOF covers every training patient once, test = mean of fold models
+    assert sorted(res.oof.patient_id) == sorted(df.patient_id[df.split == "train"])
+    assert (res.test.fold == -1).all() and len(res.test) == 6
+    m0 = train.load_fold_model(tmp_path / "run", 0)
+    m1 = train.load_fold_model(tmp_path / "run", 1)
+    xt = torch.as_tensor(x[df.split.to_numpy() == "test"])
+    p = (train.predict_proba(m0, xt) + train.predict_proba(m1, xt)) / 2
+    np.testing.assert_allclose(res.test.p_her2.to_numpy(), p, rtol=0, atol=1e-12)
+    assert not m0.training
+    paths = train.write_predictions(res, tmp_path / "pred", "us")
+    back = pd.read_csv(paths[0])
+    assert list(back.columns) == train.PREDICTION_COLUMNS
+    fig = train.plot_learning_curves(res.history, tmp_path / "lc.png")
+    assert (tmp_path / "lc.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_changed_config_retrains(tmp_path):
+    df, rng = _cohort(8, 2)
+    x = _us_inputs(df, rng)
+    folds = train.assign_folds(df, n_folds=2)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
+    train.run_cv(df, x, cfg, folds, tmp_path, progress=False)
+    seen = []
+    cfg.lr = 1e-3
+    train.run_cv(df, x, cfg, folds, tmp_path, progress=False, epoch_hook=lambda f, e, r: seen.append(f))
+    assert seen == [0, 1]
+
+
+def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
+    df, rng = _cohort(8, 4)
+    x = rng.normal(size=(len(df), 1, 16, 16, 16)).astype(np.float32)
+    folds = train.assign_folds(df, n_folds=2)
+    fitted = []
+    real = train.fit_fold
+
+    def spy(cfg, xt, rt, xv, rv, **kw):
+        fitted.extend(rt.patient_id)
+        fitted.extend(rv.patient_id)
+        return real(cfg, xt, rt, xv, rv, **kw)
+
+    monkeypatch.setattr(train, "fit_fold", spy)
+    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2, epochs=1, batch_size=4, lr=1e-3)
+    res = train.run_cv(df, x, cfg, folds, tmp_path, progress=False)
+    test_ids = set(df.patient_id[df.split == "test"])
+    assert fitted and not (set(fitted) & test_ids)
+    assert set(res.test.patient_id) == test_ids and res.test.p_her2.between(0, 1).all()
+
+
+def test_run_cv_rejects_bad_inputs(tmp_path):
+    df, rng = _cohort()
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1)
+    folds = train.assign_folds(df, 2)
+    with pytest.raises(DataError, match="image_size=32"):
+        train.run_cv(df, np.zeros((len(df), 1, 16, 16), np.float32), cfg, folds, tmp_path)
+    bad = folds.copy()
+    bad.iloc[-1] = 0  # a test patient put into a fold
+    with pytest.raises(DataError, match="-1 for test patients"):
+        train.run_cv(df, np.zeros((len(df), 1, 32, 32), np.float32), cfg, bad, tmp_path)
