@@ -1,0 +1,428 @@
+"""Real-data adapters and the one cohort entry point of notebook 00 (paper, Methods: *Patients*).
+
+Each adapter reads a public data set where it lies, never writes into it, and writes a her2lib cohort (a
+``manifest.csv``, NIfTI conversions where needed, and ``import_report.csv`` listing every skipped patient with the
+reason) into a NEW folder. Both supported sets are MRI-only (empty ``us_image``/``us_mask`` cells):
+
+* MAMA-MIA (:func:`import_mama_mia`): ``clinical_and_imaging_info.xlsx`` (sheet ``dataset_info``: ``patient_id,
+  her2, hr, er, pr, age, ...``), ``images/{pid}/{pid}_000k.nii.gz`` DCE phases (k = 0 pre-contrast, 1 = first
+  post-contrast, used by default), ``segmentations/expert/{pid}.nii.gz``.
+* Duke-Breast-Cancer-MRI (:func:`import_duke`): DICOM series per patient ``Breast_MRI_NNN/<study>/<series>/*.dcm``,
+  ``Clinical_and_Other_Features.xlsx`` (3 header rows; ``Patient ID``, ``HER2``, ``ER``, ``PR``, ...) and
+  ``Annotation_Boxes.xlsx`` (``Patient ID, Start Row, End Row, Start Column, End Column, Start Slice, End Slice``)
+  whose boxes become box masks.
+
+The train/test split is drawn with :func:`her2lib.data.stratified_split` (stratified by HER2, seeded; default test
+fraction 48/197 as in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .data import DataError, read_image, stratified_split, write_nifti
+from .errors import ParameterError
+from .io import atomic_path, write_csv, write_json
+
+__all__ = ["import_mama_mia", "import_duke", "prepare_cohort", "SOURCES"]
+
+SOURCES = ("synthetic", "manifest", "mama-mia", "duke")
+_MANIFEST_HEAD = ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
+
+
+def _check_dirs(src: Path, out: Path) -> None:
+    if not src.is_dir():
+        raise DataError(f"{src}: source folder not found; set source_dir to the data set's root folder.")
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise DataError(f"{out}: the output folder must be outside the source {src} (sources are never "
+                        "written to); choose another cohort_dir.")
+
+
+def _binary(v: Any) -> float:
+    """0/1 from 0/1, '0'/'1', 'negative'/'positive', True/False; NaN otherwise."""
+    if v is None:
+        return np.nan
+    if isinstance(v, str):
+        s = v.strip().lower()
+        table = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1,
+                 "false": 0, "true": 1}
+        return float(table[s]) if s in table else np.nan
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return np.nan
+    return f if f in (0.0, 1.0) else np.nan
+
+
+def _derive_subtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``hr, luminal, her2_nonluminal, triple_negative`` from ``er, pr, her2`` where known (else blank)."""
+    er = df["er"] if "er" in df else pd.Series(np.nan, index=df.index)
+    pr = df["pr"] if "pr" in df else pd.Series(np.nan, index=df.index)
+    if "hr" not in df or df["hr"].isna().all():
+        hr = np.where((er == 1) | (pr == 1), 1.0, np.where((er == 0) & (pr == 0), 0.0, np.nan))
+        df["hr"] = hr
+    hr = df["hr"]
+    her2 = df["her2"]
+    df["luminal"] = hr.where(hr.notna())
+    df["her2_nonluminal"] = np.where(hr.isna(), np.nan, ((her2 == 1) & (hr == 0)).astype(float))
+    df["triple_negative"] = np.where(hr.isna(), np.nan, ((her2 == 0) & (hr == 0)).astype(float))
+    return df
+
+
+def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: float, seed: int,
+            params: dict) -> Path:
+    if not rows:
+        write_csv(out / "import_report.csv", pd.DataFrame(skipped, columns=["patient_id", "reason"]))
+        raise DataError(f"{out}: no patient could be imported ({len(skipped)} skipped; reasons in "
+                        f"{out / 'import_report.csv'}); check source_dir and the data set layout.")
+    df = pd.DataFrame(rows)
+    df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    df["her2"] = df["her2"].astype(int)
+    df["split"] = stratified_split(df["her2"].to_numpy(), test_fraction=test_fraction, seed=seed)
+    for c in ("us_image", "us_mask"):
+        df[c] = ""
+    for c in df.columns:  # binary columns as integers, blanks where unknown
+        if c not in _MANIFEST_HEAD and df[c].dtype.kind == "f" and c != "age":
+            vals = df[c]
+            if vals.dropna().isin([0.0, 1.0]).all():
+                df[c] = vals.map(lambda v: "" if pd.isna(v) else str(int(v)))
+    df = df[_MANIFEST_HEAD + [c for c in df.columns if c not in _MANIFEST_HEAD]]
+    write_csv(out / "import_report.csv", pd.DataFrame(skipped, columns=["patient_id", "reason"]))
+    write_json(out / "import_params.json", params)
+    manifest = out / "manifest.csv"
+    write_csv(manifest, df)
+    return manifest
+
+
+def _find_ci(folder: Path, name: str) -> Path | None:
+    """``folder/name`` trying the name as given, lower- and upper-case."""
+    for cand in (name, name.lower(), name.upper()):
+        p = folder / cand
+        if p.exists():
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MAMA-MIA
+# ----------------------------------------------------------------------------------------------------------
+def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, test_fraction: float = 48 / 197,
+                    seed: int = 0, phase: int = 1, segmentation: str = "expert", copy_images: bool = False,
+                    datasets: list[str] | None = None) -> Path:
+    """Import MAMA-MIA (DCE-MRI, expert segmentations) as an MRI-only her2lib cohort.
+
+    Parameters
+    ----------
+    src : path-like
+        MAMA-MIA root containing ``clinical_and_imaging_info.xlsx``, ``images/`` and ``segmentations/``.
+    out_dir : path-like
+        New cohort folder (outside ``src``); receives ``manifest.csv``, ``import_report.csv``,
+        ``import_params.json`` and, with ``copy_images``, ``mri/``.
+    test_fraction : float
+        Fraction of each HER2 class in the test split (default 48/197, as in the paper).
+    seed : int
+        Seed of the split.
+    phase : int
+        DCE phase file ``{pid}_{phase:04d}.nii.gz`` (0 = pre-contrast, 1 = first post-contrast).
+    segmentation : str
+        Sub-folder of ``segmentations/`` (``"expert"``).
+    copy_images : bool
+        Copy the NIfTI files (and rewrite masks as binary uint8) into ``out_dir/mri``; default False: the
+        manifest references the source files by relative path.
+    datasets : list of str, optional
+        Keep only these values of the ``dataset`` column (e.g. ``["ISPY2"]``).
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest. Patients without a 0/1 HER2 label, image or segmentation are skipped and listed in
+        ``import_report.csv``.
+    """
+    src, out = Path(src), Path(out_dir)
+    _check_dirs(src, out)
+    xlsx = src / "clinical_and_imaging_info.xlsx"
+    if not xlsx.is_file():
+        raise DataError(f"{xlsx}: MAMA-MIA clinical table not found; source_dir must be the MAMA-MIA root.")
+    try:
+        clin = pd.read_excel(xlsx, sheet_name="dataset_info")
+    except Exception as exc:
+        raise DataError(f"{xlsx}: cannot read sheet 'dataset_info' ({exc}).") from exc
+    clin.columns = [str(c).strip().lower() for c in clin.columns]
+    if "patient_id" not in clin or "her2" not in clin:
+        raise DataError(f"{xlsx}: sheet dataset_info needs columns patient_id and her2 (found "
+                        f"{list(clin.columns)}).")
+    if datasets is not None and "dataset" in clin:
+        clin = clin[clin["dataset"].astype(str).isin(datasets)]
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], []
+    for _, r in clin.iterrows():
+        pid = str(r["patient_id"]).strip()
+        her2 = _binary(r["her2"])
+        if np.isnan(her2):
+            skipped.append({"patient_id": pid, "reason": f"her2 = {r['her2']!r} is not 0/1"})
+            continue
+        folder = _find_ci(src / "images", pid)
+        img = _find_ci(folder, f"{pid}_{phase:04d}.nii.gz") if folder else None
+        seg = _find_ci(src / "segmentations" / segmentation, f"{pid}.nii.gz")
+        if img is None or seg is None:
+            skipped.append({"patient_id": pid, "reason": "missing " + " and ".join(
+                w for w, p in (("image phase %d" % phase, img), (f"{segmentation} segmentation", seg))
+                if p is None)})
+            continue
+        if copy_images:
+            dst_img, dst_seg = out / "mri" / f"{pid}.nii.gz", out / "mri" / f"{pid}_mask.nii.gz"
+            with atomic_path(dst_img) as tmp:
+                shutil.copyfile(img, tmp)
+            mask, sp = read_image(seg)
+            write_nifti(dst_seg, (mask > 0).astype(np.uint8), sp)
+            mi, mm = f"mri/{pid}.nii.gz", f"mri/{pid}_mask.nii.gz"
+        else:
+            mi, mm = os.path.relpath(img.resolve(), out.resolve()), os.path.relpath(seg.resolve(), out.resolve())
+        row: dict[str, Any] = {"patient_id": pid, "her2": int(her2), "mri_image": mi, "mri_mask": mm}
+        for c in ("er", "pr", "hr"):
+            if c in clin:
+                row[c] = _binary(r[c])
+        if "age" in clin:
+            a = pd.to_numeric(r["age"], errors="coerce")
+            row["age"] = float(a) if pd.notna(a) and a > 0 else np.nan
+        rows.append(row)
+    if rows:
+        df = _derive_subtypes(pd.DataFrame(rows))
+        rows = df.to_dict("records")
+    params = {"source": "mama-mia", "source_dir": str(src.resolve()), "test_fraction": test_fraction, "seed": seed,
+              "phase": phase, "segmentation": segmentation, "copy_images": copy_images, "datasets": datasets}
+    return _finish(out, rows, skipped, test_fraction, seed, params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Duke-Breast-Cancer-MRI
+# ----------------------------------------------------------------------------------------------------------
+_DUKE_ID = re.compile(r"^Breast_MRI_\d+$", re.I)
+
+
+def _read_duke_clinical(path: Path) -> pd.DataFrame:
+    raw = pd.read_excel(path, header=None, dtype=object)
+    head_row = None
+    for i in range(min(6, len(raw))):
+        if any(str(v).strip().lower() == "patient id" for v in raw.iloc[i].tolist()):
+            head_row = i
+            break
+    if head_row is None:
+        raise DataError(f"{path}: no 'Patient ID' header cell in the first rows; expected the Duke "
+                        "Clinical_and_Other_Features.xlsx layout (3 header rows).")
+    names = [str(v).strip() if pd.notna(v) else f"col{j}" for j, v in enumerate(raw.iloc[head_row])]
+    body = raw.iloc[head_row + 1:].copy()
+    body.columns = names
+    idcol = names[[n.lower() for n in names].index("patient id")]
+    body = body[body[idcol].astype(str).str.strip().str.match(_DUKE_ID)]
+    body = body.rename(columns={idcol: "Patient ID"})
+    return body.reset_index(drop=True)
+
+
+def _read_dicom_series(files: list[Path]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    import pydicom
+    dss = [pydicom.dcmread(str(f)) for f in files]
+
+    def key(d):
+        if "InstanceNumber" in d and d.InstanceNumber is not None:
+            return float(d.InstanceNumber)
+        return float(d.ImagePositionPatient[2])
+    dss.sort(key=key)
+    arr = np.stack([d.pixel_array.astype(np.float32) * float(getattr(d, "RescaleSlope", 1) or 1)
+                    + float(getattr(d, "RescaleIntercept", 0) or 0) for d in dss])
+    dy, dx = (float(v) for v in dss[0].PixelSpacing)
+    if len(dss) > 1 and "ImagePositionPatient" in dss[0]:
+        p0, p1 = (np.asarray(d.ImagePositionPatient, float) for d in dss[:2])
+        dz = float(np.linalg.norm(p1 - p0)) or float(getattr(dss[0], "SliceThickness", 1.0))
+    else:
+        dz = float(getattr(dss[0], "SpacingBetweenSlices", getattr(dss[0], "SliceThickness", 1.0)))
+    return arr, (dz, dy, dx)
+
+
+def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, test_fraction: float = 48 / 197,
+                seed: int = 0, series_pattern: str = r"1st|ph1|post.?1|pass.?1",
+                box_index_base: int = 1, progress: bool = False) -> Path:
+    """Import Duke-Breast-Cancer-MRI (DICOM) as an MRI-only her2lib cohort with bounding-box masks.
+
+    Parameters
+    ----------
+    src : path-like
+        Folder holding ``Clinical_and_Other_Features.xlsx``, ``Annotation_Boxes.xlsx`` and the patient folders
+        ``Breast_MRI_NNN`` (directly or one level down, e.g. ``Duke-Breast-Cancer-MRI/Breast_MRI_001``).
+    out_dir : path-like
+        New cohort folder (outside ``src``): ``mri/{pid}.nii.gz`` (first post-contrast series, ``(z, y, x)``
+        with z in InstanceNumber order, y = DICOM rows, x = columns), ``mri/{pid}_mask.nii.gz`` (box mask),
+        ``manifest.csv``, ``import_report.csv``, ``import_params.json``.
+    test_fraction, seed
+        Stratified split, as in :func:`import_mama_mia`.
+    series_pattern : str
+        Case-insensitive regex on ``SeriesDescription`` picking the first post-contrast series (lowest
+        ``SeriesNumber`` among matches).
+    box_index_base : int
+        Index base of the rows/columns/slices in ``Annotation_Boxes.xlsx`` (1: inclusive 1-based, as documented
+        for the Duke set; 0: 0-based inclusive).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        The manifest.
+    """
+    import pydicom
+    src, out = Path(src), Path(out_dir)
+    _check_dirs(src, out)
+    clin_path, box_path = src / "Clinical_and_Other_Features.xlsx", src / "Annotation_Boxes.xlsx"
+    for p in (clin_path, box_path):
+        if not p.is_file():
+            raise DataError(f"{p}: Duke table not found; source_dir must hold Clinical_and_Other_Features.xlsx "
+                            "and Annotation_Boxes.xlsx next to the patient folders.")
+    clin = _read_duke_clinical(clin_path)
+    if "HER2" not in clin.columns:
+        raise DataError(f"{clin_path}: no 'HER2' column in the header row (found {list(clin.columns)[:12]}...).")
+    boxes = pd.read_excel(box_path)
+    boxes.columns = [str(c).strip() for c in boxes.columns]
+    need = ["Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice"]
+    if any(c not in boxes.columns for c in need):
+        raise DataError(f"{box_path}: needs columns {need} (found {list(boxes.columns)}).")
+    boxes = boxes.set_index(boxes["Patient ID"].astype(str).str.strip())
+    pdirs = {p.name: p for p in list(src.glob("Breast_MRI_*")) + list(src.glob("*/Breast_MRI_*")) if p.is_dir()}
+    pat = re.compile(series_pattern, re.I)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], []
+    it: Any = clin.iterrows()
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(list(it), desc="Duke import")
+    for _, r in it:
+        pid = str(r["Patient ID"]).strip()
+        her2 = _binary(r["HER2"])
+        if np.isnan(her2):
+            skipped.append({"patient_id": pid, "reason": f"HER2 = {r['HER2']!r} is not 0/1"})
+            continue
+        if pid not in pdirs:
+            skipped.append({"patient_id": pid, "reason": "no DICOM folder"})
+            continue
+        if pid not in boxes.index:
+            skipped.append({"patient_id": pid, "reason": "no annotation box"})
+            continue
+        series: dict[Path, list[Path]] = {}
+        for f in sorted(pdirs[pid].rglob("*.dcm")):
+            series.setdefault(f.parent, []).append(f)
+        cands = []
+        descs = []
+        for folder, files in series.items():
+            h = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            desc = str(getattr(h, "SeriesDescription", folder.name))
+            descs.append(desc)
+            if pat.search(desc) or pat.search(folder.name):
+                cands.append((int(getattr(h, "SeriesNumber", 0) or 0), str(folder), files))
+        if not cands:
+            skipped.append({"patient_id": pid, "reason": f"no series matches {series_pattern!r} (found {descs})"})
+            continue
+        files = sorted(cands)[0][2]
+        try:
+            vol, sp = _read_dicom_series(files)
+        except Exception as exc:
+            skipped.append({"patient_id": pid, "reason": f"DICOM read failed: {exc}"})
+            continue
+        b = boxes.loc[pid]
+        if isinstance(b, pd.DataFrame):
+            b = b.iloc[0]
+        o = int(box_index_base)
+        zs, ze = int(b["Start Slice"]) - o, int(b["End Slice"]) - o
+        ys, ye = int(b["Start Row"]) - o, int(b["End Row"]) - o
+        xs, xe = int(b["Start Column"]) - o, int(b["End Column"]) - o
+        mask = np.zeros(vol.shape, np.uint8)
+        mask[max(zs, 0):ze + 1, max(ys, 0):ye + 1, max(xs, 0):xe + 1] = 1
+        if not mask.any():
+            skipped.append({"patient_id": pid, "reason": f"annotation box outside the volume {vol.shape}"})
+            continue
+        integral = np.array_equal(vol, np.round(vol)) and vol.min() >= -32768 and vol.max() <= 32767
+        write_nifti(out / "mri" / f"{pid}.nii.gz", vol.astype(np.int16 if integral else np.float32), sp)
+        write_nifti(out / "mri" / f"{pid}_mask.nii.gz", mask, sp)
+        row: dict[str, Any] = {"patient_id": pid, "her2": int(her2), "mri_image": f"mri/{pid}.nii.gz",
+                               "mri_mask": f"mri/{pid}_mask.nii.gz"}
+        for c_src, c in (("ER", "er"), ("PR", "pr")):
+            if c_src in clin.columns:
+                row[c] = _binary(r[c_src])
+        dob = next((c for c in clin.columns if c.lower().startswith("date of birth")), None)
+        if dob is not None:
+            d = pd.to_numeric(r[dob], errors="coerce")
+            row["age"] = round(abs(float(d)) / 365.25, 1) if pd.notna(d) and d != 0 else np.nan
+        rows.append(row)
+    if rows:
+        rows = _derive_subtypes(pd.DataFrame(rows)).to_dict("records")
+    params = {"source": "duke", "source_dir": str(src.resolve()), "test_fraction": test_fraction, "seed": seed,
+              "series_pattern": series_pattern, "box_index_base": box_index_base}
+    return _finish(out, rows, skipped, test_fraction, seed, params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point of notebook 00
+# ----------------------------------------------------------------------------------------------------------
+def prepare_cohort(source: str = "synthetic", cohort_dir: str | os.PathLike = "data/synthetic/default",
+                   source_dir: str | os.PathLike | None = None, n_patients: int = 197, seed: int = 0,
+                   test_fraction: float = 48 / 197, progress: bool = True, **knobs: Any) -> Path:
+    """Build, import or locate the cohort; return its manifest (reuse it when built with the same parameters).
+
+    Parameters
+    ----------
+    source : {"synthetic", "manifest", "mama-mia", "duke"}
+        ``synthetic``: build with :func:`her2lib.synth.make_cohort` unless ``cohort_dir/synth_params.json``
+        records the same parameters and the manifest exists. ``manifest``: use ``cohort_dir/manifest.csv`` as is.
+        ``mama-mia`` / ``duke``: import from ``source_dir`` into ``cohort_dir`` (skipped when
+        ``import_params.json`` matches).
+    cohort_dir : path-like
+        The cohort folder (relative paths are relative to the repository root).
+    source_dir : path-like, optional
+        Root of the real data set (``mama-mia``, ``duke``).
+    n_patients, seed, **knobs
+        Synthetic cohort size, seed and :class:`her2lib.synth.SynthKnobs`.
+    test_fraction : float
+        Test fraction of the real-data split.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    pathlib.Path
+        ``cohort_dir / "manifest.csv"``.
+    """
+    from . import synth
+    from .nb import resolve
+    if source not in SOURCES:
+        import difflib
+        m = difflib.get_close_matches(str(source), SOURCES, n=1)
+        raise ParameterError(f"source={source!r} must be one of {SOURCES}" + (f"; did you mean {m[0]!r}?" if m else ""))
+    cdir = resolve(cohort_dir)
+    manifest = cdir / "manifest.csv"
+    if source == "synthetic":
+        params = synth.synth_params(n_patients, seed, **knobs)
+        rec = cdir / "synth_params.json"
+        if manifest.is_file() and rec.is_file() and json.loads(rec.read_text()) == params:
+            return manifest
+        return synth.make_cohort(cdir, n_patients=n_patients, seed=seed, progress=progress, **knobs)
+    if source == "manifest":
+        if not manifest.is_file():
+            raise DataError(f"{manifest}: not found; with source='manifest' cohort_dir must hold manifest.csv.")
+        return manifest
+    if not source_dir:
+        raise ParameterError(f"source={source!r} needs source_dir (the data set's root folder).")
+    fn: Callable[..., Path] = import_mama_mia if source == "mama-mia" else import_duke
+    rec = cdir / "import_params.json"
+    if manifest.is_file() and rec.is_file():
+        old = json.loads(rec.read_text())
+        if old.get("source") == source and old.get("source_dir") == str(Path(resolve(source_dir)).resolve()) \
+                and old.get("seed") == seed and old.get("test_fraction") == test_fraction:
+            return manifest
+    return fn(resolve(source_dir), cdir, test_fraction=test_fraction, seed=seed)
