@@ -208,3 +208,59 @@ def test_figures_written(tmp_path):
     assert (tmp_path / "mri.png").stat().st_size > 1000
     with pytest.raises(ParameterError, match="no cases"):
         plot_gradcam_us([])
+
+
+# --------------------------------------------------------------------------------------- cohort level (07)
+def _tiny_run(root):
+    """A tiny run folder: synthetic cohort, ROI settings, one random-weight fold model per modality, predictions.
+
+    The checkpoint layout (``config.json`` with ``{"config": ...}``, ``fold{k}.pt`` with ``model`` and
+    ``complete``) is the one :func:`her2lib.train.load_fold_model` reads.
+    """
+    from dataclasses import asdict
+
+    from her2lib import nb, synth
+    from her2lib.data import load_cohort
+    from her2lib.io import write_json
+    from her2lib.models import DLMRIConfig, DLUSConfig, build_model
+    from her2lib.train import assign_folds
+
+    man = synth.make_cohort(root / "cohort", n_patients=20, seed=0, us_shape=(64, 72), mri_shape=(12, 32, 32))
+    run = nb.RunDirs.from_out_dir(root / "out", root / "cohort")
+    write_json(run.params / "02_preprocess.json", {"us_size": 64, "us_margin_px": 8, "mri_size": 32,
+                                                   "mri_margin": 4, "mri_margin_unit": "px"})
+    torch.manual_seed(0)
+    for key, cfg in (("dl_us", DLUSConfig(variant="convnextv2_atto", image_size=64)),
+                     ("dl_mri", DLMRIConfig(image_size=32))):
+        d = run.models / key
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "config.json", {"config": asdict(cfg)})
+        torch.save({"model": build_model(cfg).state_dict(), "complete": True}, d / "fold0.pt")
+    df = load_cohort(man, check_files="exists")
+    folds = assign_folds(df, n_folds=4, seed=0)
+    rng = np.random.default_rng(0)
+    for mod in ("us", "mri"):
+        p = 1 / (1 + np.exp(-(1.5 * (2 * df.her2 - 1) + rng.normal(size=len(df)))))
+        pr = pd.DataFrame({"patient_id": df.patient_id, "split": df.split, "fold": folds.to_numpy(),
+                           "her2": df.her2, "p_her2": p})
+        pr[pr.split == "train"].to_csv(run.predictions / f"{mod}_oof.csv", index=False)
+        pr[pr.split == "test"].to_csv(run.predictions / f"{mod}_test.csv", index=False)
+    return run
+
+
+def test_run_gradcam_end_to_end(tmp_path):
+    pytest.importorskip("timm")
+    from her2lib.gradcam import run_gradcam
+
+    run = _tiny_run(tmp_path)
+    res = run_gradcam(run, folds=1, max_patients=2, progress=False, dpi=80)
+    for f in ("gradcam_us.png", "gradcam_mri.png"):
+        assert (run.figures / f).stat().st_size > 1000
+    energy = pd.read_csv(run.tables / "gradcam_energy.csv")
+    assert set(energy.model) == {"dl_us", "dl_mri"}
+    assert ((energy.lesion_fraction > 0) & (energy.lesion_fraction < 1)).all()
+    assert energy.energy_in_lesion.dropna().between(0, 1).all()
+    assert set(res.cases.outcome) <= {"TP", "FP", "TN", "FN"}
+    assert (run.tables / "gradcam_energy_summary.csv").is_file()
+    with pytest.raises(ParameterError, match="unknown model"):
+        run_gradcam(run, models=("dl_ct",))
