@@ -139,7 +139,7 @@ def test_built_cohort_validates_and_records_knobs(tiny_cohort):
 
 
 def test_oracle_auc_theory_and_empirical(tiny_cohort):
-    th = synth.oracle_auc_theory(2.0, 1.0)
+    th = synth.oracle_auc_theory()
     assert th["latent"] > th["fused"] > th["us"] == th["mri"] > 0.5
     assert synth.oracle_auc_theory(0.0, 1.0)["us"] == pytest.approx(0.5)
     emp = synth.oracle_auc(tiny_cohort.parent)
