@@ -46,6 +46,9 @@ class DLUSConfig:
         Optional LOCAL weights file (timm/ImageNet ConvNeXt V2 ``.pth``/``.safetensors`` or a state dict);
         the 3-channel stem is summed to 1 channel and the classifier re-initialised. Never downloaded.
     lr, weight_decay, batch_size, epochs : AdamW learning rate 2e-5, weight decay 5e-2, batch 16, 300 epochs.
+    lr_schedule : {"cosine", "constant"}
+        The paper gives an *initial* learning rate, so it decays; the schedule is not named. "cosine": cosine
+        annealing to 0 over ``epochs`` (stepped once per epoch).
     mixup : bool
         timm Mixup on the training batches (paper: yes).
     mixup_alpha, cutmix_alpha, label_smoothing : float
@@ -66,6 +69,7 @@ class DLUSConfig:
     weight_decay: float = 5e-2
     batch_size: int = 16
     epochs: int = 300
+    lr_schedule: str = "cosine"
     mixup: bool = True
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 0.0
@@ -98,6 +102,8 @@ class DLMRIConfig:
     checkpoint : str or None
         Optional LOCAL state-dict file (e.g. MedicalNet resnet_18); keys with other shapes are skipped (warned).
     lr, weight_decay, batch_size, epochs : AdamW 4e-6, 1e-2, batch 16, 300 epochs.
+    lr_schedule : {"cosine", "constant"}
+        As :class:`DLUSConfig`.
     mixup : bool
         The paper mentions Mixup for US only; off by default.
     amp, channels_last : bool or None
@@ -114,6 +120,7 @@ class DLMRIConfig:
     weight_decay: float = 1e-2
     batch_size: int = 16
     epochs: int = 300
+    lr_schedule: str = "cosine"
     mixup: bool = False
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 0.0
@@ -141,6 +148,8 @@ def _validate(cfg: ModelConfig) -> None:
     for name in ("lr", "batch_size", "epochs", "image_size"):
         if getattr(cfg, name) <= 0:
             raise ParameterError(f"{cfg.kind}: {name}={getattr(cfg, name)} must be > 0.")
+    if cfg.lr_schedule not in ("cosine", "constant"):
+        raise ParameterError(f"{cfg.kind}: lr_schedule={cfg.lr_schedule!r}; use 'cosine' or 'constant'.")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise ParameterError(f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
                              "weights; give a local file or checkpoint=None (random initialisation).")

@@ -33,7 +33,7 @@ from .errors import DataError, ParameterError
 from .io import atomic_path, sha256_file
 
 __all__ = ["ROI_CODE_VERSION", "RoiResult", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi", "mri_roi",
-           "cache_key", "preprocess_cohort", "plot_roi_examples"]
+           "cache_key", "preprocess_cohort", "box_table", "plot_roi_examples"]
 
 #: Bump whenever the preprocessing code changes its output; it is part of every cache key.
 ROI_CODE_VERSION = "roi-1"
@@ -351,6 +351,38 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
     if not images:
         raise DataError("preprocess_cohort: the cohort table has no rows.")
     return np.stack(images), np.stack(masks), boxes
+
+
+def box_table(cohort, us_boxes: Sequence, mri_boxes: Sequence) -> "pd.DataFrame":
+    """One row per patient: the crop-box extents (pixels / voxels) of both modalities.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        Rows in the order of the boxes (``patient_id``, ``split``, ``her2`` are copied).
+    us_boxes, mri_boxes : sequence
+        From :func:`preprocess_cohort` (``((y0, y1), (x0, x1))`` and ``((z0, z1), (y0, y1), (x0, x1))``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``patient_id, split, her2, us_y0, us_y1, us_x0, us_x1, us_h_px, us_w_px, mri_z0 ... mri_d_vox, mri_h_vox,
+        mri_w_vox``.
+    """
+    import pandas as pd
+
+    if not (len(cohort) == len(us_boxes) == len(mri_boxes)):
+        raise DataError(f"box_table: {len(cohort)} patients but {len(us_boxes)} US / {len(mri_boxes)} MRI boxes.")
+    rows = []
+    for (_, r), ub, mb in zip(cohort.iterrows(), us_boxes, mri_boxes):
+        (uy0, uy1), (ux0, ux1) = ub
+        (mz0, mz1), (my0, my1), (mx0, mx1) = mb
+        rows.append({"patient_id": r["patient_id"], "split": r["split"], "her2": r["her2"],
+                     "us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0,
+                     "us_w_px": ux1 - ux0, "mri_z0": mz0, "mri_z1": mz1, "mri_y0": my0, "mri_y1": my1,
+                     "mri_x0": mx0, "mri_x1": mx1, "mri_d_vox": mz1 - mz0, "mri_h_vox": my1 - my0,
+                     "mri_w_vox": mx1 - mx0})
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------------------------- figure

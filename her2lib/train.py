@@ -41,7 +41,7 @@ from .models import DLMRIConfig, DLUSConfig, build_model, config_from_dict, conf
 from .transforms import AugmentSpec, BatchAugmenter, _epoch_seed
 
 __all__ = ["assign_folds", "read_folds", "write_folds", "resolve_device", "epoch_metrics", "predict_proba",
-           "fit_fold", "train_one_epoch", "make_optimizer", "make_mixup", "FoldResult", "CVResult", "run_cv", "load_fold_model", "write_predictions",
+           "fit_fold", "train_one_epoch", "make_optimizer", "make_scheduler", "make_mixup", "FoldResult", "CVResult", "run_cv", "load_fold_model", "write_predictions",
            "plot_learning_curves", "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ["patient_id", "split", "fold", "her2", "p_her2"]
@@ -366,6 +366,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
         model = model.to(memory_format=_memory_format(cfg))
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
+    sched = make_scheduler(opt, cfg)
     history: list[dict] = []
     best_key: tuple[float, float] | None = None
     best_epoch, best_metrics, best_state = -1, {}, None
@@ -379,6 +380,8 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             scaler.load_state_dict(st["scaler"])
+            if sched is not None:
+                sched.load_state_dict(st["scheduler"])
             history = list(st["history"])
             best_key = (float(st["best_key"][0]), float(st["best_key"][1]))
             best_epoch, best_metrics, best_state = int(st["best_epoch"]), dict(bk["best_metrics"]), bk["model"]
@@ -401,6 +404,9 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
             if aug is not None:
                 aug.reseed(_epoch_seed(seed, fold, epoch, 2))
             tot, cnt = train_one_epoch(model, opt, scaler, x_train, y_train, cfg, dev, aug, mixup, gen, np_rs)
+            lr_now = float(opt.param_groups[0]["lr"])
+            if sched is not None:
+                sched.step()
             p = predict_proba(model, x_val, cfg, dev, batch_size=max(2 * cfg.batch_size, 2))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -408,7 +414,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
             eps = 1e-7
             val_loss = float(-np.mean(y_val * np.log(p + eps) + (1 - y_val) * np.log(1 - p + eps)))
             row = {"fold": int(fold), "epoch": int(epoch), "train_loss": tot / max(cnt, 1), "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in met.items()}, "lr": float(opt.param_groups[0]["lr"])}
+                   **{f"val_{k}": v for k, v in met.items()}, "lr": lr_now}
             history.append(row)
             auc = met["auc"] if np.isfinite(met["auc"]) else -1.0
             key = (auc, -val_loss)
@@ -419,7 +425,8 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
                                   "fingerprint": fingerprint})
             if (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1:
                 _save(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                                   "scaler": scaler.state_dict(),
+                                   "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch, "history": history,
                                    "best_key": list(best_key), "best_epoch": best_epoch,
                                    "torch_rng": torch.get_rng_state(), "fingerprint": fingerprint})
             bar.set_postfix(val_auc=f"{met['auc']:.3f}", best=best_epoch)
@@ -484,6 +491,13 @@ def make_mixup(cfg):
 
     return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, label_smoothing=cfg.label_smoothing,
                  num_classes=cfg.num_classes)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg):
+    """Per-epoch learning-rate schedule from ``cfg.lr_schedule`` (None for "constant")."""
+    if cfg.lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(cfg.epochs), 1))
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
