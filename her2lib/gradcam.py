@@ -541,7 +541,8 @@ class GradCAMRun:
 
 
 def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | Sequence[int] | None = None,
-                max_patients: int | None = None, progress: bool = True, dpi: int = 200) -> GradCAMRun:
+                max_patients: int | None = None, progress: bool = True, dpi: int = 200,
+                target_layers: dict[str, str] | None = None) -> GradCAMRun:
     """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the energy table.
 
     Parameters
@@ -558,6 +559,10 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
         (for quick runs); None or 0 = the whole test cohort.
     progress : bool
     dpi : int
+    target_layers : dict or None
+        Layer per model, overriding :data:`TARGET_LAYERS` (the paper's: last ConvNeXt stage, ``layer4``). At
+        CPU-profile ROI sizes ``layer4`` of the 3D ResNet18 is 1 or 2 voxels wide (32x downsampling), so such
+        profiles explain an earlier stage (e.g. ``layer2``) and say so in the figure title.
 
     Returns
     -------
@@ -580,6 +585,7 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
     from .stats import youden_threshold
     from .train import load_fold_model
 
+    layers = {**TARGET_LAYERS, **(target_layers or {})}
     unknown = [m for m in models if m not in _MODALITY]
     if unknown:
         raise ParameterError(f"run_gradcam: unknown model(s) {unknown}; use 'dl_us' and/or 'dl_mri'.")
@@ -613,7 +619,7 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
                                  f"{run.manifest}; run the notebooks on one cohort.")
         sub = cohort.set_index("patient_id").loc[ids].reset_index()
         images, masks, _ = preprocess_cohort(sub, mod, spec, run.cache, progress=progress)
-        cams = cohort_cams(nets, images, TARGET_LAYERS[key], progress=progress, desc=f"Grad-CAM {label}")
+        cams = cohort_cams(nets, images, layers[key], progress=progress, desc=f"Grad-CAM {label}")
         energies.append(energy_table(ids, cams, masks, key))
         pos = {p: i for i, p in enumerate(ids)}
         pred = test.set_index("patient_id")
@@ -626,7 +632,7 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
         plot = plot_gradcam_us if key == "dl_us" else plot_gradcam_mri
         path = run.figures / f"gradcam_{mod}.png"
         fig = plot(fig_cases, None, note=f"Cases chosen at {label}'s training-OOF Youden threshold {thr:.3f}; "
-                   f"map = mean of {len(nets)} fold models' Grad-CAMs.")
+                   f"map = mean of {len(nets)} fold models' Grad-CAMs of layer '{layers[key]}'.")
         _save(fig, path, dpi)
         plt.close(fig)
         files.append(path)
