@@ -325,7 +325,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
     resume : bool
         Continue from a matching checkpoint (same config, data, seed); otherwise start afresh.
     checkpoint_every : int
-        Save the resume state every this many epochs (and at the last epoch).
+        Save the resume state every this many epochs (the finished fold is saved as ``fold{k}.pt``).
     progress : bool
         tqdm bar over epochs.
     epoch_hook : callable, optional
@@ -423,7 +423,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
                 best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
                 _save(best_path, {"model": best_state, "best_epoch": epoch, "best_metrics": row,
                                   "fingerprint": fingerprint})
-            if (epoch + 1) % checkpoint_every == 0 or epoch == cfg.epochs - 1:
+            if (epoch + 1) % checkpoint_every == 0 and epoch < cfg.epochs - 1:  # the last epoch ends in fold{k}.pt
                 _save(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scaler": scaler.state_dict(),
                                    "scheduler": sched.state_dict() if sched is not None else {}, "epoch": epoch, "history": history,

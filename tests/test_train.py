@@ -134,6 +134,7 @@ def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
     real = train.fit_fold
 
     def spy(cfg, xt, rt, xv, rv, **kw):
+        assert not set(rt.patient_id) & set(rv.patient_id)  # training and held-out parts are disjoint
         fitted.extend(rt.patient_id)
         fitted.extend(rv.patient_id)
         return real(cfg, xt, rt, xv, rv, **kw)
@@ -156,3 +157,13 @@ def test_run_cv_rejects_bad_inputs(tmp_path):
     bad.iloc[-1] = 0  # a test patient put into a fold
     with pytest.raises(DataError, match="-1 for test patients"):
         train.run_cv(df, np.zeros((len(df), 1, 32, 32), np.float32), cfg, bad, tmp_path)
+
+
+def test_mixed_precision_path_runs_on_cpu(tmp_path):
+    """The CUDA code path (autocast float16 + GradScaler + channels_last), exercised on the CPU."""
+    df, rng = _cohort(8, 4)
+    x = _us_inputs(df, rng)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, amp=True,
+                            channels_last=True)
+    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path, progress=False)
+    assert res.oof.p_her2.between(0, 1).all() and len(res.oof) == 8
