@@ -730,7 +730,10 @@ def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConf
 
     if modality not in ("us", "mri"):
         raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
-    if not nb.modality_present(cohort, modality, f"{nb.MODALITY_NAMES[modality][1]} (training and predictions)"):
+    if not nb.modality_present(cohort, modality, quiet=True):
+        name, model = nb.MODALITY_NAMES[modality]
+        nb.notice(f"No {name} images in this cohort: {model} is skipped (nothing is trained, no predictions "
+                  f"are written; the fusion and the later {model} steps are skipped too).")
         for split in ("oof", "test"):
             (Path(run.predictions) / f"{modality}_{split}.csv").unlink(missing_ok=True)
         return None

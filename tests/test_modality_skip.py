@@ -199,6 +199,8 @@ def test_mri_only_cohort_runs_end_to_end(tmp_path):
     write_csv(tmp_path / "mri_only" / "manifest.csv", man)
     prof["common"]["cohort_dir"] = str(tmp_path / "mri_only")
     prof["notebooks"]["00_cohort"]["source"] = "manifest"
+    prof["notebooks"]["04_train_mri"].update(epochs=1, checkpoint_every=1)  # keep the test short
+    prof["notebooks"]["07_gradcam"]["max_patients"] = 2
     path = tmp_path / "mri_only.yaml"
     path.write_text(yaml.safe_dump(prof))
     out = pipeline.run_pipeline(path, tmp_path / "out")
@@ -211,3 +213,14 @@ def test_mri_only_cohort_runs_end_to_end(tmp_path):
     executed = (out / "notebooks" / "03_train_us.ipynb").read_text()
     assert "No ultrasound images in this cohort: DL-US" in executed
     assert "fusion is skipped" in (out / "notebooks" / "05_fusion.ipynb").read_text()
+
+
+def test_cohort_hash_accepts_files_beside_the_cohort_folder(tmp_path):
+    from her2lib import provenance
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.nii.gz").write_bytes(b"abc")
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "manifest.csv").write_text("patient_id,mri_image\nP1,../src/a.nii.gz\n")
+    rec = provenance.cohort_hash(tmp_path / "cohort")
+    assert rec["n_files"] == 1 and rec["n_missing"] == 0 and len(rec["files_sha256"]) == 64
