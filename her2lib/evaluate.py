@@ -36,7 +36,7 @@ from .io import atomic_path, write_csv, write_text
 __all__ = ["MODELS", "ModelPredictions", "load_predictions", "brier_score", "calibration_curve",
            "calibration_summary", "decision_curve", "roc_points", "performance_table", "delong_table",
            "results_paragraph", "plot_roc", "plot_performance", "plot_calibration", "plot_decision_curve",
-           "EvaluationResult", "run_evaluation"]
+           "EvaluationResult", "run_evaluation", "available_models", "DELONG_COLUMNS"]
 
 #: (key, label, prediction-file prefix) in the paper's order.
 MODELS: tuple[tuple[str, str, str], ...] = (("dl_us", "DL-US", "us"), ("dl_mri", "DL-MRI", "mri"),
@@ -46,6 +46,8 @@ PAIRS: tuple[tuple[str, str], ...] = (("dl_us_mri", "dl_us"), ("dl_us_mri", "dl_
 # Okabe-Ito colours (colour-blind safe)
 COLORS = {"dl_us": "#0072B2", "dl_mri": "#D55E00", "dl_us_mri": "#009E73"}
 CI_METHODS = ("exact-binomial", "delong", "bootstrap")
+DELONG_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "diff", "diff_ci_low", "diff_ci_high", "diff_ci_level",
+                  "z", "p_value", "n_pos", "n_neg", "method"]
 _CI_NAMES = {"exact-binomial": "exact binomial (MedCalc, as in the paper)", "delong": "DeLong",
              "bootstrap": "stratified bootstrap"}
 
@@ -72,6 +74,34 @@ class ModelPredictions:
 
 def _label(key: str) -> str:
     return {k: lab for k, lab, _ in MODELS}.get(key, key)
+
+
+def available_models(predictions_dir: str | os.PathLike, quiet: bool = False) -> list[str]:
+    """Model keys whose ``<prefix>_oof.csv`` and ``<prefix>_test.csv`` both exist, in the paper's order.
+
+    Parameters
+    ----------
+    predictions_dir : path
+        ``run.predictions``.
+    quiet : bool
+        Do not print a notice for the models left out (a single-modality cohort skips DL-US or DL-MRI, and
+        then the fusion) and the DeLong comparisons that cannot be made.
+
+    Returns
+    -------
+    list of str
+        Subset of ``["dl_us", "dl_mri", "dl_us_mri"]``.
+    """
+    pdir = Path(predictions_dir)
+    keys = [k for k, _, p in MODELS if (pdir / f"{p}_oof.csv").is_file() and (pdir / f"{p}_test.csv").is_file()]
+    if not quiet and len(keys) < len(MODELS):
+        from .nb import notice
+        gone = [lab for k, lab, _ in MODELS if k not in keys]
+        kept = ", ".join(_label(k) for k in keys) or "no model"
+        tail = "" if len(keys) > 1 else "; no DeLong comparison is possible"
+        notice(f"No prediction files for {', '.join(gone)} in this run (skipped by an earlier notebook): "
+               f"evaluating {kept}{tail}.")
+    return keys
 
 
 def load_predictions(predictions_dir: str | os.PathLike,
@@ -363,7 +393,7 @@ def delong_table(preds: Mapping[str, ModelPredictions], level: float = 0.95,
                      "diff": r.diff, "diff_ci_low": r.diff_ci[0], "diff_ci_high": r.diff_ci[1],
                      "diff_ci_level": r.diff_ci[2], "z": r.z, "p_value": r.pvalue, "n_pos": r.n_pos,
                      "n_neg": r.n_neg, "method": r.method})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=DELONG_COLUMNS)
 
 
 def _pct(v: float) -> str:
@@ -624,8 +654,12 @@ class EvaluationResult:
 
 def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike,
                    figures_dir: str | os.PathLike, ci_method: str = "exact-binomial", level: float = 0.95,
-                   n_bins: int = 5, n_boot: int = 2000, seed: int = 0, dpi: int = 300) -> EvaluationResult:
+                   n_bins: int = 5, n_boot: int = 2000, seed: int = 0, dpi: int = 300,
+                   models: Sequence[str] | None = None) -> EvaluationResult:
     """Compute and write everything of ``06_evaluation``.
+
+    ``models=None`` evaluates the models whose prediction files exist (:func:`available_models`; one, two or
+    three), with DeLong comparisons only for the pairs among them.
 
     Writes ``tables/performance.csv``, ``delong.csv``, ``calibration.csv``, ``decision_curve.csv``,
     ``results_text.md`` and ``figures/roc.png`` (+ ``roc.svg``), ``performance.png``, ``calibration.png``,
@@ -638,7 +672,11 @@ def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.Path
     import matplotlib.pyplot as plt
 
     tdir, fdir = Path(tables_dir), Path(figures_dir)
-    preds = load_predictions(predictions_dir)
+    keys = available_models(predictions_dir) if models is None else list(models)
+    if not keys:
+        raise DataError(f"{predictions_dir}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
+                        "notebooks 03_train_us / 04_train_mri (and 05_fusion) first.")
+    preds = load_predictions(predictions_dir, keys)
     perf = performance_table(preds, ci_method=ci_method, level=level, n_boot=n_boot, seed=seed)
     dl = delong_table(preds, level=level)
     cal_rows, dec_rows = [], []
@@ -649,7 +687,7 @@ def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.Path
     cal = pd.concat(cal_rows, ignore_index=True)
     dec = pd.concat(dec_rows, ignore_index=True)
     prot_path = tdir / "fusion_protocols.csv"
-    prot = pd.read_csv(prot_path) if prot_path.is_file() else None
+    prot = pd.read_csv(prot_path) if prot_path.is_file() and "dl_us_mri" in preds else None
     text = results_paragraph(perf, dl, prot)
     files = [write_csv(tdir / "performance.csv", perf), write_csv(tdir / "delong.csv", dl),
              write_csv(tdir / "calibration.csv", cal), write_csv(tdir / "decision_curve.csv", dec),

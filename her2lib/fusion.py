@@ -474,14 +474,33 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
                         protocols=protocols, coefficients=coefs)
 
 
+FUSION_INPUTS = ("us_oof.csv", "mri_oof.csv", "us_test.csv", "mri_test.csv")
+
+
 def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike, level: float = 0.95,
-               eps: float = EPS) -> FusionResult:
+               eps: float = EPS) -> FusionResult | None:
     """Read ``{us,mri}_{oof,test}.csv``, run :func:`fuse` and write its outputs atomically.
 
     Writes ``predictions_dir/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_paper.csv``
     (paper protocol, labelled), ``tables_dir/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+
+    Returns
+    -------
+    FusionResult or None
+        None, after printing a notice, when a DL-US or DL-MRI prediction file is missing (a single-modality
+        cohort: notebook 03 or 04 skipped training). Then no fusion file is written and stale fusion outputs of
+        an earlier run in the same folders are removed, so notebook 06 cannot evaluate them.
     """
     pdir, tdir = Path(predictions_dir), Path(tables_dir)
+    missing = [n for n in FUSION_INPUTS if not (pdir / n).is_file()]
+    if missing:
+        from .nb import notice
+        notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {pdir} (the cohort "
+               "lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
+        for f in (pdir / "fusion_oof.csv", pdir / "fusion_test.csv", pdir / "fusion_test_paper.csv",
+                  tdir / "fusion_coefficients.csv", tdir / "fusion_protocols.csv"):
+            f.unlink(missing_ok=True)
+        return None
     res = fuse(read_predictions(pdir / "us_oof.csv", "train"), read_predictions(pdir / "mri_oof.csv", "train"),
                read_predictions(pdir / "us_test.csv", "test"), read_predictions(pdir / "mri_test.csv", "test"),
                level=level, eps=eps)

@@ -40,7 +40,7 @@ from .errors import ParameterError
 
 __all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "lesion_centre",
            "select_cases", "plot_gradcam_us", "plot_gradcam_mri", "TARGET_LAYERS", "cohort_cams", "energy_table",
-           "energy_summary", "GradCAMRun", "run_gradcam"]
+           "energy_summary", "GradCAMRun", "run_gradcam", "available_models"]
 
 
 @dataclass(frozen=True)
@@ -540,7 +540,37 @@ class GradCAMRun:
     files: tuple[Path, ...]
 
 
-def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | Sequence[int] | None = None,
+def available_models(run, quiet: bool = False) -> list[str]:
+    """The models of ``run`` that Grad-CAM can explain: fold checkpoints and both prediction files present.
+
+    Parameters
+    ----------
+    run : her2lib.nb.RunDirs
+    quiet : bool
+        Do not print a notice for a model left out (its modality is absent from the cohort, so its training
+        notebook skipped it).
+
+    Returns
+    -------
+    list of str
+        Subset of ``["dl_us", "dl_mri"]``.
+    """
+    out = []
+    for key, (mod, label) in _MODALITY.items():
+        ok = (any((run.models / key).glob("fold*.pt")) and (run.predictions / f"{mod}_oof.csv").is_file()
+              and (run.predictions / f"{mod}_test.csv").is_file())
+        if ok:
+            out.append(key)
+        else:
+            (run.figures / f"gradcam_{mod}.png").unlink(missing_ok=True)  # stale figure of an earlier run
+            if not quiet:
+                from .nb import notice
+                notice(f"No {label} model or predictions in this run (its modality is absent from the cohort): "
+                       f"Grad-CAM for {label} is skipped.")
+    return out
+
+
+def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[int] | None = None,
                 max_patients: int | None = None, progress: bool = True, dpi: int = 200,
                 target_layers: dict[str, str] | None = None) -> GradCAMRun:
     """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the energy table.
@@ -550,7 +580,8 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
     run : her2lib.nb.RunDirs
         Reads ``run.manifest``, ``run.params/02_preprocess.json`` (ROI settings; ROIs come from ``run.cache``),
         ``run.models/<model>/fold{k}.pt`` and ``run.predictions/{us,mri}_{oof,test}.csv``.
-    models : sequence of {"dl_us", "dl_mri"}
+    models : sequence of {"dl_us", "dl_mri"}, optional
+        None: the models that exist (:func:`available_models`, with a notice for a skipped one).
     folds : int, sequence of int or None
         Fold models whose maps are averaged: None or 0 = every ``fold{k}.pt`` present, an int n = the first n of
         them, a sequence = those folds.
@@ -586,6 +617,11 @@ def run_gradcam(run, models: Sequence[str] = ("dl_us", "dl_mri"), folds: int | S
     from .train import load_fold_model
 
     layers = {**TARGET_LAYERS, **(target_layers or {})}
+    if models is None:
+        models = available_models(run)
+        if not models:
+            raise ParameterError(f"run_gradcam: no trained model in {run.models}; run 03_train_us or "
+                                 "04_train_mri first.")
     unknown = [m for m in models if m not in _MODALITY]
     if unknown:
         raise ParameterError(f"run_gradcam: unknown model(s) {unknown}; use 'dl_us' and/or 'dl_mri'.")

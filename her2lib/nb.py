@@ -23,7 +23,7 @@ from .errors import ParameterError
 from .io import write_json
 
 __all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "COMMON_PARAMETERS", "RunDirs", "setup", "parameter_names",
-           "parameters_cell", "resolve"]
+           "parameters_cell", "resolve", "MODALITY_NAMES", "notice", "modality_present", "get", "show_image"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -118,3 +118,73 @@ def setup(notebook: str, namespace: Mapping[str, Any]) -> RunDirs:
     dirs = RunDirs.from_out_dir(params["out_dir"], params["cohort_dir"])
     write_json(dirs.params / f"{stem}.json", params)
     return dirs
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Skipping what a cohort cannot support (single-modality cohorts, e.g. MRI-only MAMA-MIA / Duke imports)
+# ------------------------------------------------------------------------------------------------------------
+MODALITY_NAMES = {"us": ("ultrasound", "DL-US"), "mri": ("MRI", "DL-MRI")}
+
+
+def notice(message: str) -> str:
+    """Print a markdown-style notice into the notebook output (``> **Note.** message``) and return the text.
+
+    Parameters
+    ----------
+    message : str
+        What is skipped and why, in words a reader of the notebook understands.
+
+    Returns
+    -------
+    str
+        The printed line.
+    """
+    line = f"> **Note.** {message}"
+    print(line, flush=True)
+    return line
+
+
+def modality_present(cohort, modality: str, what: str | None = None, quiet: bool = False) -> bool:
+    """Whether ``cohort`` has images of ``modality``; if not, print a notice that ``what`` is skipped.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    modality : {"us", "mri"}
+    what : str, optional
+        The step that needs the modality (default: the modality's model, ``DL-US`` / ``DL-MRI``).
+    quiet : bool
+        Do not print the notice.
+
+    Returns
+    -------
+    bool
+        True when at least one patient has an image of ``modality``.
+    """
+    from .data import available_modalities
+
+    if modality not in MODALITY_NAMES:
+        raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
+    present = modality in available_modalities(cohort, require_all=False)
+    if not present and not quiet:
+        name, model = MODALITY_NAMES[modality]
+        notice(f"No {name} images in this cohort: {what or model} is skipped.")
+    return present
+
+
+def get(obj: Any, attribute: str) -> Any:
+    """``obj.attribute``, or None when ``obj`` is None (a skipped step); a cell ending in None shows nothing."""
+    return None if obj is None else getattr(obj, attribute)
+
+
+def show_image(path: str | os.PathLike, width: int | None = None):
+    """An ``IPython.display.Image`` of ``path`` to show as a cell's last expression, or None (with a notice)
+    when the figure was not made (its step was skipped)."""
+    from IPython.display import Image
+
+    p = Path(path)
+    if not p.is_file():
+        notice(f"{p.name} was not made in this run (its step was skipped).")
+        return None
+    return Image(filename=str(p), width=width)

@@ -75,8 +75,11 @@ def cohort_hash(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     files = sorted({(cohort_dir / v).resolve() for c in _PATH_COLUMNS if c in df for v in df[c] if v})
     existing = [f for f in files if f.is_file()]
+    # files of an imported cohort may live beside the cohort folder (manifest paths like ../source/x.nii.gz):
+    # name them relative to the deepest folder holding both (= cohort_dir when every file is inside it)
+    root = Path(os.path.commonpath([str(cohort_dir.resolve()), *map(str, existing)]))
     return {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest),
-            "files_sha256": hash_files(existing, root=cohort_dir.resolve()) if existing else None,
+            "files_sha256": hash_files(existing, root=root) if existing else None,
             "n_files": len(existing), "n_missing": len(files) - len(existing), "n_patients": len(df)}
 
 

@@ -33,7 +33,8 @@ from .errors import DataError, ParameterError
 from .io import atomic_path, sha256_file
 
 __all__ = ["ROI_CODE_VERSION", "RoiResult", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi", "mri_roi",
-           "cache_key", "preprocess_cohort", "box_table", "plot_roi_examples"]
+           "cache_key", "preprocess_cohort", "box_table", "plot_roi_examples", "preprocess_modalities", "roi_boxes",
+           "box_summary"]
 
 #: Bump whenever the preprocessing code changes its output; it is part of every cache key.
 ROI_CODE_VERSION = "roi-1"
@@ -353,15 +354,15 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
     return np.stack(images), np.stack(masks), boxes
 
 
-def box_table(cohort, us_boxes: Sequence, mri_boxes: Sequence) -> "pd.DataFrame":
+def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> "pd.DataFrame":
     """One row per patient: the crop-box extents (pixels / voxels) of both modalities.
 
     Parameters
     ----------
     cohort : pandas.DataFrame
         Rows in the order of the boxes (``patient_id``, ``split``, ``her2`` are copied).
-    us_boxes, mri_boxes : sequence
-        From :func:`preprocess_cohort` (``((y0, y1), (x0, x1))`` and ``((z0, z1), (y0, y1), (x0, x1))``).
+    us_boxes, mri_boxes : sequence or None
+        None for a modality the cohort lacks (its columns are left out). From :func:`preprocess_cohort` (``((y0, y1), (x0, x1))`` and ``((z0, z1), (y0, y1), (x0, x1))``).
 
     Returns
     -------
@@ -371,18 +372,64 @@ def box_table(cohort, us_boxes: Sequence, mri_boxes: Sequence) -> "pd.DataFrame"
     """
     import pandas as pd
 
-    if not (len(cohort) == len(us_boxes) == len(mri_boxes)):
-        raise DataError(f"box_table: {len(cohort)} patients but {len(us_boxes)} US / {len(mri_boxes)} MRI boxes.")
+    if us_boxes is None and mri_boxes is None:
+        raise DataError("box_table: no boxes of either modality; preprocess at least one.")
+    for name, b in (("US", us_boxes), ("MRI", mri_boxes)):
+        if b is not None and len(b) != len(cohort):
+            raise DataError(f"box_table: {len(cohort)} patients but {len(b)} {name} boxes.")
     rows = []
-    for (_, r), ub, mb in zip(cohort.iterrows(), us_boxes, mri_boxes):
-        (uy0, uy1), (ux0, ux1) = ub
-        (mz0, mz1), (my0, my1), (mx0, mx1) = mb
-        rows.append({"patient_id": r["patient_id"], "split": r["split"], "her2": r["her2"],
-                     "us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0,
-                     "us_w_px": ux1 - ux0, "mri_z0": mz0, "mri_z1": mz1, "mri_y0": my0, "mri_y1": my1,
-                     "mri_x0": mx0, "mri_x1": mx1, "mri_d_vox": mz1 - mz0, "mri_h_vox": my1 - my0,
-                     "mri_w_vox": mx1 - mx0})
+    for i, (_, r) in enumerate(cohort.iterrows()):
+        row = {"patient_id": r["patient_id"], "split": r["split"], "her2": r["her2"]}
+        if us_boxes is not None:
+            (uy0, uy1), (ux0, ux1) = us_boxes[i]
+            row.update({"us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0,
+                        "us_w_px": ux1 - ux0})
+        if mri_boxes is not None:
+            (mz0, mz1), (my0, my1), (mx0, mx1) = mri_boxes[i]
+            row.update({"mri_z0": mz0, "mri_z1": mz1, "mri_y0": my0, "mri_y1": my1, "mri_x0": mx0, "mri_x1": mx1,
+                        "mri_d_vox": mz1 - mz0, "mri_h_vox": my1 - my0, "mri_w_vox": mx1 - mx0})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def preprocess_modalities(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike,
+                          progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, list]]:
+    """:func:`preprocess_cohort` for every modality the cohort has; a notice for one it lacks.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    spec : PreprocessSpec
+    cache_dir : path
+        ``run.cache``.
+    progress : bool
+
+    Returns
+    -------
+    dict
+        ``{"us": (images, masks, boxes), "mri": (...)}`` with only the modalities present (prints their shapes).
+    """
+    from .nb import modality_present
+
+    out = {}
+    for m in ("us", "mri"):
+        if modality_present(cohort, m, f"{m.upper()} preprocessing (and every later {m.upper()} step)"):
+            out[m] = preprocess_cohort(cohort, m, spec, cache_dir, progress=progress)
+            print(f"{m.upper()} inputs:", out[m][0].shape)
+    return out
+
+
+def roi_boxes(cohort, inputs: dict) -> "pd.DataFrame":
+    """:func:`box_table` from the output of :func:`preprocess_modalities` (columns of absent modalities left out)."""
+    return box_table(cohort, inputs["us"][2] if "us" in inputs else None,
+                     inputs["mri"][2] if "mri" in inputs else None)
+
+
+def box_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
+    """Mean, min and max of the ROI extents in :func:`box_table` (pixels / voxels), present modalities only."""
+    cols = [c for c in ("us_h_px", "us_w_px", "mri_d_vox", "mri_h_vox", "mri_w_vox") if c in boxes.columns]
+    return boxes[cols].describe().loc[["mean", "min", "max"]]
 
 
 # ----------------------------------------------------------------------------------------------- figure
@@ -423,38 +470,48 @@ def plot_roi_examples(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike
         order.append(list(rng.permutation(ids)))
     pick = [i for pair in zip(*order) for i in pair][:n] or list(range(min(n, len(cohort))))
     sub = cohort.iloc[pick]
-    us_x, us_m, us_b = preprocess_cohort(sub, "us", spec, cache_dir, progress=False)
-    mr_x, mr_m, mr_b = preprocess_cohort(sub, "mri", spec, cache_dir, progress=False)
-    fig, axes = plt.subplots(len(sub), 4, figsize=(12, 3 * len(sub)), squeeze=False)
+    from .data import available_modalities
+
+    mods = available_modalities(sub, require_all=True) or available_modalities(cohort, require_all=True)
+    if not mods:
+        raise DataError("plot_roi_examples: no modality with images for every shown patient.")
+    pre = {m: preprocess_cohort(sub, m, spec, cache_dir, progress=False) for m in mods}
+    fig, axes = plt.subplots(len(sub), 2 * len(mods), figsize=(6 * len(mods), 3 * len(sub)), squeeze=False)
     for r, (_, row) in enumerate(sub.iterrows()):
-        img, _ = read_image(row["us_image"])
-        msk, _ = read_image(row["us_mask"])
-        if img.ndim == 3:
-            img, msk = img[..., :3].mean(-1), msk.max(-1) if msk.ndim == 3 else msk
-        (y0, y1), (x0, x1) = us_b[r]
-        ax = axes[r, 0]
-        ax.imshow(img, cmap="gray")
-        ax.contour(msk > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
-        ax.set_title(f"{row['patient_id']} US (HER2 {'+' if row['her2'] == 1 else '-'})", fontsize=9)
-        axes[r, 1].imshow(us_x[r, 0], cmap="gray")
-        axes[r, 1].contour(us_m[r, 0] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-        axes[r, 1].set_title(f"US ROI {us_x.shape[-1]}x{us_x.shape[-2]}, z-scored", fontsize=9)
-        vol, _ = read_image(row["mri_image"])
-        vm, _ = read_image(row["mri_mask"])
-        (z0, z1), (y0, y1), (x0, x1) = mr_b[r]
-        zc = (z0 + z1) // 2
-        ax = axes[r, 2]
-        ax.imshow(vol[zc], cmap="gray")
-        if (vm[zc] > 0).any():
-            ax.contour(vm[zc] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
-        ax.set_title(f"MRI slice z={zc}, ROI box", fontsize=9)
-        d = mr_x.shape[2] // 2
-        axes[r, 3].imshow(mr_x[r, 0, d], cmap="gray")
-        if (mr_m[r, 0, d] > 0).any():
-            axes[r, 3].contour(mr_m[r, 0, d] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-        axes[r, 3].set_title(f"MRI ROI {mr_x.shape[2]}^3 (centre slice)", fontsize=9)
+        c = 0
+        if "us" in pre:
+            us_x, us_m, us_b = pre["us"]
+            img, _ = read_image(row["us_image"])
+            msk, _ = read_image(row["us_mask"])
+            if img.ndim == 3:
+                img, msk = img[..., :3].mean(-1), msk.max(-1) if msk.ndim == 3 else msk
+            (y0, y1), (x0, x1) = us_b[r]
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray")
+            ax.contour(msk > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+            ax.set_title(f"{row['patient_id']} US (HER2 {'+' if row['her2'] == 1 else '-'})", fontsize=9)
+            axes[r, c + 1].imshow(us_x[r, 0], cmap="gray")
+            axes[r, c + 1].contour(us_m[r, 0] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            axes[r, c + 1].set_title(f"US ROI {us_x.shape[-1]}x{us_x.shape[-2]}, z-scored", fontsize=9)
+            c += 2
+        if "mri" in pre:
+            mr_x, mr_m, mr_b = pre["mri"]
+            vol, _ = read_image(row["mri_image"])
+            vm, _ = read_image(row["mri_mask"])
+            (z0, z1), (y0, y1), (x0, x1) = mr_b[r]
+            zc = (z0 + z1) // 2
+            ax = axes[r, c]
+            ax.imshow(vol[zc], cmap="gray")
+            if (vm[zc] > 0).any():
+                ax.contour(vm[zc] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+            ax.set_title(f"{row['patient_id'] + ' ' if c == 0 else ''}MRI slice z={zc}, ROI box", fontsize=9)
+            d = mr_x.shape[2] // 2
+            axes[r, c + 1].imshow(mr_x[r, 0, d], cmap="gray")
+            if (mr_m[r, 0, d] > 0).any():
+                axes[r, c + 1].contour(mr_m[r, 0, d] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            axes[r, c + 1].set_title(f"MRI ROI {mr_x.shape[2]}^3 (centre slice)", fontsize=9)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

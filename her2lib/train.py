@@ -42,7 +42,7 @@ from .transforms import AugmentSpec, BatchAugmenter, _epoch_seed
 
 __all__ = ["assign_folds", "read_folds", "write_folds", "resolve_device", "epoch_metrics", "predict_proba",
            "fit_fold", "train_one_epoch", "make_optimizer", "make_scheduler", "make_mixup", "FoldResult", "CVResult", "run_cv", "load_fold_model", "write_predictions",
-           "plot_learning_curves", "PREDICTION_COLUMNS"]
+           "plot_learning_curves", "train_modality", "oof_performance", "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ["patient_id", "split", "fold", "her2", "p_her2"]
 EpochHook = Callable[[int, int, dict], None]
@@ -657,8 +657,10 @@ def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, pref
     return [write_csv(d / f"{prefix}_oof.csv", result.oof), write_csv(d / f"{prefix}_test.csv", result.test)]
 
 
-def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike | None = None, title: str = ""):
+def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike | None = None, title: str = ""):
     """Learning curves: training/held-out loss and held-out AUC per epoch, one line per fold.
+
+    ``history=None`` (training skipped, see :func:`train_modality`) draws nothing and returns None.
 
     Parameters
     ----------
@@ -672,6 +674,8 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike | None =
     -------
     matplotlib.figure.Figure
     """
+    if history is None:
+        return None
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -693,3 +697,58 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike | None =
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110)
     return fig
+
+
+def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConfig | DLMRIConfig, *,
+                   seed: int = 0, device: str = "auto", augment: AugmentSpec | None = AugmentSpec(),
+                   resume: bool = True, checkpoint_every: int = 1, progress: bool = True) -> CVResult | None:
+    """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
+
+    Parameters
+    ----------
+    run : her2lib.nb.RunDirs
+        Reads ``run.cache`` (ROIs of notebook 02) and ``run.predictions/folds.csv``; writes the fold models
+        under ``run.models/dl_<modality>``, ``run.predictions/<modality>_{oof,test}.csv`` and
+        ``run.tables/dl_<modality>_folds.csv``.
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    modality : {"us", "mri"}
+    spec : her2lib.roi.PreprocessSpec
+        The ROI settings of notebook 02.
+    cfg : DLUSConfig or DLMRIConfig
+    seed, device, augment, resume, checkpoint_every, progress
+        As :func:`run_cv`.
+
+    Returns
+    -------
+    CVResult or None
+        None (after printing a notice and removing stale ``<modality>_{oof,test}.csv`` of an earlier run in the
+        same folder, so later notebooks cannot use them) when no patient has an image of ``modality``.
+    """
+    from . import nb
+    from .roi import preprocess_cohort
+
+    if modality not in ("us", "mri"):
+        raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
+    if not nb.modality_present(cohort, modality, quiet=True):
+        name, model = nb.MODALITY_NAMES[modality]
+        nb.notice(f"No {name} images in this cohort: {model} is skipped (nothing is trained, no predictions "
+                  f"are written; the fusion and the later {model} steps are skipped too).")
+        for split in ("oof", "test"):
+            (Path(run.predictions) / f"{modality}_{split}.csv").unlink(missing_ok=True)
+        return None
+    x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
+    folds = read_folds(Path(run.predictions) / "folds.csv", cohort)
+    print("inputs:", x.shape)
+    result = run_cv(cohort, x, cfg, folds, Path(run.models) / f"dl_{modality}", seed=seed, device=device,
+                    augment=augment, resume=resume, checkpoint_every=checkpoint_every, progress=progress)
+    write_predictions(result, run.predictions, modality)
+    write_csv(Path(run.tables) / f"dl_{modality}_folds.csv", result.summary)
+    return result
+
+
+def oof_performance(result: CVResult | None, threshold: float = 0.5) -> dict[str, float] | None:
+    """:func:`epoch_metrics` of the out-of-fold predictions of ``result`` (None when training was skipped)."""
+    if result is None:
+        return None
+    return epoch_metrics(result.oof["her2"].to_numpy(), result.oof["p_her2"].to_numpy(), threshold)

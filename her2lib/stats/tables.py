@@ -672,13 +672,29 @@ def cohort_tables(df: pd.DataFrame, alpha: float = 0.05) -> dict[str, pd.DataFra
         ``"table1_clinical_by_her2"``, ``"table2_us_by_her2"``, ``"table3_mri_by_her2"`` (HER2-positive vs
         HER2-negative; the HER2 row itself omitted); ``"tests"`` (numeric results of every table, with columns
         ``table`` and ``by``); ``"pvalues_vs_paper"`` (:func:`compare_with_paper` for the train/test tables).
+        Variables whose column the cohort lacks are left out with a printed notice (a table left with no
+        variable is empty, with its header columns).
     """
     out: dict[str, pd.DataFrame] = {}
     tests = []
+    present = {name: [v for v in paper_variables(name) if v.column in df.columns] for name in PAPER_TABLES}
+    absent = [v.label for name in PAPER_TABLES for v in paper_variables(name) if v.column not in df.columns]
+    if absent:
+        from ..nb import notice
+        notice(f"The cohort has no column for {len(absent)} variable(s) of Tables 1-3, left out of the tables: "
+               f"{', '.join(absent)}.")
     for by, suffix in (("split", ""), ("her2", "_by_her2")):
         for name in PAPER_TABLES:
-            out[name + suffix] = cohort_table(df, by, name, alpha=alpha)
-            tests.append(table_tests(df, by, name, alpha=alpha).assign(table=name, by=by))
+            vars_ = [v for v in present[name] if v.column != by]
+            if not vars_:
+                from ..nb import notice
+                notice(f"{name}: none of its variables is in the cohort; the table is empty.")
+                heads = [_group_header(by, g, int((df[by] == g).sum())) for g in _groups(df, by, None)]
+                out[name + suffix] = pd.DataFrame(columns=["variable", "level", "Variables", *heads, "P", "Test",
+                                                           "P (Bonferroni)"])
+                continue
+            out[name + suffix] = cohort_table(df, by, vars_, alpha=alpha)
+            tests.append(table_tests(df, by, vars_, alpha=alpha).assign(table=name, by=by))
     allt = pd.concat(tests, ignore_index=True)
     out["tests"] = allt[["table", "by", *[c for c in allt.columns if c not in ("table", "by")]]]
     out["pvalues_vs_paper"] = compare_with_paper(allt[allt["by"] == "split"])
