@@ -238,7 +238,7 @@ def calibration_summary(y, p) -> dict:
     Returns
     -------
     dict
-        ``brier, brier_reference`` (the prevalence forecast ``prev * (1 - prev)``), ``mean_predicted``,
+        ``brier, brier_reference`` (the prevalence forecast ``prev * (1 - prev)``), ``mean_predicted_overall``,
         ``observed_rate``, ``calibration_intercept`` and ``calibration_slope`` (logistic regression of y on
         ``logit(p)``; slope 1 and intercept 0 = perfectly calibrated; NaN when the fit does not exist).
     """
@@ -250,7 +250,7 @@ def calibration_summary(y, p) -> dict:
 
     y, p = _as_yp(y, p)
     prev = float(y.mean())
-    out = {"brier": brier_score(y, p), "brier_reference": prev * (1 - prev), "mean_predicted": float(p.mean()),
+    out = {"brier": brier_score(y, p), "brier_reference": prev * (1 - prev), "mean_predicted_overall": float(p.mean()),
            "observed_rate": prev, "calibration_intercept": float("nan"), "calibration_slope": float("nan")}
     if 0 < y.sum() < y.size:
         with warnings.catch_warnings():

@@ -160,3 +160,8 @@ def test_run_evaluation_end_to_end(tmp_path):
         assert (tmp_path / "figures" / f).stat().st_size > 1000
     text = (tmp_path / "tables" / "results_text.md").read_text()
     assert text == res.text and "optimism" in text
+    # the written reliability table keeps each bin's own mean prediction (not the overall mean)
+    cal = pd.read_csv(tmp_path / "tables" / "calibration.csv")
+    for _, g in cal.groupby("model"):
+        assert g["mean_predicted"].is_monotonic_increasing and g["mean_predicted"].nunique() == len(g)
+        assert g["mean_predicted_overall"].nunique() == 1
