@@ -39,7 +39,6 @@ HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
 FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
 CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")
 _SPEC_PATH = Path(__file__).resolve().parent / "resources" / "tables_1_3.json"
-_SHARED_SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "paper" / "tables_1_3.json"
 
 
 class CohortWarning(UserWarning):
@@ -63,12 +62,9 @@ def table_spec() -> dict[str, Any]:
     """
     global _EMBEDDED_SPEC
     if _EMBEDDED_SPEC is None:
-        for p in (_SPEC_PATH, _SHARED_SPEC):
-            if p.is_file():
-                _EMBEDDED_SPEC = json.loads(p.read_text(encoding="utf-8"))
-                break
-        else:
+        if not _SPEC_PATH.is_file():
             raise DataError(f"{_SPEC_PATH}: the packaged copy of tables_1_3.json is missing; reinstall her2lib.")
+        _EMBEDDED_SPEC = json.loads(_SPEC_PATH.read_text(encoding="utf-8"))
     return _EMBEDDED_SPEC
 
 

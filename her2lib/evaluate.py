@@ -27,9 +27,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
 
 from .errors import DataError, ParameterError
+from .stats._common import clopper_pearson
 from .fusion import read_predictions
 from .io import atomic_path, write_csv, write_text
 
@@ -220,12 +220,10 @@ def calibration_curve(y, p, n_bins: int = 5, strategy: str = "quantile", level: 
         groups = [g for g in groups if g.size]
     else:
         raise ParameterError(f"strategy must be 'quantile' or 'uniform'; got {strategy!r}.")
-    a = 1 - level
     rows = []
     for b, g in enumerate(groups):
         k, n = int(y[g].sum()), int(g.size)
-        lo = 0.0 if k == 0 else float(_st.beta.ppf(a / 2, k, n - k + 1))
-        hi = 1.0 if k == n else float(_st.beta.ppf(1 - a / 2, k + 1, n - k))
+        lo, hi = clopper_pearson(k, n, level)
         rows.append({"bin": b, "n": n, "p_low": float(p[g].min()), "p_high": float(p[g].max()),
                      "mean_predicted": float(p[g].mean()), "observed": k / n, "observed_ci_low": lo,
                      "observed_ci_high": hi})
@@ -475,8 +473,11 @@ def _save(fig, path: str | os.PathLike, dpi: int, svg: bool = False) -> None:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     if svg:
         svg_path = path.with_suffix(".svg")
-        with atomic_path(svg_path) as tmp:
-            fig.savefig(tmp, format="svg")
+        import matplotlib as mpl
+
+        # no time stamp and fixed element ids, so a rerun writes an identical file
+        with atomic_path(svg_path) as tmp, mpl.rc_context({"svg.hashsalt": "her2lib"}):
+            fig.savefig(tmp, format="svg", metadata={"Date": None})
 
 
 def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,

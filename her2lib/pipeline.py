@@ -191,7 +191,7 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
             if tmp.exists():
                 os.replace(tmp, failed_copy)
             provenance.end_notebook(record, time.perf_counter() - t0, "failed", f"{exc.ename}: {exc.evalue}")
-            provenance.save(out, prov)
+            provenance.finish(out, prov, status="failed")
             raise NotebookFailed(
                 f"{step.path.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                 f"{exc.ename}: {exc.evalue}. The partial run is kept as {failed_copy}; earlier outputs in "
@@ -199,7 +199,7 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             provenance.end_notebook(record, time.perf_counter() - t0, "failed", repr(exc))
-            provenance.save(out, prov)
+            provenance.finish(out, prov, status="failed")
             raise
         os.replace(tmp, target)
         failed_copy.unlink(missing_ok=True)

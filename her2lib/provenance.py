@@ -21,7 +21,7 @@ from .io import hash_files, sha256_file, write_json
 from .nb import REPO_ROOT
 
 __all__ = ["PACKAGES", "git_info", "package_versions", "cohort_hash", "start", "begin_notebook",
-           "end_notebook", "save", "finish", "FILE_NAME"]
+           "end_notebook", "save", "record_cohort", "finish", "FILE_NAME"]
 
 FILE_NAME = "provenance.json"
 PACKAGES = ("her2lib", "torch", "torchvision", "timm", "monai", "numpy", "scipy", "pandas", "scikit-learn",
@@ -104,6 +104,7 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
         "packages": package_versions(),
         "started_at": _now(),
         "finished_at": None,
+        "status": "running",
         "cohort": None,
         "notebooks": dict(previous.get("notebooks", {})),
         "out_dir": str(out),
@@ -136,20 +137,23 @@ def end_notebook(record: dict[str, Any], wall_s: float, status: str, error: str 
 
 
 def save(out: Path, prov: dict[str, Any]) -> None:
-    """Write ``provenance.json`` atomically (adds the cohort hash as soon as a manifest exists)."""
-    if prov.get("cohort") is None:
-        cohort_dir = prov["profile"]["common"].get("cohort_dir")
-        if cohort_dir:
-            from .nb import resolve
-
-            prov["cohort"] = cohort_hash(resolve(cohort_dir))
+    """Write ``provenance.json`` atomically."""
     clean = {**prov, "notebooks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                                    for k, v in prov["notebooks"].items()}}
     write_json(out / FILE_NAME, clean)
 
 
-def finish(out: Path, prov: dict[str, Any]) -> None:
-    """Stamp the end time, refresh the cohort hash and save."""
+def record_cohort(prov: dict[str, Any]) -> None:
+    """Hash the cohort the batch used, once, when the batch ends (notebook 00 may have rebuilt it meanwhile)."""
+    from .nb import resolve
+
+    cohort_dir = prov["profile"]["common"].get("cohort_dir")
+    prov["cohort"] = cohort_hash(resolve(cohort_dir)) if cohort_dir else None
+
+
+def finish(out: Path, prov: dict[str, Any], status: str = "ok") -> None:
+    """Stamp the end time and the batch status, hash the cohort and save (also called when a notebook failed)."""
     prov["finished_at"] = _now()
-    prov["cohort"] = None
+    prov["status"] = status
+    record_cohort(prov)
     save(out, prov)

@@ -327,6 +327,13 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
     if missing:
         raise DataError(f"preprocess_cohort: the cohort table lacks columns {missing}; load it with "
                         "her2lib.data.load_cohort.")
+    blank = cohort.loc[(cohort[cols[0]].astype(str).str.strip() == "") | (cohort[cols[1]].astype(str).str.strip() == "")
+                       | cohort[cols[0]].isna() | cohort[cols[1]].isna(), "patient_id"].tolist()
+    if blank:
+        raise DataError(f"preprocess_cohort: {len(blank)} patient(s) have no {modality.upper()} image or mask "
+                        f"({', '.join(map(str, blank[:10]))}{' ...' if len(blank) > 10 else ''}) while others do. "
+                        f"her2lib trains a modality on complete cohorts only: add the missing files to the manifest, "
+                        f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it.")
     images, masks, boxes = [], [], []
     rows = list(cohort[["patient_id", *cols]].itertuples(index=False))
     for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):

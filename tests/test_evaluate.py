@@ -165,3 +165,13 @@ def test_run_evaluation_end_to_end(tmp_path):
     for _, g in cal.groupby("model"):
         assert g["mean_predicted"].is_monotonic_increasing and g["mean_predicted"].nunique() == len(g)
         assert g["mean_predicted_overall"].nunique() == 1
+
+
+def test_roc_svg_is_byte_identical_across_runs(tmp_path):
+    _write(make_predictions(seed=5), tmp_path / "predictions")
+    run_fusion(tmp_path / "predictions", tmp_path / "tables")
+    svgs = []
+    for k in range(2):
+        run_evaluation(tmp_path / "predictions", tmp_path / f"tables{k}", tmp_path / f"figures{k}", n_boot=50, dpi=60)
+        svgs.append((tmp_path / f"figures{k}" / "roc.svg").read_bytes())
+    assert svgs[0] == svgs[1]

@@ -35,9 +35,10 @@ def toy(tmp_path):
     """Three tiny notebooks (00 writes a table from its parameter, 01 may fail, 02 reads 00's table)."""
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    _notebook(nbdir / "00_alpha.ipynb", 'x: int = 1  # a number\n', [
+    _notebook(nbdir / "00_alpha.ipynb", 'x: int = 1  # a number\nrewrite: str = ""  # new cohort image content\n', [
         f"from her2lib import nb\nrun = nb.setup({str(nbdir / '00_alpha.ipynb')!r}, globals())",
         "from her2lib.io import write_text\nwrite_text(run.tables / 'alpha.csv', f'x\\n{x}\\n')",
+        "if rewrite:\n    write_text(run.cohort_dir / 'img.txt', rewrite)",
     ])
     _notebook(nbdir / "01_beta.ipynb", 'fail: bool = False  # raise on purpose\n', [
         f"from her2lib import nb\nrun = nb.setup({str(nbdir / '01_beta.ipynb')!r}, globals())",
@@ -104,6 +105,16 @@ def test_cohort_hash_changes_with_image_content(toy):
     assert before["files_sha256"] != after["files_sha256"]
 
 
+def test_cohort_hash_is_taken_after_notebook_00_rebuilt_the_cohort(toy):
+    from her2lib.provenance import cohort_hash
+
+    before = cohort_hash(toy["cohort"])["files_sha256"]
+    name = toy["profile"](notebooks={"00_alpha": {"rewrite": "rebuilt pixels"}})
+    out = _run(toy, name)
+    recorded = json.loads((out / "provenance.json").read_text())["cohort"]["files_sha256"]
+    assert recorded == cohort_hash(toy["cohort"])["files_sha256"] != before
+
+
 def test_unknown_parameter_is_rejected_before_anything_runs(toy):
     name = toy["profile"](notebooks={"00_alpha": {"xx": 3}})
     with pytest.raises(ParameterError, match=r"unknown parameter 'xx' into 00_alpha.ipynb.*Did you mean 'x'"):
@@ -137,6 +148,7 @@ def test_failing_notebook_stops_batch_and_keeps_earlier_outputs(toy):
     assert (out / "notebooks" / "01_beta.failed.ipynb").is_file()
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["notebooks"]["01_beta"]["status"] == "failed"
+    assert prov["status"] == "failed" and prov["finished_at"] and prov["cohort"]["n_files"] == 1
     assert "deliberate failure" in prov["notebooks"]["01_beta"]["error"]
 
 

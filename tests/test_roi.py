@@ -204,3 +204,10 @@ def test_spec_from_params_json(tmp_path):
     assert spec == roi.PreprocessSpec(us_size=64, mri_size=24, mri_margin_unit="mm")
     with pytest.raises(ParameterError, match="02_preprocess"):
         roi.PreprocessSpec.from_params(tmp_path / "missing.json")
+
+
+def test_partial_modality_names_the_patients_without_images(tiny_cohort, tmp_path):
+    cohort = tiny_cohort.copy()
+    cohort.loc[2, ["mri_image", "mri_mask"]] = ""
+    with pytest.raises(DataError, match=r"1 patient\(s\) have no MRI image or mask \(P2\)"):
+        roi.preprocess_cohort(cohort, "mri", roi.PreprocessSpec(mri_size=8), tmp_path / "c", progress=False)
