@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .io import atomic_path
+from .io import atomic_path, save_figure
 
 __all__ = ["DataError", "CohortWarning", "MODALITIES", "PATH_COLUMNS", "REQUIRED_COLUMNS", "table_spec",
            "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png",
@@ -627,6 +627,5 @@ def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_pe
             ax.set_title(f"{row['patient_id']} {m.upper()}\nHER2{'+' if cls else '-'}", fontsize=7)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
+        save_figure(fig, path, dpi=110)
     return fig

@@ -31,7 +31,7 @@ import pandas as pd
 from .errors import DataError, ParameterError
 from .stats._common import clopper_pearson
 from .fusion import read_predictions
-from .io import atomic_path, write_csv, write_text
+from .io import save_figure, write_csv, write_text
 
 __all__ = ["MODELS", "ModelPredictions", "load_predictions", "brier_score", "calibration_curve",
            "calibration_summary", "decision_curve", "roc_points", "performance_table", "delong_table",
@@ -468,16 +468,7 @@ def _style():
 
 
 def _save(fig, path: str | os.PathLike, dpi: int, svg: bool = False) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    if svg:
-        svg_path = path.with_suffix(".svg")
-        import matplotlib as mpl
-
-        # no time stamp and fixed element ids, so a rerun writes an identical file
-        with atomic_path(svg_path) as tmp, mpl.rc_context({"svg.hashsalt": "her2lib"}):
-            fig.savefig(tmp, format="svg", metadata={"Date": None})
+    save_figure(fig, path, dpi, svg=svg)
 
 
 def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,

@@ -413,11 +413,9 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
 
 
 def _save(fig, path: str | os.PathLike, dpi: int) -> None:
-    from .io import atomic_path
+    from .io import save_figure
 
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    save_figure(fig, path, dpi)
 
 
 # ----------------------------------------------------------------------------------------------------------------

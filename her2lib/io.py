@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_csv", "sha256_file", "hash_files"]
+__all__ = ["atomic_path", "write_text", "write_json", "write_csv", "save_figure", "sha256_file", "hash_files"]
 
 
 @contextlib.contextmanager
@@ -60,6 +60,22 @@ def write_csv(target: str | os.PathLike, df, **kwargs) -> Path:
     with atomic_path(target) as tmp:
         df.to_csv(tmp, **kwargs)
     return Path(target)
+
+
+def save_figure(fig, target: str | os.PathLike, dpi: int = 200, svg: bool = False) -> Path:
+    """Atomically save a matplotlib figure (format from the suffix, PNG by default); ``svg=True`` also writes an
+    SVG twin with the same stem. No time stamp or software tag and fixed SVG element ids, so a rerun writes
+    identical bytes."""
+    import matplotlib as mpl
+
+    target = Path(target)
+    fmt = target.suffix.lstrip(".") or "png"
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt, metadata={"Software": None} if fmt == "png" else None)
+    if svg:
+        with atomic_path(target.with_suffix(".svg")) as tmp, mpl.rc_context({"svg.hashsalt": "her2lib"}):
+            fig.savefig(tmp, format="svg", metadata={"Date": None})
+    return target
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .errors import DataError, ParameterError
-from .io import atomic_path, sha256_file
+from .io import atomic_path, save_figure, sha256_file
 
 __all__ = ["ROI_CODE_VERSION", "RoiResult", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi", "mri_roi",
            "cache_key", "preprocess_cohort", "box_table", "plot_roi_examples", "preprocess_modalities", "roi_boxes",
@@ -525,6 +525,5 @@ def plot_roi_examples(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike
     fig.suptitle("Lesion outline (yellow), dilated-mask bounding box (red) and the model inputs", fontsize=10)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .errors import DataError, ParameterError, UndefinedMetricWarning
-from .io import atomic_path, write_csv, write_json
+from .fusion import PREDICTION_COLUMNS as _PREDICTION_COLUMNS
+from .io import atomic_path, save_figure, write_csv, write_json
 from .models import DLMRIConfig, DLUSConfig, build_model, config_from_dict, config_to_dict
 from .transforms import AugmentSpec, BatchAugmenter, _epoch_seed
 
@@ -44,7 +45,7 @@ __all__ = ["assign_folds", "read_folds", "write_folds", "resolve_device", "epoch
            "fit_fold", "train_one_epoch", "make_optimizer", "make_scheduler", "make_mixup", "FoldResult", "CVResult", "run_cv", "load_fold_model", "write_predictions",
            "plot_learning_curves", "train_modality", "oof_performance", "PREDICTION_COLUMNS"]
 
-PREDICTION_COLUMNS = ["patient_id", "split", "fold", "her2", "p_her2"]
+PREDICTION_COLUMNS = list(_PREDICTION_COLUMNS)  # the contract of her2lib.fusion (one definition)
 EpochHook = Callable[[int, int, dict], None]
 
 
@@ -694,8 +695,7 @@ def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike |
         fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig
 
 
