@@ -5,18 +5,31 @@ Protocol, without test-set leakage:
 
 * :func:`assign_folds` splits the TRAINING cohort into 4 folds stratified by HER2 (test rows get fold -1); both
   models use the same folds so the fusion model can be fitted on out-of-fold (OOF) probabilities.
-* :func:`run_cv` trains one model per fold on the other three folds (:func:`fit_fold`), picks the best epoch by
-  the held-out fold's AUC (ties: lower held-out loss; accuracy, recall, F1 and loss are logged too), predicts
-  that fold with the best weights (OOF), and predicts the test cohort as the mean of the 4 fold models. The test
-  cohort never enters :func:`fit_fold` (it raises if a test patient reaches it) and never chooses anything.
+* :func:`run_cv` trains one model per fold on the other three folds (:func:`fit_fold`) and keeps the epoch with
+  the best AUC on a **selection set** (ties: lower selection-set loss; accuracy, recall, F1 and loss are logged
+  too). Two labelled choices of selection set (``selection=``):
 
-Note: the best epoch is chosen on the same held-out fold that then gets OOF probabilities (the paper's
-protocol); OOF AUCs are therefore slightly optimistic, the test-cohort AUC is not.
+  - ``"inner"`` (her2lib default): a stratified, seeded inner validation split (``inner_fraction`` of the fold's
+    training part, seed from ``(seed, fold)``). The model trains on the rest. The held-out fold is touched only
+    to predict it, so its OOF probabilities, and everything fitted on them later (Youden threshold, DL-US&MRI
+    fusion), are honest.
+  - ``"heldout"`` (the paper's protocol, labelled "paper" in the tables): the epoch is chosen on the held-out
+    fold itself, which then gets its OOF probabilities from that chosen model; OOF AUCs are optimistic.
+
+* Every fold model predicts the test cohort. ``CVResult.test_folds`` keeps each fold model's test probability
+  (``{prefix}_test_folds.csv``) and ``CVResult.test`` their mean (``{prefix}_test.csv``, used for the AUC). A
+  threshold or a fusion fitted on OOF probabilities (which are single-fold-model probabilities) is applied to
+  the single fold models' test probabilities, never to their less spread mean (see :mod:`her2lib.evaluate`).
+  The test cohort never enters :func:`fit_fold` (it raises if a test patient reaches it) and never chooses
+  anything.
+
+Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``, learning curves).
 
 Reproducibility: every epoch's randomness (batch order, augmentation, Mixup, stochastic depth) is seeded from
 ``(seed, fold, epoch)``; checkpoints hold model, optimiser, loss-scaler and epoch, so an interrupted run resumes
-and ends with the same probabilities as an uninterrupted one. Checkpoints are read with
-``torch.load(weights_only=True)``.
+and ends with the same probabilities as an uninterrupted one. A finished fold is reused only when its
+fingerprint (configuration, augmentation, seed, fold, patient ids and labels of the training AND selection sets,
+the input tensors, the selection protocol) matches. Checkpoints are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -43,10 +56,16 @@ from .transforms import AugmentSpec, BatchAugmenter, _epoch_seed
 
 __all__ = ["assign_folds", "read_folds", "write_folds", "resolve_device", "epoch_metrics", "predict_proba",
            "fit_fold", "train_one_epoch", "make_optimizer", "make_scheduler", "make_mixup", "FoldResult", "CVResult", "run_cv", "load_fold_model", "write_predictions",
-           "plot_learning_curves", "train_modality", "oof_performance", "PREDICTION_COLUMNS"]
+           "plot_learning_curves", "train_modality", "oof_performance", "PREDICTION_COLUMNS", "SELECTIONS",
+           "inner_split", "TEST_FOLD_COLUMNS"]
 
 PREDICTION_COLUMNS = list(_PREDICTION_COLUMNS)  # the contract of her2lib.fusion (one definition)
 EpochHook = Callable[[int, int, dict], None]
+#: columns of ``{prefix}_test_folds.csv``: one row per test patient and fold model
+TEST_FOLD_COLUMNS = ["patient_id", "split", "her2", "model_fold", "p_her2"]
+#: epoch-selection protocols of :func:`run_cv` -> label written to the tables
+SELECTIONS = {"inner": "inner validation split of the fold's training part (her2lib default)",
+              "heldout": "held-out fold (paper protocol; OOF optimistic)"}
 
 
 # ----------------------------------------------------------------------------------------------- folds
@@ -280,7 +299,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[
 
 @dataclass
 class FoldResult:
-    """Outcome of one fold: best epoch (0-based), its held-out metrics, per-epoch history and best weights."""
+    """Outcome of one fold: best epoch (1-based), its selection-set metrics, per-epoch history and best weights."""
 
     fold: int
     best_epoch: int
@@ -303,14 +322,16 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
              x_val: torch.Tensor, rows_val: pd.DataFrame, *, fold: int, out_dir: str | os.PathLike,
              seed: int = 0, device: str | torch.device = "auto", augment: AugmentSpec | None = AugmentSpec(),
              resume: bool = True, checkpoint_every: int = 1, progress: bool = True,
-             epoch_hook: EpochHook | None = None) -> FoldResult:
+             epoch_hook: EpochHook | None = None, fingerprint_extra: Any = None) -> FoldResult:
     """Train one fold and keep the epoch with the best held-out AUC.
 
     Parameters
     ----------
     cfg : DLUSConfig or DLMRIConfig
     x_train, x_val : torch.Tensor
-        float32 ``(n, *cfg.input_shape)``; kept on the CPU, batches are moved to ``device``.
+        float32 ``(n, *cfg.input_shape)``; kept on the CPU, batches are moved to ``device``. ``x_val`` is the
+        selection set: the epoch with the best AUC on it is kept (an inner validation split, or the held-out fold
+        in the paper's protocol; see :func:`run_cv`).
     rows_train, rows_val : pandas.DataFrame
         ``patient_id, split, her2`` of the same rows. Every row must have ``split == "train"`` (raises otherwise).
     fold : int
@@ -330,11 +351,16 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
     progress : bool
         tqdm bar over epochs.
     epoch_hook : callable, optional
-        ``hook(fold, epoch, metrics_row)`` after each epoch's checkpoint; may raise to interrupt (tests).
+        ``hook(fold, epoch, metrics_row)`` after each epoch's checkpoint (``epoch`` is the 0-based loop index,
+        ``metrics_row["epoch"]`` the 1-based epoch); may raise to interrupt (tests).
+    fingerprint_extra : optional
+        Anything else that must invalidate a finished fold when it changes (JSON-serialisable), e.g. the
+        selection protocol and the held-out fold's patients and labels.
 
     Returns
     -------
     FoldResult
+        ``best_epoch`` and the ``epoch`` of every history row are 1-based.
     """
     from tqdm.auto import tqdm
 
@@ -351,7 +377,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
     y_val = rows_val["her2"].to_numpy().astype(int)
     fingerprint = _hash(config_to_dict(cfg), asdict(augment) if augment else None, seed, fold,
                         rows_train["patient_id"].tolist(), rows_val["patient_id"].tolist(),
-                        rows_train["her2"].tolist(), x_train, x_val)
+                        rows_train["her2"].tolist(), rows_val["her2"].tolist(), fingerprint_extra, x_train, x_val)
 
     if resume and final_path.exists():
         ck = torch.load(final_path, map_location="cpu", weights_only=True)
@@ -377,7 +403,7 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         bk = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.exists() else None
         if st.get("fingerprint") == fingerprint and bk is not None and bk.get("fingerprint") == fingerprint \
-                and int(bk["best_epoch"]) <= int(st["epoch"]) and int(bk["best_epoch"]) == int(st["best_epoch"]):
+                and int(bk["best_epoch"]) <= int(st["epoch"]) + 1 and int(bk["best_epoch"]) == int(st["best_epoch"]):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             scaler.load_state_dict(st["scaler"])
@@ -414,15 +440,15 @@ def fit_fold(cfg: DLUSConfig | DLMRIConfig, x_train: torch.Tensor, rows_train: p
                 met = epoch_metrics(y_val, p)
             eps = 1e-7
             val_loss = float(-np.mean(y_val * np.log(p + eps) + (1 - y_val) * np.log(1 - p + eps)))
-            row = {"fold": int(fold), "epoch": int(epoch), "train_loss": tot / max(cnt, 1), "val_loss": val_loss,
+            row = {"fold": int(fold), "epoch": int(epoch) + 1, "train_loss": tot / max(cnt, 1), "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in met.items()}, "lr": lr_now}
             history.append(row)
             auc = met["auc"] if np.isfinite(met["auc"]) else -1.0
             key = (auc, -val_loss)
             if best_key is None or key > best_key:
-                best_key, best_epoch, best_metrics = key, epoch, row
+                best_key, best_epoch, best_metrics = key, epoch + 1, row
                 best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-                _save(best_path, {"model": best_state, "best_epoch": epoch, "best_metrics": row,
+                _save(best_path, {"model": best_state, "best_epoch": epoch + 1, "best_metrics": row,
                                   "fingerprint": fingerprint})
             if (epoch + 1) % checkpoint_every == 0 and epoch < cfg.epochs - 1:  # the last epoch ends in fold{k}.pt
                 _save(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -525,25 +551,70 @@ class CVResult:
     Attributes
     ----------
     oof : pandas.DataFrame
-        One row per training patient: ``patient_id, split, fold, her2, p_her2`` (held-out fold's best model).
+        One row per training patient: ``patient_id, split, fold, her2, p_her2`` (the fold model that did not
+        train on the patient's fold).
     test : pandas.DataFrame
-        One row per test patient, ``fold = -1``, ``p_her2`` = mean of the fold models.
+        One row per test patient, ``fold = -1``, ``p_her2`` = mean of the fold models (for the AUC and curves).
     history : pandas.DataFrame
-        Per fold and epoch: ``train_loss, val_loss, val_auc, val_accuracy, val_recall, val_f1, lr``.
+        Per fold and (1-based) epoch: ``train_loss`` and the selection set's ``val_loss, val_auc, val_accuracy,
+        val_recall, val_f1``, ``lr``.
     summary : pandas.DataFrame
-        Per fold: best epoch and its held-out metrics.
+        Per fold: the selection protocol, best epoch (1-based), its selection-set metrics, and the AUC of the
+        kept model on the held-out fold (``heldout_auc``).
+    test_folds : pandas.DataFrame
+        Every fold model's test probabilities, ``TEST_FOLD_COLUMNS`` (long format, ``model_fold`` = fold of
+        the model), sorted by patient then model fold.
+    selection : str
+        ``"inner"`` or ``"heldout"`` (:data:`SELECTIONS`).
     """
 
     oof: pd.DataFrame
     test: pd.DataFrame
     history: pd.DataFrame
     summary: pd.DataFrame
+    test_folds: pd.DataFrame | None = None
+    selection: str = "inner"
+
+
+def inner_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of one fold's training part into a training set and an inner selection set.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        ``patient_id, her2`` of the fold's training part (in any order).
+    fraction : float
+        Share of patients in the selection set, in (0, 0.5].
+    seed : int
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        Positional indices into ``rows`` of the training set and of the selection set, each sorted. The split
+        depends on the patients, labels and seed only, not on the row order. Each class keeps at least one
+        patient on each side.
+    """
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    if not 0 < fraction <= 0.5:
+        raise ParameterError(f"inner_fraction={fraction!r}: use a share in (0, 0.5] (e.g. 0.2).")
+    counts = rows["her2"].value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        raise DataError(f"inner validation split: the fold's training part has HER2 counts {counts.to_dict()}; "
+                        "each class needs >= 2 patients. Use selection='heldout' or a larger cohort.")
+    order = np.argsort(rows["patient_id"].astype(str).to_numpy(), kind="stable")
+    y = rows["her2"].to_numpy()[order]
+    n_sel = max(int(round(fraction * len(rows))), 2)
+    sss = StratifiedShuffleSplit(n_splits=1, test_size=n_sel, random_state=seed)
+    tr, sel = next(sss.split(np.zeros(len(y)), y))
+    return np.sort(order[tr]), np.sort(order[sel])
 
 
 def run_cv(cohort: pd.DataFrame, inputs, cfg: DLUSConfig | DLMRIConfig, folds: pd.Series,
            out_dir: str | os.PathLike, *, seed: int = 0, device: str = "auto",
            augment: AugmentSpec | None = AugmentSpec(), resume: bool = True, checkpoint_every: int = 1,
-           progress: bool = True, epoch_hook: EpochHook | None = None) -> CVResult:
+           progress: bool = True, epoch_hook: EpochHook | None = None, selection: str = "inner",
+           inner_fraction: float = 0.2) -> CVResult:
     """Cross-validate one model on the training cohort and predict the test cohort.
 
     Parameters
@@ -560,11 +631,23 @@ def run_cv(cohort: pd.DataFrame, inputs, cfg: DLUSConfig | DLMRIConfig, folds: p
         Model folder (``run.models / "dl_us"`` or ``"dl_mri"``): ``config.json``, ``fold{k}.pt``, ``metrics.csv``.
     seed, device, augment, resume, checkpoint_every, progress, epoch_hook
         See :func:`fit_fold`.
+    selection : {"inner", "heldout"}
+        Where each fold's epoch is chosen: ``"inner"`` (default) on a stratified inner validation split of the
+        fold's training part (:func:`inner_split`, ``inner_fraction`` of it, seed ``(seed, fold)``), so the
+        held-out fold's OOF probabilities are honest; ``"heldout"`` on the held-out fold itself (the paper's
+        protocol; optimistic OOF).
+    inner_fraction : float
+        Share of the fold's training part used as the inner selection set (``selection="inner"`` only).
 
     Returns
     -------
     CVResult
     """
+    if selection not in SELECTIONS:
+        import difflib
+        close = difflib.get_close_matches(str(selection), list(SELECTIONS), n=1)
+        raise ParameterError(f"selection={selection!r}: choose one of {list(SELECTIONS)}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
     _check_cohort(cohort, "run_cv")
     x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
     if x.shape[0] != len(cohort) or tuple(x.shape[1:]) != tuple(cfg.input_shape):
@@ -582,18 +665,29 @@ def run_cv(cohort: pd.DataFrame, inputs, cfg: DLUSConfig | DLMRIConfig, folds: p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", {"config": config_to_dict(cfg), "seed": seed, "folds": fold_ids,
-                                         "augment": asdict(augment) if augment else None})
+                                         "augment": asdict(augment) if augment else None,
+                                         "selection": selection, "selection_label": SELECTIONS[selection],
+                                         "inner_fraction": inner_fraction if selection == "inner" else None})
     dev = resolve_device(device)
     rows = cohort[["patient_id", "split", "her2"]].reset_index(drop=True)
     fvals = folds.to_numpy()
     oof_parts, hist, summ, test_probs = [], [], [], []
     test_idx = np.flatnonzero(~is_train)
+    test_fold_parts = []
     for k in fold_ids:
         tr = np.flatnonzero(is_train & (fvals != k))
         va = np.flatnonzero(is_train & (fvals == k))
-        res = fit_fold(cfg, x[tr], rows.iloc[tr], x[va], rows.iloc[va], fold=k, out_dir=out_dir, seed=seed,
-                       device=dev, augment=augment, resume=resume, checkpoint_every=checkpoint_every,
-                       progress=progress, epoch_hook=epoch_hook)
+        if selection == "inner":
+            fit_i, sel_i = inner_split(rows.iloc[tr], inner_fraction, _epoch_seed(seed, k, 10**6, 3) % (2**32 - 1))
+            fit_idx, sel_idx = tr[fit_i], tr[sel_i]
+        else:
+            fit_idx, sel_idx = tr, va
+        extra = {"selection": selection, "inner_fraction": inner_fraction if selection == "inner" else None,
+                 "heldout": rows.iloc[va]["patient_id"].tolist(), "heldout_her2": rows.iloc[va]["her2"].tolist()}
+        res = fit_fold(cfg, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx], fold=k,
+                       out_dir=out_dir, seed=seed, device=dev, augment=augment, resume=resume,
+                       checkpoint_every=checkpoint_every, progress=progress, epoch_hook=epoch_hook,
+                       fingerprint_extra=extra)
         model = build_model(cfg)
         model.load_state_dict(res.state_dict)
         model = model.to(dev)
@@ -604,19 +698,32 @@ def run_cv(cohort: pd.DataFrame, inputs, cfg: DLUSConfig | DLMRIConfig, folds: p
         part["p_her2"] = predict_proba(model, x[va], cfg, dev)
         oof_parts.append(part)
         if len(test_idx):
-            test_probs.append(predict_proba(model, x[test_idx], cfg, dev))
+            pt = predict_proba(model, x[test_idx], cfg, dev)
+            test_probs.append(pt)
+            tf = rows.iloc[test_idx][["patient_id", "split", "her2"]].copy()
+            tf["model_fold"] = k
+            tf["p_her2"] = pt
+            test_fold_parts.append(tf)
         hist.extend(res.history)
-        summ.append({"fold": k, "best_epoch": res.best_epoch, "n_train": len(tr), "n_val": len(va),
-                     **{c: res.best_metrics.get(c) for c in ("val_auc", "val_accuracy", "val_recall", "val_f1",
-                                                               "val_loss")}})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            heldout_auc = epoch_metrics(part["her2"].to_numpy(), part["p_her2"].to_numpy())["auc"]
+        summ.append({"fold": k, "selection": SELECTIONS[selection], "best_epoch": res.best_epoch,
+                     "n_train": len(fit_idx), "n_select": len(sel_idx), "n_heldout": len(va),
+                     **{c.replace("val_", "select_"): res.best_metrics.get(c)
+                        for c in ("val_auc", "val_accuracy", "val_recall", "val_f1", "val_loss")},
+                     "heldout_auc": heldout_auc})
     oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[PREDICTION_COLUMNS]
     test = rows.iloc[test_idx].copy()
     test["fold"] = -1
     test["p_her2"] = np.mean(test_probs, axis=0) if test_probs else np.zeros(0)
     test = test.sort_values("patient_id").reset_index(drop=True)[PREDICTION_COLUMNS]
+    test_folds = (pd.concat(test_fold_parts).sort_values(["patient_id", "model_fold"]).reset_index(drop=True)
+                  [TEST_FOLD_COLUMNS] if test_fold_parts else pd.DataFrame(columns=TEST_FOLD_COLUMNS))
     history = pd.DataFrame(hist)
     write_csv(out_dir / "metrics.csv", history)
-    return CVResult(oof=oof, test=test, history=history, summary=pd.DataFrame(summ))
+    return CVResult(oof=oof, test=test, history=history, summary=pd.DataFrame(summ), test_folds=test_folds,
+                    selection=selection)
 
 
 def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu") -> nn.Module:
@@ -651,14 +758,20 @@ def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu
 
 
 def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, prefix: str) -> list[Path]:
-    """Write ``{prefix}_oof.csv`` and ``{prefix}_test.csv`` (columns ``patient_id, split, fold, her2, p_her2``)."""
+    """Write ``{prefix}_oof.csv``, ``{prefix}_test.csv`` (columns ``patient_id, split, fold, her2, p_her2``; test =
+    mean of the fold models) and ``{prefix}_test_folds.csv`` (:data:`TEST_FOLD_COLUMNS`, each fold model's test
+    probability)."""
     if prefix not in ("us", "mri"):
         raise ParameterError(f"prefix={prefix!r}: use 'us' or 'mri'.")
     d = Path(predictions_dir)
-    return [write_csv(d / f"{prefix}_oof.csv", result.oof), write_csv(d / f"{prefix}_test.csv", result.test)]
+    out = [write_csv(d / f"{prefix}_oof.csv", result.oof), write_csv(d / f"{prefix}_test.csv", result.test)]
+    if result.test_folds is not None:
+        out.append(write_csv(d / f"{prefix}_test_folds.csv", result.test_folds))
+    return out
 
 
-def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike | None = None, title: str = ""):
+def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike | None = None, title: str = "",
+                         selection: str = "inner"):
     """Learning curves: training/held-out loss and held-out AUC per epoch, one line per fold.
 
     ``history=None`` (training skipped, see :func:`train_modality`) draws nothing and returns None.
@@ -670,6 +783,8 @@ def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike |
     path : path, optional
         PNG written atomically.
     title : str
+    selection : {"inner", "heldout"}
+        Which set the solid lines and the chosen epoch refer to (:data:`SELECTIONS`).
 
     Returns
     -------
@@ -681,14 +796,15 @@ def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike |
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, h in history.groupby("fold"):
-        ep = h["epoch"] + 1
+        ep = h["epoch"]  # 1-based
         line, = axes[0].plot(ep, h["train_loss"], ls="--", lw=1)
         axes[0].plot(ep, h["val_loss"], color=line.get_color(), lw=1.2, label=f"fold {k}")
         axes[1].plot(ep, h["val_auc"], color=line.get_color(), lw=1.2, label=f"fold {k}")
         best = h.loc[h["val_auc"].fillna(-1).idxmax()]
-        axes[1].plot(best["epoch"] + 1, best["val_auc"], "o", color=line.get_color(), ms=4)
-    axes[0].set(xlabel="epoch", ylabel="loss", title="loss (dashed: training, solid: held-out fold)")
-    axes[1].set(xlabel="epoch", ylabel="AUC", title="held-out fold AUC (dot: chosen epoch)", ylim=(0, 1))
+        axes[1].plot(best["epoch"], best["val_auc"], "o", color=line.get_color(), ms=4)
+    where = "inner validation split" if selection == "inner" else "held-out fold"
+    axes[0].set(xlabel="epoch", ylabel="loss", title=f"loss (dashed: training, solid: {where})")
+    axes[1].set(xlabel="epoch", ylabel="AUC", title=f"{where} AUC (dot: chosen epoch)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
     axes[1].legend(fontsize=8)
     if title:
@@ -701,7 +817,8 @@ def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike |
 
 def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConfig | DLMRIConfig, *,
                    seed: int = 0, device: str = "auto", augment: AugmentSpec | None = AugmentSpec(),
-                   resume: bool = True, checkpoint_every: int = 1, progress: bool = True) -> CVResult | None:
+                   resume: bool = True, checkpoint_every: int = 1, progress: bool = True, selection: str = "inner",
+                   inner_fraction: float = 0.2) -> CVResult | None:
     """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
 
     Parameters
@@ -716,7 +833,7 @@ def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConf
     spec : her2lib.roi.PreprocessSpec
         The ROI settings of notebook 02.
     cfg : DLUSConfig or DLMRIConfig
-    seed, device, augment, resume, checkpoint_every, progress
+    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction
         As :func:`run_cv`.
 
     Returns
@@ -734,14 +851,15 @@ def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConf
         name, model = nb.MODALITY_NAMES[modality]
         nb.notice(f"No {name} images in this cohort: {model} is skipped (nothing is trained, no predictions "
                   f"are written; the fusion and the later {model} steps are skipped too).")
-        for split in ("oof", "test"):
+        for split in ("oof", "test", "test_folds"):
             (Path(run.predictions) / f"{modality}_{split}.csv").unlink(missing_ok=True)
         return None
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
     folds = read_folds(Path(run.predictions) / "folds.csv", cohort)
     print("inputs:", x.shape)
     result = run_cv(cohort, x, cfg, folds, Path(run.models) / f"dl_{modality}", seed=seed, device=device,
-                    augment=augment, resume=resume, checkpoint_every=checkpoint_every, progress=progress)
+                    augment=augment, resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+                    selection=selection, inner_fraction=inner_fraction)
     write_predictions(result, run.predictions, modality)
     write_csv(Path(run.tables) / f"dl_{modality}_folds.csv", result.summary)
     return result

@@ -167,3 +167,112 @@ def test_mixed_precision_path_runs_on_cpu(tmp_path):
                             channels_last=True)
     res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path, progress=False)
     assert res.oof.p_her2.between(0, 1).all() and len(res.oof) == 8
+
+
+# ----------------------------------------------------------------------------------------- epoch selection (issue 9.5)
+def test_inner_split_stratified_deterministic_order_free():
+    rng = np.random.default_rng(3)
+    rows = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(112)],
+                         "her2": (rng.random(112) < 0.4).astype(int)})
+    tr, sel = train.inner_split(rows, 0.2, seed=7)
+    assert len(sel) == 22 and len(tr) == 90 and not set(tr) & set(sel)
+    assert set(tr) | set(sel) == set(range(112))
+    # stratified: the selection set's positive share is within one patient of the whole part's
+    assert abs(rows.her2.iloc[sel].sum() - 22 * rows.her2.mean()) <= 1
+    tr2, sel2 = train.inner_split(rows, 0.2, seed=7)
+    assert np.array_equal(sel, sel2)
+    shuffled = rows.sample(frac=1, random_state=0)
+    _, sel3 = train.inner_split(shuffled, 0.2, seed=7)
+    assert set(shuffled.patient_id.iloc[sel3]) == set(rows.patient_id.iloc[sel])  # row order does not matter
+    assert not np.array_equal(sel, train.inner_split(rows, 0.2, seed=8)[1])
+    with pytest.raises(DataError, match="each class needs >= 2"):
+        train.inner_split(rows.assign(her2=0), 0.2, seed=0)
+
+
+@pytest.mark.parametrize("selection", ["inner", "heldout"])
+def test_selection_set_and_heldout_fold(tmp_path, monkeypatch, selection):
+    """Default: the held-out fold reaches neither the fit nor the epoch selection; 'heldout' (paper) selects on it."""
+    df, rng = _cohort(24, 4)
+    x = _us_inputs(df, rng)
+    folds = train.assign_folds(df, n_folds=2)
+    calls = []
+    real = train.fit_fold
+
+    def spy(cfg, xt, rt, xv, rv, **kw):
+        calls.append((kw["fold"], set(rt.patient_id), set(rv.patient_id)))
+        return real(cfg, xt, rt, xv, rv, **kw)
+
+    monkeypatch.setattr(train, "fit_fold", spy)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=2, batch_size=4, mixup=False)
+    res = train.run_cv(df, x, cfg, folds, tmp_path, progress=False, selection=selection)
+    for k, fit_ids, sel_ids in calls:
+        heldout = set(df.patient_id[folds == k])
+        assert not fit_ids & sel_ids and not fit_ids & heldout
+        if selection == "inner":
+            assert not sel_ids & heldout and len(sel_ids) == round(0.2 * 12)
+        else:
+            assert sel_ids == heldout
+    assert (res.summary.selection == train.SELECTIONS[selection]).all()
+    assert res.selection == selection
+
+
+def test_best_epoch_is_one_based_everywhere(tmp_path):
+    df, rng = _cohort(16, 4)
+    x = _us_inputs(df, rng)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=3, batch_size=4, lr=1e-3, mixup=False)
+    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path, progress=False)
+    assert sorted(res.history.epoch.unique()) == [1, 2, 3]
+    for _, s in res.summary.iterrows():
+        h = res.history[res.history.fold == s.fold]
+        assert 1 <= s.best_epoch <= 3
+        assert h.loc[h.epoch == s.best_epoch, "val_auc"].iloc[0] == s.select_auc
+    back = pd.read_csv(tmp_path / "metrics.csv")
+    assert back.epoch.min() == 1
+
+
+def test_changed_heldout_label_is_not_reused(tmp_path):
+    """A corrected label of the held-out fold must not reuse a finished fold (its fingerprint covered only the
+    training labels before)."""
+    df, rng = _cohort(16, 2)
+    x = _us_inputs(df, rng)
+    folds = train.assign_folds(df, n_folds=2)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
+    tr = df[(df.split == "train") & (folds == 0)]
+    va = df[(df.split == "train") & (folds == 1)]
+    xt, xv = torch.as_tensor(x[tr.index]), torch.as_tensor(x[va.index])
+    train.fit_fold(cfg, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False)
+    seen = []
+    train.fit_fold(cfg, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False,
+                   epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == []  # identical inputs: reused
+    va2 = va.copy()
+    va2.iloc[0, va2.columns.get_loc("her2")] = 1 - va2.iloc[0]["her2"]
+    train.fit_fold(cfg, xt, tr, xv, va2, fold=0, out_dir=tmp_path / "f", progress=False,
+                   epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == [0]  # retrained
+    # run_cv, inner selection: flipping one held-out label of fold 1 retrains fold 1 (fit/selection sets unchanged)
+    out = tmp_path / "cv"
+    train.run_cv(df, x, cfg, folds, out, progress=False)
+    fixed = df.copy()
+    pid = va.patient_id.iloc[0]
+    fixed.loc[fixed.patient_id == pid, "her2"] = 1 - fixed.loc[fixed.patient_id == pid, "her2"]
+    seen = []
+    train.run_cv(fixed, x, cfg, folds, out, progress=False, epoch_hook=lambda f, e, r: seen.append(f))
+    assert 1 in seen
+
+
+def test_test_folds_hold_each_fold_model(tmp_path):
+    df, rng = _cohort(16, 6)
+    x = _us_inputs(df, rng)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
+    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path / "m", progress=False)
+    tf = res.test_folds
+    assert list(tf.columns) == train.TEST_FOLD_COLUMNS and len(tf) == 12
+    mean = tf.groupby("patient_id").p_her2.mean()
+    np.testing.assert_allclose(mean.loc[res.test.patient_id].to_numpy(), res.test.p_her2.to_numpy(), atol=1e-15)
+    m1 = train.load_fold_model(tmp_path / "m", 1)
+    xt = torch.as_tensor(x[df.split.to_numpy() == "test"])
+    np.testing.assert_allclose(tf[tf.model_fold == 1].sort_values("patient_id").p_her2.to_numpy(),
+                               train.predict_proba(m1, xt), atol=1e-12)
+    paths = train.write_predictions(res, tmp_path / "pred", "us")
+    assert paths[-1].name == "us_test_folds.csv"
