@@ -10,14 +10,27 @@ with probabilities clipped to ``[1e-6, 1 - 1e-6]`` before the logit.
 Two protocols are implemented and always labelled:
 
 ``"leakage-free"`` (the her2lib default)
-    The regression is fitted on the **training cohort's out-of-fold (OOF)** predictions only and applied once to
-    the test cohort. The OOF fusion predictions themselves are *cross-fitted* over the same four folds (fit on
-    three folds' OOF predictions, predict the held-out fold), so even the training-cohort fusion scores never
-    saw their own labels.
+    The regression is fitted on the **training cohort's out-of-fold (OOF)** DL-US and DL-MRI probabilities and
+    applied once to the test cohort. What is and is not held out:
+
+    * The coefficients never read a test label, and the test cohort chooses nothing.
+    * The training-cohort fusion scores are *cross-fitted* over the same four folds: the regression that scores
+      fold k is fitted on the other three folds' OOF probabilities, so it never read a label of fold k.
+    * Its inputs are not fully independent of fold k, though: the OOF probabilities of the other folds come from
+      DL models that were trained on fold k. The held-out property holds at the fusion level only.
+
+    **One scale.** OOF probabilities are single-fold-model probabilities, so the regression is applied to each
+    fold model's test probabilities (``{us,mri}_test_folds.csv``: DL-US fold k with DL-MRI fold k) and the four
+    fused probabilities are averaged afterwards (``fusion_test.csv``; per fold model in
+    ``fusion_test_folds.csv``). Applying it to the fold-mean probabilities instead, whose spread is smaller, would
+    change its slope (simulation in ``tests/test_fusion.py``). When the per-fold files are absent (prediction files
+    made elsewhere) the fold-mean inputs are used and the protocol table says so.
 ``"paper"``
-    The paper's protocol: the regression is fitted in the test cohort and evaluated on the same patients. Its
-    test AUC is optimistic; :func:`fuse` reports the *optimism* = paper-protocol test AUC minus leakage-free test
-    AUC so users see why her2lib's default differs from the paper.
+    The paper's protocol: the regression is fitted in the test cohort (on the models' test probabilities) and
+    evaluated on the same patients. :func:`fuse` reports the test AUC difference paper-protocol minus
+    leakage-free with a stratified bootstrap interval over test patients (the paper fit refitted in every
+    resample). It is one difference on a small cohort, not a measurement of the leak alone: the two protocols also
+    differ in which inputs and which patients the fit used.
 
 Patients are joined by ``patient_id``; a US/MRI mismatch (missing patient, different label, split or fold) is a
 :class:`~her2lib.errors.DataError` that lists every offending patient.
@@ -36,10 +49,13 @@ import pandas as pd
 from .errors import DataError, ParameterError
 from .io import write_csv
 
-__all__ = ["PREDICTION_COLUMNS", "EPS", "logit", "read_predictions", "validate_predictions", "join_modalities",
-           "FusionModel", "fit_fusion", "cross_fit_oof", "FusionResult", "fuse", "run_fusion"]
+__all__ = ["PREDICTION_COLUMNS", "TEST_FOLD_COLUMNS", "EPS", "logit", "read_predictions", "validate_predictions",
+           "validate_test_folds", "read_test_folds", "join_modalities", "FusionModel", "fit_fusion",
+           "cross_fit_oof", "FusionResult", "fuse", "run_fusion"]
 
 PREDICTION_COLUMNS = ("patient_id", "split", "fold", "her2", "p_her2")
+#: per-fold-model test predictions (``{us,mri,fusion}_test_folds.csv``), one row per test patient and fold model
+TEST_FOLD_COLUMNS = ("patient_id", "split", "her2", "model_fold", "p_her2")
 EPS = 1e-6
 _TERMS = ("intercept", "logit_p_us", "logit_p_mri")
 
@@ -151,6 +167,94 @@ def read_predictions(path: str | os.PathLike, split: str | None = None) -> pd.Da
                         "(03_train_us -> us_*.csv, 04_train_mri -> mri_*.csv, 05_fusion -> fusion_*.csv).")
     df = pd.read_csv(path, dtype={"patient_id": str})
     return validate_predictions(df, source=str(path), split=split)
+
+
+def validate_test_folds(df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None,
+                        atol: float = 1e-9) -> pd.DataFrame:
+    """Check a per-fold-model test prediction table and return a clean copy sorted by patient and model fold.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Columns ``patient_id, split, her2, model_fold, p_her2`` (:data:`TEST_FOLD_COLUMNS`): one row per test
+        patient and fold model.
+    source : str
+        Name used in error messages (usually the file path).
+    test : DataFrame, optional
+        The matching fold-mean prediction table (``{prefix}_test.csv``); if given, the patients and labels must
+        agree and ``p_her2`` must be the mean over the fold models (to ``atol``), so mismatched files are caught.
+
+    Raises
+    ------
+    DataError
+        Listing every problem.
+    """
+    missing = [c for c in TEST_FOLD_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; a per-fold test file needs the columns "
+                        f"{list(TEST_FOLD_COLUMNS)} (written by the 03/04/05 notebooks).")
+    out = df.copy()
+    out["patient_id"] = out["patient_id"].astype(str)
+    problems: list[str] = []
+    if len(out) == 0:
+        problems.append(f"{source}: no rows.")
+    if (out["split"] != "test").any():
+        problems.append(f"{source}: only test patients belong here (patients "
+                        f"{out.loc[out['split'] != 'test', 'patient_id'].tolist()[:10]}).")
+    her2 = pd.to_numeric(out["her2"], errors="coerce")
+    p = pd.to_numeric(out["p_her2"], errors="coerce")
+    mf = pd.to_numeric(out["model_fold"], errors="coerce")
+    if not her2.isin([0, 1]).all():
+        problems.append(f"{source}: her2 must be 0 or 1 (patients {out.loc[~her2.isin([0, 1]), 'patient_id'].tolist()[:10]}).")
+    bad_p = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
+    if bad_p.any():
+        problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients "
+                        f"{out.loc[bad_p, 'patient_id'].tolist()[:10]}).")
+    if mf.isna().any() or (mf < 0).any() or (mf != np.round(mf)).any():
+        problems.append(f"{source}: model_fold must be an integer >= 0.")
+    if not problems:
+        out["her2"], out["p_her2"], out["model_fold"] = her2.astype(int), p.astype(float), mf.astype(int)
+        dup = out.duplicated(["patient_id", "model_fold"])
+        if dup.any():
+            problems.append(f"{source}: patients {sorted(set(out.loc[dup, 'patient_id']))[:10]} appear twice for "
+                            "one model fold.")
+        sets = out.groupby("patient_id")["model_fold"].apply(frozenset)
+        if sets.nunique() > 1:
+            ref = sets.mode().iloc[0]
+            odd = sets[sets != ref].index.tolist()
+            problems.append(f"{source}: patients {odd[:10]} lack predictions of some fold models (expected folds "
+                            f"{sorted(ref)}).")
+        if out.groupby("patient_id")["her2"].nunique().max() > 1:
+            problems.append(f"{source}: a patient has different her2 labels across fold models.")
+    if not problems and test is not None:
+        mean = out.groupby("patient_id").agg(her2=("her2", "first"), p=("p_her2", "mean"))
+        t = test.set_index("patient_id")
+        if set(mean.index) != set(t.index):
+            problems.append(f"{source}: patients differ from the fold-mean test file (only here: "
+                            f"{sorted(set(mean.index) - set(t.index))[:10]}, only there: "
+                            f"{sorted(set(t.index) - set(mean.index))[:10]}).")
+        else:
+            t = t.loc[mean.index]
+            if (t["her2"].to_numpy() != mean["her2"].to_numpy()).any():
+                problems.append(f"{source}: her2 labels differ from the fold-mean test file.")
+            off = np.abs(t["p_her2"].to_numpy() - mean["p"].to_numpy()) > atol
+            if off.any():
+                problems.append(f"{source}: the mean over fold models differs from p_her2 of the fold-mean test file "
+                                f"for patients {mean.index[off].tolist()[:10]}; the files come from different runs. "
+                                "Re-run the training notebook.")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
+    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[list(TEST_FOLD_COLUMNS)]
+
+
+def read_test_folds(path: str | os.PathLike, test: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Read and validate ``{prefix}_test_folds.csv`` (:func:`validate_test_folds`); None when the file is absent
+    (prediction files made elsewhere, or by her2lib 0.1)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path, dtype={"patient_id": str})
+    return validate_test_folds(df, source=str(path), test=test)
 
 
 def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, us_source: str = "DL-US predictions",
@@ -393,11 +497,15 @@ class FusionResult:
     oof : DataFrame
         Cross-fitted OOF fusion predictions of the training cohort (prediction-file columns).
     test : DataFrame
-        Leakage-free fusion predictions of the test cohort (``fold = -1``).
+        Leakage-free fusion predictions of the test cohort (``fold = -1``): the mean over fold models of the
+        fused per-fold-model probabilities (or, without per-fold inputs, the fusion of the fold-mean inputs).
+    test_folds : DataFrame or None
+        Fused probability of each fold model pair (:data:`TEST_FOLD_COLUMNS`); None without per-fold inputs.
     paper_test : DataFrame
         Paper-protocol (in-sample) fusion predictions of the test cohort.
     protocols : DataFrame
-        One row per protocol: fitted on, evaluated on, test AUC and the optimism.
+        One row per protocol: fitted on, applied to, evaluated on, test AUC, and the AUC difference paper minus
+        leakage-free with its bootstrap interval.
     coefficients : DataFrame
         Both fits' coefficient tables stacked (``FusionModel.to_frame``), column ``protocol`` added.
     """
@@ -409,6 +517,7 @@ class FusionResult:
     paper_test: pd.DataFrame
     protocols: pd.DataFrame
     coefficients: pd.DataFrame
+    test_folds: pd.DataFrame | None = None
 
 
 def _pred_frame(df: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
@@ -416,8 +525,76 @@ def _pred_frame(df: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
                          "fold": df["fold"].to_numpy(), "her2": df["her2"].to_numpy(), "p_her2": p})
 
 
+def _join_test_folds(us: pd.DataFrame, mri: pd.DataFrame) -> pd.DataFrame:
+    """Pair DL-US fold k with DL-MRI fold k for every test patient."""
+    m = us.merge(mri, on=["patient_id", "model_fold"], how="outer", suffixes=("_us", "_mri"), indicator=True)
+    bad = m.loc[m["_merge"] != "both", ["patient_id", "model_fold"]]
+    if len(bad):
+        raise DataError("us_test_folds and mri_test_folds do not hold the same (patient, fold model) pairs: "
+                        f"{bad.head(10).to_records(index=False).tolist()}. Train DL-US and DL-MRI with the same folds "
+                        "(notebooks 03 and 04 on one folds.csv).")
+    if (m["her2_us"] != m["her2_mri"]).any():
+        raise DataError("us_test_folds and mri_test_folds disagree on HER2 status for patients "
+                        f"{sorted(set(m.loc[m['her2_us'] != m['her2_mri'], 'patient_id']))[:10]}.")
+    return m.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)
+
+
+def _logistic_newton(X: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray | None:
+    """Plain Newton-Raphson logistic MLE (for bootstrap refits); None when it does not converge / separates."""
+    beta = np.zeros(X.shape[1])
+    for _ in range(iters):
+        eta = X @ beta
+        p = 1.0 / (1.0 + np.exp(-eta))
+        w = p * (1 - p)
+        h = X.T @ (X * w[:, None])
+        try:
+            step = np.linalg.solve(h, X.T @ (y - p))
+        except np.linalg.LinAlgError:
+            return None
+        beta = beta + step
+        if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > 50:
+            return None
+        if np.max(np.abs(step)) < 1e-10:
+            return beta
+    return None
+
+
+def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.ndarray, np.ndarray],
+                           level: float = 0.95, n_boot: int = 1000, seed: int = 0,
+                           eps: float = EPS) -> tuple[float, float, int]:
+    """Stratified bootstrap interval of ``AUC(paper protocol) - AUC(leakage-free)`` on the test cohort.
+
+    Each resample draws HER2-positive and HER2-negative test patients with replacement (sizes kept), refits the
+    paper-protocol regression on the resample's inputs ``x_paper = (p_us, p_mri)`` and takes the difference of the
+    two AUCs on the resample (the leakage-free predictions ``p_free`` are fixed: they were fitted on OOF data).
+
+    Returns
+    -------
+    (low, high, n_used)
+        Percentile interval at ``level`` and the number of resamples whose refit converged.
+    """
+    from .stats import auc
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(int)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    X = np.column_stack([np.ones(y.size), logit(x_paper[0], eps), logit(x_paper[1], eps)])
+    diffs = []
+    for _ in range(int(n_boot)):
+        idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        beta = _logistic_newton(X[idx], y[idx].astype(float))
+        if beta is None:
+            continue
+        diffs.append(auc(y[idx], X[idx] @ beta) - auc(y[idx], p_free[idx]))
+    if len(diffs) < 10:
+        return float("nan"), float("nan"), len(diffs)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi), len(diffs)
+
+
 def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame,
-         level: float = 0.95, eps: float = EPS) -> FusionResult:
+         level: float = 0.95, eps: float = EPS, *, us_test_folds: pd.DataFrame | None = None,
+         mri_test_folds: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> FusionResult:
     """Run the leakage-free fusion and the paper's protocol.
 
     Parameters
@@ -425,11 +602,18 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     us_oof, mri_oof : DataFrame
         Training-cohort OOF predictions of DL-US and DL-MRI (``split == "train"``).
     us_test, mri_test : DataFrame
-        Test-cohort predictions (``split == "test"``, ``fold == -1``).
+        Test-cohort predictions (``split == "test"``, ``fold == -1``): the mean of the fold models.
     level : float
-        Confidence level of the coefficient CIs.
+        Confidence level of the coefficient CIs and of the protocol-difference interval.
     eps : float
         Probability clipping bound before the logit.
+    us_test_folds, mri_test_folds : DataFrame, optional
+        Each fold model's test predictions (:data:`TEST_FOLD_COLUMNS`). When both are given (the default output
+        of notebooks 03/04), the OOF-fitted regression is applied to each fold model pair and the fused
+        probabilities are averaged: fitted and applied on the same scale. Otherwise it is applied to the fold-mean
+        inputs, and the protocol table says so.
+    n_boot, seed : int
+        Bootstrap resamples and seed of the protocol-difference interval.
 
     Returns
     -------
@@ -449,7 +633,21 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
 
     model = fit_fusion(train["p_us"], train["p_mri"], train["her2"], fit_on="train OOF", level=level, eps=eps)
     oof = cross_fit_oof(train, level=level, eps=eps)
-    test_pred = _pred_frame(test, model.predict(test["p_us"], test["p_mri"]))
+    per_fold = us_test_folds is not None and mri_test_folds is not None
+    test_folds = None
+    if per_fold:
+        tf = _join_test_folds(
+            validate_test_folds(us_test_folds, "us_test_folds", test=test.rename(columns={"p_us": "p_her2"})),
+            validate_test_folds(mri_test_folds, "mri_test_folds", test=test.rename(columns={"p_mri": "p_her2"})))
+        fused = model.predict(tf["p_her2_us"].to_numpy(), tf["p_her2_mri"].to_numpy())
+        test_folds = pd.DataFrame({"patient_id": tf["patient_id"], "split": "test", "her2": tf["her2_us"],
+                                   "model_fold": tf["model_fold"], "p_her2": fused})[list(TEST_FOLD_COLUMNS)]
+        mean = test_folds.groupby("patient_id")["p_her2"].mean()
+        test_pred = _pred_frame(test, mean.loc[test["patient_id"]].to_numpy())
+        applied_to = "each fold model's test predictions, fused then averaged"
+    else:
+        test_pred = _pred_frame(test, model.predict(test["p_us"], test["p_mri"]))
+        applied_to = "fold-mean test predictions (no per-fold files; scale differs from OOF)"
     paper_model = fit_fusion(test["p_us"], test["p_mri"], test["her2"], fit_on="test (paper protocol)",
                              level=level, eps=eps)
     paper_pred = _pred_frame(test, paper_model.predict(test["p_us"], test["p_mri"]))
@@ -458,31 +656,41 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     auc_free = float(auc(y_test, test_pred["p_her2"].to_numpy()))
     auc_paper = float(auc(y_test, paper_pred["p_her2"].to_numpy()))
     auc_oof = float(auc(oof["her2"].to_numpy(), oof["p_her2"].to_numpy()))
+    lo, hi, used = protocol_difference_ci(y_test, test_pred["p_her2"].to_numpy(),
+                                          (test["p_us"].to_numpy(), test["p_mri"].to_numpy()), level=level,
+                                          n_boot=n_boot, seed=seed, eps=eps)
+    boot = (f"stratified bootstrap of test patients, paper fit refitted per resample, {used}/{n_boot} "
+            f"resamples converged, seed {seed}")
+    nan = float("nan")
     protocols = pd.DataFrame([
         {"protocol": "leakage-free (her2lib default)", "fit_on": "train OOF", "n_fit": model.n,
-         "evaluated_on": "test", "n_eval": len(test), "auc": auc_free, "optimism": 0.0,
-         "auc_train_oof_crossfit": auc_oof, "method": model.method},
-        {"protocol": "paper (fit in the test cohort)", "fit_on": "test", "n_fit": paper_model.n,
-         "evaluated_on": "test (same patients)", "n_eval": len(test), "auc": auc_paper,
-         "optimism": auc_paper - auc_free, "auc_train_oof_crossfit": float("nan"), "method": paper_model.method},
+         "applied_to": applied_to, "evaluated_on": "test", "n_eval": len(test), "auc": auc_free,
+         "auc_diff_vs_leakage_free": 0.0, "auc_diff_ci_low": nan, "auc_diff_ci_high": nan, "ci_level": level,
+         "ci_method": "", "auc_train_oof_crossfit": auc_oof, "method": model.method},
+        {"protocol": "paper (fit in the test cohort)", "fit_on": "test (fold-mean predictions)",
+         "n_fit": paper_model.n, "applied_to": "the same test patients", "evaluated_on": "test (same patients)",
+         "n_eval": len(test), "auc": auc_paper, "auc_diff_vs_leakage_free": auc_paper - auc_free,
+         "auc_diff_ci_low": lo, "auc_diff_ci_high": hi, "ci_level": level, "ci_method": boot,
+         "auc_train_oof_crossfit": nan, "method": paper_model.method},
     ])
     coefs = pd.concat([model.to_frame().assign(protocol="leakage-free (her2lib default)"),
                        paper_model.to_frame().assign(protocol="paper (fit in the test cohort)")],
                       ignore_index=True)
     coefs = coefs[["protocol"] + [c for c in coefs.columns if c != "protocol"]]
     return FusionResult(model=model, paper_model=paper_model, oof=oof, test=test_pred, paper_test=paper_pred,
-                        protocols=protocols, coefficients=coefs)
+                        protocols=protocols, coefficients=coefs, test_folds=test_folds)
 
 
 FUSION_INPUTS = ("us_oof.csv", "mri_oof.csv", "us_test.csv", "mri_test.csv")
 
 
 def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike, level: float = 0.95,
-               eps: float = EPS) -> FusionResult | None:
+               eps: float = EPS, n_boot: int = 1000, seed: int = 0) -> FusionResult | None:
     """Read ``{us,mri}_{oof,test}.csv``, run :func:`fuse` and write its outputs atomically.
 
-    Writes ``predictions_dir/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_paper.csv``
-    (paper protocol, labelled), ``tables_dir/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+    Writes ``predictions_dir/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_folds.csv``
+    (per fold model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol,
+    labelled), ``tables_dir/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
 
     Returns
     -------
@@ -497,15 +705,22 @@ def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike
         from .nb import notice
         notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {pdir} (the cohort "
                "lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
-        for f in (pdir / "fusion_oof.csv", pdir / "fusion_test.csv", pdir / "fusion_test_paper.csv",
+        for f in (pdir / "fusion_oof.csv", pdir / "fusion_test.csv", pdir / "fusion_test_folds.csv",
+                  pdir / "fusion_test_paper.csv",
                   tdir / "fusion_coefficients.csv", tdir / "fusion_protocols.csv"):
             f.unlink(missing_ok=True)
         return None
+    us_test, mri_test = read_predictions(pdir / "us_test.csv", "test"), read_predictions(pdir / "mri_test.csv", "test")
     res = fuse(read_predictions(pdir / "us_oof.csv", "train"), read_predictions(pdir / "mri_oof.csv", "train"),
-               read_predictions(pdir / "us_test.csv", "test"), read_predictions(pdir / "mri_test.csv", "test"),
-               level=level, eps=eps)
+               us_test, mri_test, level=level, eps=eps,
+               us_test_folds=read_test_folds(pdir / "us_test_folds.csv", us_test),
+               mri_test_folds=read_test_folds(pdir / "mri_test_folds.csv", mri_test), n_boot=n_boot, seed=seed)
     write_csv(pdir / "fusion_oof.csv", res.oof)
     write_csv(pdir / "fusion_test.csv", res.test)
+    if res.test_folds is not None:
+        write_csv(pdir / "fusion_test_folds.csv", res.test_folds)
+    else:
+        (pdir / "fusion_test_folds.csv").unlink(missing_ok=True)
     write_csv(pdir / "fusion_test_paper.csv", res.paper_test)
     write_csv(tdir / "fusion_coefficients.csv", res.coefficients)
     write_csv(tdir / "fusion_protocols.csv", res.protocols)
