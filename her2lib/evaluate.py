@@ -3,16 +3,25 @@ analysis*: ROC analysis and the DeLong test), plus calibration and decision curv
 
 What is computed, and how (every table names its method):
 
-* **AUC with 95% CI.** The paper used MedCalc, whose default AUC interval is the *exact binomial*
-  (Clopper-Pearson on ``AUC * n``); her2lib reports that by default (``ci_method="exact-binomial"``) so the
-  numbers are comparable with the paper, and the DeLong interval alongside (``auc_delong_ci_low/high``).
-* **Threshold metrics** (accuracy, sensitivity, specificity, PPV, NPV, F1) at the threshold maximising
-  Youden's J on the **training cohort's out-of-fold predictions** (never the test cohort); a patient is called
-  HER2-positive when ``p_her2 >= threshold``. Proportions with Clopper-Pearson CIs (:func:`her2lib.stats.binary_metrics`).
+* **AUC with 95% CI.** The headline interval is DeLong's (``ci_method="delong"``, pROC's ``ci.auc``), which
+  accounts for the split into HER2-positive and HER2-negative patients. The paper used MedCalc, whose default is
+  the *exact binomial* interval (Clopper-Pearson on ``k = AUC * n`` with ``n`` the whole cohort); it ignores the
+  class split (2 positives / 46 negatives at AUC 0.717 give 0.569-0.838 against DeLong's 0.282-1.0) and is kept,
+  named "as the paper / MedCalc", in its own columns (``auc_exact_binomial_ci_low/high``) for comparison with the
+  paper's printed intervals.
+* **Threshold metrics** (accuracy, sensitivity, specificity, PPV, NPV, F1) at the threshold maximising Youden's J
+  on the **training cohort's out-of-fold (OOF) predictions** (never the test cohort); a patient is called
+  HER2-positive when ``p_her2 >= threshold``. An OOF probability is a single fold model's, so the threshold is
+  applied to **each fold model's test probabilities** (``*_test_folds.csv``) and the confusion counts are
+  averaged over the fold models: the metrics are those of one fold model at its training-OOF operating point,
+  averaged over the four. Proportions get Clopper-Pearson intervals on the averaged counts out of the number of
+  test patients; F1 gets the interval of :func:`her2lib.stats.binary_metrics`. Without per-fold files (prediction
+  files made elsewhere) the threshold is applied to the fold-mean probabilities and the table says so.
 * **DeLong** paired tests of the three pairs, in the paper's order.
-* **Calibration**: reliability curve (quantile bins, observed fraction with Clopper-Pearson CI) and the Brier
-  score; **decision curve**: net benefit ``TP/n - FP/n * pt / (1 - pt)`` against treat-all and treat-none
-  (Vickers & Elkin, 2006).
+* **Calibration** (:func:`her2lib.stats.calibration`): calibration-in-the-large (intercept with ``logit(p)`` as an
+  offset), calibration slope, Brier score; reliability curve (quantile bins, observed fraction with
+  Clopper-Pearson CI); **decision curve**: net benefit ``TP/n - FP/n * pt / (1 - pt)`` against treat-all and
+  treat-none (Vickers & Elkin, 2006). These use the reported probability (the fold-model mean) as it is.
 * A results paragraph in the paper's words, generated from the numbers.
 
 Model keys follow the paper's vocabulary: ``dl_us``, ``dl_mri``, ``dl_us_mri``.
@@ -30,10 +39,11 @@ import pandas as pd
 
 from .errors import DataError, ParameterError
 from .stats._common import clopper_pearson
-from .fusion import read_predictions
+from .fusion import read_predictions, read_test_folds
 from .io import save_figure, write_csv, write_text
 
-__all__ = ["MODELS", "ModelPredictions", "load_predictions", "brier_score", "calibration_curve",
+__all__ = ["MODELS", "ModelPredictions", "load_predictions", "operating_point_metrics", "fold_model_table",
+           "THRESHOLD_RULES", "brier_score", "calibration_curve",
            "calibration_summary", "decision_curve", "roc_points", "performance_table", "delong_table",
            "results_paragraph", "plot_roc", "plot_performance", "plot_calibration", "plot_decision_curve",
            "EvaluationResult", "run_evaluation", "available_models", "DELONG_COLUMNS"]
@@ -45,11 +55,16 @@ MODELS: tuple[tuple[str, str, str], ...] = (("dl_us", "DL-US", "us"), ("dl_mri",
 PAIRS: tuple[tuple[str, str], ...] = (("dl_us_mri", "dl_us"), ("dl_us_mri", "dl_mri"), ("dl_us", "dl_mri"))
 # Okabe-Ito colours (colour-blind safe)
 COLORS = {"dl_us": "#0072B2", "dl_mri": "#D55E00", "dl_us_mri": "#009E73"}
-CI_METHODS = ("exact-binomial", "delong", "bootstrap")
+CI_METHODS = ("delong", "exact-binomial", "bootstrap")
 DELONG_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "diff", "diff_ci_low", "diff_ci_high", "diff_ci_level",
                   "z", "p_value", "n_pos", "n_neg", "method"]
-_CI_NAMES = {"exact-binomial": "exact binomial (MedCalc, as in the paper)", "delong": "DeLong",
+_CI_NAMES = {"exact-binomial": "exact binomial (as the paper / MedCalc)", "delong": "DeLong (pROC ci.auc)",
              "bootstrap": "stratified bootstrap"}
+THRESHOLD_RULES = {
+    "per-fold": "Youden's J on training-cohort OOF predictions, applied to each fold model's test predictions "
+                "(confusion counts averaged over the fold models); HER2+ if p >= threshold",
+    "fold-mean": "Youden's J on training-cohort OOF predictions, applied to the fold-mean test predictions (no "
+                 "per-fold-model file; a less spread scale than the OOF predictions); HER2+ if p >= threshold"}
 
 
 @dataclass(frozen=True)
@@ -63,13 +78,28 @@ class ModelPredictions:
     oof : DataFrame
         Training-cohort out-of-fold predictions (prediction-file columns), used for the threshold only.
     test : DataFrame
-        Test-cohort predictions, sorted by ``patient_id``.
+        Test-cohort predictions (the fold-model mean), sorted by ``patient_id``.
+    test_folds : DataFrame or None
+        Each fold model's test predictions (``patient_id, split, her2, model_fold, p_her2``), or None when the
+        run has no per-fold file.
+    selection : str
+        How the model's epochs were chosen (``her2lib.train.SELECTIONS`` label), or ``""`` if unknown.
     """
 
     key: str
     label: str
     oof: pd.DataFrame
     test: pd.DataFrame
+    test_folds: pd.DataFrame | None = None
+    selection: str = ""
+
+    def test_matrix(self) -> np.ndarray:
+        """Test probabilities, shape ``(n_test, n_fold_models)`` in ``test`` row order; one column (the fold mean)
+        when there is no per-fold file."""
+        if self.test_folds is None:
+            return self.test["p_her2"].to_numpy()[:, None]
+        wide = self.test_folds.pivot(index="patient_id", columns="model_fold", values="p_her2")
+        return wide.loc[self.test["patient_id"]].to_numpy()
 
 
 def _label(key: str) -> str:
@@ -104,9 +134,26 @@ def available_models(predictions_dir: str | os.PathLike, quiet: bool = False) ->
     return keys
 
 
+def _selection_label(models_dir: Path | None, key: str) -> str:
+    import json
+
+    if models_dir is None:
+        return ""
+    dirs = {"dl_us": ["dl_us"], "dl_mri": ["dl_mri"], "dl_us_mri": ["dl_us", "dl_mri"]}[key]
+    labels = []
+    for d in dirs:
+        f = Path(models_dir) / d / "config.json"
+        if f.is_file():
+            labels.append(json.loads(f.read_text(encoding="utf-8")).get("selection_label", ""))
+    labels = sorted(set(lab for lab in labels if lab))
+    return labels[0] if len(labels) == 1 else "; ".join(labels)
+
+
 def load_predictions(predictions_dir: str | os.PathLike,
-                     models: Sequence[str] = ("dl_us", "dl_mri", "dl_us_mri")) -> dict[str, ModelPredictions]:
-    """Read ``{us,mri,fusion}_{oof,test}.csv`` and check the models describe the same test patients.
+                     models: Sequence[str] = ("dl_us", "dl_mri", "dl_us_mri"),
+                     models_dir: str | os.PathLike | None = None) -> dict[str, ModelPredictions]:
+    """Read ``{us,mri,fusion}_{oof,test}.csv`` (and ``_test_folds.csv`` where present) and check the models
+    describe the same test patients.
 
     Parameters
     ----------
@@ -114,6 +161,8 @@ def load_predictions(predictions_dir: str | os.PathLike,
         ``run.predictions``.
     models : sequence of str
         Model keys (``dl_us``, ``dl_mri``, ``dl_us_mri``).
+    models_dir : path, optional
+        ``run.models``: the epoch-selection protocol is read from ``dl_*/config.json``.
 
     Returns
     -------
@@ -134,8 +183,10 @@ def load_predictions(predictions_dir: str | os.PathLike,
     for key in models:
         oof = read_predictions(pdir / f"{prefixes[key]}_oof.csv", "train")
         test = read_predictions(pdir / f"{prefixes[key]}_test.csv", "test")
+        folds = read_test_folds(pdir / f"{prefixes[key]}_test_folds.csv", test)
         out[key] = ModelPredictions(key, _label(key), oof.sort_values("patient_id").reset_index(drop=True),
-                                    test.sort_values("patient_id").reset_index(drop=True))
+                                    test.sort_values("patient_id").reset_index(drop=True), folds,
+                                    _selection_label(Path(models_dir) if models_dir else None, key))
     _check_same_patients(out)
     return out
 
@@ -315,7 +366,81 @@ def roc_points(y, p) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------------------------
-def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "exact-binomial",
+def operating_point_metrics(y, p_models, threshold: float, *, level: float = 0.95, n_boot: int = 2000,
+                            seed: int = 0) -> dict:
+    """Threshold metrics of fold models at one threshold, averaged over the fold models.
+
+    Parameters
+    ----------
+    y : array_like of 0/1, shape (n_patients,)
+    p_models : array_like of float, shape (n_patients, n_models) or (n_patients,)
+        Each fold model's probability of HER2-positive (one column = one model).
+    threshold : float
+        HER2-positive when ``p >= threshold`` (chosen on training OOF predictions; may be +-inf).
+    level, n_boot, seed
+        As :func:`her2lib.stats.binary_metrics`.
+
+    Returns
+    -------
+    dict
+        The keys of ``BinaryMetrics.to_row()`` plus ``n_models``. With one model it is exactly
+        :func:`her2lib.stats.binary_metrics`. With several, ``tp, fp, tn, fn`` are the confusion counts averaged
+        over the models (so they may be fractional); accuracy, sensitivity, specificity, PPV and NPV are the
+        pooled ratios of those counts with Clopper-Pearson intervals on the averaged count out of the number of
+        patients (not patients x models: the models see the same patients); F1 gets the interval method of
+        :func:`her2lib.stats.binary_metrics`, applied to the averaged counts.
+    """
+    from .stats import binary_metrics
+
+    P = np.asarray(p_models, dtype=float)
+    if P.ndim == 1:
+        P = P[:, None]
+    y = np.asarray(y).astype(int).ravel()
+    if P.ndim != 2 or P.shape[0] != y.size or P.shape[1] < 1:
+        raise ParameterError(f"p_models must have shape (n_patients, n_models) with n_patients = {y.size}; got "
+                             f"{P.shape}.")
+    if P.shape[1] == 1:
+        return {**binary_metrics(y, P[:, 0], threshold, level=level, n_boot=n_boot, seed=seed).to_row(),
+                "n_models": 1}
+    pos = y == 1
+    calls = P >= float(threshold)
+    m, n = int(pos.sum()), int((~pos).sum())
+    tp = float(calls[pos].sum(axis=0).mean())
+    fp = float(calls[~pos].sum(axis=0).mean())
+    fn, tn = m - tp, n - fp
+    row: dict = dict(threshold=float(threshold), tp=tp, fp=fp, tn=tn, fn=fn, n_pos=m, n_neg=n)
+
+    def prop(name, k, d):
+        if d <= 0:
+            row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = (float("nan"),) * 3
+            return
+        lo, hi = clopper_pearson(k, d, level)
+        row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = k / d, lo, hi
+
+    prop("accuracy", tp + tn, m + n)
+    prop("sensitivity", tp, m)
+    prop("specificity", tn, n)
+    prop("ppv", tp, tp + fp)
+    prop("npv", tn, tn + fn)
+    f1, f1_lo, f1_hi = _f1_interval(tp, fp, tn, fn, level=level, n_boot=n_boot, seed=seed)
+    row.update(f1=f1, f1_ci_low=f1_lo, f1_ci_high=f1_hi, ci_level=level, n_models=int(P.shape[1]))
+    return row
+
+
+def _f1_interval(tp: float, fp: float, tn: float, fn: float, *, level: float, n_boot: int,
+                 seed: int) -> tuple[float, float, float]:
+    """F1 and its interval from (possibly averaged) confusion counts, by the method of
+    :func:`her2lib.stats.binary_metrics`."""
+    from .stats import roc as _roc
+
+    den = 2 * tp + fp + fn
+    if den <= 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = _roc.f1_interval(tp, fp, tn, fn, level=level, n_boot=n_boot, seed=seed)
+    return 2 * tp / den, lo, hi
+
+
+def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "delong",
                       level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Figure 3B / Table: one row per model with the test-cohort AUC (95% CI) and threshold metrics.
 
@@ -323,9 +448,10 @@ def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "e
     ----------
     preds : mapping
         ``key -> ModelPredictions`` (:func:`load_predictions`).
-    ci_method : {"exact-binomial", "delong", "bootstrap"}
-        Method of the headline AUC interval (``auc_ci_low/high``); default MedCalc's exact binomial, which the
-        paper printed. The DeLong interval is always added as ``auc_delong_ci_low/high``.
+    ci_method : {"delong", "exact-binomial", "bootstrap"}
+        Method of the headline AUC interval (``auc_ci_low/high``); default DeLong. The exact-binomial interval
+        (as the paper / MedCalc) is always added as ``auc_exact_binomial_ci_low/high`` and DeLong's as
+        ``auc_delong_ci_low/high``.
     level : float
         Confidence level.
     n_boot, seed : int
@@ -334,11 +460,12 @@ def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "e
     Returns
     -------
     DataFrame
-        Columns ``model, label, n_test, n_pos, n_neg, auc, auc_ci_low, auc_ci_high, auc_ci_method,
-        auc_delong_ci_low, auc_delong_ci_high, threshold, threshold_rule, accuracy, sensitivity, specificity,
-        ppv, npv, f1`` (each metric with ``_ci_low/_ci_high``), ``tp, fp, tn, fn, auc_train_oof, brier``.
+        Columns ``model, label, selection, n_test, n_pos, n_neg, auc, auc_ci_low, auc_ci_high, auc_ci_level,
+        auc_ci_method, auc_delong_ci_low/high, auc_exact_binomial_ci_low/high, threshold, threshold_rule,
+        n_models`` then ``accuracy, sensitivity, specificity, ppv, npv, f1`` (each with ``_ci_low/_ci_high``),
+        ``tp, fp, tn, fn`` (averaged over the fold models), ``auc_train_oof, brier``.
     """
-    from .stats import auc, auc_ci, binary_metrics, youden_threshold
+    from .stats import auc, auc_ci, youden_threshold
 
     if ci_method not in CI_METHODS:
         raise ParameterError(f"ci_method must be one of {CI_METHODS}; got {ci_method!r}.")
@@ -347,17 +474,20 @@ def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "e
         y, p = mp.test["her2"].to_numpy(), mp.test["p_her2"].to_numpy()
         yo, po = mp.oof["her2"].to_numpy(), mp.oof["p_her2"].to_numpy()
         thr = youden_threshold(yo, po)
-        if not np.isfinite(thr):
+        if np.isnan(thr):
             raise DataError(f"{mp.label}: Youden's threshold is undefined on the training OOF predictions (a "
                             "single class); the training cohort needs both HER2 classes.")
         head = auc_ci(y, p, method=ci_method, level=level, n_boot=n_boot, seed=seed)
         dl = auc_ci(y, p, method="delong", level=level)
-        bm = binary_metrics(y, p, thr, level=level, n_boot=n_boot, seed=seed).to_row()
-        row = {"model": key, "label": mp.label, "n_test": int(y.size), "n_pos": int(y.sum()),
-               "n_neg": int(y.size - y.sum()), "auc": head.auc, "auc_ci_low": head.ci[0], "auc_ci_high": head.ci[1],
-               "auc_ci_level": level, "auc_ci_method": _CI_NAMES[ci_method], "auc_delong_ci_low": dl.ci[0],
-               "auc_delong_ci_high": dl.ci[1], "threshold": thr,
-               "threshold_rule": "Youden's J on training-cohort OOF predictions; HER2+ if p >= threshold"}
+        eb = auc_ci(y, p, method="exact-binomial", level=level)
+        bm = operating_point_metrics(y, mp.test_matrix(), thr, level=level, n_boot=n_boot, seed=seed)
+        row = {"model": key, "label": mp.label, "selection": mp.selection, "n_test": int(y.size),
+               "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()), "auc": head.auc, "auc_ci_low": head.ci[0],
+               "auc_ci_high": head.ci[1], "auc_ci_level": level, "auc_ci_method": _CI_NAMES[ci_method],
+               "auc_delong_ci_low": dl.ci[0], "auc_delong_ci_high": dl.ci[1],
+               "auc_exact_binomial_ci_low": eb.ci[0], "auc_exact_binomial_ci_high": eb.ci[1], "threshold": thr,
+               "threshold_rule": THRESHOLD_RULES["per-fold" if mp.test_folds is not None else "fold-mean"],
+               "n_models": bm["n_models"]}
         for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
             row[name] = bm[name]
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bm[f"{name}_ci_low"], bm[f"{name}_ci_high"]
@@ -365,6 +495,33 @@ def performance_table(preds: Mapping[str, ModelPredictions], ci_method: str = "e
                    brier=brier_score(y, p))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fold_model_table(preds: Mapping[str, ModelPredictions]) -> pd.DataFrame:
+    """Each fold model on the test cohort: AUC and (sensitivity, specificity) at the model's training-OOF Youden
+    threshold, one row per model and fold model (empty without per-fold files).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``model, label, model_fold, auc, threshold, sensitivity, specificity``.
+    """
+    from .stats import auc, youden_threshold
+
+    rows = []
+    for key, mp in preds.items():
+        if mp.test_folds is None:
+            continue
+        thr = youden_threshold(mp.oof["her2"].to_numpy(), mp.oof["p_her2"].to_numpy())
+        y = mp.test["her2"].to_numpy()
+        P = mp.test_matrix()
+        for j, k in enumerate(sorted(mp.test_folds["model_fold"].unique())):
+            call = P[:, j] >= thr
+            rows.append({"model": key, "label": mp.label, "model_fold": int(k), "auc": auc(y, P[:, j]),
+                         "threshold": thr, "sensitivity": float(call[y == 1].mean()) if (y == 1).any() else np.nan,
+                         "specificity": float((~call[y == 0]).mean()) if (y == 0).any() else np.nan})
+    return pd.DataFrame(rows, columns=["model", "label", "model_fold", "auc", "threshold", "sensitivity",
+                                       "specificity"])
 
 
 def delong_table(preds: Mapping[str, ModelPredictions], level: float = 0.95,
@@ -429,8 +586,12 @@ def results_paragraph(performance: pd.DataFrame, delong: pd.DataFrame | None = N
     parts = []
     for _, r in performance.iterrows():
         lvl = int(round(100 * float(r.get("auc_ci_level", 0.95))))
+        eb = ""
+        if "auc_exact_binomial_ci_low" in r and not str(r.get("auc_ci_method", "")).startswith("exact"):
+            eb = (f"; exact binomial as the paper/MedCalc: {_f3(r['auc_exact_binomial_ci_low'])}\u2013"
+                  f"{_f3(r['auc_exact_binomial_ci_high'])}")
         parts.append(f"In the test cohort, {r['label']} achieved an AUC of {_f3(r['auc'])} ({lvl}% CI: "
-                     f"{_f3(r['auc_ci_low'])}\u2013{_f3(r['auc_ci_high'])}), with an accuracy of {_f3(r['accuracy'])}, "
+                     f"{_f3(r['auc_ci_low'])}\u2013{_f3(r['auc_ci_high'])}{eb}), with an accuracy of {_f3(r['accuracy'])}, "
                      f"sensitivity of {_pct(r['sensitivity'])}, specificity of {_pct(r['specificity'])}, PPV of "
                      f"{_f3(r['ppv'])}, NPV of {_f3(r['npv'])}, and an F1 score of {_f3(r['f1'])} "
                      f"(threshold {r['threshold']:.3f}).")
@@ -443,16 +604,28 @@ def results_paragraph(performance: pd.DataFrame, delong: pd.DataFrame | None = N
                        f"({better}; difference {d['diff']:+.3f}, 95% CI {d['diff_ci_low']:+.3f} to "
                        f"{d['diff_ci_high']:+.3f}, Z = {d['z']:.2f}, {_fmt_p(d['p_value'])}; {sig})")
         parts.append("Model performance was compared with the DeLong test: " + "; ".join(cmp) + ".")
-    if protocols is not None and len(protocols) == 2:
+    if protocols is not None and len(protocols) == 2 and "auc_diff_vs_leakage_free" in protocols:
         free = protocols.iloc[0]
         paper = protocols.iloc[1]
-        parts.append(f"DL-US&MRI was fitted on the training cohort's out-of-fold predictions and applied once to "
-                     f"the test cohort. Refitting it in the test cohort, as the paper did, would report a test AUC "
-                     f"of {_f3(paper['auc'])} instead of {_f3(free['auc'])} (optimism {paper['optimism']:+.3f}).")
+        lvl = int(round(100 * float(paper.get("ci_level", 0.95))))
+        parts.append(f"DL-US&MRI was fitted on the training cohort's out-of-fold predictions and applied to the "
+                     f"test cohort ({free.get('applied_to', '')}). Refitting it in the test cohort, as the paper did, "
+                     f"gives a test AUC of {_f3(paper['auc'])} instead of {_f3(free['auc'])} (difference "
+                     f"{paper['auc_diff_vs_leakage_free']:+.3f}, {lvl}% bootstrap CI "
+                     f"{paper['auc_diff_ci_low']:+.3f} to {paper['auc_diff_ci_high']:+.3f}).")
     method = str(performance["auc_ci_method"].iloc[0]) if "auc_ci_method" in performance else "see table"
-    parts.append(f"AUC confidence intervals: {method}; DeLong intervals are given in performance.csv. Thresholds "
-                 "were chosen by Youden's J on the training cohort's out-of-fold predictions (never on the test "
-                 "cohort); a patient was called HER2-positive when the predicted probability was at or above it.")
+    rule = str(performance["threshold_rule"].iloc[0]) if "threshold_rule" in performance else ""
+    per_fold = rule == THRESHOLD_RULES["per-fold"]
+    how = ("it was applied to each of the fold models' test predictions, and the metrics are those of one fold "
+           "model averaged over the fold models (the kind of prediction the threshold was chosen on)" if per_fold
+           else "it was applied to the fold-mean test predictions")
+    sel = ""
+    if "selection" in performance and str(performance["selection"].iloc[0]):
+        sel = f" Training epochs were chosen on: {'; '.join(sorted(set(map(str, performance['selection']))))}."
+    parts.append(f"AUC confidence intervals: {method}; the exact binomial intervals (as the paper / MedCalc) are "
+                 "given beside them in performance.csv. Thresholds were chosen by Youden's J on the training "
+                 f"cohort's out-of-fold predictions (never on the test cohort); {how}. A patient was called "
+                 f"HER2-positive when the predicted probability was at or above the threshold.{sel}")
     return "\n\n".join(parts) + "\n"
 
 
@@ -490,7 +663,7 @@ def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
             r = perf.loc[key]
             ax.plot(pts.fpr, pts.tpr, color=COLORS.get(key), lw=2, drawstyle="default",
                     label=f"{mp.label}: AUC {r['auc']:.3f} ({r['auc_ci_low']:.3f}\u2013{r['auc_ci_high']:.3f})")
-            # operating point at the OOF Youden threshold
+            # operating point at the OOF Youden threshold (averaged over the fold models when per-fold files exist)
             ax.plot(1 - r["specificity"], r["sensitivity"], "o", color=COLORS.get(key), ms=7, mec="white", mew=1.2)
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
@@ -501,8 +674,10 @@ def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
         ax.set_title(f"ROC curves, test cohort (n = {n_pos + n_neg}; {n_pos} HER2+)")
         method = str(perf["auc_ci_method"].iloc[0]).split(" (")[0]
         ax.legend(loc="lower right", title=f"AUC (95% CI, {method})", title_fontsize=9.5, frameon=False)
-        ax.text(0.99, 0.36, "\u25cf operating point at the\ntraining-OOF Youden threshold", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=8.5, color="0.35")
+        per_fold = "threshold_rule" in perf and str(perf["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"]
+        note = ("\u25cf operating point at the training-OOF\nYouden threshold (mean of the fold models)" if per_fold
+                else "\u25cf operating point at the\ntraining-OOF Youden threshold")
+        ax.text(0.99, 0.36, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="0.35")
         ax.grid(alpha=0.25)
         if path is not None:
             _save(fig, path, dpi, svg=svg)
@@ -549,7 +724,7 @@ def plot_performance(performance: pd.DataFrame, path: str | os.PathLike | None =
         method = str(performance["auc_ci_method"].iloc[0]).split(" (")[0] if len(performance) else ""
         ax.set_title("Diagnostic performance, test cohort (thresholds: Youden on training OOF)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=n_models, frameon=False)
-        ax.text(1.0, -0.2, f"AUC CI: {method}; proportions: Clopper-Pearson; F1: bootstrap",
+        ax.text(1.0, -0.2, f"AUC CI: {method}; proportions: Clopper-Pearson; F1: see performance.csv",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8.5, color="0.35")
         ax.grid(axis="y", alpha=0.25)
         if path is not None:
@@ -645,17 +820,20 @@ class EvaluationResult:
 
 
 def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike,
-                   figures_dir: str | os.PathLike, ci_method: str = "exact-binomial", level: float = 0.95,
+                   figures_dir: str | os.PathLike, ci_method: str = "delong", level: float = 0.95,
                    n_bins: int = 5, n_boot: int = 2000, seed: int = 0, dpi: int = 300,
-                   models: Sequence[str] | None = None) -> EvaluationResult:
+                   models: Sequence[str] | None = None,
+                   models_dir: str | os.PathLike | None = None) -> EvaluationResult:
     """Compute and write everything of ``06_evaluation``.
 
     ``models=None`` evaluates the models whose prediction files exist (:func:`available_models`; one, two or
     three), with DeLong comparisons only for the pairs among them.
 
-    Writes ``tables/performance.csv``, ``delong.csv``, ``calibration.csv``, ``decision_curve.csv``,
-    ``results_text.md`` and ``figures/roc.png`` (+ ``roc.svg``), ``performance.png``, ``calibration.png``,
-    ``decision_curve.png``. Reads ``predictions/{us,mri,fusion}_{oof,test}.csv`` and, if present,
+    ``models_dir`` (``run.models``) is read for the epoch-selection protocol of each model (``selection`` column).
+
+    Writes ``tables/performance.csv``, ``performance_fold_models.csv``, ``delong.csv``, ``calibration.csv``,
+    ``decision_curve.csv``, ``results_text.md`` and ``figures/roc.png`` (+ ``roc.svg``), ``performance.png``, ``calibration.png``,
+    ``decision_curve.png``. Reads ``predictions/{us,mri,fusion}_{oof,test,test_folds}.csv`` and, if present,
     ``tables/fusion_protocols.csv``.
     """
     import matplotlib
@@ -668,8 +846,9 @@ def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.Path
     if not keys:
         raise DataError(f"{predictions_dir}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
                         "notebooks 03_train_us / 04_train_mri (and 05_fusion) first.")
-    preds = load_predictions(predictions_dir, keys)
+    preds = load_predictions(predictions_dir, keys, models_dir=models_dir)
     perf = performance_table(preds, ci_method=ci_method, level=level, n_boot=n_boot, seed=seed)
+    fold_tab = fold_model_table(preds)
     dl = delong_table(preds, level=level)
     cal_rows, dec_rows = [], []
     for key, mp in preds.items():
@@ -681,7 +860,8 @@ def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.Path
     prot_path = tdir / "fusion_protocols.csv"
     prot = pd.read_csv(prot_path) if prot_path.is_file() and "dl_us_mri" in preds else None
     text = results_paragraph(perf, dl, prot)
-    files = [write_csv(tdir / "performance.csv", perf), write_csv(tdir / "delong.csv", dl),
+    files = [write_csv(tdir / "performance.csv", perf), write_csv(tdir / "performance_fold_models.csv", fold_tab),
+             write_csv(tdir / "delong.csv", dl),
              write_csv(tdir / "calibration.csv", cal), write_csv(tdir / "decision_curve.csv", dec),
              write_text(tdir / "results_text.md", text)]
     for name, fig in (("roc.png", plot_roc(preds, perf, fdir / "roc.png", dpi=dpi)),

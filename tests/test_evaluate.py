@@ -95,7 +95,8 @@ def test_performance_threshold_from_oof_only():
     assert r.ppv == pytest.approx(tp / (tp + fp))
     assert r.f1 == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert r.auc == pytest.approx(6 / 9)  # 9 pos-neg pairs, 6 correctly ordered
-    assert "exact binomial" in r.auc_ci_method
+    assert r.auc_ci_method.startswith("DeLong")  # the headline interval (issue 9.3)
+    assert r.n_models == 1 and "fold-mean" in r.threshold_rule  # no per-fold file: says so
     # the threshold does not move when test labels/probabilities change
     preds2 = {"dl_us": _mp("dl_us", oof_y, oof_p, 1 - y, 1 - p)}
     assert performance_table(preds2).iloc[0]["threshold"] == r["threshold"]
@@ -108,7 +109,7 @@ def test_paper_sentence_reproduced():
     perf = pd.DataFrame([{"model": "dl_us", "label": "DL-US", "auc": 0.842, "auc_ci_low": 0.708,
                           "auc_ci_high": 0.931, "auc_ci_level": 0.95, "accuracy": 0.833, "sensitivity": 0.895,
                           "specificity": 0.793, "ppv": 0.739, "npv": 0.920, "f1": 0.810, "threshold": 0.5,
-                          "auc_ci_method": "exact binomial (MedCalc, as in the paper)"}])
+                          "auc_ci_method": "exact binomial (as the paper / MedCalc)"}])
     text = results_paragraph(perf)
     assert ("In the test cohort, DL-US achieved an AUC of 0.842 (95% CI: 0.708\u20130.931), with an accuracy of "
             "0.833, sensitivity of 89.5%, specificity of 79.3%, PPV of 0.739, NPV of 0.920, and an F1 score of "
@@ -159,7 +160,7 @@ def test_run_evaluation_end_to_end(tmp_path):
     for f in ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 1000
     text = (tmp_path / "tables" / "results_text.md").read_text()
-    assert text == res.text and "optimism" in text
+    assert text == res.text and "bootstrap CI" in text and "optimism" not in text
     # the written reliability table keeps each bin's own mean prediction (not the overall mean)
     cal = pd.read_csv(tmp_path / "tables" / "calibration.csv")
     for _, g in cal.groupby("model"):
@@ -175,3 +176,85 @@ def test_roc_svg_is_byte_identical_across_runs(tmp_path):
         run_evaluation(tmp_path / "predictions", tmp_path / f"tables{k}", tmp_path / f"figures{k}", n_boot=50, dpi=60)
         svgs.append((tmp_path / f"figures{k}" / "roc.svg").read_bytes())
     assert svgs[0] == svgs[1]
+
+
+# ------------------------------------------------------------------ headline AUC interval (issue 9.3)
+def test_headline_interval_is_delong_and_exact_binomial_kept_beside():
+    """2 positives / 46 negatives at AUC 0.717 (one positive above every negative, one above 20 of 46): the
+    exact-binomial interval on n = 48 (as the paper / MedCalc) is 0.569-0.838 whatever the class split, DeLong's
+    (pROC ci.auc, checked in test_stats_roc) is (0.200, 1.0). The headline must be DeLong's."""
+    y = np.r_[np.ones(2), np.zeros(46)].astype(int)
+    neg = np.linspace(0.01, 0.99, 46)
+    p = np.r_[neg[44] + 1e-4, neg[20] + 1e-4, neg]
+    oof_y = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    oof_p = np.r_[np.linspace(0.3, 0.9, 10), np.linspace(0.1, 0.7, 10)]
+    r = performance_table({"dl_us": _mp("dl_us", oof_y, oof_p, y, p)}).iloc[0]
+    from her2lib.stats import auc_ci
+
+    dl, eb = auc_ci(y, p, method="delong"), auc_ci(y, p, method="exact-binomial")
+    assert r.auc == pytest.approx(66 / 92)
+    assert (r.auc_ci_low, r.auc_ci_high) == (dl.ci[0], dl.ci[1])
+    assert (r.auc_ci_low, r.auc_ci_high) == pytest.approx((0.200, 1.0), abs=1e-3)
+    assert (r.auc_exact_binomial_ci_low, r.auc_exact_binomial_ci_high) == (eb.ci[0], eb.ci[1])
+    assert (r.auc_exact_binomial_ci_low, r.auc_exact_binomial_ci_high) == pytest.approx((0.569, 0.838), abs=1e-3)
+    text = results_paragraph(pd.DataFrame([r]))
+    assert "(95% CI: 0.200\u20131.000; exact binomial as the paper/MedCalc: 0.569\u20130.838)" in text
+
+
+# ------------------------------------------------------------------ operating point on one scale (issue 9.4)
+def test_operating_point_transfers_from_oof_to_test(fold_model_sim):
+    """Simulation (tests/conftest.py, 20000 OOF / 20000 test patients, 4 fold models): at the OOF Youden threshold,
+    (sensitivity, specificity) of single fold models on the test cohort match the OOF ones to 0.015; applied to the
+    fold-mean probabilities (her2lib 0.1) the sensitivity moves by more than 0.04."""
+    from her2lib.stats import youden_threshold
+
+    d = fold_model_sim
+    mp = ModelPredictions("dl_us", "DL-US", d["us_oof"], d["us_test"], d["us_test_folds"])
+    yo, po = d["us_oof"].her2.to_numpy(), d["us_oof"].p_her2.to_numpy()
+    thr = youden_threshold(yo, po)
+    sens_oof, spec_oof = (po[yo == 1] >= thr).mean(), (po[yo == 0] < thr).mean()
+    r = performance_table({"dl_us": mp}, n_boot=200).iloc[0]
+    assert r.n_models == 4 and "each fold model" in r.threshold_rule
+    assert r.sensitivity == pytest.approx(sens_oof, abs=0.015)
+    assert r.specificity == pytest.approx(spec_oof, abs=0.015)
+    y, pm = d["us_test"].her2.to_numpy(), d["us_test"].p_her2.to_numpy()
+    assert abs((pm[y == 1] >= thr).mean() - sens_oof) > 0.04  # the old design: a different operating point
+    # pooled counts are the mean over fold models, and the CIs are on n patients, not n x 4
+    P = mp.test_matrix()
+    assert r.tp == pytest.approx(np.mean([(P[y == 1, k] >= thr).sum() for k in range(4)]))
+    from her2lib.stats._common import clopper_pearson
+
+    assert (r.sensitivity_ci_low, r.sensitivity_ci_high) == pytest.approx(clopper_pearson(r.tp, (y == 1).sum()))
+
+
+def test_operating_point_metrics_one_model_is_binary_metrics():
+    from her2lib.evaluate import operating_point_metrics
+    from her2lib.stats import binary_metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(60) < 0.4).astype(int)
+    p = np.clip(0.3 * y + rng.random(60) * 0.7, 0, 1)
+    a = operating_point_metrics(y, p, 0.5, n_boot=100)
+    b = binary_metrics(y, p, 0.5, n_boot=100).to_row()
+    assert a.pop("n_models") == 1 and a == b
+    # identical fold models: pooled metrics equal the single model's
+    c = operating_point_metrics(y, np.c_[p, p, p], 0.5, n_boot=100)
+    for k in ("tp", "fp", "sensitivity", "sensitivity_ci_low", "ppv", "npv_ci_high", "f1"):
+        assert c[k] == pytest.approx(b[k]), k
+
+
+def test_run_evaluation_with_per_fold_files(tmp_path):
+    from conftest import simulate_fold_models
+
+    d = simulate_fold_models(n_train=160, n_test=48, seed=4)
+    _write(d, tmp_path / "predictions")
+    run_fusion(tmp_path / "predictions", tmp_path / "tables", n_boot=50)
+    assert (tmp_path / "predictions" / "fusion_test_folds.csv").is_file()
+    run_evaluation(tmp_path / "predictions", tmp_path / "tables", tmp_path / "figures", n_boot=100, dpi=60)
+    perf = pd.read_csv(tmp_path / "tables" / "performance.csv")
+    assert (perf.n_models == 4).all()
+    folds = pd.read_csv(tmp_path / "tables" / "performance_fold_models.csv")
+    assert len(folds) == 12 and set(folds.model_fold) == {0, 1, 2, 3}
+    for _, r in perf.iterrows():
+        f = folds[folds.model == r.model]
+        assert r.sensitivity == pytest.approx(f.sensitivity.mean())  # averaged over the fold models
