@@ -5,14 +5,16 @@ Conventions (the same as pROC with ``direction = "<"``):
 
 * ``y_true`` holds 0/1 labels, 1 = HER2-positive (the "cases"); 0 = HER2-negative ("controls").
 * A **higher score means more likely positive**. A case and a control with equal scores count one half.
-* ``binary_metrics`` calls a patient positive when ``score >= threshold``.
+* ``binary_metrics`` calls a patient positive when ``score >= threshold``; ``threshold = -inf`` calls everyone
+  positive and ``+inf`` everyone negative (the two ends of pROC's threshold list).
 
 References these functions were checked against (``tests/test_stats_roc.py``):
 
 * pROC 1.18.0 (R 4.2): ``auc``, ``var(roc)``, ``ci.auc(method = "delong")`` and
   ``roc.test(method = "delong", paired = TRUE)`` with ``direction = "<"``; agreement to 1e-7 on random data
   with ties and unbalanced classes (fixtures in ``tests/fixtures/``, made by ``tests/fixtures/make_reference.R``).
-* pROC 1.18.0: ``roc.test(method = "delong", paired = FALSE)`` (to 1e-10).
+* pROC 1.18.0: ``roc.test(method = "delong", paired = FALSE)`` (to 1e-10) and
+  ``coords(roc, "best", best.method = "youden")`` (thresholds to 1e-12, including -Inf/Inf).
 * A brute-force all-pairs DeLong implementation (the definition, O(n_pos * n_neg)).
 * MedCalc's exact-binomial AUC interval as printed in the paper (AUC 464/551, 19 positive / 29 negative
   -> 0.708-0.931).
@@ -512,6 +514,7 @@ class BinaryMetrics:
     Attributes
     ----------
     threshold : float
+        May be ``-inf`` (everyone positive) or ``+inf`` (everyone negative).
     tp, fp, tn, fn : int
         Confusion counts (positive class = HER2-positive).
     accuracy, sensitivity, specificity, ppv, npv, f1 : Estimate
@@ -562,7 +565,8 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
         Higher = more likely positive.
     threshold : float
         A patient is called positive when ``score >= threshold`` (choose it on training/OOF data only, e.g.
-        with :func:`youden_threshold`).
+        with :func:`youden_threshold`). ``-inf`` calls everyone positive, ``+inf`` everyone negative (both can
+        come from :func:`youden_threshold`); NaN is refused.
     level : float, default 0.95
     n_boot, seed : int
         Resamples and seed of the F1 bootstrap interval.
@@ -580,8 +584,8 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
     ``TP* ~ Binomial(n_pos, TP / n_pos)``, ``FP* ~ Binomial(n_neg, FP / n_neg)``.
     """
     level = check_level(level)
-    if not isinstance(threshold, (int, float, np.integer, np.floating)) or not np.isfinite(threshold):
-        raise ParameterError(f"threshold must be a finite number; got {threshold!r}.")
+    if not isinstance(threshold, (int, float, np.integer, np.floating)) or np.isnan(threshold):
+        raise ParameterError(f"threshold must be a number (-inf and inf allowed; NaN is not); got {threshold!r}.")
     y, s = _validate(y_true, y_score)
     pred = s >= float(threshold)
     pos = y.astype(bool)
@@ -623,6 +627,21 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
     return BinaryMetrics(float(threshold), tp, fp, tn, fn, acc, sen, spe, ppv, npv, f1, tp + fn, tn + fp)
 
 
+def _proc_thresholds(u: np.ndarray) -> np.ndarray:
+    """pROC 1.18's thresholds (``roc.utils.thresholds``, direction ``"<"``) for sorted distinct scores ``u``.
+
+    ``-inf``, the midpoints of consecutive scores, ``+inf``. A midpoint is ``(a + b) / 2``, or ``a/2 + b/2`` where
+    that exceeds 1e100 in magnitude; a midpoint that rounds onto the lower score ``a`` is replaced by ``b``
+    (so ``score >= threshold`` still separates the two).
+    """
+    lo, hi = u[:-1], u[1:]
+    with np.errstate(over="ignore"):
+        mid = (lo + hi) / 2.0
+    mid = np.where(np.abs(mid) > 1e100, lo / 2.0 + hi / 2.0, mid)
+    mid = np.where(mid == lo, hi, mid)
+    return np.r_[-np.inf, mid, np.inf]
+
+
 def youden_threshold(y_true, y_score) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 (rule ``score >= threshold``).
 
@@ -636,25 +655,30 @@ def youden_threshold(y_true, y_score) -> float:
     Returns
     -------
     float
-        Candidates are the midpoints between consecutive distinct scores (as pROC's ``coords(..., "best")``), so
-        the threshold does not sit on a training patient's score. Among equal J the one with the highest
-        sensitivity (lowest threshold) wins. If all scores are equal, that score is returned. NaN (with a
-        warning) if a class is missing.
+        The threshold of pROC 1.18's ``coords(roc(y, s, direction = "<"), "best", best.method = "youden")``.
+        Candidates are pROC's thresholds: ``-inf`` (everyone positive, J = 0), the midpoints between consecutive
+        distinct scores (so the threshold never sits on a training patient's score) and ``+inf`` (everyone
+        negative, J = 0). So J at the returned threshold is never below 0: for wrong-way scores (AUC < 0.5) with
+        no cut of positive J, the result is ``-inf``. NaN (with a warning) if a class is missing.
+
+    Notes
+    -----
+    Ties: pROC returns every threshold of maximal J, in increasing order; we return the first, i.e. the lowest
+    threshold (highest sensitivity). When only the two ends tie (J = 0 everywhere else or below) that is
+    ``-inf``: call everyone positive. J is compared exactly, as the integer ``TP * n_neg + TN * n_pos``
+    (pROC compares the floating-point sums ``se + sp``; the two can differ only for J values equal up to rounding).
+    Callers must accept ``±inf`` (:func:`binary_metrics` does).
     """
     y, s = _validate(y_true, y_score)
     if not _both_classes(y, "Youden's threshold"):
         return float("nan")
-    u = np.unique(s)
-    if u.size == 1:
-        return float(u[0])
-    cand = (u[:-1] + u[1:]) / 2.0
+    cand = _proc_thresholds(np.unique(s))
     pos = y.astype(bool)
-    m = pos.sum()
-    n = y.shape[0] - m
+    m = int(pos.sum())
+    n = int(y.shape[0] - m)
     # count of positives / negatives with score >= candidate, via sorting: O(N log N)
     xs, ys = np.sort(s[pos]), np.sort(s[~pos])
     tp = m - np.searchsorted(xs, cand, side="left")
-    fp = n - np.searchsorted(ys, cand, side="left")
-    j = tp / m + (n - fp) / n - 1.0
-    best = np.flatnonzero(j >= j.max() - 1e-12)
-    return float(cand[best[0]])
+    tn = np.searchsorted(ys, cand, side="left")
+    j = tp.astype(np.int64) * n + tn.astype(np.int64) * m  # (J + 1) * m * n, exact
+    return float(cand[int(np.argmax(j))])
