@@ -265,9 +265,11 @@ def test_youden_threshold():
     t = youden_threshold(y, s)
     u = np.unique(s)
     js = [((s >= c) & (y == 1)).sum() / y.sum() + ((s < c) & (y == 0)).sum() / (1 - y).sum() - 1
-          for c in (u[:-1] + u[1:]) / 2]
+          for c in np.r_[-np.inf, (u[:-1] + u[1:]) / 2, np.inf]]
     pred = s >= t
     assert (pred & (y == 1)).sum() / y.sum() + (~pred & (y == 0)).sum() / (1 - y).sum() - 1 == pytest.approx(max(js))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert youden_threshold([0, 1], [0.3, 0.3]) == 0.3
+        # all scores equal: only -inf and +inf (J = 0) are candidates, as pROC; the first (-inf) is returned
+        # (was 0.3 before pROC's +-inf candidates were added; same calls, since everyone is positive either way)
+        assert youden_threshold([0, 1], [0.3, 0.3]) == -np.inf

@@ -1,19 +1,27 @@
-"""Statistics of the paper (*Statistical analysis*): cohort tables with the paper's test rule and ROC statistics.
+"""Statistics of the paper (*Statistical analysis*): cohort tables with the paper's test rule, ROC statistics and
+calibration.
 
-* :mod:`her2lib.stats.tables` — ``categorical_test``, ``continuous_test``, ``cohort_table`` (Tables 1-3).
-* :mod:`her2lib.stats.roc` — ``auc``, ``delong_test``, ``auc_ci``, ``binary_metrics``, ``youden_threshold``.
+* :mod:`her2lib.stats.tables` — ``categorical_test``, ``continuous_test`` (Student's t or Mann-Whitney with R's
+  ``wilcox.test`` default: exact P without ties when both groups have < 50 values), ``cohort_table`` (Tables 1-3).
+* :mod:`her2lib.stats.roc` — ``auc``, ``delong_test`` (paired), ``delong_test_unpaired``, ``auc_ci``,
+  ``binary_metrics`` (F1 interval from mid-P confidence distributions), ``youden_threshold`` (pROC's
+  ``coords(..., "best")``, ``±inf`` included).
+* :mod:`her2lib.stats.calibration` — ``calibration``: calibration intercept (calibration-in-the-large) and slope
+  (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score.
 
-Checked against R 4.2 / pROC 1.18 (to 1e-7), brute force, and every categorical P value of the paper's
-Tables 1-3 (see ``tests/test_stats_*.py``).
+Checked against R 4.2 / pROC 1.18 (``tests/fixtures/make_reference.R``), statsmodels, brute force, and every
+categorical P value of the paper's Tables 1-3 (see ``tests/test_stats_*.py``).
 """
 
-from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, auc, auc_ci, binary_metrics,
-                  delong_placements, delong_test, youden_threshold)
+from .calibration import CalibrationResult, calibration
+from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, UnpairedDeLongResult, auc, auc_ci,
+                  binary_metrics, delong_placements, delong_test, delong_test_unpaired, youden_threshold)
 from .tables import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, cohort_tables,
                      compare_with_paper, continuous_test, fisher_exact_rx2, format_pvalue, paper_variables,
                      table_tests, write_cohort_tables)
 
-__all__ = ["auc", "delong_test", "DeLongResult", "delong_placements", "auc_ci", "AUCInterval", "binary_metrics",
-           "BinaryMetrics", "Estimate", "youden_threshold", "categorical_test", "continuous_test", "TestResult",
-           "fisher_exact_rx2", "cohort_table", "cohort_tables", "write_cohort_tables", "table_tests", "compare_with_paper", "paper_variables", "Variable",
-           "PAPER_PVALUES", "format_pvalue"]
+__all__ = ["auc", "delong_test", "DeLongResult", "delong_test_unpaired", "UnpairedDeLongResult",
+           "delong_placements", "auc_ci", "AUCInterval", "binary_metrics", "BinaryMetrics", "Estimate",
+           "youden_threshold", "calibration", "CalibrationResult", "categorical_test", "continuous_test",
+           "TestResult", "fisher_exact_rx2", "cohort_table", "cohort_tables", "write_cohort_tables", "table_tests",
+           "compare_with_paper", "paper_variables", "Variable", "PAPER_PVALUES", "format_pvalue"]

@@ -1,23 +1,28 @@
-"""ROC statistics (paper, *Statistical analysis*): AUC, the paired DeLong test, AUC confidence intervals,
-threshold metrics and Youden's threshold.
+"""ROC statistics (paper, *Statistical analysis*): AUC, the paired and unpaired DeLong tests, AUC confidence
+intervals, threshold metrics and Youden's threshold.
 
 Conventions (the same as pROC with ``direction = "<"``):
 
 * ``y_true`` holds 0/1 labels, 1 = HER2-positive (the "cases"); 0 = HER2-negative ("controls").
 * A **higher score means more likely positive**. A case and a control with equal scores count one half.
-* ``binary_metrics`` calls a patient positive when ``score >= threshold``.
+* ``binary_metrics`` calls a patient positive when ``score >= threshold``; ``threshold = -inf`` calls everyone
+  positive and ``+inf`` everyone negative (the two ends of pROC's threshold list).
 
 References these functions were checked against (``tests/test_stats_roc.py``):
 
 * pROC 1.18.0 (R 4.2): ``auc``, ``var(roc)``, ``ci.auc(method = "delong")`` and
   ``roc.test(method = "delong", paired = TRUE)`` with ``direction = "<"``; agreement to 1e-7 on random data
   with ties and unbalanced classes (fixtures in ``tests/fixtures/``, made by ``tests/fixtures/make_reference.R``).
+* pROC 1.18.0: ``roc.test(method = "delong", paired = FALSE)`` (to 1e-10) and
+  ``coords(roc, "best", best.method = "youden")`` (thresholds to 1e-12, including -Inf/Inf).
 * A brute-force all-pairs DeLong implementation (the definition, O(n_pos * n_neg)).
 * MedCalc's exact-binomial AUC interval as printed in the paper (AUC 464/551, 19 positive / 29 negative
   -> 0.708-0.931).
 
 The DeLong computations use the midrank algorithm of Sun & Xu (2014), *IEEE Signal Processing Letters*
-21(11):1389-1393: O(N log N) time and O(N) memory.
+21(11):1389-1393: O(N log N) time and O(N) memory. DeLong, DeLong & Clarke-Pearson (1988), *Biometrics*
+44(3):837-845. The F1 interval uses mid-P confidence distributions of the two binomial proportions (Berry &
+Armitage 1995, *The Statistician* 44(4):417-423; Schweder & Hjort 2016, *Confidence, Likelihood, Probability*).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from scipy import stats as _st
 from ..errors import DataError, ParameterError, UndefinedMetricWarning
 from ._common import as_binary_labels, as_scores, check_level, clopper_pearson
 
-__all__ = ["auc", "delong_placements", "delong_test", "DeLongResult", "auc_ci", "AUCInterval",
+__all__ = ["auc", "delong_placements", "delong_test", "DeLongResult", "delong_test_unpaired",
+           "UnpairedDeLongResult", "auc_ci", "AUCInterval",
            "binary_metrics", "BinaryMetrics", "Estimate", "youden_threshold"]
 
 AUC_CI_METHODS = ("delong", "exact-binomial", "bootstrap")
@@ -250,6 +256,128 @@ def delong_test(y_true, score_a, score_b, level: float = 0.95) -> DeLongResult:
                         n_pos=m, n_neg=n)
 
 
+@dataclass(frozen=True)
+class UnpairedDeLongResult:
+    """DeLong test of two AUCs from independent samples (pROC ``roc.test(method = "delong", paired = FALSE)``).
+
+    Attributes
+    ----------
+    auc_a, auc_b : float
+        AUCs of the two samples.
+    diff : float
+        ``auc_a - auc_b``.
+    statistic : float
+        ``D = diff / sqrt(var_a + var_b)`` (pROC's ``D``).
+    df : float
+        Welch-Satterthwaite-type degrees of freedom as pROC computes them:
+        ``(var_a + var_b)^2 / (var_a^2 / (N_a - 1) + var_b^2 / (N_b - 1))`` with ``N`` the patients of a sample.
+    pvalue : float
+        Two-sided ``2 * P(T_df <= -|D|)``.
+    var_a, var_b : float
+        DeLong variances of the two AUCs (pROC ``var(roc)``).
+    n_pos_a, n_neg_a, n_pos_b, n_neg_b : int
+        Cases (HER2-positive) and controls of each sample.
+    method : str
+
+    Notes
+    -----
+    pROC 1.18 gives no confidence interval for the unpaired test, so none is reported here.
+    """
+
+    auc_a: float
+    auc_b: float
+    diff: float
+    statistic: float
+    df: float
+    pvalue: float
+    var_a: float
+    var_b: float
+    n_pos_a: int
+    n_neg_a: int
+    n_pos_b: int
+    n_neg_b: int
+    method: str = ("DeLong's test for two unpaired ROC curves: D = diff / sqrt(V_a + V_b), t distribution with "
+                   "Welch-type df (pROC 1.18 roc.test, paired = FALSE, direction '<')")
+
+    def to_row(self) -> dict:
+        """Flat dict of all fields."""
+        return asdict(self)
+
+
+def _delong_var(pos: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """AUC and DeLong variance in pROC's order of operations (``delong.unpaired.test``)."""
+    m = int(pos.sum())
+    n = pos.shape[0] - m
+    theta, x, yv = _placements(pos, s)
+    sx = np.sum((x - theta) * (x - theta)) / (m - 1)
+    sy = np.sum((yv - theta) * (yv - theta)) / (n - 1)
+    return theta, sx / m + sy / n
+
+
+def delong_test_unpaired(y_true_a, score_a, y_true_b, score_b) -> UnpairedDeLongResult:
+    """DeLong test comparing the AUCs of two independent samples (different patients).
+
+    Parameters
+    ----------
+    y_true_a : array-like of 0/1, shape (n_patients_a,)
+        Labels of sample a, 1 = HER2-positive.
+    score_a : array-like of float, shape (n_patients_a,)
+        Scores of sample a; higher = more likely positive.
+    y_true_b : array-like of 0/1, shape (n_patients_b,)
+    score_b : array-like of float, shape (n_patients_b,)
+
+    Returns
+    -------
+    UnpairedDeLongResult
+        ``statistic = (AUC_a - AUC_b) / sqrt(V_a + V_b)``, ``df`` and the two-sided t P value as pROC.
+        If ``V_a + V_b = 0`` (e.g. both AUCs 0 or 1) the statistic is ``0/0 = NaN`` or ``±inf``, and ``df`` and
+        ``pvalue`` are NaN, as pROC returns; an :class:`~her2lib.errors.UndefinedMetricWarning` says so.
+
+    Raises
+    ------
+    DataError
+        Labels not 0/1, lengths differ, a score not finite, or a sample with fewer than 2 patients in a class.
+
+    Notes
+    -----
+    Reproduces pROC 1.18 ``roc.test(roc(y_a, a, direction = "<"), roc(y_b, b, direction = "<"),
+    method = "delong", paired = FALSE)`` (``delong.unpaired.test``): per sample ``V = S10 / m + S01 / n`` with
+    ``S10``, ``S01`` the variances (denominator ``m - 1``, ``n - 1``) of the placement values (Sun & Xu midranks);
+    ``df = (V_a + V_b)^2 / (V_a^2 / (N_a - 1) + V_b^2 / (N_b - 1))`` with ``N`` the sample's patients (not its
+    cases or controls); ``P = 2 * pt(-|D|, df)``. pROC computes no confidence interval for this test.
+    Checked against pROC fixtures to 1e-10 (``tests/test_stats_unpaired.py``).
+    """
+    ya = as_binary_labels(y_true_a, "y_true_a")
+    a = as_scores(score_a, ya.shape[0], "score_a")
+    yb = as_binary_labels(y_true_b, "y_true_b")
+    b = as_scores(score_b, yb.shape[0], "score_b")
+    counts = []
+    for name, y in (("a", ya), ("b", yb)):
+        m = int(y.sum())
+        n = int(y.shape[0] - m)
+        if m < 2 or n < 2:
+            raise DataError(f"The unpaired DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients "
+                            f"in each sample; sample {name} has n_pos={m}, n_neg={n}. Use a larger sample.")
+        counts += [m, n]
+    ta, va = _delong_var(ya.astype(bool), a)
+    tb, vb = _delong_var(yb.astype(bool), b)
+    v = va + vb
+    d = ta - tb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = float(np.float64(d) / np.sqrt(np.float64(v)))
+        df = float(np.float64(v) ** 2 / (va ** 2 / (ya.shape[0] - 1) + vb ** 2 / (yb.shape[0] - 1)))
+    if v > 0:
+        p = float(2.0 * _st.t.cdf(-abs(stat), df))
+    else:
+        warnings.warn(f"Both DeLong variances are 0 (AUC_a = {ta:.6g}, AUC_b = {tb:.6g}); the unpaired test's "
+                      "statistic, df and P value are undefined (NaN, as pROC returns).", UndefinedMetricWarning,
+                      stacklevel=2)
+        p = float("nan")
+    return UnpairedDeLongResult(auc_a=ta, auc_b=tb, diff=d, statistic=stat, df=df, pvalue=p, var_a=float(va),
+                                var_b=float(vb), n_pos_a=counts[0], n_neg_a=counts[1], n_pos_b=counts[2],
+                                n_neg_b=counts[3])
+
+
 # --------------------------------------------------------------------------------------------------- AUC CI
 @dataclass(frozen=True)
 class AUCInterval:
@@ -387,11 +515,12 @@ class BinaryMetrics:
     Attributes
     ----------
     threshold : float
+        May be ``-inf`` (everyone positive) or ``+inf`` (everyone negative).
     tp, fp, tn, fn : int
         Confusion counts (positive class = HER2-positive).
     accuracy, sensitivity, specificity, ppv, npv, f1 : Estimate
-        Proportions with exact Clopper-Pearson intervals; F1 (not a binomial proportion) with a seeded
-        stratified bootstrap interval.
+        Proportions with exact Clopper-Pearson intervals; F1 (not a binomial proportion) with a seeded mid-P
+        confidence-distribution interval (:func:`binary_metrics`).
     n_pos, n_neg : int
     method : str
     """
@@ -409,7 +538,8 @@ class BinaryMetrics:
     f1: Estimate
     n_pos: int
     n_neg: int
-    method: str = "score >= threshold is positive; Clopper-Pearson CIs; F1 CI by stratified bootstrap"
+    method: str = ("score >= threshold is positive; Clopper-Pearson CIs; F1 CI from mid-P confidence distributions "
+                   "of sensitivity and false-positive rate")
 
     METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 
@@ -425,6 +555,40 @@ class BinaryMetrics:
         return row
 
 
+def _midp_draws(k: int, size: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Draws from the mid-P confidence distribution of a binomial proportion ``k / size``.
+
+    The mid-P P-value function ``P(X > k) + P(X = k) / 2`` is the CDF of the equal mixture of ``Beta(k, size-k+1)``
+    (``P(X >= k)``) and ``Beta(k+1, size-k)`` (``P(X >= k+1)``); ``Beta(0, .)`` is a point mass at 0 and
+    ``Beta(., 0)`` one at 1.
+    """
+    upper = rng.random(n_draws) < 0.5
+    a = np.where(upper, k + 1, k).astype(float)
+    b = np.where(upper, size - k, size - k + 1).astype(float)
+    out = np.empty(n_draws)
+    zero, one = a == 0, b == 0
+    ok = ~(zero | one)
+    out[zero] = 0.0
+    out[one] = 1.0
+    out[ok] = rng.beta(a[ok], b[ok])
+    return out
+
+
+def _f1_interval(tp: int, fp: int, m: int, n: int, level: float, n_draws: int, seed) -> tuple[float, float]:
+    """Percentile interval of F1 under independent mid-P confidence distributions of sensitivity and FPR."""
+    rng = np.random.default_rng(seed)
+    sens = _midp_draws(tp, m, n_draws, rng)
+    fpr = _midp_draws(fp, n, n_draws, rng)
+    num = 2.0 * m * sens
+    den = num + n * fpr + m * (1.0 - sens)
+    ok = den > 0
+    f1 = num[ok] / den[ok]
+    if f1.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(f1, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boot: int = 2000,
                    seed: int = 0) -> BinaryMetrics:
     """Accuracy, sensitivity, specificity, PPV, NPV and F1 at a fixed threshold, with confidence intervals.
@@ -437,10 +601,13 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
         Higher = more likely positive.
     threshold : float
         A patient is called positive when ``score >= threshold`` (choose it on training/OOF data only, e.g.
-        with :func:`youden_threshold`).
+        with :func:`youden_threshold`). ``-inf`` calls everyone positive, ``+inf`` everyone negative (both can
+        come from :func:`youden_threshold`); NaN is refused.
     level : float, default 0.95
-    n_boot, seed : int
-        Resamples and seed of the F1 bootstrap interval.
+    n_boot : int, default 2000
+        Monte Carlo draws of the F1 interval (the name is kept from the earlier bootstrap interval).
+    seed : int, default 0
+        Seed of those draws (``numpy.random.default_rng(seed)``); same seed, same interval.
 
     Returns
     -------
@@ -450,13 +617,23 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
 
     Notes
     -----
-    Proportions get exact Clopper-Pearson intervals. F1 = 2TP / (2TP + FP + FN) gets a percentile interval from
-    a stratified bootstrap at the fixed threshold, drawn exactly as resampling patients within each class:
-    ``TP* ~ Binomial(n_pos, TP / n_pos)``, ``FP* ~ Binomial(n_neg, FP / n_neg)``.
+    Proportions get exact Clopper-Pearson intervals. F1 = 2TP / (2TP + FP + FN) is a function of sensitivity
+    ``s`` and false-positive rate ``f`` given the ``m`` positives and ``n`` negatives:
+    ``F1 = 2 m s / (2 m s + n f + m (1 - s))``. Its interval is the ``(1-level)/2`` and ``1-(1-level)/2``
+    percentiles of F1 over ``n_boot`` independent draws of ``s`` and ``f`` from their mid-P confidence
+    distributions (equal mixtures of ``Beta(k, N-k+1)`` and ``Beta(k+1, N-k)``, whose CDF is the mid-P P-value
+    function; Berry & Armitage 1995). Unlike a bootstrap at the fixed threshold (or the binomial redraw of TP and
+    FP used before), it keeps a non-zero width when FP = 0 and sensitivity = 1 (upper limit 1). Coverage, computed
+    exactly over all (TP, FP) outcomes for sensitivity/specificity from 0.5 to 1 and 5/8 to 150/300 patients:
+    0.92-0.99 for a nominal 0.95 (``tests/test_stats_f1.py``). A Jeffreys version (``Beta(k+1/2, N-k+1/2)``) was
+    rejected: coverage 0.83 at sensitivity 0.99, specificity 1, and 0 when both are 1.
     """
     level = check_level(level)
-    if not isinstance(threshold, (int, float, np.integer, np.floating)) or not np.isfinite(threshold):
-        raise ParameterError(f"threshold must be a finite number; got {threshold!r}.")
+    if not isinstance(threshold, (int, float, np.integer, np.floating)) or np.isnan(threshold):
+        raise ParameterError(f"threshold must be a number (-inf and inf allowed; NaN is not); got {threshold!r}.")
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise ParameterError(f"n_boot (F1 interval draws) must be an integer >= 10 (2000 recommended); "
+                             f"got {n_boot!r}.")
     y, s = _validate(y_true, y_score)
     pred = s >= float(threshold)
     pos = y.astype(bool)
@@ -479,23 +656,31 @@ def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boo
     ppv = prop("PPV", tp, tp + fp)
     npv = prop("NPV", tn, tn + fn)
     den = 2 * tp + fp + fn
+    f1_method = (f"percentiles of F1 over {n_boot} draws of sensitivity and false-positive rate from their mid-P "
+                 f"binomial confidence distributions (seed {seed})")
     if den == 0:
         warnings.warn("F1 is undefined (no positive patient and no positive call); returning NaN.",
                       UndefinedMetricWarning, stacklevel=2)
-        f1 = Estimate(float("nan"), (float("nan"),) * 2 + (level,), "bootstrap", 2 * tp, den)
+        f1 = Estimate(float("nan"), (float("nan"),) * 2 + (level,), f1_method, 2 * tp, den)
     else:
-        m, n = tp + fn, tn + fp
-        rng = np.random.default_rng(seed)
-        tpb = rng.binomial(m, tp / m, size=n_boot) if m else np.zeros(n_boot)
-        fpb = rng.binomial(n, fp / n, size=n_boot) if n else np.zeros(n_boot)
-        denb = 2 * tpb + fpb + (m - tpb)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1b = np.where(denb > 0, 2 * tpb / np.where(denb > 0, denb, 1), np.nan)
-        f1b = f1b[np.isfinite(f1b)]
-        lo, hi = np.quantile(f1b, [(1 - level) / 2, 1 - (1 - level) / 2])
-        f1 = Estimate(2 * tp / den, (float(lo), float(hi), level),
-                      f"stratified bootstrap ({n_boot} resamples, seed {seed})", 2 * tp, den)
+        lo, hi = _f1_interval(tp, fp, tp + fn, tn + fp, level, int(n_boot), seed)
+        f1 = Estimate(2 * tp / den, (lo, hi, level), f1_method, 2 * tp, den)
     return BinaryMetrics(float(threshold), tp, fp, tn, fn, acc, sen, spe, ppv, npv, f1, tp + fn, tn + fp)
+
+
+def _proc_thresholds(u: np.ndarray) -> np.ndarray:
+    """pROC 1.18's thresholds (``roc.utils.thresholds``, direction ``"<"``) for sorted distinct scores ``u``.
+
+    ``-inf``, the midpoints of consecutive scores, ``+inf``. A midpoint is ``(a + b) / 2``, or ``a/2 + b/2`` where
+    that exceeds 1e100 in magnitude; a midpoint that rounds onto the lower score ``a`` is replaced by ``b``
+    (so ``score >= threshold`` still separates the two).
+    """
+    lo, hi = u[:-1], u[1:]
+    with np.errstate(over="ignore"):
+        mid = (lo + hi) / 2.0
+    mid = np.where(np.abs(mid) > 1e100, lo / 2.0 + hi / 2.0, mid)
+    mid = np.where(mid == lo, hi, mid)
+    return np.r_[-np.inf, mid, np.inf]
 
 
 def youden_threshold(y_true, y_score) -> float:
@@ -511,25 +696,30 @@ def youden_threshold(y_true, y_score) -> float:
     Returns
     -------
     float
-        Candidates are the midpoints between consecutive distinct scores (as pROC's ``coords(..., "best")``), so
-        the threshold does not sit on a training patient's score. Among equal J the one with the highest
-        sensitivity (lowest threshold) wins. If all scores are equal, that score is returned. NaN (with a
-        warning) if a class is missing.
+        The threshold of pROC 1.18's ``coords(roc(y, s, direction = "<"), "best", best.method = "youden")``.
+        Candidates are pROC's thresholds: ``-inf`` (everyone positive, J = 0), the midpoints between consecutive
+        distinct scores (so the threshold never sits on a training patient's score) and ``+inf`` (everyone
+        negative, J = 0). So J at the returned threshold is never below 0: for wrong-way scores (AUC < 0.5) with
+        no cut of positive J, the result is ``-inf``. NaN (with a warning) if a class is missing.
+
+    Notes
+    -----
+    Ties: pROC returns every threshold of maximal J, in increasing order; we return the first, i.e. the lowest
+    threshold (highest sensitivity). When only the two ends tie (J = 0 everywhere else or below) that is
+    ``-inf``: call everyone positive. J is compared exactly, as the integer ``TP * n_neg + TN * n_pos``
+    (pROC compares the floating-point sums ``se + sp``; the two can differ only for J values equal up to rounding).
+    Callers must accept ``±inf`` (:func:`binary_metrics` does).
     """
     y, s = _validate(y_true, y_score)
     if not _both_classes(y, "Youden's threshold"):
         return float("nan")
-    u = np.unique(s)
-    if u.size == 1:
-        return float(u[0])
-    cand = (u[:-1] + u[1:]) / 2.0
+    cand = _proc_thresholds(np.unique(s))
     pos = y.astype(bool)
-    m = pos.sum()
-    n = y.shape[0] - m
+    m = int(pos.sum())
+    n = int(y.shape[0] - m)
     # count of positives / negatives with score >= candidate, via sorting: O(N log N)
     xs, ys = np.sort(s[pos]), np.sort(s[~pos])
     tp = m - np.searchsorted(xs, cand, side="left")
-    fp = n - np.searchsorted(ys, cand, side="left")
-    j = tp / m + (n - fp) / n - 1.0
-    best = np.flatnonzero(j >= j.max() - 1e-12)
-    return float(cand[best[0]])
+    tn = np.searchsorted(ys, cand, side="left")
+    j = tp.astype(np.int64) * n + tn.astype(np.int64) * m  # (J + 1) * m * n, exact
+    return float(cand[int(np.argmax(j))])

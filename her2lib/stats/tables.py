@@ -9,12 +9,15 @@ The paper says "chi-squared test or Fisher's exact test, as appropriate". Its 25
 4. where the chosen test gives P = 1 exactly, the paper printed the uncorrected Pearson chi-square instead
    (HER2 status, Table 1: Yates P = 1 -> printed 0.933; No. of lesions, Table 3: Fisher P = 1 -> printed 0.791).
 
-Continuous variables: Shapiro-Wilk in each group; both normal (alpha 0.05) -> Student's t-test and
-"mean ± SD", otherwise Mann-Whitney U and "median (Q1, Q3)". P values of a table are Bonferroni-adjusted across
+Continuous variables: Shapiro-Wilk in each group; both normal (alpha 0.05) -> Student's t-test (pooled variance)
+and "mean ± SD", otherwise Mann-Whitney U and "median (Q1, Q3)", with R's ``wilcox.test`` default P value: exact
+when there are no ties and both groups have fewer than 50 values, otherwise the normal approximation with
+continuity correction and tie-corrected variance. P values of a table are Bonferroni-adjusted across
 its variables (statsmodels ``multipletests``).
 
 The exact Fisher test is our own enumeration (scipy's ``fisher_exact`` on tables larger than 2x2 is a Monte Carlo
-estimate); it was checked against R 4.2 ``fisher.test`` to 1e-7 (``tests/fixtures/``).
+estimate); it was checked against R 4.2 ``fisher.test`` to 1e-7 (``tests/fixtures/``). The continuous tests were
+checked against R 4.2 ``wilcox.test`` and ``t.test(var.equal = TRUE)`` to 1e-12.
 """
 
 from __future__ import annotations
@@ -296,7 +299,92 @@ def _shapiro_normal(a: np.ndarray, alpha: float) -> tuple[bool, str]:
     return p >= alpha, f"Shapiro-Wilk P={p:.3g}"
 
 
-def continuous_test(a, b, alpha: float = 0.05) -> TestResult:
+@lru_cache(maxsize=256)
+def _wilcox_counts(m: int, n: int) -> tuple[int, ...]:
+    """Number of arrangements giving each rank-sum statistic ``W = 0 .. m*n`` (no ties), as exact integers.
+
+    The generating function of ``W`` is the Gaussian binomial ``prod_{i=1..m} (1 - q^(n+i)) / (1 - q^i)``:
+    multiply out the numerator, then divide by each ``(1 - q^i)`` (a running sum with lag ``i``).
+    """
+    size = m * n + 1  # only the coefficients of q^0 .. q^(m n) are needed: truncated power series
+    poly = [0] * size
+    poly[0] = 1
+    for i in range(1, m + 1):  # multiply by (1 - q^(n+i))
+        k = n + i
+        for d in range(size - 1, k - 1, -1):
+            poly[d] -= poly[d - k]
+    for i in range(1, m + 1):  # divide by (1 - q^i): b[d] = a[d] + b[d - i]
+        for d in range(i, size):
+            poly[d] += poly[d - i]
+    return tuple(poly[:size])
+
+
+def _pwilcox(w: int, m: int, n: int) -> Fraction:
+    """``P(W <= w)`` of the Wilcoxon rank-sum statistic without ties (R's ``pwilcox``), exactly."""
+    counts = _wilcox_counts(m, n)
+    if w < 0:
+        return Fraction(0)
+    w = min(w, m * n)
+    return Fraction(sum(counts[: w + 1]), sum(counts))
+
+
+def _mann_whitney_r(a, b) -> tuple[float, float, str]:
+    """Two-sided Wilcoxon rank-sum / Mann-Whitney test exactly as R 4.2's ``wilcox.test(a, b)`` default.
+
+    Parameters
+    ----------
+    a, b : ndarray of float, shapes (n_a,), (n_b,)
+        Finite values (validated by the caller).
+
+    Returns
+    -------
+    W : float
+        ``sum(rank(a)) - n_a (n_a + 1) / 2`` (R's ``W``, scipy's ``U`` of the first sample).
+    pvalue : float
+        NaN when every value is equal (R gives NA).
+    variant : str
+        ``"exact P value (no ties, both n < 50)"`` or ``"normal approximation with continuity correction (...)"``
+        saying why (ties, or a group with 50 or more values).
+
+    Notes
+    -----
+    * No ties and both groups with fewer than 50 values: exact P,
+      ``min(1, 2 * P(W' >= W))`` if ``W > n_a n_b / 2`` else ``min(1, 2 * P(W' <= W))`` from the exact null
+      distribution (R's ``pwilcox``; here exact integer counts).
+    * Otherwise: ``z = (W - n_a n_b / 2 - sign(.) / 2) / sigma`` with
+      ``sigma^2 = n_a n_b / 12 * ((N + 1) - sum(t^3 - t) / (N (N - 1)))`` (``t`` = sizes of tied groups),
+      ``P = 2 * min(Phi(z), 1 - Phi(z))``.
+    """
+    na, nb = int(a.size), int(b.size)
+    r = _st.rankdata(np.concatenate([a, b]), method="average")
+    w = float(r[:na].sum() - na * (na + 1) / 2.0)
+    _, tcounts = np.unique(r, return_counts=True)
+    ties = tcounts.size != r.size
+    if na < 50 and nb < 50 and not ties:
+        wi = int(round(w))
+        if w > na * nb / 2.0:
+            p1 = 1 - _pwilcox(wi - 1, na, nb)
+        else:
+            p1 = _pwilcox(wi, na, nb)
+        return w, float(min(2 * p1, Fraction(1))), "exact P value (no ties, both n < 50)"
+    why = "ties" if ties else "a group with n >= 50"
+    variant = f"normal approximation with continuity correction ({why}; tie-corrected variance)"
+    z = w - na * nb / 2.0
+    ntot = na + nb
+    sigma = math.sqrt((na * nb / 12.0) * ((ntot + 1) - float(np.sum(tcounts.astype(float) ** 3 - tcounts))
+                                          / (ntot * (ntot - 1))))
+    if sigma == 0:
+        return w, float("nan"), variant + "; all values equal, P undefined"
+    z = (z - np.sign(z) * 0.5) / sigma
+    p = 2.0 * min(_st.norm.cdf(z), _st.norm.sf(z))
+    return w, float(p), variant
+
+
+CONTINUOUS_METHODS = ("student_t", "mann_whitney")
+
+
+def continuous_test(a, b, alpha: float = 0.05,
+                    method: Literal["student_t", "mann_whitney"] | None = None) -> TestResult:
     """Compare a continuous variable between two groups with the paper's rule.
 
     Parameters
@@ -305,28 +393,54 @@ def continuous_test(a, b, alpha: float = 0.05) -> TestResult:
         Values of the two groups (no missing values; at least 2 each).
     alpha : float, default 0.05
         Shapiro-Wilk significance level for "normal".
+    method : {None, "student_t", "mann_whitney"}
+        ``None`` applies the paper's rule (Shapiro-Wilk in both groups); a name forces that test (the Shapiro-Wilk
+        P values are still reported in ``reason``).
 
     Returns
     -------
     TestResult
-        ``method="student_t"`` (two-sided, pooled variance) when both groups pass Shapiro-Wilk (P >= alpha),
-        otherwise ``method="mann_whitney"`` (two-sided; scipy's default exact/asymptotic choice, with continuity
-        correction). ``reason`` gives both Shapiro-Wilk P values.
+        ``method="student_t"`` (two-sided, pooled variance: R's ``t.test(a, b, var.equal = TRUE)``) when both
+        groups pass Shapiro-Wilk (P >= alpha), otherwise ``method="mann_whitney"`` with R's
+        ``wilcox.test(a, b)`` default (statistic ``W`` = U of group ``a``):
+
+        * no ties and both groups with fewer than 50 values -> exact P value;
+        * otherwise -> normal approximation with continuity correction and the tie-corrected variance.
+
+        ``reason`` gives both Shapiro-Wilk P values and, for Mann-Whitney, which P value was computed.
+        All values equal -> P is NaN (R: NA).
+
+    Notes
+    -----
+    scipy's ``mannwhitneyu`` default differs from R (it takes the normal approximation for most sample sizes
+    without ties, e.g. 13 vs 16 values); the paper's software printed R-style P values. Checked against R 4.2
+    ``wilcox.test`` and ``t.test(var.equal = TRUE)`` to 1e-12 (``tests/test_stats_wilcox.py``).
     """
     if not (0 < alpha < 1):
         raise ParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
+    if method is not None and method not in CONTINUOUS_METHODS:
+        import difflib
+        close = difflib.get_close_matches(str(method), CONTINUOUS_METHODS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ParameterError(f"continuous_test method must be None or one of {CONTINUOUS_METHODS}; "
+                             f"got {method!r}.{hint}")
     xa, xb = _clean(a, "a"), _clean(b, "b")
     na, ra = _shapiro_normal(xa, alpha)
     nb_, rb = _shapiro_normal(xb, alpha)
     why = f"group 1: {ra}; group 2: {rb}"
+    if method is not None:
+        why = f"requested ({why})"
+    elif na and nb_:
+        why = f"both groups normal ({why})"
+    else:
+        why = f"not both normal ({why})"
     n = (int(xa.size), int(xb.size))
-    if na and nb_:
+    if method == "student_t" or (method is None and na and nb_):
         r = _st.ttest_ind(xa, xb, equal_var=True)
         return TestResult("student_t", float(r.statistic), float(r.pvalue), float(xa.size + xb.size - 2),
-                          f"both groups normal ({why})", n)
-    r = _st.mannwhitneyu(xa, xb, alternative="two-sided")
-    return TestResult("mann_whitney", float(r.statistic), float(r.pvalue), None,
-                      f"not both normal ({why})", n)
+                          f"{why}; pooled-variance t-test", n)
+    w, p, variant = _mann_whitney_r(xa, xb)
+    return TestResult("mann_whitney", w, p, None, f"{why}; {variant}; R wilcox.test default", n)
 
 
 # --------------------------------------------------------------------------------------------------- variables
