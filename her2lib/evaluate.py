@@ -281,36 +281,29 @@ def calibration_curve(y, p, n_bins: int = 5, strategy: str = "quantile", level: 
     return pd.DataFrame(rows)
 
 
-def calibration_summary(y, p) -> dict:
-    """Brier score, mean predicted vs observed prevalence, and the logistic calibration intercept and slope.
+def calibration_summary(y, p, level: float = 0.95) -> dict:
+    """Calibration-in-the-large, calibration slope (each with its CI) and Brier score of one model
+    (:func:`her2lib.stats.calibration`), as the flat columns of ``calibration.csv``.
 
     Returns
     -------
     dict
-        ``brier, brier_reference`` (the prevalence forecast ``prev * (1 - prev)``), ``mean_predicted_overall``,
-        ``observed_rate``, ``calibration_intercept`` and ``calibration_slope`` (logistic regression of y on
-        ``logit(p)``; slope 1 and intercept 0 = perfectly calibrated; NaN when the fit does not exist).
+        ``n_patients, brier, brier_reference`` (the prevalence forecast ``prev * (1 - prev)``),
+        ``mean_predicted_overall, observed_rate``, ``calibration_intercept`` (logistic ``y ~ 1 + offset(logit p)``:
+        0 = on average right, > 0 = predictions too low) with ``_ci_low/_ci_high``, ``calibration_slope``
+        (logistic ``y ~ a + b logit p``: 1 = right spread, < 1 = too extreme) with ``_ci_low/_ci_high``,
+        ``calibration_ci_level`` and ``calibration_method``. NaN where a fit does not exist (one class, separation).
     """
-    import warnings
-
-    import statsmodels.api as sm
-
-    from .fusion import logit
+    from .stats import calibration
 
     y, p = _as_yp(y, p)
-    prev = float(y.mean())
-    out = {"brier": brier_score(y, p), "brier_reference": prev * (1 - prev), "mean_predicted_overall": float(p.mean()),
-           "observed_rate": prev, "calibration_intercept": float("nan"), "calibration_slope": float("nan")}
-    if 0 < y.sum() < y.size:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                r = sm.Logit(y.astype(float), sm.add_constant(logit(p), has_constant="add")).fit(disp=0)
-                if r.mle_retvals.get("converged", False) and np.all(np.abs(r.params) < 50):
-                    out["calibration_intercept"], out["calibration_slope"] = map(float, r.params)
-            except (np.linalg.LinAlgError, ValueError):
-                pass
-    return out
+    r = calibration(y, p, level=level)
+    return {"n_patients": r.n, "brier": r.brier, "brier_reference": r.brier_reference,
+            "mean_predicted_overall": r.mean_predicted, "observed_rate": r.observed_rate,
+            "calibration_intercept": r.intercept, "calibration_intercept_ci_low": r.intercept_ci[0],
+            "calibration_intercept_ci_high": r.intercept_ci[1], "calibration_slope": r.slope,
+            "calibration_slope_ci_low": r.slope_ci[0], "calibration_slope_ci_high": r.slope_ci[1],
+            "calibration_ci_level": r.intercept_ci[2], "calibration_method": r.method}
 
 
 def decision_curve(y, p, thresholds: Sequence[float] | np.ndarray | None = None) -> pd.DataFrame:
@@ -436,7 +429,7 @@ def _f1_interval(tp: float, fp: float, tn: float, fn: float, *, level: float, n_
     den = 2 * tp + fp + fn
     if den <= 0:
         return float("nan"), float("nan"), float("nan")
-    lo, hi = _roc.f1_interval(tp, fp, tn, fn, level=level, n_boot=n_boot, seed=seed)
+    lo, hi = _roc._f1_interval(tp, fp, tp + fn, tn + fp, level, int(n_boot), seed)
     return 2 * tp / den, lo, hi
 
 
@@ -853,7 +846,7 @@ def run_evaluation(predictions_dir: str | os.PathLike, tables_dir: str | os.Path
     cal_rows, dec_rows = [], []
     for key, mp in preds.items():
         y, p = mp.test["her2"].to_numpy(), mp.test["p_her2"].to_numpy()
-        cal_rows.append(calibration_curve(y, p, n_bins=n_bins).assign(model=key, **calibration_summary(y, p)))
+        cal_rows.append(calibration_curve(y, p, n_bins=n_bins).assign(model=key, **calibration_summary(y, p, level)))
         dec_rows.append(decision_curve(y, p).assign(model=key))
     cal = pd.concat(cal_rows, ignore_index=True)
     dec = pd.concat(dec_rows, ignore_index=True)
