@@ -539,16 +539,19 @@ def _join_test_folds(us: pd.DataFrame, mri: pd.DataFrame) -> pd.DataFrame:
     return m.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)
 
 
-def _logistic_newton(X: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray | None:
-    """Plain Newton-Raphson logistic MLE (for bootstrap refits); None when it does not converge / separates."""
+def _logistic_newton(X: np.ndarray, y: np.ndarray, iters: int = 100, ridge: float = 0.0) -> np.ndarray | None:
+    """Newton-Raphson logistic fit (for bootstrap refits), optionally with an L2 penalty ``ridge / 2 * |b|^2`` on
+    the non-intercept terms; None when it does not converge or a coefficient exceeds 50 (separation)."""
     beta = np.zeros(X.shape[1])
+    pen = np.full(X.shape[1], float(ridge))
+    pen[0] = 0.0
     for _ in range(iters):
         eta = X @ beta
         p = 1.0 / (1.0 + np.exp(-eta))
         w = p * (1 - p)
-        h = X.T @ (X * w[:, None])
+        h = X.T @ (X * w[:, None]) + np.diag(pen)
         try:
-            step = np.linalg.solve(h, X.T @ (y - p))
+            step = np.linalg.solve(h, X.T @ (y - p) - pen * beta)
         except np.linalg.LinAlgError:
             return None
         beta = beta + step
@@ -567,11 +570,14 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     Each resample draws HER2-positive and HER2-negative test patients with replacement (sizes kept), refits the
     paper-protocol regression on the resample's inputs ``x_paper = (p_us, p_mri)`` and takes the difference of the
     two AUCs on the resample (the leakage-free predictions ``p_free`` are fixed: they were fitted on OOF data).
+    A resample whose maximum-likelihood fit does not exist (separation, frequent on small cohorts) is refitted with
+    a weak L2 penalty (1 / n_patients on each slope), as :func:`fit_fusion` does, so no resample is dropped for
+    being too easy.
 
     Returns
     -------
-    (low, high, n_used)
-        Percentile interval at ``level`` and the number of resamples whose refit converged.
+    (low, high, n_penalised)
+        Percentile interval at ``level`` and the number of resamples that needed the penalised fit.
     """
     from .stats import auc
 
@@ -579,17 +585,20 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     y = np.asarray(y).astype(int)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     X = np.column_stack([np.ones(y.size), logit(x_paper[0], eps), logit(x_paper[1], eps)])
-    diffs = []
+    diffs, penalised = [], 0
     for _ in range(int(n_boot)):
         idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         beta = _logistic_newton(X[idx], y[idx].astype(float))
         if beta is None:
+            penalised += 1
+            beta = _logistic_newton(X[idx], y[idx].astype(float), ridge=1.0 / y.size)
+        if beta is None:
             continue
         diffs.append(auc(y[idx], X[idx] @ beta) - auc(y[idx], p_free[idx]))
     if len(diffs) < 10:
-        return float("nan"), float("nan"), len(diffs)
+        return float("nan"), float("nan"), penalised
     lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi), len(diffs)
+    return float(lo), float(hi), penalised
 
 
 def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame,
@@ -656,11 +665,11 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     auc_free = float(auc(y_test, test_pred["p_her2"].to_numpy()))
     auc_paper = float(auc(y_test, paper_pred["p_her2"].to_numpy()))
     auc_oof = float(auc(oof["her2"].to_numpy(), oof["p_her2"].to_numpy()))
-    lo, hi, used = protocol_difference_ci(y_test, test_pred["p_her2"].to_numpy(),
+    lo, hi, n_pen = protocol_difference_ci(y_test, test_pred["p_her2"].to_numpy(),
                                           (test["p_us"].to_numpy(), test["p_mri"].to_numpy()), level=level,
                                           n_boot=n_boot, seed=seed, eps=eps)
-    boot = (f"stratified bootstrap of test patients, paper fit refitted per resample, {used}/{n_boot} "
-            f"resamples converged, seed {seed}")
+    boot = (f"percentile, stratified bootstrap of test patients ({n_boot} resamples, seed {seed}), paper fit refitted "
+            f"per resample ({n_pen} with a weak L2 penalty: no MLE)")
     nan = float("nan")
     protocols = pd.DataFrame([
         {"protocol": "leakage-free (her2lib default)", "fit_on": "train OOF", "n_fit": model.n,
