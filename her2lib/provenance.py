@@ -83,6 +83,43 @@ def cohort_hash(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
             "n_files": len(existing), "n_missing": len(files) - len(existing), "n_patients": len(df)}
 
 
+def machine_info() -> dict[str, Any]:
+    """The machine that made the numbers: CPU model, the instruction set torch's CPU kernels dispatch to, cores,
+    GPU, and the environment variables that cap oneDNN / MKL.
+
+    CPU training results depend on it (oneDNN and MKL choose kernels per instruction set, so float rounding and
+    therefore the trained weights differ between, e.g., AVX2 and AVX-512 machines); see the README.
+    """
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - older torch
+        isa = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_model": model, "machine": platform.machine(), "torch_cpu_capability": isa,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                               "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS") if k in os.environ}}
+
+
+def machine_summary(info: dict[str, Any] | None) -> str:
+    """One line naming the machine, e.g. ``"Intel(R) Xeon(R) Processor @ 2.50GHz, AVX512, 2 cores, no GPU"``."""
+    if not info:
+        return "unknown machine"
+    caps = ", ".join(f"{k}={v}" for k, v in (info.get("env") or {}).items())
+    return (f"{info.get('cpu_model') or info.get('machine')}, {info.get('torch_cpu_capability') or '?'}, "
+            f"{info.get('cpu_count')} cores, {info.get('gpu') or 'no GPU'}" + (f" ({caps})" if caps else ""))
+
+
 def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
     """New provenance for a batch in ``out``; notebook records of an earlier batch there are kept."""
     previous: dict[str, Any] = {}
@@ -101,6 +138,7 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
         "packages": package_versions(),
         "started_at": _now(),
         "finished_at": None,

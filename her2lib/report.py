@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import write_text
+from .provenance import machine_summary
 
 __all__ = ["write_index"]
 
@@ -74,7 +75,8 @@ def write_index(out: str | os.PathLike) -> Path:
             ("cohort manifest", f"{cohort.get('manifest')} (sha256 {str(cohort.get('manifest_sha256'))[:12]})"),
             ("cohort images+masks", f"{cohort.get('n_files')} files, sha256 {str(cohort.get('files_sha256'))[:12]}"),
             ("started / finished", f"{prov.get('started_at')} / {prov.get('finished_at')}"),
-            ("python / platform", f"{prov.get('python')} / {prov.get('platform')}")]
+            ("python / platform", f"{prov.get('python')} / {prov.get('platform')}"),
+            ("machine", machine_summary(prov.get("machine")))]
     parts.append("<table class='meta'>" + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>"
                                                  for k, v in meta) + "</table>")
     pk = prov.get("packages", {})

@@ -90,9 +90,15 @@ def test_injects_profile_parameters_and_writes_provenance_and_index(toy):
     assert "commit" in prov["git"] and "dirty" in prov["git"]
     assert prov["cohort"]["n_files"] == 1 and len(prov["cohort"]["manifest_sha256"]) == 64
     assert prov["started_at"] and prov["finished_at"]
+    # the machine that made the numbers (CPU training differs by instruction set; issue 9.9)
+    m = prov["machine"]
+    assert m["cpu_count"] >= 1 and m["torch_cpu_capability"] and m["cpu_model"]
 
     index = (out / "index.html").read_text()
     assert "tables/alpha.csv" in index and "00_alpha" in index and prov["cohort"]["manifest_sha256"][:12] in index
+    from her2lib.provenance import machine_summary
+
+    assert machine_summary(m) in index
 
 
 def test_cohort_hash_changes_with_image_content(toy):
