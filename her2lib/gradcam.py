@@ -19,15 +19,25 @@ Implementation choices (each tested):
   upsampling with a sign convention that can invert maps; her2lib never uses it. An all-zero map (the layer
   has no positive evidence) stays all-zero and is reported via ``GradCAMResult.max_raw == 0``.
 
-The quantitative check :func:`energy_fraction` gives the share of the map's mass inside the lesion mask; a
-uniform map would give the mask's area fraction (:func:`mask_fraction`).
+Quantitative check. :func:`energy_fraction` is the share of a map's mass inside the lesion mask. The ROI is the
+bounding box of the dilated lesion mask, so the lesion always sits near the ROI's centre, and comparing with a
+uniform map (the mask's area fraction, :func:`mask_fraction`) credits any centre-weighted map -- even an
+image-blind one -- with "finding the lesion". :func:`localisation_test` keeps that centre prior: each map's
+energy in its own lesion mask against the same map scored with the other patients' masks in the same ROI frame
+(a mask-permutation test).
+
+The fold-ensemble map (:func:`cohort_cams`) is the mean of the fold models' max-normalised maps, not the
+Grad-CAM of the averaged prediction. :func:`cam_to_source` maps a ROI-frame map back onto the source image (the
+inverse of the ROI crop and resize), so Figure 4 is drawn in the source image's geometry.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -38,9 +48,10 @@ from torch import nn
 
 from .errors import ParameterError
 
-__all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "lesion_centre",
-           "select_cases", "plot_gradcam_us", "plot_gradcam_mri", "TARGET_LAYERS", "cohort_cams", "energy_table",
-           "energy_summary", "GradCAMRun", "run_gradcam", "available_models"]
+__all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "energy_matrix",
+           "LocalisationTestResult", "localisation_test", "lesion_centre", "largest_lesion_slice", "cam_to_source",
+           "select_cases", "plot_gradcam_us", "plot_gradcam_mri", "TARGET_LAYERS", "cohort_cams", "ENERGY_COLUMNS",
+           "energy_table", "energy_summary", "GradCAMRun", "run_gradcam", "available_models"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +206,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Quantitative check
+# Quantitative check: energy in the lesion, against the centre prior
 # ----------------------------------------------------------------------------------------------------------------
 def _check_cam_mask(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cam = np.asarray(cam, dtype=float)
@@ -240,6 +251,233 @@ def mask_fraction(mask: np.ndarray) -> float:
     return float(m.mean())
 
 
+def _check_stack(cams: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``(n, *s)`` maps and ``(n, *s)`` or ``(n, 1, *s)`` masks; return float32 maps, bool masks."""
+    cams = np.asarray(cams, dtype=np.float32)
+    masks = np.asarray(masks)
+    if masks.ndim == cams.ndim + 1 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if cams.ndim not in (3, 4):
+        raise ParameterError(f"{what}: cams must be (n_patients, H, W) or (n_patients, D, H, W); got shape "
+                             f"{cams.shape}.")
+    if cams.shape != masks.shape:
+        raise ParameterError(f"{what}: cams {cams.shape} and masks {masks.shape} differ; pass the ROI-frame "
+                             "masks that preprocess_cohort returns with the ROI images (one per map).")
+    if len(cams) == 0:
+        raise ParameterError(f"{what}: no maps (n_patients = 0).")
+    if not np.isfinite(cams).all() or (cams < 0).any():
+        raise ParameterError(f"{what}: cams must be finite and non-negative (Grad-CAM maps after ReLU).")
+    masks = masks > 0
+    empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
+    if empty.size:
+        raise ParameterError(f"{what}: the lesion masks at positions {empty[:10].tolist()} are empty; every "
+                             "patient needs a lesion mask in the ROI frame.")
+    return cams, masks
+
+
+def _energy_matrix(cams: np.ndarray, masks: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """``E[i, j]`` = share of map ``i``'s energy inside mask ``j`` (float64; NaN rows for all-zero maps)."""
+    n = len(cams)
+    size = int(np.prod(cams.shape[1:]))
+    c = cams.reshape(n, size)
+    m = masks.reshape(n, size)
+    total = c.sum(axis=1, dtype=np.float64)
+    out = np.empty((n, n), np.float64)
+    for a in range(0, n, chunk):
+        ca = c[a:a + chunk].astype(np.float64)
+        for b in range(0, n, chunk):
+            out[a:a + chunk, b:b + chunk] = ca @ m[b:b + chunk].astype(np.float64).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out /= total[:, None]
+    out[total <= 0] = np.nan
+    return out
+
+
+def energy_matrix(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Energy of every map in every patient's lesion mask, all in the common ROI frame.
+
+    Parameters
+    ----------
+    cams : ndarray, shape (n_patients, H, W) or (n_patients, D, H, W)
+        Non-negative maps in the ROI frame (e.g. :func:`cohort_cams`).
+    masks : ndarray, shape (n_patients, *spatial) or (n_patients, 1, *spatial)
+        ROI-frame lesion masks in the same patient order (non-zero = lesion).
+
+    Returns
+    -------
+    ndarray, float64, shape (n_patients, n_patients)
+        ``E[i, j] = sum(cams[i] * masks[j]) / sum(cams[i])``: the diagonal is each map's energy in its own lesion,
+        off-diagonal entries score the map with other patients' lesions (the centre-prior reference of
+        :func:`localisation_test`). Rows of all-zero maps are NaN.
+    """
+    cams, masks = _check_stack(cams, masks, "energy_matrix")
+    return _energy_matrix(cams, masks)
+
+
+def _own_and_others(cams: np.ndarray, masks: np.ndarray):
+    """Maps with positive energy (bool per patient), their energy matrix, own-mask and mean other-mask energy."""
+    nonzero = cams.reshape(len(cams), -1).max(axis=1, initial=0.0) > 0
+    e = _energy_matrix(cams[nonzero], masks[nonzero])
+    n = len(e)
+    own = np.diag(e).copy()
+    others = (e.sum(axis=1) - own) / (n - 1) if n >= 2 else np.full(n, np.nan)
+    return nonzero, e, own, others
+
+
+_LOCALISATION_METHOD = ("mask-permutation test against the centre prior: statistic = mean over patients of the "
+                        "share of each map's energy inside its own lesion mask; null = the same maps scored with "
+                        "randomly re-assigned lesion masks of the same patients, all in the common ROI frame "
+                        "(uniform random permutations of the patient-mask assignment, or all n! when n! <= B); "
+                        "one-sided P = (1 + #{null >= observed}) / (1 + B) (exact: #{null >= observed} / n!)")
+
+
+@dataclass(frozen=True)
+class LocalisationTestResult:
+    """Outcome of :func:`localisation_test`.
+
+    Attributes
+    ----------
+    statistic : float
+        Observed mean, over the ``n_patients`` maps, of the energy fraction inside the patient's own lesion mask.
+    others_mean : float
+        Mean, over the same maps, of their mean energy fraction inside the *other* patients' masks: what a map
+        that knows where lesions usually sit in the ROI (the centre prior) but not this lesion would score.
+    enrichment : float
+        ``statistic / others_mean``: enrichment over the centre prior (1 = no better than the centre prior).
+    pvalue : float
+        One-sided permutation P value; NaN for fewer than 3 maps.
+    n_patients : int
+        Maps tested (all-zero maps are left out: their energy is undefined).
+    n_zero_maps : int
+        Maps left out because they are all zero.
+    n_permutations : int
+        Permutations in the null: B random ones, or all ``n_patients!`` when ``exact``.
+    exact : bool
+        True when every permutation was enumerated (``n_patients! <= B``).
+    seed : int or None
+        Integer seed of the random permutations (None when a Generator was passed).
+    energy_own, energy_others : ndarray, shape (n_patients,)
+        Per tested patient: energy in its own mask, and mean energy in the other tested patients' masks.
+    alternative : str
+        ``"greater"``: the maps put more energy in their own lesion than in other patients' lesions.
+    method : str
+        The test, in words.
+    """
+
+    statistic: float
+    others_mean: float
+    enrichment: float
+    pvalue: float
+    n_patients: int
+    n_zero_maps: int
+    n_permutations: int
+    exact: bool
+    seed: int | None
+    energy_own: np.ndarray = field(repr=False, compare=False)
+    energy_others: np.ndarray = field(repr=False, compare=False)
+    alternative: str = "greater"
+    method: str = _LOCALISATION_METHOD
+
+    def to_row(self) -> dict:
+        """Flat dict for a results table: ``mean_energy_own, mean_energy_others, enrichment_over_centre_prior,
+        permutation_p, n_patients, n_zero_maps, n_permutations, exact, seed, alternative, method``."""
+        return dict(mean_energy_own=self.statistic, mean_energy_others=self.others_mean,
+                    enrichment_over_centre_prior=self.enrichment, permutation_p=self.pvalue,
+                    n_patients=self.n_patients, n_zero_maps=self.n_zero_maps, n_permutations=self.n_permutations,
+                    exact=self.exact, seed=self.seed, alternative=self.alternative, method=self.method)
+
+
+def localisation_test(cams: np.ndarray, masks: np.ndarray, *, n_permutations: int = 9999,
+                      seed: int | np.random.Generator | None = 0) -> LocalisationTestResult:
+    """Do the maps find *their own* lesion, beyond the ROI's centre prior? A mask-permutation test.
+
+    The ROI is the bounding box of the dilated lesion mask, so the lesion always sits near the ROI's centre and
+    any centre-weighted map -- even one that never looks at the image -- puts far more energy on the lesion
+    than a uniform map would. Comparing with a uniform map (energy fraction vs the lesion's area fraction)
+    therefore confounds "finds the lesion" with "likes the centre". This test keeps the centre prior: each map
+    is scored with its own lesion mask and with the other patients' masks in the same ROI frame, which share
+    the centring, the typical size and the ROI geometry but not this patient's lesion.
+
+    * statistic ``T = mean_i E[i, i]`` with ``E[i, j]`` = share of map ``i``'s energy inside mask ``j``
+      (:func:`energy_matrix`);
+    * null: ``T_pi = mean_i E[i, pi(i)]`` over permutations ``pi`` of the patient-mask assignment. Under H0
+      (the maps do not depend on which lesion is in the image beyond what all lesions share, e.g. the centring)
+      the assignment is exchangeable;
+    * ``P = (1 + #{T_pi >= T}) / (1 + B)`` for ``B`` uniform random permutations (Phipson & Smyth 2010), or
+      ``#{T_pi >= T} / n!`` over all ``n!`` permutations when ``n! <= B`` (small cohorts). One-sided; ties
+      (e.g. identical maps) count against the maps, with a relative tolerance of 1e-9. Permutations are drawn
+      from the whole group (fixed points allowed), so the identity assignment is one of them and the P value
+      is valid for any ``n``; derangements alone would not be (with 6 patients there are only 265).
+
+    Parameters
+    ----------
+    cams : ndarray, shape (n_patients, H, W) or (n_patients, D, H, W)
+        Non-negative maps in the ROI frame, in [0, 1] or any scale (each is normalised by its own sum).
+    masks : ndarray, shape (n_patients, *spatial) or (n_patients, 1, *spatial)
+        ROI-frame lesion masks, same patient order (as :func:`her2lib.roi.preprocess_cohort` returns them).
+    n_permutations : int, keyword-only
+        Number B of random permutations (>= 1).
+    seed : int, Generator or None, keyword-only
+        Seed of the permutations; the result is deterministic for an int.
+
+    Returns
+    -------
+    LocalisationTestResult
+        ``statistic`` (mean energy in the own mask), ``others_mean`` (mean energy in other patients' masks),
+        ``enrichment = statistic / others_mean`` (enrichment over the centre prior), ``pvalue``, and the
+        per-patient ``energy_own`` / ``energy_others``. All-zero maps are left out (``n_zero_maps``); with fewer
+        than 3 maps the P value is NaN.
+
+    Raises
+    ------
+    ParameterError
+        Shapes that differ or are not ``(n, *spatial)``, negative or non-finite maps, an empty lesion mask,
+        ``n_permutations < 1``.
+
+    References
+    ----------
+    Phipson B, Smyth GK. Permutation P-values should never be zero. Stat Appl Genet Mol Biol 2010;9:39.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> masks = np.zeros((10, 16, 16), bool)
+    >>> for i in range(10):
+    ...     y, x = rng.integers(5, 11, size=2)
+    ...     masks[i, y - 2:y + 2, x - 2:x + 2] = True
+    >>> localisation_test(masks.astype(float), masks, n_permutations=999).pvalue < 0.01  # follows the lesion
+    True
+    >>> blind = np.broadcast_to(masks.mean(0), masks.shape)  # the average lesion, for every patient
+    >>> localisation_test(blind, masks, n_permutations=999).pvalue
+    1.0
+    """
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ParameterError(f"localisation_test: n_permutations must be a positive integer; got "
+                             f"{n_permutations!r} (9999 is the default).")
+    cams, masks = _check_stack(cams, masks, "localisation_test")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    seed_val = int(seed) if isinstance(seed, (int, np.integer)) else None
+    nonzero, e, own, others = _own_and_others(cams, masks)
+    n = len(e)
+    stat = float(own.mean()) if n else float("nan")
+    others_mean = float(others.mean()) if n else float("nan")
+    p, exact, n_used = float("nan"), False, int(n_permutations)
+    if n >= 3:
+        tol = 1e-9 * abs(stat)
+        if math.factorial(n) <= n_permutations:
+            perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
+            null = e[np.arange(n)[None, :], perms].mean(axis=1)
+            p, exact, n_used = float(np.count_nonzero(null >= stat - tol) / len(null)), True, len(perms)
+        else:
+            perms = rng.permuted(np.tile(np.arange(n), (int(n_permutations), 1)), axis=1)
+            null = e[np.arange(n)[None, :], perms].mean(axis=1)
+            p = float((1 + np.count_nonzero(null >= stat - tol)) / (1 + len(null)))
+    enrich = stat / others_mean if n and others_mean > 0 else float("nan")
+    return LocalisationTestResult(statistic=stat, others_mean=others_mean, enrichment=float(enrich), pvalue=p,
+                                  n_patients=int(n), n_zero_maps=int((~nonzero).sum()), n_permutations=n_used,
+                                  exact=exact, seed=seed_val, energy_own=own, energy_others=others)
+
+
 def lesion_centre(mask: np.ndarray) -> tuple[int, ...]:
     """Integer centre of mass of the lesion mask (array index order); the array centre if the mask is empty."""
     m = np.asarray(mask) > 0
@@ -247,6 +485,96 @@ def lesion_centre(mask: np.ndarray) -> tuple[int, ...]:
         return tuple(int(s // 2) for s in m.shape)
     idx = np.argwhere(m)
     return tuple(int(round(v)) for v in idx.mean(axis=0))
+
+
+def largest_lesion_slice(mask: np.ndarray) -> int:
+    """Index along axis 0 (z) of the slice with the largest lesion area; ties go to the slice nearest the
+    lesion's centre of mass (then the lower index). The middle slice for an empty mask.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (D, H, W)
+    """
+    m = np.asarray(mask) > 0
+    if m.ndim != 3:
+        raise ParameterError(f"largest_lesion_slice: need a (D, H, W) mask; got shape {m.shape}.")
+    area = m.reshape(m.shape[0], -1).sum(axis=1)
+    if not area.any():
+        return m.shape[0] // 2
+    zc = float((np.arange(len(area)) * area).sum() / area.sum())
+    best = np.flatnonzero(area == area.max())
+    return int(best[np.argmin(np.abs(best - zc))])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Back to the source image
+# ----------------------------------------------------------------------------------------------------------------
+def cam_to_source(cam: np.ndarray, box: Sequence[Sequence[int]], source_shape: Sequence[int]) -> np.ndarray:
+    """Map a ROI-frame map back onto the source image grid (the inverse of the ROI crop and resize).
+
+    :func:`her2lib.roi.us_roi` / :func:`her2lib.roi.mri_roi` crop the half-open ``box`` (source index
+    coordinates) and resize the crop to the ROI size with ``align_corners=False``, i.e. ROI index ``r`` along an
+    axis of ROI size ``S`` samples crop position ``(r + 0.5) * L / S - 0.5`` (``L`` = box length). The inverse
+    resizes the map from ``S`` to ``L`` with the same convention (bilinear 2-D, trilinear 3-D), which samples
+    source pixel ``box_start + j`` at ROI position ``(j + 0.5) * S / L - 0.5``, and pastes it into the box.
+
+    Parameters
+    ----------
+    cam : ndarray, shape (H, W) or (D, H, W)
+        Map in the ROI frame (e.g. ``GradCAMResult.cam`` or a row of :func:`cohort_cams`).
+    box : sequence of (start, stop)
+        Half-open crop box per axis in source index order (``RoiResult.box``; ``((y0, y1), (x0, x1))`` or
+        ``((z0, z1), (y0, y1), (x0, x1))``). A box that reaches past the image border (a padded crop) is
+        clipped: only the part inside the image is returned.
+    source_shape : sequence of int
+        Shape of the source image, same axis order.
+
+    Returns
+    -------
+    ndarray, float32, shape ``source_shape``
+        The map on the source grid; 0 outside the box. Values stay in the map's range (interpolation only).
+
+    Raises
+    ------
+    ParameterError
+        Dimensions that disagree, an empty box, a box that does not overlap the image, a non-finite map.
+
+    Examples
+    --------
+    >>> cam = np.zeros((4, 4), np.float32); cam[1:3, 1:3] = 1
+    >>> cam_to_source(cam, ((2, 6), (10, 14)), (8, 16))[2:6, 10:14].tolist() == cam.tolist()  # same size: paste
+    True
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    shape = tuple(int(s) for s in source_shape)
+    try:
+        box = tuple((int(a), int(b)) for a, b in box)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"cam_to_source: box must be ((start, stop), ...) per axis; got {box!r}.") from exc
+    if cam.ndim not in (2, 3) or len(box) != cam.ndim or len(shape) != cam.ndim:
+        raise ParameterError(f"cam_to_source: map {cam.shape}, box {box} and source shape {shape} must have the "
+                             "same number of axes (2 for US, 3 for MRI; the box is RoiResult.box).")
+    if not np.isfinite(cam).all():
+        raise ParameterError("cam_to_source: the map contains NaN or infinite values.")
+    lengths = tuple(b - a for a, b in box)
+    if any(n < 1 for n in lengths):
+        raise ParameterError(f"cam_to_source: box {box} is empty along an axis (stop <= start).")
+    if any(b <= 0 or a >= s for (a, b), s in zip(box, shape)):
+        raise ParameterError(f"cam_to_source: box {box} does not overlap the source image of shape {shape}; "
+                             "the box and the image must come from the same patient and modality.")
+    t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
+    if lengths == cam.shape:
+        up = cam
+    elif cam.ndim == 2:
+        antialias = any(n < s for n, s in zip(lengths, cam.shape))
+        up = F.interpolate(t, size=lengths, mode="bilinear", align_corners=False, antialias=antialias)[0, 0].numpy()
+    else:
+        up = F.interpolate(t, size=lengths, mode="trilinear", align_corners=False)[0, 0].numpy()
+    out = np.zeros(shape, np.float32)
+    dst = tuple(slice(max(a, 0), min(b, s)) for (a, b), s in zip(box, shape))
+    src = tuple(slice(d.start - a, d.stop - a) for d, (a, _) in zip(dst, box))
+    out[dst] = up[src]
+    return out
 
 
 def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
@@ -287,126 +615,219 @@ def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Figure 4
 # ----------------------------------------------------------------------------------------------------------------
 _OUTCOME_NAMES = {"TP": "true positive", "FP": "false positive", "TN": "true negative", "FN": "false negative"}
+_CAM_LABEL = "Grad-CAM (max-normalised)"
+_ENSEMBLE_NOTE = ("Map: mean of the fold models' max-normalised Grad-CAMs, re-normalised (not the Grad-CAM of "
+                  "the averaged prediction), mapped from the ROI back onto the image.")
 
 
 def _title(case: Mapping) -> str:
     out = case.get("outcome", "")
-    return (f"{out} ({_OUTCOME_NAMES.get(out, '')})\n{case['patient_id']}: HER2{'+' if case['her2'] else '-'}, "
-            f"p = {case['p_her2']:.2f}")
+    label = f"{out} ({_OUTCOME_NAMES[out]})" if out in _OUTCOME_NAMES else str(out)
+    sign = "+" if int(case["her2"]) == 1 else "\u2212"
+    return f"{label}\n{case['patient_id']}: HER2{sign}, p(HER2+) = {case['p_her2']:.2f}"
 
 
-def _contour(ax, mask2d: np.ndarray) -> None:
-    if np.asarray(mask2d).any():
-        ax.contour(np.asarray(mask2d) > 0, levels=[0.5], colors="white", linewidths=1.0, linestyles="--")
+def _check_case(case: Mapping, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
+    """Validate one figure case (source-geometry arrays); return image, mask, cam, box, spacing."""
+    missing = [k for k in ("image", "mask", "cam", "box", "patient_id", "her2", "p_her2") if k not in case]
+    if missing:
+        raise ParameterError(f"{what}: a case lacks {missing}; each case needs image, mask, cam (source geometry, "
+                             "see cam_to_source), box, patient_id, her2, p_her2 and outcome.")
+    img = np.asarray(case["image"], dtype=float)
+    mask = np.asarray(case["mask"]) > 0
+    cam = np.asarray(case["cam"], dtype=float)
+    if img.ndim != ndim or mask.shape != img.shape or cam.shape != img.shape:
+        raise ParameterError(f"{what}: patient {case['patient_id']}: image {img.shape}, mask {mask.shape} and cam "
+                             f"{cam.shape} must be the same {ndim}-D source grid; map a ROI-frame Grad-CAM back "
+                             "with cam_to_source(cam, box, image.shape).")
+    box = tuple((int(a), int(b)) for a, b in case["box"])
+    if len(box) != ndim:
+        raise ParameterError(f"{what}: patient {case['patient_id']}: box {box} needs {ndim} (start, stop) pairs.")
+    spacing = tuple(float(s) for s in case.get("spacing", (1.0,) * ndim))
+    if len(spacing) != ndim or any(not np.isfinite(s) or s <= 0 for s in spacing):
+        raise ParameterError(f"{what}: patient {case['patient_id']}: spacing {spacing} needs {ndim} positive "
+                             "values (mm, source axis order).")
+    return img, mask, cam, box, spacing
+
+
+def _view_window(box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float],
+                 context: float) -> tuple[slice, ...]:
+    """The box widened on every side by ``context`` x its largest physical extent, clipped to the image."""
+    ext_mm = max((b - a) * s for (a, b), s in zip(box, spacing))
+    out = []
+    for (a, b), s, n in zip(box, spacing, shape):
+        pad = int(np.ceil(context * ext_mm / s))
+        out.append(slice(max(0, a - pad), min(n, b + pad)))
+    return tuple(out)
+
+
+def _panel(ax, img2d, mask2d, cam2d, rect, aspect, show_cam, alpha, origin="upper"):
+    """Grey image, optional Grad-CAM (inside the ROI box only), lesion outline and ROI box on one axis."""
+    from matplotlib.patches import Rectangle
+
+    kw = dict(origin=origin, aspect=aspect, interpolation="nearest")
+    lo, hi = np.percentile(img2d, [1, 99]) if img2d.size else (0, 1)
+    ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, **kw)
+    im = None
+    if show_cam:
+        (r0, r1), (c0, c1) = rect
+        inside = np.zeros(cam2d.shape, bool)
+        inside[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+        im = ax.imshow(np.ma.masked_where(~inside, cam2d), cmap="jet", alpha=alpha, vmin=0, vmax=1, **kw)
+    if mask2d.any():  # explicit pixel-centre coordinates: contour's own `origin` shifts by half a pixel
+        rows, cols = np.arange(mask2d.shape[0]), np.arange(mask2d.shape[1])
+        ax.contour(cols, rows, mask2d.astype(float), levels=[0.5], colors="white", linewidths=1.1)
+    (r0, r1), (c0, c1) = rect
+    ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=1.0, ls="--"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def _footer(fig, lines: Sequence[str], fontsize: float = 8.0) -> None:
+    import textwrap
+
+    width = int(fig.get_figwidth() * 72 / (0.55 * fontsize))  # characters per line at this font size
+    text = "\n".join(textwrap.fill(s, width) for s in lines if s)
+    if text:
+        fig.supxlabel(text, fontsize=fontsize, color="0.3", ha="center")
+
+
+def _colorbar(fig, axes, **kw):
+    """Opaque colour bar of the heat map's colour scale (0-1), labelled with its units."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cb = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap="jet"), ax=axes, **kw)
+    cb.set_label(_CAM_LABEL, fontsize=10)
+    return cb
 
 
 def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                    dpi: int = 200, note: str | None = None):
-    """Figure 4 (US): for each case, the ROI image and the image with the Grad-CAM overlay.
+                    dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
+    """Figure 4 (US): each case's ultrasound image with the lesion outline, and with its Grad-CAM, in the
+    source image's geometry.
 
     Parameters
     ----------
     cases : sequence of mappings
-        Each with ``image`` (H, W) float, ``cam`` (H, W) in [0, 1], ``mask`` (H, W), ``patient_id``, ``her2``,
-        ``p_her2`` and ``outcome`` (TP/FP/TN/FN).
+        One column per case (the paper's layout: representative HER2-positive and HER2-negative cases, chosen
+        by :func:`select_cases`). Each mapping has ``image`` (H, W) the **source** US image, ``mask`` (H, W) its
+        lesion mask, ``cam`` (H, W) the Grad-CAM on the source grid in [0, 1] (:func:`cam_to_source`; 0
+        outside the ROI box), ``box`` ``((y0, y1), (x0, x1))`` the ROI crop box (``RoiResult.box``),
+        ``patient_id``, ``her2`` (1 = positive), ``p_her2`` and ``outcome`` (TP/FP/TN/FN); optional ``spacing``
+        ``(dy, dx)`` in mm (default 1, 1) for the pixel aspect.
     path : path or None
-        Where to save (PNG; an SVG with the same stem is not written). The figure is returned either way.
+        Where to save the PNG. The figure is returned either way.
     alpha : float
         Opacity of the heat map.
     note : str or None
-        Footnote (e.g. how the cases were chosen).
+        Extra footnote line (e.g. how the cases were chosen).
+    layer : str or None
+        Explained layer, named in the title.
+    context : float
+        Image shown around the ROI box, as a fraction of the box's largest extent per side (clipped to the
+        image).
 
     Returns
     -------
     matplotlib.figure.Figure
+        Top row: image, lesion outline (white) and ROI box (dashed yellow). Bottom row: the same with the
+        Grad-CAM (shown inside the ROI box, where it is defined). Footnote: what the map is.
     """
     import matplotlib.pyplot as plt
 
     if not cases:
         raise ParameterError("plot_gradcam_us: no cases to plot.")
+    checked = [_check_case(c, 2, "plot_gradcam_us") for c in cases]
     n = len(cases)
-    fig, axes = plt.subplots(2, n, figsize=(3.0 * n + 0.8, 6.4), squeeze=False, layout="constrained")
-    im = None
-    for j, case in enumerate(cases):
-        img = np.asarray(case["image"], dtype=float)
-        axes[0, j].imshow(img, cmap="gray")
-        _contour(axes[0, j], case["mask"])
+    fig, axes = plt.subplots(2, n, figsize=(3.3 * n + 1.2, 7.2), squeeze=False, layout="constrained")
+    for j, (case, (img, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
+        win = _view_window(box, img.shape, sp, context)
+        rect = tuple((a - w.start, b - w.start) for (a, b), w in zip(box, win))
+        aspect = sp[0] / sp[1]
+        _panel(axes[0, j], img[win], mask[win], None, rect, aspect, False, alpha)
+        _panel(axes[1, j], img[win], mask[win], cam[win], rect, aspect, True, alpha)
         axes[0, j].set_title(_title(case), fontsize=10)
-        axes[1, j].imshow(img, cmap="gray")
-        im = axes[1, j].imshow(np.asarray(case["cam"]), cmap="jet", alpha=alpha, vmin=0, vmax=1)
-        _contour(axes[1, j], case["mask"])
-        for ax in axes[:, j]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("US ROI", fontsize=11)
-    axes[1, 0].set_ylabel("Grad-CAM (HER2+ logit)", fontsize=11)
-    cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.45, pad=0.01, anchor=(0.0, 0.1))
-    cb.set_label("Grad-CAM (normalised)", fontsize=10)
-    fig.suptitle("DL-US Grad-CAM, test cohort (dashed: lesion mask)", fontsize=12)
-    if note:
-        fig.supxlabel(note, fontsize=8.5, color="0.35")
+    axes[0, 0].set_ylabel("US image", fontsize=11)
+    axes[1, 0].set_ylabel("Grad-CAM overlay", fontsize=11)
+    _colorbar(fig, axes.ravel().tolist(), shrink=0.45, pad=0.02, anchor=(0.0, 0.1))
+    lay = f", layer '{layer}'" if layer else ""
+    fig.suptitle(f"DL-US Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
+    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box) the model saw.",
+                  _ENSEMBLE_NOTE, note or ""])
     if path is not None:
         _save(fig, path, dpi)
     return fig
 
 
 def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                     dpi: int = 200, note: str | None = None):
-    """Figure 4 (MRI): for each case, axial, coronal and sagittal slices through the lesion centre with the
-    Grad-CAM overlay.
+                     dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
+    """Figure 4 (MRI): each case's axial source slice through the lesion (largest lesion area), alone and with
+    its Grad-CAM, and a coronal reformat with the Grad-CAM, in the source volume's geometry.
 
     Parameters
     ----------
     cases : sequence of mappings
-        Each with ``image`` (D, H, W), ``cam`` (D, H, W) in [0, 1], ``mask`` (D, H, W), ``patient_id``,
-        ``her2``, ``p_her2``, ``outcome``. Axis 0 is taken as the slice (z) axis.
+        One row per case. Each mapping has ``image`` (D, H, W) the **source** volume ``(z, y, x)``, ``mask``
+        (D, H, W) its lesion mask, ``cam`` (D, H, W) the Grad-CAM on the source grid in [0, 1]
+        (:func:`cam_to_source`; 0 outside the ROI box), ``box`` ``((z0, z1), (y0, y1), (x0, x1))``,
+        ``spacing`` ``(dz, dy, dx)`` in mm (default 1, 1, 1; sets the displayed aspect so the reformat is
+        true to scale), ``patient_id``, ``her2``, ``p_her2`` and ``outcome``.
     path : path or None
         Where to save the PNG.
     alpha : float
         Opacity of the heat map.
     note : str or None
-        Footnote (e.g. how the cases were chosen).
+        Extra footnote line.
+    layer : str or None
+        Explained layer, named in the title.
+    context : float
+        Image shown around the ROI box, as a fraction of the box's largest physical extent per side.
 
     Returns
     -------
     matplotlib.figure.Figure
+        Columns: axial slice with lesion outline and ROI box; the same with the Grad-CAM; coronal reformat
+        (z upwards, through the lesion's centre row) with the Grad-CAM. The axial slice is the one with the
+        largest lesion area (:func:`largest_lesion_slice`).
     """
     import matplotlib.pyplot as plt
 
     if not cases:
         raise ParameterError("plot_gradcam_mri: no cases to plot.")
+    checked = [_check_case(c, 3, "plot_gradcam_mri") for c in cases]
     n = len(cases)
-    fig, axes = plt.subplots(n, 3, figsize=(9.6, 3.1 * n + 0.6), squeeze=False, layout="constrained")
-    im = None
-    views = ("axial (z)", "coronal (y)", "sagittal (x)")
-    for i, case in enumerate(cases):
-        vol = np.asarray(case["image"], dtype=float)
-        cam = np.asarray(case["cam"], dtype=float)
-        mask = np.asarray(case["mask"])
-        cz, cy, cx = lesion_centre(mask)
-        slices = [(vol[cz], cam[cz], mask[cz]), (vol[:, cy, :], cam[:, cy, :], mask[:, cy, :]),
-                  (vol[:, :, cx], cam[:, :, cx], mask[:, :, cx])]
-        for j, (v, c, m) in enumerate(slices):
-            ax = axes[i, j]
-            origin = "upper" if j == 0 else "lower"
-            ax.imshow(v, cmap="gray", origin=origin)
-            im = ax.imshow(c, cmap="jet", alpha=alpha, vmin=0, vmax=1, origin=origin)
-            if m.any():
-                ax.contour(m > 0, levels=[0.5], colors="white", linewidths=1.0, linestyles="--", origin=origin)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(views[j], fontsize=11)
-        axes[i, 0].set_ylabel(_title(case).replace("\n", "\n"), fontsize=9.5)
-    cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01)
-    cb.set_label("Grad-CAM (normalised)", fontsize=10)
-    fig.suptitle("DL-MRI Grad-CAM through the lesion centre, test cohort (dashed: lesion mask)", fontsize=12)
-    if note:
-        fig.supxlabel(note, fontsize=8.5, color="0.35")
+    fig, axes = plt.subplots(n, 3, figsize=(10.5, 3.2 * n + 1.3), squeeze=False, layout="constrained")
+    for i, (case, (vol, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
+        win = _view_window(box, vol.shape, sp, context)
+        z = largest_lesion_slice(mask)
+        cy = lesion_centre(mask[z])[0]
+        (z0, z1), (y0, y1), (x0, x1) = box
+        wz, wy, wx = win
+        rect_ax = ((y0 - wy.start, y1 - wy.start), (x0 - wx.start, x1 - wx.start))
+        img_ax, mask_ax, cam_ax = vol[z][wy, wx], mask[z][wy, wx], cam[z][wy, wx]
+        _panel(axes[i, 0], img_ax, mask_ax, None, rect_ax, sp[1] / sp[2], False, alpha)
+        _panel(axes[i, 1], img_ax, mask_ax, cam_ax, rect_ax, sp[1] / sp[2], True, alpha)
+        # coronal reformat: rows = z (drawn upwards), columns = x
+        rect_co = ((z0 - wz.start, z1 - wz.start), (x0 - wx.start, x1 - wx.start))
+        _panel(axes[i, 2], vol[wz, cy, wx], mask[wz, cy, wx], cam[wz, cy, wx], rect_co, sp[0] / sp[2], True,
+               alpha, origin="lower")
+        axes[i, 0].set_ylabel(_title(case), fontsize=9.5)
+        axes[i, 0].set_title(f"axial z = {z} (largest lesion area)", fontsize=9)
+        axes[i, 1].set_title(f"axial z = {z}, Grad-CAM", fontsize=9)
+        axes[i, 2].set_title(f"coronal y = {cy}, Grad-CAM (z up)", fontsize=9)
+    _colorbar(fig, axes.ravel().tolist(), shrink=min(0.6, 2.0 / n), pad=0.02)
+    lay = f", layer '{layer}'" if layer else ""
+    fig.suptitle(f"DL-MRI Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
+    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box; z = the lesion's "
+                  "slices). Pixels drawn to scale from the voxel spacing.", _ENSEMBLE_NOTE, note or ""])
     if path is not None:
         _save(fig, path, dpi)
     return fig
@@ -428,12 +849,17 @@ _MODALITY = {"dl_us": ("us", "DL-US"), "dl_mri": ("mri", "DL-MRI")}
 
 def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: str, class_index: int = 1,
                 progress: bool = True, desc: str = "Grad-CAM") -> np.ndarray:
-    """Grad-CAM of every image, averaged over an ensemble (the four fold models).
+    """Fold-ensemble Grad-CAM of every image: the mean of the fold models' max-normalised maps.
+
+    This is **not** the Grad-CAM of the ensemble's averaged prediction (the fold models have separate target
+    layers, so that map is not defined without further choices). Each fold model's map is computed for its own
+    HER2-positive logit and divided by its own maximum, so every fold counts equally whatever its gradient scale;
+    the mean is divided again by its maximum. A fold with no positive evidence (all-zero map) contributes zeros.
 
     Parameters
     ----------
     models : sequence of nn.Module
-        The fold models (the test prediction is their mean probability, so the map is their mean map).
+        The fold models (the test prediction is their mean probability).
     images : ndarray, shape (n_patients, C, H, W) or (n_patients, C, D, H, W)
         ROI inputs exactly as the models saw them.
     target_layer : str
@@ -444,8 +870,9 @@ def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: s
     Returns
     -------
     ndarray, float32, shape (n_patients, H, W) or (n_patients, D, H, W)
-        Per patient: mean of the models' max-normalised maps, divided again by its maximum (so in [0, 1]);
-        all zeros if no model finds positive evidence.
+        Per patient, in the ROI frame: mean of the models' max-normalised maps, divided again by its maximum (so
+        in [0, 1]); all zeros if no model finds positive evidence. :func:`cam_to_source` maps a row back onto
+        the source image.
     """
     from tqdm.auto import tqdm
 
@@ -464,78 +891,123 @@ def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: s
     return out
 
 
+#: Columns of :func:`energy_table` (``tables/gradcam_energy.csv``).
+ENERGY_COLUMNS = ("model", "patient_id", "energy_own_mask", "energy_other_masks_mean",
+                  "enrichment_over_centre_prior", "lesion_fraction", "naive_enrichment_vs_uniform")
+
+
 def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray, model: str) -> "pd.DataFrame":
-    """Per-patient share of Grad-CAM energy inside the lesion and the lesion's area (volume) fraction.
+    """Per patient: the map's energy in its own lesion mask against the centre prior (other patients' masks).
 
     Parameters
     ----------
     patient_ids : sequence of str, length n_patients
     cams : ndarray, shape (n_patients, *spatial)
+        ROI-frame maps (:func:`cohort_cams`).
     masks : ndarray, shape (n_patients, *spatial) or (n_patients, 1, *spatial)
+        ROI-frame lesion masks, same order.
     model : str
         ``"dl_us"`` or ``"dl_mri"`` (stored in the ``model`` column).
 
     Returns
     -------
     DataFrame
-        Columns ``model, patient_id, energy_in_lesion, lesion_fraction, enrichment`` where
-        ``enrichment = energy_in_lesion / lesion_fraction`` (1 = no better than a uniform map).
+        Columns :data:`ENERGY_COLUMNS`:
+
+        * ``energy_own_mask``: share of the map's energy inside this patient's lesion mask;
+        * ``energy_other_masks_mean``: mean share inside each *other* patient's mask (all in the common ROI frame;
+          other patients with an all-zero map excluded, as in :func:`localisation_test`): what the map would
+          score if it only knew where lesions usually sit in the ROI (the centre prior);
+        * ``enrichment_over_centre_prior`` = own / others (1 = no better than the centre prior). For one patient
+          it also reflects the lesion's size relative to the other lesions (a large lesion collects more of any
+          map); the cohort-level inference is :func:`localisation_test`;
+        * ``lesion_fraction``: the lesion's area (volume) share of the ROI, and ``naive_enrichment_vs_uniform``
+          = energy_own_mask / lesion_fraction, the **naive** comparison with a uniform map, kept for reference
+          only: the ROI is centred on the lesion, so any centre-weighted map scores > 1 on it.
+
+        Energies are NaN for a patient whose map is all zero (no positive evidence).
     """
     import pandas as pd
 
-    masks = np.asarray(masks)
-    if masks.ndim == np.asarray(cams).ndim + 1:
-        masks = masks[:, 0]
-    if len(patient_ids) != len(cams) or len(cams) != len(masks):
-        raise ParameterError(f"energy_table: {len(patient_ids)} ids, {len(cams)} maps and {len(masks)} masks.")
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for pid, c, m in zip(patient_ids, cams, masks):
-            e, a = energy_fraction(c, m), mask_fraction(m)
-            rows.append({"model": model, "patient_id": str(pid), "energy_in_lesion": e, "lesion_fraction": a,
-                         "enrichment": e / a if a > 0 else float("nan")})
-    return pd.DataFrame(rows)
+    cams, masks = _check_stack(cams, masks, "energy_table")
+    if len(patient_ids) != len(cams):
+        raise ParameterError(f"energy_table: {len(patient_ids)} patient ids for {len(cams)} maps.")
+    nonzero, _, own_nz, others_nz = _own_and_others(cams, masks)
+    own = np.full(len(cams), np.nan)
+    others = np.full(len(cams), np.nan)
+    own[nonzero], others[nonzero] = own_nz, others_nz
+    frac = masks.reshape(len(masks), -1).mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        enrich = np.where(others > 0, own / others, np.nan)
+    return pd.DataFrame({"model": model, "patient_id": [str(p) for p in patient_ids], "energy_own_mask": own,
+                         "energy_other_masks_mean": others, "enrichment_over_centre_prior": enrich,
+                         "lesion_fraction": frac, "naive_enrichment_vs_uniform": own / frac},
+                        columns=list(ENERGY_COLUMNS))
 
 
-def energy_summary(energy: "pd.DataFrame") -> "pd.DataFrame":
-    """Per model: median (IQR) energy in the lesion vs the lesion's area fraction, and the Wilcoxon signed-rank
-    test of ``energy_in_lesion - lesion_fraction`` (H0: the map is no more lesion-focused than a uniform map).
+def energy_summary(energy: "pd.DataFrame", tests: Mapping[str, LocalisationTestResult] | None = None
+                   ) -> "pd.DataFrame":
+    """Per model: the energy in the own lesion against the centre prior, and the mask-permutation test.
+
+    Parameters
+    ----------
+    energy : DataFrame
+        :func:`energy_table` output (one or more models).
+    tests : mapping model -> LocalisationTestResult, optional
+        :func:`localisation_test` of each model's maps (same patients); its columns are NaN for a model without.
 
     Returns
     -------
     DataFrame
-        Columns ``model, n`` (patients with a non-zero map), ``n_zero_maps`` (no positive evidence anywhere:
-        energy undefined), ``energy_median, energy_q1, energy_q3, lesion_fraction_median`` (all patients),
-        ``enrichment_median, n_above_uniform, wilcoxon_p``.
+        One row per model: ``model, n`` (patients with a non-zero map), ``n_zero_maps``,
+        ``energy_own_median, energy_own_q1, energy_own_q3, energy_others_median``,
+        ``enrichment_over_centre_prior_median`` (per-patient own / others), ``n_own_above_others``, then the
+        test (:meth:`LocalisationTestResult.to_row`): ``mean_energy_own, mean_energy_others,
+        enrichment_over_centre_prior, permutation_p, n_permutations, exact, seed, alternative, method``, and last the
+        naive reference ``lesion_fraction_median, naive_enrichment_vs_uniform_median`` (a uniform map's
+        expectation; not a valid null, as the ROI is centred on the lesion).
     """
     import pandas as pd
-    from scipy.stats import wilcoxon
 
+    missing = [c for c in ENERGY_COLUMNS if c not in energy.columns]
+    if missing:
+        raise ParameterError(f"energy_summary: the energy table lacks {missing}; build it with energy_table.")
+    tests = dict(tests or {})
+    blank = {k: v for k, v in LocalisationTestResult(np.nan, np.nan, np.nan, np.nan, 0, 0, 0, False, None,
+                                                     np.empty(0), np.empty(0)).to_row().items()
+             if k not in ("n_patients", "n_zero_maps")}
     rows = []
     for model, g_all in energy.groupby("model", sort=False):
-        g = g_all.dropna(subset=["energy_in_lesion"])
-        d = (g["energy_in_lesion"] - g["lesion_fraction"]).to_numpy()
-        p = float("nan")
-        if np.count_nonzero(d) >= 2:
-            p = float(wilcoxon(d).pvalue)
-        q1, med, q3 = (np.quantile(g["energy_in_lesion"], [0.25, 0.5, 0.75]) if len(g) else (np.nan,) * 3)
-        rows.append({"model": model, "n": int(len(g)), "n_zero_maps": int(len(g_all) - len(g)),
-                     "energy_median": float(med), "energy_q1": float(q1), "energy_q3": float(q3),
-                     "lesion_fraction_median": float(g_all["lesion_fraction"].median()),
-                     "enrichment_median": float(g["enrichment"].median()), "n_above_uniform": int((d > 0).sum()),
-                     "wilcoxon_p": p})
+        g = g_all.dropna(subset=["energy_own_mask"])
+        q1, med, q3 = (np.quantile(g["energy_own_mask"], [0.25, 0.5, 0.75]) if len(g) else (np.nan,) * 3)
+        row = {"model": model, "n": int(len(g)), "n_zero_maps": int(len(g_all) - len(g)),
+               "energy_own_median": float(med), "energy_own_q1": float(q1), "energy_own_q3": float(q3),
+               "energy_others_median": float(g["energy_other_masks_mean"].median()),
+               "enrichment_over_centre_prior_median": float(g["enrichment_over_centre_prior"].median()),
+               "n_own_above_others": int((g["energy_own_mask"] > g["energy_other_masks_mean"]).sum())}
+        test = tests.get(model)
+        if test is not None and test.n_patients != len(g):
+            raise ParameterError(f"energy_summary: the {model} test covers {test.n_patients} maps but the "
+                                 f"energy table has {len(g)} non-zero maps for it; run both on the same maps.")
+        t = test.to_row() if test is not None else dict(blank)
+        t.pop("n_patients", None)
+        t.pop("n_zero_maps", None)
+        row.update(t)
+        row.update({"lesion_fraction_median": float(g_all["lesion_fraction"].median()),
+                    "naive_enrichment_vs_uniform_median": float(g["naive_enrichment_vs_uniform"].median())})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
 class GradCAMRun:
-    """Outputs of :func:`run_gradcam`: per-patient energy, its summary, the selected cases, written files."""
+    """Outputs of :func:`run_gradcam`: per-patient energy, its summary, the tests, the selected cases, files."""
 
     energy: "pd.DataFrame"
     summary: "pd.DataFrame"
     cases: "pd.DataFrame"
     files: tuple[Path, ...]
+    tests: Mapping[str, LocalisationTestResult] = field(default_factory=dict)
 
 
 def available_models(run, quiet: bool = False) -> list[str]:
@@ -568,15 +1040,32 @@ def available_models(run, quiet: bool = False) -> list[str]:
     return out
 
 
+def _read_source(modality: str, image_path, mask_path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Source image, mask and spacing as :mod:`her2lib.roi` reads them before cropping."""
+    from .data import read_image
+
+    img, spacing = read_image(image_path)
+    msk, _ = read_image(mask_path)
+    if modality == "us":
+        if img.ndim == 3 and img.shape[-1] in (3, 4):  # RGB(A) screenshot: luminance, as roi does
+            img = img[..., :3].mean(axis=-1)
+        if msk.ndim == 3:
+            msk = msk.max(axis=-1)
+        spacing = tuple(spacing)[:2]
+    return img, msk > 0, tuple(float(s) for s in spacing)
+
+
 def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[int] | None = None,
                 max_patients: int | None = None, progress: bool = True, dpi: int = 200,
-                target_layers: dict[str, str] | None = None) -> GradCAMRun:
-    """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the energy table.
+                target_layers: dict[str, str] | None = None, n_permutations: int = 9999,
+                seed: int = 0) -> GradCAMRun:
+    """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the localisation test.
 
     Parameters
     ----------
     run : her2lib.nb.RunDirs
-        Reads ``run.manifest``, ``run.params/02_preprocess.json`` (ROI settings; ROIs come from ``run.cache``),
+        Reads ``run.manifest`` (and the source images and masks it lists, for Figure 4),
+        ``run.params/02_preprocess.json`` (ROI settings; ROIs and their crop boxes come from ``run.cache``),
         ``run.models/<model>/fold{k}.pt`` and ``run.predictions/{us,mri}_{oof,test}.csv``.
     models : sequence of {"dl_us", "dl_mri"}, optional
         None: the models that exist (:func:`available_models`, with a notice for a skipped one).
@@ -584,7 +1073,7 @@ def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[
         Fold models whose maps are averaged: None or 0 = every ``fold{k}.pt`` present, an int n = the first n of
         them, a sequence = those folds.
     max_patients : int or None
-        Limit the energy analysis to the first n test patients (by patient_id) plus the four Figure-4 cases
+        Limit the energy analysis to the first n test patients (by patient_id) plus the Figure-4 cases
         (for quick runs); None or 0 = the whole test cohort.
     progress : bool
     dpi : int
@@ -592,17 +1081,23 @@ def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[
         Layer per model, overriding :data:`TARGET_LAYERS` (the paper's: last ConvNeXt stage, ``layer4``). At
         CPU-profile ROI sizes ``layer4`` of the 3D ResNet18 is 1 or 2 voxels wide (32x downsampling), so such
         profiles explain an earlier stage (e.g. ``layer2``) and say so in the figure title.
+    n_permutations : int
+        Random permutations of the mask-permutation test (:func:`localisation_test`; all n! when fewer).
+    seed : int
+        Seed of that test.
 
     Returns
     -------
     GradCAMRun
-        Writes ``tables/gradcam_energy.csv`` (per patient), ``tables/gradcam_energy_summary.csv``,
-        ``tables/gradcam_cases.csv`` and ``figures/gradcam_us.png`` / ``figures/gradcam_mri.png``.
+        Writes ``tables/gradcam_energy.csv`` (per patient, :func:`energy_table`),
+        ``tables/gradcam_energy_summary.csv`` (per model, :func:`energy_summary`), ``tables/gradcam_cases.csv``
+        and ``figures/gradcam_us.png`` / ``figures/gradcam_mri.png`` (maps mapped back onto the source images).
 
     Notes
     -----
     Figure-4 cases are chosen per model at that model's Youden threshold on its **training OOF** predictions
-    (:func:`select_cases`).
+    (:func:`select_cases`). The map is the fold ensemble of :func:`cohort_cams` (mean of max-normalised fold
+    maps, not the Grad-CAM of the averaged prediction).
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -626,7 +1121,7 @@ def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[
     cohort = load_cohort(run.manifest, check_files="exists")
     spec = PreprocessSpec.from_params(run.params / "02_preprocess.json")
     files: list[Path] = []
-    energies, case_tabs = [], []
+    energies, case_tabs, tests = [], [], {}
     for key in models:
         mod, label = _MODALITY[key]
         mdir = run.models / key
@@ -652,28 +1147,37 @@ def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[
             raise ParameterError(f"run_gradcam: test patients {missing[:10]} of {mod}_test.csv are not in "
                                  f"{run.manifest}; run the notebooks on one cohort.")
         sub = cohort.set_index("patient_id").loc[ids].reset_index()
-        images, masks, _ = preprocess_cohort(sub, mod, spec, run.cache, progress=progress)
+        images, masks, boxes = preprocess_cohort(sub, mod, spec, run.cache, progress=progress)
         cams = cohort_cams(nets, images, layers[key], progress=progress, desc=f"Grad-CAM {label}")
         energies.append(energy_table(ids, cams, masks, key))
+        tests[key] = localisation_test(cams, masks, n_permutations=n_permutations, seed=seed)
         pos = {p: i for i, p in enumerate(ids)}
         pred = test.set_index("patient_id")
+        src = sub.set_index("patient_id")
         fig_cases = []
         for _, c in cases.iterrows():
-            i = pos[c["patient_id"]]
-            fig_cases.append(dict(image=images[i, 0], cam=cams[i], mask=masks[i, 0], patient_id=c["patient_id"],
-                                  her2=int(pred.loc[c["patient_id"], "her2"]), p_her2=float(c["p_her2"]),
-                                  outcome=c["outcome"]))
+            pid = c["patient_id"]
+            i = pos[pid]
+            img, msk, spacing = _read_source(mod, src.loc[pid, f"{mod}_image"], src.loc[pid, f"{mod}_mask"])
+            fig_cases.append(dict(image=img, mask=msk, cam=cam_to_source(cams[i], boxes[i], img.shape),
+                                  box=boxes[i], spacing=spacing, patient_id=pid,
+                                  her2=int(pred.loc[pid, "her2"]), p_her2=float(c["p_her2"]), outcome=c["outcome"]))
         plot = plot_gradcam_us if key == "dl_us" else plot_gradcam_mri
         path = run.figures / f"gradcam_{mod}.png"
-        fig = plot(fig_cases, None, note=f"Cases chosen at {label}'s training-OOF Youden threshold {thr:.3f}; "
-                   f"map = mean of {len(nets)} fold models' Grad-CAMs of layer '{layers[key]}'.")
+        note = (f"Fold ensemble of {len(nets)} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
+                f"{thr:.3f} (p = the test prediction).")
+        flat = cams.reshape(len(cams), -1)
+        if np.all(flat.max(axis=1) - flat.min(axis=1) <= 1e-6):
+            note += (f" Every {label} map is constant: layer '{layers[key]}' has a single spatial cell at this ROI "
+                     "size, so its Grad-CAM cannot localise.")
+        fig = plot(fig_cases, None, layer=layers[key], note=note)
         _save(fig, path, dpi)
         plt.close(fig)
         files.append(path)
     energy = pd.concat(energies, ignore_index=True)
-    summary = energy_summary(energy)
+    summary = energy_summary(energy, tests)
     cases_all = pd.concat(case_tabs, ignore_index=True)
     files += [write_csv(run.tables / "gradcam_energy.csv", energy),
               write_csv(run.tables / "gradcam_energy_summary.csv", summary),
               write_csv(run.tables / "gradcam_cases.csv", cases_all)]
-    return GradCAMRun(energy=energy, summary=summary, cases=cases_all, files=tuple(files))
+    return GradCAMRun(energy=energy, summary=summary, cases=cases_all, files=tuple(files), tests=tests)
