@@ -583,7 +583,9 @@ def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
     Parameters
     ----------
     test : DataFrame
-        Test predictions with ``patient_id, her2, p_her2``.
+        Test predictions with ``patient_id, her2, p_her2`` (:func:`run_gradcam` passes the fold-model mean, the
+        probability the figure prints; the evaluation's operating point is per fold model, so a borderline case's
+        outcome here may differ from the majority of the fold models).
     threshold : float
         Probability threshold (from the training OOF predictions, never from the test cohort); a patient is
         called positive when ``p_her2 >= threshold``.
@@ -597,8 +599,9 @@ def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    if not np.isfinite(threshold):
-        raise ParameterError(f"threshold must be finite; got {threshold!r}.")
+    if threshold is None or np.isnan(threshold):
+        raise ParameterError(f"threshold must be a number (+-inf allowed: Youden's J may pick everyone positive or "
+                             f"negative); got {threshold!r}.")
     df = test[["patient_id", "her2", "p_her2"]].copy()
     pred = (df["p_her2"] >= threshold).astype(int)
     df["outcome"] = np.select([(pred == 1) & (df["her2"] == 1), (pred == 1) & (df["her2"] == 0),
