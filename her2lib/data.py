@@ -29,7 +29,7 @@ from .errors import DataError
 from .io import atomic_path, save_figure
 
 __all__ = ["DataError", "CohortWarning", "MODALITIES", "PATH_COLUMNS", "REQUIRED_COLUMNS", "table_spec",
-           "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png",
+           "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png", "IMAGE_READER_VERSION",
            "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
 
 MODALITIES: dict[str, tuple[str, str]] = {"us": ("us_image", "us_mask"), "mri": ("mri_image", "mri_mask")}
@@ -39,6 +39,11 @@ HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
 FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
 CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")
 _SPEC_PATH = Path(__file__).resolve().parent / "resources" / "tables_1_3.json"
+
+#: Version of :func:`read_image`'s output; part of every ROI cache key (``her2lib.roi.cache_key``). Bump it
+#: whenever ``read_image`` returns different values or axes for the same file.
+#: read_image-2: 2-D colour images read by SimpleITK (JPEG, BMP, TIFF, MHA, NRRD) become luminance like PNGs.
+IMAGE_READER_VERSION = "read_image-2"
 
 
 class CohortWarning(UserWarning):
@@ -102,8 +107,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     Parameters
     ----------
     path : path-like
-        ``.png`` (8- or 16-bit grayscale; RGB is converted to luminance), ``.nii``/``.nii.gz``, or any format
-        SimpleITK reads (``.mha``, ``.nrrd``).
+        ``.png`` (8- or 16-bit grayscale), ``.nii``/``.nii.gz``, or any format SimpleITK reads (``.mha``,
+        ``.nrrd``, ``.jpg``, ``.tif``, ...). A 2-D colour image (RGB/RGBA, grey + alpha) becomes one luminance
+        channel, ``L = 0.299 R + 0.587 G + 0.114 B`` (Pillow's ``convert("L")``, also for SimpleITK formats), so a
+        2-D image is always returned as ``(y, x)``.
 
     Returns
     -------
@@ -146,13 +153,31 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
             return arr, tuple(zooms[: arr.ndim][::-1])
         import SimpleITK as sitk
         img = sitk.ReadImage(str(path))
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
-        return arr, tuple(float(s) for s in img.GetSpacing())[::-1]
+        arr = sitk.GetArrayFromImage(img)
+        ncomp = img.GetNumberOfComponentsPerPixel()
+        if ncomp > 1:
+            if img.GetDimension() != 2 or ncomp not in (2, 3, 4):
+                raise ValueError(f"{img.GetDimension()}-D image with {ncomp} components per pixel; expected "
+                                 "a single-channel image (or a 2-D RGB/RGBA/grey+alpha one)")
+            arr = _luminance(arr)
+        return arr.astype(np.float32), tuple(float(s) for s in img.GetSpacing())[::-1]
     except DataError:
         raise
     except Exception as exc:  # any decoder failure
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or "
                         "not an image; re-export or rebuild it.") from exc
+
+
+def _luminance(arr: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` colour -> ``(H, W)`` luminance as Pillow's ``convert("L")`` (ITU-R 601-2 weights; integer
+    images rounded the way Pillow does, so a JPEG/TIFF/MHA and a PNG of the same pixels read the same)."""
+    if arr.shape[-1] == 2:  # grey + alpha
+        return arr[..., 0]
+    rgb = arr[..., :3]
+    if np.issubdtype(rgb.dtype, np.integer):
+        r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+        return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+    return rgb.astype(np.float64) @ np.array([19595, 38470, 7471]) / 65536.0
 
 
 def read_spacing_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float, ...]]:
