@@ -3,8 +3,9 @@
 No patient data can ship with her2lib, so the default input is a deterministic synthetic cohort that mirrors the
 paper's: 197 patients (149 train / 48 test; HER2-positive 60/19), every categorical variable of Tables 1-3 with
 the paper's per-split counts *exactly*, age and largest tumour size with the paper's per-split median and
-quartiles (``numpy.quantile``, linear method), and per patient one B-mode ultrasound image (8-bit PNG) and one
-DCE post-contrast T1 MRI volume (NIfTI), each with its lesion mask.
+quartiles (``numpy.quantile``, linear method) *and* the paper's train-vs-test Mann-Whitney P values (0.704 and
+0.243, R's ``wilcox.test`` rule, :func:`match_mann_whitney_p`), and per patient one B-mode ultrasound image
+(8-bit PNG) and one DCE post-contrast T1 MRI volume (NIfTI), each with its lesion mask.
 
 HER2 signal model
 -----------------
@@ -50,9 +51,10 @@ from .errors import ParameterError
 from .io import write_csv, write_json
 
 __all__ = ["SynthKnobs", "make_cohort", "make_table", "split_counts", "scale_counts", "place_quantiles",
-           "oracle_auc", "oracle_auc_theory", "paper_count_table", "knobs_from"]
+           "oracle_auc", "oracle_auc_theory", "paper_count_table", "knobs_from", "r_wilcox_p", "match_mann_whitney_p",
+           "PAPER_MW_P"]
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -317,13 +319,13 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
         df[col] = _assign_exact(w * s[src] + noise(), order, [c[o] for o in order])
     # continuous
     cont = {v["column"]: _parse_quartiles(v[split]) for v in spec["continuous"]}
-    age = np.clip(rng.normal(cont["age"][0.5], (cont["age"][0.75] - cont["age"][0.25]) / 1.35, n), 25, 88)
-    df["age"] = place_quantiles(age, cont["age"], bounds=(25, 88)).astype(int) if n >= 4 else \
+    age = np.clip(rng.normal(cont["age"][0.5], (cont["age"][0.75] - cont["age"][0.25]) / 1.35, n), *_CONT_BOUNDS["age"])
+    df["age"] = place_quantiles(age, cont["age"], bounds=_CONT_BOUNDS["age"]).astype(int) if n >= 4 else \
         np.round(age).astype(int)
     t = cont["mri_size_mm"]
     size = np.exp(rng.normal(np.log(t[0.5]), np.log(t[0.75] / t[0.25]) / 1.35, n)) + 0.3 * s["mri"]
-    size = np.clip(size, 6, 80)
-    size = place_quantiles(size, t, bounds=(6, 80)) if n >= 4 else np.round(size)
+    size = np.clip(size, *_CONT_BOUNDS["mri_size_mm"])
+    size = place_quantiles(size, t, bounds=_CONT_BOUNDS["mri_size_mm"]) if n >= 4 else np.round(size)
     df["mri_size_mm"] = [int(v) if float(v).is_integer() else float(v) for v in size]
     # HER2 IHC / FISH consistent with her2
     u = rng.random(n)
@@ -334,6 +336,162 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     df["split"] = split
     df["_z"], df["_s_us"], df["_s_mri"] = s["z"], s["us"], s["mri"]
     return df
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Continuous variables: the paper's Mann-Whitney P values (train vs test)
+# ----------------------------------------------------------------------------------------------------------
+#: P values the paper prints for the two continuous rows of Tables 1-3 (training vs test cohort, Mann-Whitney U;
+#: Table 1 "Age", Table 3 "Largest tumor size"), matched by :func:`match_mann_whitney_p`.
+PAPER_MW_P: dict[str, float] = {"age": 0.704, "mri_size_mm": 0.243}
+_CONT_BOUNDS: dict[str, tuple[float, float]] = {"age": (25, 88), "mri_size_mm": (6, 80)}
+
+
+def r_wilcox_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided P value of R's ``wilcox.test(a, b)`` with its defaults (``exact = NULL, correct = TRUE``).
+
+    R computes the exact P when both groups have fewer than 50 values and there are no ties; otherwise the
+    normal approximation with continuity correction and tie-corrected variance:
+    ``z = (W - n_a n_b / 2 - sign(.) / 2) / sqrt(n_a n_b / 12 * (n_a + n_b + 1 - sum(t^3 - t) / ((n_a + n_b)
+    (n_a + n_b - 1))))``, ``P = 2 min(Phi(z), 1 - Phi(z))``. Checked against R 4.2 ``wilcox.test``
+    (``tests/fixtures/r_wilcox_reference.json``).
+
+    Parameters
+    ----------
+    a, b : array-like, shape (n_a,), (n_b,)
+
+    Returns
+    -------
+    float
+    """
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    return _wilcox_p_sorted(a, b)
+
+
+def _wilcox_p_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`r_wilcox_p` for sorted ``a`` and ``b`` (the hot path of :func:`match_mann_whitney_p`)."""
+    na, nb = a.size, b.size
+    x = np.concatenate([a, b])
+    x.sort()
+    cnt = np.diff(np.flatnonzero(np.r_[True, x[1:] != x[:-1], True]))
+    if na < 50 and nb < 50 and not (cnt > 1).any():
+        from scipy import stats
+        return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
+    w = 0.5 * float((np.searchsorted(b, a, "left") + np.searchsorted(b, a, "right")).sum())  # U of a
+    n = na + nb
+    sigma = math.sqrt(na * nb / 12 * ((n + 1) - float((cnt ** 3 - cnt).sum()) / (n * (n - 1))))
+    d = w - na * nb / 2
+    if sigma == 0:
+        return 1.0
+    z = (abs(d) - 0.5 * (d != 0)) / sigma
+    return min(1.0, math.erfc(z / math.sqrt(2)))
+
+
+def _pinned(n: int, qs=(0.25, 0.5, 0.75)) -> set[int]:
+    """Order statistics that define ``numpy.quantile(x, qs)`` (linear method) for ``n`` values."""
+    out: set[int] = set()
+    for q in qs:
+        h = (n - 1) * q
+        out |= {int(math.floor(h)), int(math.ceil(h))}
+    return out
+
+
+def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.random.Generator,
+                         bounds: tuple[float, float] = (-np.inf, np.inf), tol: float = 2.5e-4,
+                         alpha: float = 0.05, max_steps: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Move values of two groups by +-1 between their quartiles until R's Mann-Whitney P is ``target``.
+
+    The order statistics that define each group's quartiles (``numpy.quantile``, linear method) are never moved,
+    and every move keeps the group's sorted order, so each group's median and quartiles, and the rank of every
+    value within its group, are unchanged. A random walk (greedy towards ``target``, free inside a narrow band
+    around it so that the tie pattern can change) stops when ``|P - target| < tol`` and at least one group fails
+    Shapiro-Wilk at ``alpha`` (so the paper's rule, Mann-Whitney unless both groups look normal, applies).
+
+    Parameters
+    ----------
+    a, b : np.ndarray, shape (n_a,), (n_b,)
+        Values (integers for ages and sizes in mm), any order.
+    target : float
+        The P value to reach (:func:`r_wilcox_p`).
+    rng : np.random.Generator
+    bounds : (float, float)
+        Plausible range of a value.
+    tol : float
+        Stop when ``|P - target| < tol`` (the paper prints 3 decimals: 5e-4 would round to it).
+    alpha : float
+        Shapiro-Wilk level of the paper's rule.
+    max_steps : int
+        Proposals before giving up (the best state found is returned).
+
+    Returns
+    -------
+    a, b : np.ndarray
+        Adjusted values in the input order.
+    """
+    from scipy import stats
+    groups = [np.asarray(a, float), np.asarray(b, float)]
+    orders = [np.argsort(g, kind="stable") for g in groups]
+    s = [g[o].copy() for g, o in zip(groups, orders)]
+    pinned = [_pinned(v.size) for v in s]
+    free = [np.array(sorted(set(range(v.size)) - pn), dtype=np.intp) for v, pn in zip(s, pinned)]
+    sizes = np.array([f.size for f in free], float)
+
+    def ok_shapiro() -> bool:
+        return min(stats.shapiro(v).pvalue for v in s if v.size >= 3) < alpha
+
+    p = _wilcox_p_sorted(*s)
+    best = (abs(p - target), [v.copy() for v in s])
+    band, hit = 3e-3, None
+    for step in range(max_steps):
+        if abs(p - target) < tol:
+            hit = step if hit is None else hit
+            if ok_shapiro() or step - hit > 200:
+                break
+        g = int(rng.random() < sizes[1] / sizes.sum())
+        if free[g].size == 0:
+            continue
+        v = s[g]
+        i = int(free[g][rng.integers(free[g].size)])
+        up = rng.random() < 0.5
+        # move the last (up) / first (down) member of i's run of ties, so the group stays sorted
+        i = int(np.searchsorted(v, v[i], "right")) - 1 if up else int(np.searchsorted(v, v[i], "left"))
+        if i in pinned[g]:
+            continue
+        new = v[i] + (1.0 if up else -1.0)
+        lo = v[i - 1] if i > 0 else -np.inf
+        hi = v[i + 1] if i < v.size - 1 else np.inf
+        if not (max(lo, bounds[0]) <= new <= min(hi, bounds[1])):
+            continue
+        old = v[i]
+        v[i] = new
+        p_new = _wilcox_p_sorted(*s)
+        if abs(p_new - target) < abs(p - target) or (abs(p_new - target) < band and rng.random() < 0.5):
+            p = p_new
+            if abs(p - target) < best[0]:
+                best = (abs(p - target), [u.copy() for u in s])
+        else:
+            v[i] = old
+    else:
+        s = best[1]
+    out = []
+    for g, o, v in zip(groups, orders, s):
+        r = np.empty_like(g)
+        r[o] = v
+        out.append(r)
+    return out[0], out[1]
+
+
+def _match_paper_pvalues(parts: list[pd.DataFrame], seed: int) -> None:
+    """In place: age and tumour size of the train/test tables get the paper's Mann-Whitney P values."""
+    tr, te = parts
+    if min(len(tr), len(te)) < 4:
+        return
+    for j, (col, target) in enumerate(PAPER_MW_P.items()):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3, j]))
+        a, b = match_mann_whitney_p(tr[col].to_numpy(float), te[col].to_numpy(float), target, rng,
+                                    bounds=_CONT_BOUNDS[col])
+        for df, v in ((tr, a), (te, b)):
+            df[col] = v.astype(int) if col == "age" else [int(x) if float(x).is_integer() else float(x) for x in v]
 
 
 def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFrame:
@@ -359,6 +517,7 @@ def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFra
     k = knobs_from(**knobs)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
     parts = [_split_table(rng, sp, n, k) for sp, n in split_counts(int(n_patients)).items()]
+    _match_paper_pvalues(parts, int(seed))
     df = pd.concat(parts, ignore_index=True)
     perm = rng.permutation(len(df))  # interleave splits so ids carry no split information
     df = df.iloc[perm].reset_index(drop=True)

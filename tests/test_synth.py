@@ -14,6 +14,8 @@ from her2lib import synth
 from her2lib.data import load_cohort, read_image, table_spec
 from her2lib.errors import ParameterError
 
+FIX = Path(__file__).parent / "fixtures"
+
 TINY = dict(n_patients=24, seed=3, us_shape=(96, 112), mri_shape=(16, 32, 32))
 
 
@@ -190,3 +192,43 @@ def test_mri_enhancement_follows_her2_score():
     assert hi[rim].mean() > lo[rim].mean()  # stronger enhancement
     assert hi[core].mean() / hi[rim].mean() < lo[core].mean() / lo[rim].mean()  # more rim-like
     assert lo.dtype == np.int16 and m.dtype == np.uint8 and m.any()
+
+
+# ------------------------------------------------------------------ Mann-Whitney P values of Tables 1 and 3
+def test_r_wilcox_p_matches_r_reference():
+    """R 4.2 wilcox.test (exact, normal approximation, ties) from tests/fixtures/wilcox_reference.json."""
+    cases = json.loads((FIX / "wilcox_reference.json").read_text())["wilcox"]
+    assert {"exact" in c["method"] for c in cases} == {True, False}
+    for c in cases:
+        assert synth.r_wilcox_p(c["x"], c["y"]) == pytest.approx(c["p"], rel=1e-9, abs=1e-12), c["name"]
+
+
+def test_continuous_p_values_match_paper_197(table197):
+    """Age (Table 1) and tumour size (Table 3): the paper's printed train-vs-test P to its 3 decimals, with the test
+    the paper's rule picks (Mann-Whitney: not both groups normal by Shapiro-Wilk) and R's wilcox.test P value."""
+    from her2lib.stats.tables import PAPER_PVALUES, continuous_test
+
+    assert synth.PAPER_MW_P == {c: PAPER_PVALUES[c] for c in ("age", "mri_size_mm")} == \
+        {"age": 0.704, "mri_size_mm": 0.243}
+    tr, te = table197[table197["split"] == "train"], table197[table197["split"] == "test"]
+    for col, printed in synth.PAPER_MW_P.items():
+        a, b = tr[col].to_numpy(float), te[col].to_numpy(float)
+        res = continuous_test(a, b)
+        assert res.method == "mann_whitney", (col, res.reason)
+        assert abs(res.pvalue - printed) < 5e-4, (col, res.pvalue)
+        assert abs(synth.r_wilcox_p(a, b) - printed) < 5e-4
+        assert (a == np.round(a)).all() and (b == np.round(b)).all()  # whole years / mm, as printed
+        assert 25 <= a.min() and max(a.max(), b.max()) <= 88 if col == "age" else 6 <= min(a.min(), b.min())
+
+
+@pytest.mark.parametrize("target", [0.05, 0.5, 0.95])
+def test_match_mann_whitney_p_keeps_quartiles_and_ranks(target):
+    rng = np.random.default_rng(7)
+    a, b = np.round(rng.normal(50, 8, 120)), np.round(rng.normal(51, 8, 40))
+    a2, b2 = synth.match_mann_whitney_p(a, b, target, np.random.default_rng(0), bounds=(25, 88))
+    assert abs(synth.r_wilcox_p(a2, b2) - target) < 5e-4  # three printed decimals
+    for old, new in ((a, a2), (b, b2)):
+        np.testing.assert_array_equal(np.quantile(new, [0.25, 0.5, 0.75]), np.quantile(old, [0.25, 0.5, 0.75]))
+        order = np.argsort(old, kind="stable")
+        assert (np.diff(new[order]) >= 0).all()  # every value keeps its rank within its group
+        assert new.min() >= 25 and new.max() <= 88 and (new == np.round(new)).all()
