@@ -29,8 +29,8 @@ from .errors import DataError
 from .io import atomic_path, save_figure
 
 __all__ = ["DataError", "CohortWarning", "MODALITIES", "PATH_COLUMNS", "REQUIRED_COLUMNS", "table_spec",
-           "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png", "IMAGE_READER_VERSION",
-           "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
+           "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png",
+           "IMAGE_READER_VERSION", "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
 
 MODALITIES: dict[str, tuple[str, str]] = {"us": ("us_image", "us_mask"), "mri": ("mri_image", "mri_mask")}
 PATH_COLUMNS: tuple[str, ...] = ("us_image", "us_mask", "mri_image", "mri_mask")
