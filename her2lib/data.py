@@ -594,9 +594,36 @@ def available_modalities(df: pd.DataFrame, require_all: bool = True) -> list[str
 # ----------------------------------------------------------------------------------------------------------
 # Gallery figure
 # ----------------------------------------------------------------------------------------------------------
+def _zoom_inset(ax, img: np.ndarray, mask: np.ndarray, spacing: Sequence[float], colour: str, aspect: float,
+                window_mm: float = 60.0) -> None:
+    """An inset of a ``window_mm`` square around the lesion (framed on the full slice), in the lower corner away
+    from the lesion."""
+    from matplotlib.patches import Rectangle
+
+    ys, xs = np.nonzero(mask)
+    half = [max(2, int(round(window_mm / 2 / s))) for s in spacing]
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    y0, y1 = max(0, cy - half[0]), min(img.shape[0], cy + half[0])
+    x0, x1 = max(0, cx - half[1]), min(img.shape[1], cx + half[1])
+    if (y1 - y0) * (x1 - x0) > 0.5 * img.size:  # the lesion already fills the image: no inset
+        return
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=0.6))
+    left = cx > img.shape[1] / 2  # lesion on the right: inset on the left
+    top = cy > img.shape[0] / 2  # lesion in the lower half: inset at the top
+    ins = ax.inset_axes([0.02 if left else 0.56, 0.56 if top else 0.02, 0.42, 0.42])
+    ins.imshow(img[y0:y1, x0:x1], cmap="gray", aspect=aspect, vmin=float(img.min()), vmax=float(img.max()))
+    ins.contour(mask[y0:y1, x0:x1], levels=[0.5], colors=[colour], linewidths=0.8)
+    ins.set_xticks([])
+    ins.set_yticks([])
+    for side in ins.spines.values():
+        side.set_edgecolor("yellow")
+        side.set_linewidth(0.6)
+
+
 def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_per_class: int = 3,
                    seed: int = 0):
-    """Gallery of cases by HER2 status: US image and the central MRI slice through the lesion, mask contours.
+    """Gallery of cases by HER2 status: US image and the MRI slice through the lesion (with a zoomed inset of a
+    60 mm window around the lesion), mask contours.
 
     Parameters
     ----------
@@ -643,12 +670,15 @@ def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_pe
             img, sp = read_image(row[ci])
             mask, _ = read_image(row[cm])
             aspect = 1.0
+            colour = "tab:red" if cls else "tab:cyan"
             if img.ndim == 3:
                 z = int(np.argmax((mask > 0).sum(axis=(1, 2))))
                 img, mask = img[z], mask[z]
                 aspect = sp[1] / sp[2]
             ax.imshow(img, cmap="gray", aspect=aspect)
-            ax.contour(mask > 0, levels=[0.5], colors=["tab:red" if cls else "tab:cyan"], linewidths=0.8)
+            ax.contour(mask > 0, levels=[0.5], colors=[colour], linewidths=0.8)
+            if m == "mri" and (mask > 0).any():
+                _zoom_inset(ax, img, mask > 0, sp[-2:], colour, aspect)
             ax.set_title(f"{row['patient_id']} {m.upper()}\nHER2{'+' if cls else '-'}", fontsize=7)
     fig.tight_layout()
     if path is not None:
