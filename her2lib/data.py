@@ -30,7 +30,7 @@ from .io import atomic_path, save_figure
 
 __all__ = ["DataError", "CohortWarning", "MODALITIES", "PATH_COLUMNS", "REQUIRED_COLUMNS", "table_spec",
            "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png",
-           "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
+           "IMAGE_READER_VERSION", "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
 
 MODALITIES: dict[str, tuple[str, str]] = {"us": ("us_image", "us_mask"), "mri": ("mri_image", "mri_mask")}
 PATH_COLUMNS: tuple[str, ...] = ("us_image", "us_mask", "mri_image", "mri_mask")
@@ -39,6 +39,11 @@ HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
 FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
 CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")
 _SPEC_PATH = Path(__file__).resolve().parent / "resources" / "tables_1_3.json"
+
+#: Version of :func:`read_image`'s output; part of every ROI cache key (``her2lib.roi.cache_key``). Bump it
+#: whenever ``read_image`` returns different values or axes for the same file.
+#: read_image-2: 2-D colour images read by SimpleITK (JPEG, BMP, TIFF, MHA, NRRD) become luminance like PNGs.
+IMAGE_READER_VERSION = "read_image-2"
 
 
 class CohortWarning(UserWarning):
@@ -102,8 +107,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     Parameters
     ----------
     path : path-like
-        ``.png`` (8- or 16-bit grayscale; RGB is converted to luminance), ``.nii``/``.nii.gz``, or any format
-        SimpleITK reads (``.mha``, ``.nrrd``).
+        ``.png`` (8- or 16-bit grayscale), ``.nii``/``.nii.gz``, or any format SimpleITK reads (``.mha``,
+        ``.nrrd``, ``.jpg``, ``.tif``, ...). A 2-D colour image (RGB/RGBA, grey + alpha) becomes one luminance
+        channel, ``L = 0.299 R + 0.587 G + 0.114 B`` (Pillow's ``convert("L")``, also for SimpleITK formats), so a
+        2-D image is always returned as ``(y, x)``.
 
     Returns
     -------
@@ -146,13 +153,31 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
             return arr, tuple(zooms[: arr.ndim][::-1])
         import SimpleITK as sitk
         img = sitk.ReadImage(str(path))
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
-        return arr, tuple(float(s) for s in img.GetSpacing())[::-1]
+        arr = sitk.GetArrayFromImage(img)
+        ncomp = img.GetNumberOfComponentsPerPixel()
+        if ncomp > 1:
+            if img.GetDimension() != 2 or ncomp not in (2, 3, 4):
+                raise ValueError(f"{img.GetDimension()}-D image with {ncomp} components per pixel; expected "
+                                 "a single-channel image (or a 2-D RGB/RGBA/grey+alpha one)")
+            arr = _luminance(arr)
+        return arr.astype(np.float32), tuple(float(s) for s in img.GetSpacing())[::-1]
     except DataError:
         raise
     except Exception as exc:  # any decoder failure
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or "
                         "not an image; re-export or rebuild it.") from exc
+
+
+def _luminance(arr: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` colour -> ``(H, W)`` luminance as Pillow's ``convert("L")`` (ITU-R 601-2 weights; integer
+    images rounded the way Pillow does, so a JPEG/TIFF/MHA and a PNG of the same pixels read the same)."""
+    if arr.shape[-1] == 2:  # grey + alpha
+        return arr[..., 0]
+    rgb = arr[..., :3]
+    if np.issubdtype(rgb.dtype, np.integer):
+        r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+        return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+    return rgb.astype(np.float64) @ np.array([19595, 38470, 7471]) / 65536.0
 
 
 def read_spacing_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -569,9 +594,36 @@ def available_modalities(df: pd.DataFrame, require_all: bool = True) -> list[str
 # ----------------------------------------------------------------------------------------------------------
 # Gallery figure
 # ----------------------------------------------------------------------------------------------------------
+def _zoom_inset(ax, img: np.ndarray, mask: np.ndarray, spacing: Sequence[float], colour: str, aspect: float,
+                window_mm: float = 60.0) -> None:
+    """An inset of a ``window_mm`` square around the lesion (framed on the full slice), in the lower corner away
+    from the lesion."""
+    from matplotlib.patches import Rectangle
+
+    ys, xs = np.nonzero(mask)
+    half = [max(2, int(round(window_mm / 2 / s))) for s in spacing]
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    y0, y1 = max(0, cy - half[0]), min(img.shape[0], cy + half[0])
+    x0, x1 = max(0, cx - half[1]), min(img.shape[1], cx + half[1])
+    if (y1 - y0) * (x1 - x0) > 0.5 * img.size:  # the lesion already fills the image: no inset
+        return
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=0.6))
+    left = cx > img.shape[1] / 2  # lesion on the right: inset on the left
+    top = cy > img.shape[0] / 2  # lesion in the lower half: inset at the top
+    ins = ax.inset_axes([0.02 if left else 0.56, 0.56 if top else 0.02, 0.42, 0.42])
+    ins.imshow(img[y0:y1, x0:x1], cmap="gray", aspect=aspect, vmin=float(img.min()), vmax=float(img.max()))
+    ins.contour(mask[y0:y1, x0:x1], levels=[0.5], colors=[colour], linewidths=0.8)
+    ins.set_xticks([])
+    ins.set_yticks([])
+    for side in ins.spines.values():
+        side.set_edgecolor("yellow")
+        side.set_linewidth(0.6)
+
+
 def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_per_class: int = 3,
                    seed: int = 0):
-    """Gallery of cases by HER2 status: US image and the central MRI slice through the lesion, mask contours.
+    """Gallery of cases by HER2 status: US image and the MRI slice through the lesion (with a zoomed inset of a
+    60 mm window around the lesion), mask contours.
 
     Parameters
     ----------
@@ -618,12 +670,15 @@ def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_pe
             img, sp = read_image(row[ci])
             mask, _ = read_image(row[cm])
             aspect = 1.0
+            colour = "tab:red" if cls else "tab:cyan"
             if img.ndim == 3:
                 z = int(np.argmax((mask > 0).sum(axis=(1, 2))))
                 img, mask = img[z], mask[z]
                 aspect = sp[1] / sp[2]
             ax.imshow(img, cmap="gray", aspect=aspect)
-            ax.contour(mask > 0, levels=[0.5], colors=["tab:red" if cls else "tab:cyan"], linewidths=0.8)
+            ax.contour(mask > 0, levels=[0.5], colors=[colour], linewidths=0.8)
+            if m == "mri" and (mask > 0).any():
+                _zoom_inset(ax, img, mask > 0, sp[-2:], colour, aspect)
             ax.set_title(f"{row['patient_id']} {m.upper()}\nHER2{'+' if cls else '-'}", fontsize=7)
     fig.tight_layout()
     if path is not None:

@@ -9,8 +9,13 @@ The paper's recipe, for both modalities:
 
 :func:`us_roi` and :func:`mri_roi` are pure functions on arrays. :func:`preprocess_cohort` applies them to every
 patient of a cohort and keeps the results in a content-keyed on-disk cache (key = SHA-256 of the image and mask
-file bytes, every preprocessing parameter and :data:`ROI_CODE_VERSION`), so a re-run never recomputes and a
-changed parameter never reuses a stale entry. :func:`plot_roi_examples` draws before/after examples.
+file bytes, every preprocessing parameter, :data:`ROI_CODE_VERSION`, the image reader's version
+:data:`her2lib.data.IMAGE_READER_VERSION` and the versions of the libraries that read, dilate and resample:
+numpy, scipy, torch, Pillow, nibabel, SimpleITK), so a re-run never recomputes and a changed parameter or library
+never reuses a stale entry. Every result records its crop box, the source array's shape and voxel spacing, and
+whether the border of the image cut the box (:class:`RoiBox`); :func:`box_table` turns them into one row per
+patient (box extents, the box's share of the image/slice, clipping) and :func:`clipping_summary` summarises them.
+:func:`plot_roi_examples` draws before/after examples.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ from scipy import ndimage
 from .errors import DataError, ParameterError
 from .io import atomic_path, save_figure, sha256_file
 
-__all__ = ["ROI_CODE_VERSION", "RoiResult", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi", "mri_roi",
-           "cache_key", "preprocess_cohort", "box_table", "plot_roi_examples", "preprocess_modalities", "roi_boxes",
-           "box_summary"]
+__all__ = ["ROI_CODE_VERSION", "RoiResult", "RoiBox", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi",
+           "mri_roi", "cache_key", "library_versions", "preprocess_cohort", "box_table", "plot_roi_examples",
+           "preprocess_modalities", "roi_boxes", "box_summary", "clipping_summary"]
 
 #: Bump whenever the preprocessing code changes its output; it is part of every cache key.
-ROI_CODE_VERSION = "roi-1"
+#: roi-2 (2025): cache entries also record the source shape, spacing and per-axis clipping.
+ROI_CODE_VERSION = "roi-2"
+
+#: Distributions whose version is part of every cache key: the readers used by :func:`her2lib.data.read_image`
+#: (Pillow for PNG, nibabel for NIfTI, SimpleITK for the rest), scipy (dilation), torch (resizing) and numpy.
+#: MONAI is not listed because no ROI step uses it.
+CACHE_LIBRARIES = ("numpy", "scipy", "torch", "Pillow", "nibabel", "SimpleITK")
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,54 @@ class RoiResult:
         uint8 0/1, same shape: the clinician's (undilated) lesion mask, cropped and resized (nearest).
     box : tuple of (start, stop)
         Half-open crop box in the source array's index order (``(y, x)`` or ``(z, y, x)``).
+    source_shape : tuple of int
+        Shape of the source image (``(H, W)`` or ``(D, H, W)``); ``()`` when unknown.
+    spacing : tuple of float
+        Voxel size of the source image in mm, same axis order (``(1.0, 1.0)`` for a PNG); ``()`` when unknown.
+    clipped : tuple of bool
+        Per axis: the dilated lesion mask reached past the image border there, so the box was cut by the field of
+        view (the margin is not complete on that side). ``()`` when unknown.
     """
 
     image: np.ndarray
     mask: np.ndarray
     box: tuple[tuple[int, int], ...]
+    source_shape: tuple[int, ...] = ()
+    spacing: tuple[float, ...] = ()
+    clipped: tuple[bool, ...] = ()
+
+
+class RoiBox(tuple):
+    """A crop box ``((start, stop), ...)`` that also carries what :func:`box_table` reports.
+
+    It is a plain tuple to every caller (unpacking, indexing, ``==`` with a tuple); the extra attributes are
+    ``source_shape``, ``spacing`` and ``clipped`` as in :class:`RoiResult`.
+
+    Examples
+    --------
+    >>> b = RoiBox(((2, 9), (0, 30)), source_shape=(40, 30), spacing=(1.0, 1.0), clipped=(False, True))
+    >>> b == ((2, 9), (0, 30)), b.clipped
+    (True, (False, True))
+    """
+
+    source_shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    clipped: tuple[bool, ...]
+
+    def __new__(cls, box, source_shape=(), spacing=(), clipped=()):
+        obj = super().__new__(cls, tuple((int(a), int(b)) for a, b in box))
+        obj.source_shape = tuple(int(v) for v in source_shape)
+        obj.spacing = tuple(float(v) for v in spacing)
+        obj.clipped = tuple(bool(v) for v in clipped)
+        return obj
+
+    def __reduce__(self):
+        return (RoiBox, (tuple(self), self.source_shape, self.spacing, self.clipped))
+
+    @classmethod
+    def of(cls, res: RoiResult) -> "RoiBox":
+        """The box of a :class:`RoiResult`, with its shape, spacing and clipping."""
+        return cls(res.box, res.source_shape, res.spacing, res.clipped)
 
 
 def _size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -112,6 +166,21 @@ def roi_box(dilated: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((int(i.min()), int(i.max()) + 1) for i in idx)
 
 
+def _clip_flags(mask: np.ndarray, margins: Sequence[float], steps: Sequence[float]) -> tuple[bool, ...]:
+    """Per axis: would the dilated mask reach past the array border (so that the crop box is cut there)?
+
+    Along an axis, :func:`dilate_mask`'s Euclidean dilation by ``margin`` reaches exactly
+    ``floor((margin + 1e-6) / step)`` voxels beyond the mask's extreme voxel (``step`` = voxel size in the
+    margin's unit; margin 0 = an axis without margin).
+    """
+    idx = np.nonzero(mask)
+    out = []
+    for i, m, st, n in zip(idx, margins, steps, mask.shape):
+        k = int(np.floor((m + 1e-6) / st)) if m > 0 else 0
+        out.append(bool(int(i.min()) - k < 0 or int(i.max()) + 1 + k > n))
+    return tuple(out)
+
+
 def _crop_norm_resize(image: np.ndarray, mask: np.ndarray, box, size: tuple[int, ...]) -> RoiResult:
     sl = tuple(slice(a, b) for a, b in box)
     crop = image[sl].astype(np.float64)
@@ -143,7 +212,7 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, ndim: int, what: str) -> tu
 
 
 def us_roi(image: np.ndarray, mask: np.ndarray, margin_px: float = 50,
-           size: int | Sequence[int] = (256, 256)) -> RoiResult:
+           size: int | Sequence[int] = (256, 256), spacing: Sequence[float] = (1.0, 1.0)) -> RoiResult:
     """Ultrasound ROI: dilate by ``margin_px`` pixels, crop the bounding box, z-score, resize.
 
     Parameters
@@ -156,16 +225,21 @@ def us_roi(image: np.ndarray, mask: np.ndarray, margin_px: float = 50,
         Outward margin in pixels (paper: 50).
     size : int or (int, int)
         Output ``(H, W)`` (paper: 256 x 256).
+    spacing : (float, float)
+        Pixel size ``(y, x)`` recorded in the result (not used for the margin, which is in pixels).
 
     Returns
     -------
     RoiResult
-        ``image`` float32 ``(1, H, W)``, ``mask`` uint8 ``(1, H, W)``, ``box`` ``((y0, y1), (x0, x1))``.
+        ``image`` float32 ``(1, H, W)``, ``mask`` uint8 ``(1, H, W)``, ``box`` ``((y0, y1), (x0, x1))``, the source
+        shape and spacing, and ``clipped`` per axis.
     """
     image, mask = _check_pair(image, mask, 2, "us_roi")
     size = _size_tuple(size, 2, "size")
     box = roi_box(dilate_mask(mask, margin_px))
-    return _crop_norm_resize(image, mask, box, size)
+    res = _crop_norm_resize(image, mask, box, size)
+    return RoiResult(res.image, res.mask, box, tuple(image.shape), tuple(float(s) for s in spacing),
+                     _clip_flags(mask > 0, (margin_px, margin_px), (1.0, 1.0)))
 
 
 def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -192,7 +266,8 @@ def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.
     Returns
     -------
     RoiResult
-        ``image`` float32 ``(1, D, H, W)``, ``mask`` uint8 ``(1, D, H, W)``, ``box`` ``((z0,z1),(y0,y1),(x0,x1))``.
+        ``image`` float32 ``(1, D, H, W)``, ``mask`` uint8 ``(1, D, H, W)``, ``box`` ``((z0,z1),(y0,y1),(x0,x1))``,
+        the source shape and spacing, and ``clipped`` per axis (z is never clipped: it has no margin).
     """
     volume, mask = _check_pair(volume, mask, 3, "mri_roi")
     size = _size_tuple(size, 3, "size")
@@ -203,7 +278,10 @@ def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.
         raise ParameterError(f"spacing={spacing}: need three positive voxel sizes in mm, (z, y, x).")
     sampling = spacing if margin_unit == "mm" else None
     box = roi_box(dilate_mask(mask, margin, sampling=sampling, in_plane=True))
-    return _crop_norm_resize(volume, mask, box, size)
+    res = _crop_norm_resize(volume, mask, box, size)
+    steps = (1.0, spacing[1], spacing[2]) if margin_unit == "mm" else (1.0, 1.0, 1.0)
+    clipped = _clip_flags(mask > 0, (0.0, margin, margin), steps)
+    return RoiResult(res.image, res.mask, box, tuple(volume.shape), spacing, clipped)
 
 
 # ----------------------------------------------------------------------------------------------- cohort + cache
@@ -255,27 +333,58 @@ class PreprocessSpec:
         raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
 
 
-def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any]) -> str:
-    """SHA-256 over the image and mask file bytes, the parameters (sorted JSON) and :data:`ROI_CODE_VERSION`."""
+def _dist_version(name: str) -> str:
+    """Installed version of distribution ``name`` (``"absent"`` when it is not installed)."""
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def library_versions() -> dict[str, str]:
+    """What the ROI arrays depend on besides the files and parameters: code and library versions.
+
+    Returns
+    -------
+    dict
+        ``{"roi": ROI_CODE_VERSION, "read_image": her2lib.data.IMAGE_READER_VERSION, "numpy": ..., "scipy": ...,
+        "torch": ..., "Pillow": ..., "nibabel": ..., "SimpleITK": ...}`` (see :data:`CACHE_LIBRARIES`).
+    """
+    from . import data
+    return {"roi": ROI_CODE_VERSION, "read_image": str(data.IMAGE_READER_VERSION),
+            **{name: _dist_version(name) for name in CACHE_LIBRARIES}}
+
+
+def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any],
+              versions: dict[str, str] | None = None) -> str:
+    """SHA-256 over the image and mask file bytes, the parameters and the code/library versions (sorted JSON).
+
+    Parameters
+    ----------
+    image_path, mask_path : path-like
+    params : dict
+        :meth:`PreprocessSpec.params_for` of the modality.
+    versions : dict, optional
+        :func:`library_versions` (computed when omitted; pass it when keying many files).
+    """
+    versions = library_versions() if versions is None else versions
     h = hashlib.sha256()
     h.update(ROI_CODE_VERSION.encode())
     h.update(sha256_file(image_path).encode())
     h.update(sha256_file(mask_path).encode())
     h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(json.dumps(versions, sort_keys=True).encode())
     return h.hexdigest()
 
 
 def _compute(modality: str, image_path: str, mask_path: str, params: dict[str, Any]) -> RoiResult:
     from .data import read_image  # imported late: data is another engineer's module
 
-    img, spacing = read_image(image_path)
+    img, spacing = read_image(image_path)  # 2-D colour images arrive as luminance
     msk, _ = read_image(mask_path)
     if modality == "us":
-        if img.ndim == 3 and img.shape[-1] in (3, 4):  # RGB(A) screenshot: luminance
-            img = img[..., :3].mean(axis=-1)
-        if msk.ndim == 3:
-            msk = msk.max(axis=-1)
-        return us_roi(img, msk, margin_px=params["margin_px"], size=params["size"])
+        return us_roi(img, msk, margin_px=params["margin_px"], size=params["size"], spacing=spacing)
     return mri_roi(img, msk, spacing=spacing, margin=params["margin"], margin_unit=params["margin_unit"],
                    size=params["size"])
 
@@ -283,13 +392,18 @@ def _compute(modality: str, image_path: str, mask_path: str, params: dict[str, A
 def _load_entry(path: Path) -> RoiResult:
     with np.load(path, allow_pickle=False) as z:
         box = tuple((int(a), int(b)) for a, b in z["box"])
-        return RoiResult(image=z["image"].astype(np.float32), mask=z["mask"].astype(np.uint8), box=box)
+        return RoiResult(image=z["image"].astype(np.float32), mask=z["mask"].astype(np.uint8), box=box,
+                         source_shape=tuple(int(v) for v in z["source_shape"]),
+                         spacing=tuple(float(v) for v in z["spacing"]),
+                         clipped=tuple(bool(v) for v in z["clipped"]))
 
 
 def _save_entry(path: Path, res: RoiResult) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, image=res.image, mask=res.mask, box=np.asarray(res.box, dtype=np.int64))
+            np.savez(f, image=res.image, mask=res.mask, box=np.asarray(res.box, dtype=np.int64),
+                     source_shape=np.asarray(res.source_shape, dtype=np.int64),
+                     spacing=np.asarray(res.spacing, dtype=np.float64), clipped=np.asarray(res.clipped, dtype=bool))
 
 
 def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike,
@@ -314,8 +428,9 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
         float32 ``(n_patients, 1, H, W)`` or ``(n_patients, 1, D, H, W)``, in ``cohort`` row order.
     masks : np.ndarray
         uint8, same shape (lesion masks).
-    boxes : list
-        Crop box per patient.
+    boxes : list of RoiBox
+        Crop box per patient (a plain ``((start, stop), ...)`` tuple that also carries the source shape, spacing
+        and clipping; see :class:`RoiBox`).
     """
     from tqdm.auto import tqdm
 
@@ -336,8 +451,9 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
                         f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it.")
     images, masks, boxes = [], [], []
     rows = list(cohort[["patient_id", *cols]].itertuples(index=False))
+    versions = library_versions()
     for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):
-        key = cache_key(ipath, mpath, params)
+        key = cache_key(ipath, mpath, params, versions)
         entry = folder / f"{key}.npz"
         res = None
         if entry.exists():
@@ -355,27 +471,32 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
             _save_entry(entry, res)
         images.append(res.image)
         masks.append(res.mask)
-        boxes.append(res.box)
+        boxes.append(RoiBox.of(res))
     if not images:
         raise DataError("preprocess_cohort: the cohort table has no rows.")
     return np.stack(images), np.stack(masks), boxes
 
 
 def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> "pd.DataFrame":
-    """One row per patient: the crop-box extents (pixels / voxels) of both modalities.
+    """One row per patient: the crop box of each modality, its share of the image and whether it was clipped.
 
     Parameters
     ----------
     cohort : pandas.DataFrame
         Rows in the order of the boxes (``patient_id``, ``split``, ``her2`` are copied).
     us_boxes, mri_boxes : sequence or None
-        None for a modality the cohort lacks (its columns are left out). From :func:`preprocess_cohort` (``((y0, y1), (x0, x1))`` and ``((z0, z1), (y0, y1), (x0, x1))``).
+        None for a modality the cohort lacks (its columns are left out). From :func:`preprocess_cohort`
+        (:class:`RoiBox`: ``((y0, y1), (x0, x1))`` and ``((z0, z1), (y0, y1), (x0, x1))``); plain tuples give the
+        extents only.
 
     Returns
     -------
     pandas.DataFrame
-        ``patient_id, split, her2, us_y0, us_y1, us_x0, us_x1, us_h_px, us_w_px, mri_z0 ... mri_d_vox, mri_h_vox,
-        mri_w_vox``.
+        ``patient_id, split, her2``; for US ``us_y0, us_y1, us_x0, us_x1, us_h_px, us_w_px`` and, from
+        :class:`RoiBox`, ``us_roi_share`` (box area / image area) and ``us_clipped`` (the image border cut the
+        box); for MRI ``mri_z0 ... mri_x1, mri_d_vox, mri_h_vox, mri_w_vox`` and ``mri_d_mm, mri_h_mm, mri_w_mm``,
+        ``mri_roi_share`` (in-plane box area / slice area) and ``mri_clipped`` (the field of view cut the
+        in-plane margin).
     """
     import pandas as pd
 
@@ -388,13 +509,26 @@ def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> 
     for i, (_, r) in enumerate(cohort.iterrows()):
         row = {"patient_id": r["patient_id"], "split": r["split"], "her2": r["her2"]}
         if us_boxes is not None:
-            (uy0, uy1), (ux0, ux1) = us_boxes[i]
+            b = us_boxes[i]
+            (uy0, uy1), (ux0, ux1) = b
             row.update({"us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0,
                         "us_w_px": ux1 - ux0})
+            shape = getattr(b, "source_shape", ())
+            if len(shape) == 2:
+                row.update({"us_roi_share": (uy1 - uy0) * (ux1 - ux0) / (shape[0] * shape[1]),
+                            "us_clipped": any(getattr(b, "clipped", ()))})
         if mri_boxes is not None:
-            (mz0, mz1), (my0, my1), (mx0, mx1) = mri_boxes[i]
+            b = mri_boxes[i]
+            (mz0, mz1), (my0, my1), (mx0, mx1) = b
             row.update({"mri_z0": mz0, "mri_z1": mz1, "mri_y0": my0, "mri_y1": my1, "mri_x0": mx0, "mri_x1": mx1,
                         "mri_d_vox": mz1 - mz0, "mri_h_vox": my1 - my0, "mri_w_vox": mx1 - mx0})
+            shape, sp = getattr(b, "source_shape", ()), getattr(b, "spacing", ())
+            if len(sp) == 3:
+                row.update({"mri_d_mm": (mz1 - mz0) * sp[0], "mri_h_mm": (my1 - my0) * sp[1],
+                            "mri_w_mm": (mx1 - mx0) * sp[2]})
+            if len(shape) == 3:
+                row.update({"mri_roi_share": (my1 - my0) * (mx1 - mx0) / (shape[1] * shape[2]),
+                            "mri_clipped": any(getattr(b, "clipped", ()))})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -434,9 +568,45 @@ def roi_boxes(cohort, inputs: dict) -> "pd.DataFrame":
 
 
 def box_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
-    """Mean, min and max of the ROI extents in :func:`box_table` (pixels / voxels), present modalities only."""
-    cols = [c for c in ("us_h_px", "us_w_px", "mri_d_vox", "mri_h_vox", "mri_w_vox") if c in boxes.columns]
-    return boxes[cols].describe().loc[["mean", "min", "max"]]
+    """Mean, min and max of the ROI columns of :func:`box_table`, present columns only.
+
+    Extents in pixels / voxels (and mm for MRI), the box's share of the image / slice, and the clipping flags
+    (as 0/1: their mean is the fraction of patients whose box the image border cut).
+    """
+    cols = [c for c in ("us_h_px", "us_w_px", "us_roi_share", "us_clipped", "mri_d_vox", "mri_h_vox", "mri_w_vox",
+                        "mri_d_mm", "mri_h_mm", "mri_w_mm", "mri_roi_share", "mri_clipped") if c in boxes.columns]
+    return boxes[cols].astype(float).describe().loc[["mean", "min", "max"]]
+
+
+def clipping_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
+    """Per modality: how much of the image the ROI box covers and how often the image border cut it.
+
+    Parameters
+    ----------
+    boxes : pandas.DataFrame
+        :func:`box_table` output with ``<m>_roi_share`` and ``<m>_clipped`` columns (boxes from
+        :func:`preprocess_cohort`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``us`` / ``mri`` (present modalities); columns ``n_patients, n_clipped, pct_clipped`` and
+        ``share_median, share_q1, share_q3, share_min, share_max`` (box area / image area; in-plane for MRI).
+    """
+    import pandas as pd
+
+    rows = {}
+    for m in ("us", "mri"):
+        if f"{m}_roi_share" not in boxes.columns:
+            continue
+        sh, cl = boxes[f"{m}_roi_share"].astype(float), boxes[f"{m}_clipped"].astype(bool)
+        rows[m] = {"n_patients": len(sh), "n_clipped": int(cl.sum()), "pct_clipped": 100.0 * float(cl.mean()),
+                   "share_median": float(sh.median()), "share_q1": float(sh.quantile(0.25)),
+                   "share_q3": float(sh.quantile(0.75)), "share_min": float(sh.min()), "share_max": float(sh.max())}
+    if not rows:
+        raise DataError("clipping_summary: the box table has no roi_share/clipped columns; build it from "
+                        "preprocess_cohort boxes (roi.roi_boxes(cohort, inputs)).")
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 # ----------------------------------------------------------------------------------------------- figure
@@ -490,8 +660,6 @@ def plot_roi_examples(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike
             us_x, us_m, us_b = pre["us"]
             img, _ = read_image(row["us_image"])
             msk, _ = read_image(row["us_mask"])
-            if img.ndim == 3:
-                img, msk = img[..., :3].mean(-1), msk.max(-1) if msk.ndim == 3 else msk
             (y0, y1), (x0, x1) = us_b[r]
             ax = axes[r, c]
             ax.imshow(img, cmap="gray")

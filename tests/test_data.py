@@ -58,6 +58,33 @@ def test_read_write_roundtrip(tmp_path):
     assert arr3.shape == (3, 4) and sp3 == pytest.approx((0.5, 0.25))
 
 
+@pytest.mark.parametrize("ext", ["jpg", "bmp", "tif", "mha", "nrrd"])
+def test_colour_images_of_every_format_read_as_luminance(tmp_path, ext):
+    """PNG colour images were converted by Pillow; SimpleITK formats returned (H, W, 3) before read_image-2."""
+    import SimpleITK as sitk
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    grey, _ = read_image(tmp_path / "c.png")
+    if ext in ("mha", "nrrd"):
+        sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / f"c.{ext}"))
+    else:
+        Image.fromarray(rgb).save(tmp_path / f"c.{ext}", quality=100) if ext == "jpg" else \
+            Image.fromarray(rgb).save(tmp_path / f"c.{ext}")
+    arr, sp = read_image(tmp_path / f"c.{ext}")
+    assert arr.shape == (20, 30) and arr.dtype == np.float32 and sp == (1.0, 1.0)
+    if ext == "jpg":  # lossy, and ITK's JPEG decoder is not Pillow's: the same picture, not the same bytes
+        assert abs(arr.mean() - grey.mean()) < 2 and np.corrcoef(arr.ravel(), grey.ravel())[0, 1] > 0.9
+    else:
+        np.testing.assert_array_equal(arr, grey)
+    assert data.read_spacing_shape(tmp_path / f"c.{ext}")[0] == (20, 30)
+    vec3d = sitk.GetImageFromArray(np.zeros((2, 4, 5, 3), np.uint8), isVector=True)
+    sitk.WriteImage(vec3d, str(tmp_path / "v.mha"))
+    with pytest.raises(DataError, match="components per pixel"):
+        read_image(tmp_path / "v.mha")
+
+
 def test_read_image_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_image(tmp_path / "nope.png")

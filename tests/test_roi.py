@@ -91,6 +91,7 @@ def test_mri_box_clipped_at_borders():
     mask[0:3, 0:4, 25:30] = 1
     res = roi.mri_roi(np.random.default_rng(0).normal(size=mask.shape), mask, margin=50, size=8)
     assert res.box == ((0, 3), (0, 30), (0, 30))
+    assert res.clipped == (False, True, True)  # z has no margin: the lesion's slices are never "clipped"
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -211,3 +212,131 @@ def test_partial_modality_names_the_patients_without_images(tiny_cohort, tmp_pat
     cohort.loc[2, ["mri_image", "mri_mask"]] = ""
     with pytest.raises(DataError, match=r"1 patient\(s\) have no MRI image or mask \(P2\)"):
         roi.preprocess_cohort(cohort, "mri", roi.PreprocessSpec(mri_size=8), tmp_path / "c", progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- recorded geometry
+def test_results_record_source_shape_spacing_and_clipping():
+    mask = np.zeros((10, 120, 120), np.uint8)
+    mask[4:6, 60, 60] = 1
+    img = np.random.default_rng(0).normal(size=mask.shape)
+    res = roi.mri_roi(img, mask, spacing=(2.0, 0.5, 1.0), margin=10, margin_unit="mm", size=8)
+    assert res.source_shape == (10, 120, 120) and res.spacing == (2.0, 0.5, 1.0)
+    assert res.clipped == (False, False, False)
+    edge = roi.mri_roi(img, mask, spacing=(2.0, 0.5, 1.0), margin=31, margin_unit="mm", size=8)
+    assert edge.box == ((4, 6), (0, 120), (29, 92)) and edge.clipped == (False, True, False)
+    us = roi.us_roi(np.ones((100, 120)) + np.arange(120), np.pad(np.ones((8, 8)), ((2, 90), (110, 2))), 50,
+                    size=(32, 48))
+    assert us.source_shape == (100, 120) and us.spacing == (1.0, 1.0) and us.clipped == (True, True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("unit, spacing", [("px", (1.0, 1.0, 1.0)), ("mm", (3.0, 0.7, 0.9))])
+def test_clipping_flags_match_the_dilated_mask(seed, unit, spacing):
+    """Brute force: dilate on a canvas padded beyond the image; clipped = the dilation reached the padding."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((5, 40, 50), bool)
+    z, y, x = rng.integers(0, 5), rng.integers(0, 40), rng.integers(0, 50)
+    mask[z, max(0, y - 3):y + 3, max(0, x - 2):x + 4] = True
+    margin = float(rng.uniform(3, 15))
+    res = roi.mri_roi(rng.normal(size=mask.shape), mask, spacing=spacing, margin=margin, margin_unit=unit, size=4)
+    pad = 40
+    big = np.pad(mask, ((0, 0), (pad, pad), (pad, pad)))
+    dil = roi.dilate_mask(big, margin, sampling=spacing if unit == "mm" else None, in_plane=True)
+    inside = np.zeros_like(dil)
+    inside[:, pad:-pad, pad:-pad] = True
+    outside = dil & ~inside
+    assert res.clipped[0] is False
+    assert res.clipped[1] == bool(outside[:, :pad].any() or outside[:, -pad:].any())
+    assert res.clipped[2] == bool(outside[:, :, :pad].any() or outside[:, :, -pad:].any())
+    ys, xs = np.nonzero(dil.any(axis=0))
+    assert res.box[1] == (max(0, ys.min() - pad), min(40, ys.max() + 1 - pad))
+    assert res.box[2] == (max(0, xs.min() - pad), min(50, xs.max() + 1 - pad))
+
+
+def test_roibox_is_a_plain_tuple_with_geometry():
+    import pickle
+
+    b = roi.RoiBox(((2, 9), (0, 30)), source_shape=(40, 30), spacing=(1.0, 1.0), clipped=(False, True))
+    assert b == ((2, 9), (0, 30)) and isinstance(b, tuple)
+    (y0, y1), (x0, x1) = b
+    assert (y0, y1, x0, x1) == (2, 9, 0, 30)
+    c = pickle.loads(pickle.dumps(b))
+    assert c == b and c.source_shape == (40, 30) and c.spacing == (1.0, 1.0) and c.clipped == (False, True)
+
+
+def test_box_table_reports_share_clipping_and_mm(tiny_cohort, tmp_path):
+    spec = roi.PreprocessSpec(us_size=16, us_margin_px=10, mri_size=8, mri_margin=4, mri_margin_unit="mm")
+    inputs = {m: roi.preprocess_cohort(tiny_cohort, m, spec, tmp_path / "c", progress=False) for m in ("us", "mri")}
+    again = roi.preprocess_cohort(tiny_cohort, "mri", spec, tmp_path / "c", progress=False)[2]  # from the cache
+    assert [b.spacing for b in again] == [b.spacing for b in inputs["mri"][2]]
+    tab = roi.roi_boxes(tiny_cohort, inputs)
+    # US: disk of radius 6 at (30, 35) in 60 x 70, margin 10 -> rows 14..46, cols 19..51, not clipped
+    assert tab["us_roi_share"].iloc[0] == pytest.approx(33 * 33 / (60 * 70))
+    assert not tab["us_clipped"].any()
+    # MRI: lesion rows/cols 10..13 in 24 x 24 at 0.8 mm; 4 mm = 5 voxels -> 5..18, not clipped; slices 3..4
+    r = tab.iloc[0]
+    assert (r.mri_y0, r.mri_y1, r.mri_x0, r.mri_x1, r.mri_z0, r.mri_z1) == (5, 19, 5, 19, 3, 5)
+    assert r.mri_roi_share == pytest.approx(14 * 14 / (24 * 24)) and not r.mri_clipped
+    assert (r.mri_d_mm, r.mri_h_mm, r.mri_w_mm) == pytest.approx((6.0, 11.2, 11.2))
+    summ = roi.clipping_summary(tab)
+    assert list(summ.index) == ["us", "mri"] and summ.loc["mri", "n_clipped"] == 0
+    assert summ.loc["mri", "share_median"] == pytest.approx(14 * 14 / 576)
+    assert {"us_roi_share", "mri_clipped", "mri_w_mm"} <= set(roi.box_summary(tab).columns)
+    wide = roi.box_table(tiny_cohort, None, roi.preprocess_cohort(
+        tiny_cohort, "mri", roi.PreprocessSpec(mri_size=8, mri_margin=50), tmp_path / "c", progress=False)[2])
+    assert wide["mri_clipped"].all() and (wide["mri_roi_share"] == 1).all()  # 50 voxels: the whole slice
+    with pytest.raises(DataError, match="roi_share"):
+        roi.clipping_summary(roi.box_table(tiny_cohort, None, [((0, 1), (0, 2), (0, 3))] * 3))
+
+
+# ----------------------------------------------------------------------------------------------- cache key versions
+@pytest.mark.parametrize("library", roi.CACHE_LIBRARIES)
+def test_cache_key_changes_with_each_library_version(tiny_cohort, monkeypatch, library):
+    r = tiny_cohort.iloc[0]
+    k1 = roi.cache_key(r.mri_image, r.mri_mask, {"size": 8})
+    real = roi._dist_version
+    monkeypatch.setattr(roi, "_dist_version", lambda name: "999.0" if name == library else real(name))
+    assert roi.cache_key(r.mri_image, r.mri_mask, {"size": 8}) != k1
+    assert roi.library_versions()[library] == "999.0"
+
+
+def test_cache_key_changes_with_reader_version_and_covers_the_readers(tiny_cohort, monkeypatch):
+    from her2lib import data
+
+    r = tiny_cohort.iloc[0]
+    k1 = roi.cache_key(r.us_image, r.us_mask, {"size": 16})
+    monkeypatch.setattr(data, "IMAGE_READER_VERSION", "read_image-test")
+    assert roi.cache_key(r.us_image, r.us_mask, {"size": 16}) != k1
+    # what read_image and the ROI code use: Pillow (PNG), nibabel (NIfTI), SimpleITK (other formats), scipy
+    # (dilation), torch (resizing), numpy
+    assert set(roi.CACHE_LIBRARIES) == {"numpy", "scipy", "torch", "Pillow", "nibabel", "SimpleITK"}
+    assert all(v != "absent" for v in roi.library_versions().values())
+
+
+def test_cache_entry_stale_after_library_upgrade(tiny_cohort, tmp_path, monkeypatch):
+    spec = roi.PreprocessSpec(us_size=16, us_margin_px=10)
+    roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    calls = []
+    real_compute, real_version = roi._compute, roi._dist_version
+    monkeypatch.setattr(roi, "_compute", lambda *a: calls.append(a) or real_compute(*a))
+    monkeypatch.setattr(roi, "_dist_version", lambda name: "0.0-upgraded" if name == "torch" else real_version(name))
+    roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    assert len(calls) == 3
+
+
+def test_colour_us_image_gives_the_same_roi_as_its_grey_png(tmp_path):
+    """read_image turns 2-D colour files of any format into luminance, so roi needs no colour branch."""
+    from PIL import Image
+
+    from her2lib.data import write_png
+
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((60, 70, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "us.tif")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "us.png")
+    write_png(tmp_path / "m.png", _disk_mask((60, 70), (30, 35), 6).astype(np.uint8) * 255)
+    params = roi.PreprocessSpec(us_size=16, us_margin_px=10).params_for("us")
+    a = roi._compute("us", str(tmp_path / "us.tif"), str(tmp_path / "m.png"), params)
+    b = roi._compute("us", str(tmp_path / "us.png"), str(tmp_path / "m.png"), params)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.box == b.box

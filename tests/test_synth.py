@@ -1,4 +1,5 @@
-"""Tests of the synthetic cohort: exact paper counts, quantiles, subtype logic, determinism, HER2 signal."""
+"""Tests of the synthetic cohort: exact paper counts, quantiles and P values, subtype logic, determinism, HER2 signal,
+MRI geometry (the ROI is a true crop)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from her2lib import synth
+from her2lib import roi, synth
 from her2lib.data import load_cohort, read_image, table_spec
 from her2lib.errors import ParameterError
+
+FIX = Path(__file__).parent / "fixtures"
 
 TINY = dict(n_patients=24, seed=3, us_shape=(96, 112), mri_shape=(16, 32, 32))
 
@@ -131,7 +134,7 @@ def test_built_cohort_validates_and_records_knobs(tiny_cohort):
     assert params == synth.synth_params(**TINY)
     img, sp = read_image(df["mri_image"].iloc[0])
     assert img.shape == (16, 32, 32)
-    np.testing.assert_allclose(sp, (72 / 16, 67.2 / 32, 67.2 / 32))
+    np.testing.assert_allclose(sp, (120 / 16, 320 / 32, 320 / 32))
     us, sp2 = read_image(df["us_image"].iloc[0])
     assert us.shape == (96, 112) and sp2 == (1.0, 1.0)
     assert list(df.columns[:7]) == ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
@@ -180,7 +183,7 @@ def test_us_image_follows_columns():
 
 
 def test_mri_enhancement_follows_her2_score():
-    k = synth.knobs_from(mri_shape=(24, 48, 48))
+    k = synth.knobs_from()
     rend = lambda **kw: synth.render_mri(_row(**kw), np.random.default_rng(0), k)  # noqa: E731
     lo, m = rend(_s_mri=-3.0)
     hi, _ = rend(_s_mri=3.0)
@@ -190,3 +193,94 @@ def test_mri_enhancement_follows_her2_score():
     assert hi[rim].mean() > lo[rim].mean()  # stronger enhancement
     assert hi[core].mean() / hi[rim].mean() < lo[core].mean() / lo[rim].mean()  # more rim-like
     assert lo.dtype == np.int16 and m.dtype == np.uint8 and m.any()
+
+
+# ------------------------------------------------------------------ Mann-Whitney P values of Tables 1 and 3
+def test_r_wilcox_p_matches_r_reference():
+    """R 4.2 wilcox.test (exact, normal approximation, ties) from tests/fixtures/wilcox_reference.json."""
+    cases = json.loads((FIX / "wilcox_reference.json").read_text())["wilcox"]
+    assert {"exact" in c["method"] for c in cases} == {True, False}
+    for c in cases:
+        assert synth.r_wilcox_p(c["x"], c["y"]) == pytest.approx(c["p"], rel=1e-9, abs=1e-12), c["name"]
+
+
+def test_continuous_p_values_match_paper_197(table197):
+    """Age (Table 1) and tumour size (Table 3): the paper's printed train-vs-test P to its 3 decimals, with the test
+    the paper's rule picks (Mann-Whitney: not both groups normal by Shapiro-Wilk) and R's wilcox.test P value."""
+    from her2lib.stats.tables import PAPER_PVALUES, continuous_test
+
+    assert synth.PAPER_MW_P == {c: PAPER_PVALUES[c] for c in ("age", "mri_size_mm")} == \
+        {"age": 0.704, "mri_size_mm": 0.243}
+    tr, te = table197[table197["split"] == "train"], table197[table197["split"] == "test"]
+    for col, printed in synth.PAPER_MW_P.items():
+        a, b = tr[col].to_numpy(float), te[col].to_numpy(float)
+        res = continuous_test(a, b)
+        assert res.method == "mann_whitney", (col, res.reason)
+        assert abs(res.pvalue - printed) < 5e-4, (col, res.pvalue)
+        assert abs(synth.r_wilcox_p(a, b) - printed) < 5e-4
+        assert (a == np.round(a)).all() and (b == np.round(b)).all()  # whole years / mm, as printed
+        assert 25 <= a.min() and max(a.max(), b.max()) <= 88 if col == "age" else 6 <= min(a.min(), b.min())
+
+
+@pytest.mark.parametrize("target", [0.05, 0.5, 0.95])
+def test_match_mann_whitney_p_keeps_quartiles_and_ranks(target):
+    rng = np.random.default_rng(7)
+    a, b = np.round(rng.normal(50, 8, 120)), np.round(rng.normal(51, 8, 40))
+    a2, b2 = synth.match_mann_whitney_p(a, b, target, np.random.default_rng(0), bounds=(25, 88))
+    assert abs(synth.r_wilcox_p(a2, b2) - target) < 5e-4  # three printed decimals
+    for old, new in ((a, a2), (b, b2)):
+        np.testing.assert_array_equal(np.quantile(new, [0.25, 0.5, 0.75]), np.quantile(old, [0.25, 0.5, 0.75]))
+        order = np.argsort(old, kind="stable")
+        assert (np.diff(new[order]) >= 0).all()  # every value keeps its rank within its group
+        assert new.min() >= 25 and new.max() <= 88 and (new == np.round(new)).all()
+
+
+# ------------------------------------------------------------------ MRI geometry: the ROI is a region of interest
+def _roi_geometry(n_patients: int, mri_shape: tuple) -> pd.DataFrame:
+    """Lesion masks exactly as make_cohort renders them (same generators) and their 35 mm ROI boxes."""
+    t = synth.make_table(n_patients, seed=0)
+    k = synth.knobs_from(mri_shape=mri_shape)
+    rows = []
+    for i, r in enumerate(t.to_dict("records")):
+        m = synth.render_mri_mask(r, np.random.default_rng(np.random.SeedSequence([0, 2, i])), k)
+        res = roi.mri_roi(m.astype(np.float32), m, spacing=k.mri_spacing, margin=35, margin_unit="mm", size=4)
+        (_, _), (y0, y1), (x0, x1) = res.box
+        z, y, x = (np.nonzero(m)[j].mean() * k.mri_spacing[j] for j in range(3))
+        rows.append({"location": r["location"], "clipped": any(res.clipped), "cx_mm": x, "cy_mm": y,
+                     "share": (y1 - y0) * (x1 - x0) / (mri_shape[1] * mri_shape[2]),
+                     "lesion_frac": (np.ptp(np.nonzero(m)[2]) + 1) / (x1 - x0)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_patients, mri_shape", [(197, (80, 128, 128)), (48, (24, 64, 64))],
+                         ids=["default", "smoke"])
+def test_mri_roi_is_a_crop_not_the_field_of_view(n_patients, mri_shape):
+    """Default and smoke profiles (cohort size, MRI shape, 35 mm margin): the box covers a small part of the slice
+    and the field of view cuts it for at most 10 % of patients (before: the whole slice, every patient)."""
+    g = _roi_geometry(n_patients, mri_shape)
+    assert g["clipped"].mean() <= 0.10
+    assert 0.04 < g["share"].median() < 0.15 and g["share"].max() < 0.35
+    assert g["lesion_frac"].median() > 0.2  # the lesion still spans a fifth of the ROI's width
+    # lesions at varied places, in the breast of the recorded side (patient's left = image right)
+    assert g["cx_mm"].std() > 40 and g["cy_mm"].std() > 8
+    left = g["location"] == "left"
+    assert (g.loc[left, "cx_mm"] > 160).all() and (g.loc[~left, "cx_mm"] < 160).all()
+
+
+def test_render_mri_mask_is_render_mri_mask():
+    k = synth.knobs_from(mri_shape=(24, 64, 64))
+    row = synth.make_table(20, seed=0).to_dict("records")[3]
+    vol, mask = synth.render_mri(row, np.random.default_rng(5), k)
+    np.testing.assert_array_equal(mask, synth.render_mri_mask(row, np.random.default_rng(5), k))
+    les = synth._mri_lesion(row, np.random.default_rng(5), k)
+    an, (cz, cy, cx) = les["anatomy"], les["center_mm"]
+    assert cy < float(synth._chest_surface(an, np.array([cx]))[0])  # anterior of the chest wall: in the breast
+    assert vol[mask > 0].mean() > 1.5 * vol[(mask == 0) & (vol > 50)].mean()  # an enhancing lesion
+
+
+@pytest.mark.parametrize("mri_shape", [(8, 16, 16), (12, 32, 32)])
+def test_coarse_mri_still_has_a_lesion(mri_shape):
+    k = synth.knobs_from(mri_shape=mri_shape)
+    for i, row in enumerate(synth.make_table(20, seed=0).to_dict("records")[:6]):
+        vol, mask = synth.render_mri(row, np.random.default_rng(i), k)
+        assert vol.shape == mask.shape == mri_shape and mask.any()
