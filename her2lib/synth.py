@@ -371,7 +371,8 @@ def r_wilcox_p(a: np.ndarray, b: np.ndarray) -> float:
     normal approximation with continuity correction and tie-corrected variance:
     ``z = (W - n_a n_b / 2 - sign(.) / 2) / sqrt(n_a n_b / 12 * (n_a + n_b + 1 - sum(t^3 - t) / ((n_a + n_b)
     (n_a + n_b - 1))))``, ``P = 2 min(Phi(z), 1 - Phi(z))``. Checked against R 4.2 ``wilcox.test``
-    (``tests/fixtures/r_wilcox_reference.json``).
+    (``tests/fixtures/wilcox_reference.json``). A fast float twin of the exact-arithmetic
+    ``her2lib.stats.continuous_test`` rule, for the search of :func:`match_mann_whitney_p`.
 
     Parameters
     ----------
