@@ -191,6 +191,10 @@ def test_shipped_notebooks_are_stripped_and_follow_the_contract():
         assert "parameters" in first_code["metadata"].get("tags", []), f"{path.name}: first code cell untagged"
         names = her2nb.parameter_names(path)
         assert set(her2nb.COMMON_PARAMETERS) <= set(names), f"{path.name} lacks common parameters"
+        # papermill parses the same names (an unparsable comment line makes it warn in the user's terminal)
+        import papermill
+
+        assert list(papermill.inspect_notebook(str(path))) == names, f"{path.name}: papermill cannot parse a line"
 
 
 def test_strip_notebook_removes_outputs(tmp_path):
