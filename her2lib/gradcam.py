@@ -1049,11 +1049,7 @@ def _read_source(modality: str, image_path, mask_path) -> tuple[np.ndarray, np.n
 
     img, spacing = read_image(image_path)
     msk, _ = read_image(mask_path)
-    if modality == "us":
-        if img.ndim == 3 and img.shape[-1] in (3, 4):  # RGB(A) screenshot: luminance, as roi does
-            img = img[..., :3].mean(axis=-1)
-        if msk.ndim == 3:
-            msk = msk.max(axis=-1)
+    if modality == "us":  # read_image already returns colour images as luminance (H, W)
         spacing = tuple(spacing)[:2]
     return img, msk > 0, tuple(float(s) for s in spacing)
 

@@ -754,7 +754,10 @@ def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     DataFrame
         ``variable, label, test, p_ours, p_ours_rounded, p_paper, match`` where ``match`` says whether our P
         rounds to the printed value. Only meaningful when the cohort's counts equal the paper's (the synthetic
-        cohort is built to match them; continuous rows cannot match from the printed summaries alone).
+        cohort is built to match them). Continuous rows depend on the individual values, which the paper does not
+        print (only median (Q1, Q3)): the synthetic cohort places its values within the printed quartiles so that
+        R's ``wilcox.test`` reproduces the printed P (:func:`her2lib.synth.match_mann_whitney_p`); a real cohort's
+        may differ.
     """
     out = tests.loc[tests["variable"].isin(list(PAPER_PVALUES)), ["variable", "label", "test", "pvalue"]].copy()
     out = out.rename(columns={"pvalue": "p_ours"})
@@ -762,7 +765,8 @@ def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out["p_paper"] = out["variable"].map(PAPER_PVALUES)
     out["match"] = np.isclose(out["p_ours_rounded"], out["p_paper"], atol=10 ** -(digits + 2))
     cont = out["variable"].isin(["age", "mri_size_mm"])
-    out["note"] = np.where(cont, "continuous: the paper prints only median (Q1, Q3); not reproducible from counts",
+    out["note"] = np.where(cont, "continuous: depends on individual values (the paper prints median (Q1, Q3)); the "
+                                 "synthetic cohort places them to reproduce the printed P",
                            "categorical: reproducible from the counts of Tables 1-3")
     return out.reset_index(drop=True)
 
