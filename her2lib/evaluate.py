@@ -715,7 +715,10 @@ def plot_performance(performance: pd.DataFrame, path: str | os.PathLike | None =
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("Value (95% CI)")
         method = str(performance["auc_ci_method"].iloc[0]).split(" (")[0] if len(performance) else ""
-        ax.set_title("Diagnostic performance, test cohort (thresholds: Youden on training OOF)")
+        per_fold = ("threshold_rule" in performance and len(performance)
+                    and str(performance["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"])
+        ax.set_title("Diagnostic performance, test cohort (thresholds: Youden on training OOF"
+                     + ("; metrics: mean of the fold models)" if per_fold else ")"))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=n_models, frameon=False)
         ax.text(1.0, -0.2, f"AUC CI: {method}; proportions: Clopper-Pearson; F1: see performance.csv",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8.5, color="0.35")
