@@ -539,27 +539,16 @@ def _join_test_folds(us: pd.DataFrame, mri: pd.DataFrame) -> pd.DataFrame:
     return m.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)
 
 
-def _logistic_newton(X: np.ndarray, y: np.ndarray, iters: int = 100, ridge: float = 0.0) -> np.ndarray | None:
-    """Newton-Raphson logistic fit (for bootstrap refits), optionally with an L2 penalty ``ridge / 2 * |b|^2`` on
-    the non-intercept terms; None when it does not converge or a coefficient exceeds 50 (separation)."""
-    beta = np.zeros(X.shape[1])
-    pen = np.full(X.shape[1], float(ridge))
-    pen[0] = 0.0
-    for _ in range(iters):
-        eta = X @ beta
-        p = 1.0 / (1.0 + np.exp(-eta))
-        w = p * (1 - p)
-        h = X.T @ (X * w[:, None]) + np.diag(pen)
-        try:
-            step = np.linalg.solve(h, X.T @ (y - p) - pen * beta)
-        except np.linalg.LinAlgError:
-            return None
-        beta = beta + step
-        if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > 50:
-            return None
-        if np.max(np.abs(step)) < 1e-10:
-            return beta
-    return None
+def _refit(X: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> np.ndarray | None:
+    """Logistic refit for the bootstrap (:func:`her2lib.stats._common.logistic_fit`), optionally with an L2 penalty
+    ``ridge / 2 * |b|^2`` on the non-intercept terms; None when it does not converge or a coefficient exceeds 50
+    (separation), the rule of :func:`fit_fusion`."""
+    from .stats._common import logistic_fit
+
+    fit = logistic_fit(X, y, penalty=np.r_[0.0, np.full(X.shape[1] - 1, float(ridge))] if ridge else None)
+    if fit is None or not np.all(np.isfinite(fit[0])) or np.max(np.abs(fit[0])) > 50:
+        return None
+    return fit[0]
 
 
 def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.ndarray, np.ndarray],
@@ -588,10 +577,10 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     diffs, penalised = [], 0
     for _ in range(int(n_boot)):
         idx = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        beta = _logistic_newton(X[idx], y[idx].astype(float))
+        beta = _refit(X[idx], y[idx].astype(float))
         if beta is None:
             penalised += 1
-            beta = _logistic_newton(X[idx], y[idx].astype(float), ridge=1.0 / y.size)
+            beta = _refit(X[idx], y[idx].astype(float), ridge=1.0 / y.size)
         if beta is None:
             continue
         diffs.append(auc(y[idx], X[idx] @ beta) - auc(y[idx], p_free[idx]))

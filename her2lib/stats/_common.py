@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats as _st
+from scipy.special import expit as _expit
 
 from ..errors import DataError, ParameterError
 
-__all__ = ["as_binary_labels", "as_scores", "check_level", "clopper_pearson"]
+__all__ = ["as_binary_labels", "as_scores", "check_level", "clopper_pearson", "logistic_fit"]
 
 
 def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
@@ -71,3 +72,55 @@ def clopper_pearson(k: float, n: float, level: float = 0.95) -> tuple[float, flo
     lo = 0.0 if k <= 0 else float(_st.beta.ppf(a / 2, k, n - k + 1))
     hi = 1.0 if k >= n else float(_st.beta.ppf(1 - a / 2, k + 1, n - k))
     return (lo, hi)
+
+
+def logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None,
+                 penalty: np.ndarray | None = None, max_iter: int = 100,
+                 step_tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray] | None:
+    """Logistic regression ``logit P(y=1) = offset + X beta`` by Newton-Raphson (maximum likelihood, or with an
+    L2 penalty ``sum(penalty * beta**2) / 2`` when ``penalty`` is given, one weight per column of ``X``).
+
+    Step halving keeps the (penalised) log-likelihood from decreasing. Returns ``(beta, cov)`` with ``cov`` the
+    inverse of the (penalised) information matrix at ``beta``, or None if the information is singular or the
+    iteration does not converge (``max |step| < step_tol`` within ``max_iter`` iterations), as under separation
+    without a penalty. Used by :func:`her2lib.stats.calibration` and the fusion bootstrap.
+    """
+    n, k = X.shape
+    off = np.zeros(n) if offset is None else offset
+    pen = np.zeros(k) if penalty is None else np.asarray(penalty, dtype=float)
+    beta = np.zeros(k)
+
+    def loglik(b: np.ndarray) -> float:
+        eta = off + X @ b
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)) - 0.5 * np.sum(pen * b * b))
+
+    def information(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu = _expit(off + X @ b)
+        return X.T @ (X * (mu * (1.0 - mu))[:, None]) + np.diag(pen), X.T @ (y - mu) - pen * b
+
+    ll = loglik(beta)
+    for _ in range(max_iter):
+        info, grad = information(beta)
+        try:
+            step = np.linalg.solve(info, grad)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(step)):
+            return None
+        t = 1.0
+        while True:
+            cand = beta + t * step
+            ll_c = loglik(cand)
+            if ll_c >= ll - 1e-12 * (1.0 + abs(ll)) or t < 1e-8:
+                break
+            t /= 2.0
+        beta, ll = cand, ll_c
+        if np.max(np.abs(t * step)) < step_tol:
+            try:
+                cov = np.linalg.inv(information(beta)[0])
+            except np.linalg.LinAlgError:
+                return None
+            if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) < 0):
+                return None
+            return beta, cov
+    return None

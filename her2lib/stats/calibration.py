@@ -32,15 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as _st
-from scipy.special import expit
 
 from ..errors import DataError, ParameterError, UndefinedMetricWarning
-from ._common import as_binary_labels, as_scores, check_level
+from ._common import as_binary_labels, as_scores, check_level, logistic_fit
 
 __all__ = ["calibration", "CalibrationResult"]
-
-_MAX_ITER = 100
-_STEP_TOL = 1e-10
 
 
 @dataclass(frozen=True)
@@ -105,51 +101,6 @@ class CalibrationResult:
         row["ci_level"] = self.intercept_ci[2]
         row["method"] = self.method
         return row
-
-
-def _logistic_mle(X: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Maximum likelihood logistic regression ``logit P(y=1) = offset + X beta`` by Newton-Raphson.
-
-    Step halving keeps the log-likelihood from decreasing. Returns ``(beta, cov)`` with ``cov`` the inverse of
-    the information matrix at ``beta``, or None if the information is singular or the iteration does not converge
-    (``max |step| < 1e-10`` within 100 iterations).
-    """
-    beta = np.zeros(X.shape[1])
-
-    def loglik(b: np.ndarray) -> float:
-        eta = offset + X @ b
-        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
-
-    ll = loglik(beta)
-    for _ in range(_MAX_ITER):
-        mu = expit(offset + X @ beta)
-        info = X.T @ (X * (mu * (1.0 - mu))[:, None])
-        grad = X.T @ (y - mu)
-        try:
-            step = np.linalg.solve(info, grad)
-        except np.linalg.LinAlgError:
-            return None
-        if not np.all(np.isfinite(step)):
-            return None
-        t = 1.0
-        while True:
-            cand = beta + t * step
-            ll_c = loglik(cand)
-            if ll_c >= ll - 1e-12 * (1.0 + abs(ll)) or t < 1e-8:
-                break
-            t /= 2.0
-        beta, ll = cand, ll_c
-        if np.max(np.abs(t * step)) < _STEP_TOL:
-            mu = expit(offset + X @ beta)
-            info = X.T @ (X * (mu * (1.0 - mu))[:, None])
-            try:
-                cov = np.linalg.inv(info)
-            except np.linalg.LinAlgError:
-                return None
-            if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) < 0):
-                return None
-            return beta, cov
-    return None
 
 
 def _separated(x: np.ndarray, y: np.ndarray) -> bool:
@@ -235,7 +186,7 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
         warn("intercept and slope", f"a single class (n_pos={n_pos}, n_neg={n - n_pos}). Evaluate on a set with "
                                     "both HER2-positive and HER2-negative patients")
     else:
-        fit = _logistic_mle(np.ones((n, 1)), yf, lp)
+        fit = logistic_fit(np.ones((n, 1)), yf, lp)
         if fit is None:
             warn("intercept", "the intercept-only fit with offset logit(p) did not converge")
         else:
@@ -247,7 +198,7 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
             warn("slope", "the predictions separate the classes (every HER2-positive patient's p is >= every "
                           "HER2-negative patient's, or <=), so the maximum likelihood slope is infinite")
         else:
-            fit = _logistic_mle(np.column_stack([np.ones(n), lp]), yf, np.zeros(n))
+            fit = logistic_fit(np.column_stack([np.ones(n), lp]), yf, np.zeros(n))
             if fit is None:
                 warn("slope", "the fit of y on logit(p) did not converge")
             else:
