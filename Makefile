@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m her2lib.pipeline --profile $(PROFILE)
+	$(PY) -m her2lib.runner --profile $(PROFILE)
 
 smoke: $(STAMP)
-	$(PY) -m her2lib.pipeline --profile smoke
+	$(PY) -m her2lib.runner --profile smoke
 
 paper: $(STAMP)
-	$(PY) -m her2lib.pipeline --profile paper
+	$(PY) -m her2lib.runner --profile paper
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_loop.py
 
 strip: $(STAMP)
-	$(PY) -m her2lib.nbstrip notebooks/*.ipynb
+	$(PY) -m her2lib.runner.nbstrip notebooks/*.ipynb
 
 clean-reports:
 	rm -rf reports/smoke reports/default

@@ -54,7 +54,7 @@ def _prepare(base: Path, dest: Path) -> None:
 def _run(profile: str, out: Path, env_caps: dict) -> float:
     env = {**os.environ, **env_caps}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "her2lib.pipeline", "--profile", profile, "--out", str(out),
+    subprocess.run([sys.executable, "-m", "her2lib.runner", "--profile", profile, "--out", str(out),
                     "--only", "03", "04", "05", "06"], cwd=REPO, env=env, check=True)
     return time.perf_counter() - t0
 
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/her2lib_isa"))
     ap.add_argument("--native", action="store_true", help="also re-run without caps (determinism check)")
     args = ap.parse_args()
-    from her2lib.provenance import machine_info, machine_summary
+    from her2lib.runner.provenance import machine_info, machine_summary
 
     base = args.base.resolve()
     prov = json.loads((base / "provenance.json").read_text())

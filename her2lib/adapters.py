@@ -399,7 +399,7 @@ def prepare_cohort(source: str = "synthetic", cohort_dir: str | os.PathLike = "d
         ``cohort_dir / "manifest.csv"``.
     """
     from . import synth
-    from .nb import resolve
+    from .contract import resolve_path as resolve
     if source not in SOURCES:
         import difflib
         m = difflib.get_close_matches(str(source), SOURCES, n=1)

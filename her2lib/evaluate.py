@@ -125,7 +125,7 @@ def available_models(predictions_dir: str | os.PathLike, quiet: bool = False) ->
     pdir = Path(predictions_dir)
     keys = [k for k, _, p in MODELS if (pdir / f"{p}_oof.csv").is_file() and (pdir / f"{p}_test.csv").is_file()]
     if not quiet and len(keys) < len(MODELS):
-        from .nb import notice
+        from .stages import notice
         gone = [lab for k, lab, _ in MODELS if k not in keys]
         kept = ", ".join(_label(k) for k in keys) or "no model"
         tail = "" if len(keys) > 1 else "; no DeLong comparison is possible"

@@ -700,7 +700,7 @@ def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike
     pdir, tdir = Path(predictions_dir), Path(tables_dir)
     missing = [n for n in FUSION_INPUTS if not (pdir / n).is_file()]
     if missing:
-        from .nb import notice
+        from .stages import notice
         notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {pdir} (the cohort "
                "lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
         for f in (pdir / "fusion_oof.csv", pdir / "fusion_test.csv", pdir / "fusion_test_folds.csv",

@@ -1037,7 +1037,7 @@ def available_models(run, quiet: bool = False) -> list[str]:
         else:
             (run.figures / f"gradcam_{mod}.png").unlink(missing_ok=True)  # stale figure of an earlier run
             if not quiet:
-                from .nb import notice
+                from .stages import notice
                 notice(f"No {label} model or predictions in this run (its modality is absent from the cohort): "
                        f"Grad-CAM for {label} is skipped.")
     return out

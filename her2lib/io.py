@@ -2,7 +2,11 @@
 
 Everything her2lib writes goes through :func:`atomic_path`: the data is written to a temporary file in the
 target folder and renamed over the target only once complete, so an interrupted run never leaves a
-half-written file and never destroys the previous good copy.
+half-written file and never destroys the previous good copy. The finished file gets the permissions any
+new file gets under the process's umask (``0o666 & ~umask``: 0644 under the usual 022), not the 0600 of a
+temporary file, so a lab group or a web server can read the reports.
+
+This module is part of her2lib's core layer: it imports nothing from her2lib.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_csv", "save_figure", "sha256_file", "hash_files"]
+__all__ = ["atomic_path", "new_file_mode", "write_text", "write_json", "write_csv", "save_figure", "sha256_file", "hash_files"]
+
+
+def new_file_mode() -> int:
+    """Permission bits a newly created file gets under the current umask (``0o666 & ~umask``)."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -35,6 +46,8 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():  # a writer may have replaced the file; mkstemp made it 0600
+            os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -66,7 +79,7 @@ def save_figure(fig, target: str | os.PathLike, dpi: int = 200, svg: bool = Fals
     """Atomically save a matplotlib figure (format from the suffix, PNG by default); ``svg=True`` also writes an
     SVG twin with the same stem. No time stamp or software tag and fixed SVG element ids, so a rerun writes
     identical bytes."""
-    import matplotlib as mpl
+    import matplotlib as mpl  # lazy: matplotlib is only needed by callers that draw
 
     target = Path(target)
     fmt = target.suffix.lstrip(".") or "png"

@@ -551,7 +551,7 @@ def preprocess_modalities(cohort, spec: PreprocessSpec, cache_dir: str | os.Path
     dict
         ``{"us": (images, masks, boxes), "mri": (...)}`` with only the modalities present (prints their shapes).
     """
-    from .nb import modality_present
+    from .stages import modality_present
 
     out = {}
     for m in ("us", "mri"):

@@ -842,13 +842,14 @@ def train_modality(run, cohort: pd.DataFrame, modality: str, spec, cfg: DLUSConf
         None (after printing a notice and removing stale ``<modality>_{oof,test}.csv`` of an earlier run in the
         same folder, so later notebooks cannot use them) when no patient has an image of ``modality``.
     """
-    from . import nb
+    from . import stages as nb
+    from .contract import modality as _mod
     from .roi import preprocess_cohort
 
     if modality not in ("us", "mri"):
         raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
     if not nb.modality_present(cohort, modality, quiet=True):
-        name, model = nb.MODALITY_NAMES[modality]
+        name, model = _mod(modality).name, _mod(modality).label
         nb.notice(f"No {name} images in this cohort: {model} is skipped (nothing is trained, no predictions "
                   f"are written; the fusion and the later {model} steps are skipped too).")
         for split in ("oof", "test", "test_folds"):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from her2lib import pipeline
+from her2lib.runner import pipeline
 
 pytestmark = pytest.mark.e2e
 

@@ -558,14 +558,14 @@ def _tiny_run(root):
     """
     from dataclasses import asdict
 
-    from her2lib import nb, synth
+    from her2lib import stages, synth
     from her2lib.data import load_cohort
     from her2lib.io import write_json
     from her2lib.models import DLMRIConfig, DLUSConfig, build_model
     from her2lib.train import assign_folds
 
     man = synth.make_cohort(root / "cohort", n_patients=20, seed=0, us_shape=(64, 72), mri_shape=(12, 32, 32))
-    run = nb.RunDirs.from_out_dir(root / "out", root / "cohort")
+    run = stages.RunDirs.from_out_dir(root / "out", root / "cohort")
     write_json(run.params / "02_preprocess.json", {"us_size": 64, "us_margin_px": 8, "mri_size": 32,
                                                    "mri_margin": 4, "mri_margin_unit": "px"})
     torch.manual_seed(0)

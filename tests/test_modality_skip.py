@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from her2lib import evaluate, fusion, gradcam, nb, pipeline, roi, stats, synth, train
+from her2lib import evaluate, fusion, gradcam, roi, stages, stats, synth, train
 from her2lib.io import write_csv
-from her2lib.nb import RunDirs
+from her2lib.runner import notebook as nb
+from her2lib.runner import pipeline
+from her2lib.stages import RunDirs
 
 
 def _cohort(n_train: int = 24, n_test: int = 8, us: bool = False, mri: bool = True) -> pd.DataFrame:
@@ -44,17 +46,17 @@ def run(tmp_path) -> RunDirs:
 # ------------------------------------------------------------------------------------------------ nb helpers
 def test_modality_present_prints_a_notice_when_absent(capsys):
     df = _cohort(us=False, mri=True)
-    assert nb.modality_present(df, "mri") is True
+    assert stages.modality_present(df, "mri") is True
     assert capsys.readouterr().out == ""
-    assert nb.modality_present(df, "us") is False
+    assert stages.modality_present(df, "us") is False
     assert "No ultrasound images in this cohort: DL-US is skipped" in capsys.readouterr().out
-    assert nb.modality_present(df, "us", quiet=True) is False
+    assert stages.modality_present(df, "us", quiet=True) is False
     assert capsys.readouterr().out == ""
 
 
 def test_modality_present_rejects_unknown_modality():
-    with pytest.raises(ValueError, match="use 'us' or 'mri'"):
-        nb.modality_present(_cohort(), "ct")
+    with pytest.raises(ValueError, match="modality='ct' is not supported; choose one of \\['us', 'mri'\\]"):
+        stages.modality_present(_cohort(), "ct")
 
 
 def test_get_and_show_image_tolerate_skipped_steps(tmp_path, capsys):
@@ -79,7 +81,7 @@ def test_train_modality_skips_an_absent_modality_and_removes_stale_predictions(r
 
 
 def test_train_modality_rejects_unknown_modality(run):
-    with pytest.raises(ValueError, match="use 'us' or 'mri'"):
+    with pytest.raises(ValueError, match="modality='ct' is not supported; choose one of \\['us', 'mri'\\]"):
         train.train_modality(run, _cohort(), "ct", None, None)
 
 
@@ -216,7 +218,7 @@ def test_mri_only_cohort_runs_end_to_end(tmp_path):
 
 
 def test_cohort_hash_accepts_files_beside_the_cohort_folder(tmp_path):
-    from her2lib import provenance
+    from her2lib.runner import provenance
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.nii.gz").write_bytes(b"abc")

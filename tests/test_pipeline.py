@@ -9,8 +9,8 @@ import nbformat
 import pytest
 import yaml
 
-from her2lib import nb as her2nb
-from her2lib import pipeline
+from her2lib.runner import notebook as her2nb
+from her2lib.runner import pipeline
 from her2lib.errors import ParameterError
 
 COMMON = '''profile: str = "default"  # profile name
@@ -36,17 +36,17 @@ def toy(tmp_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
     _notebook(nbdir / "00_alpha.ipynb", 'x: int = 1  # a number\nrewrite: str = ""  # new cohort image content\n', [
-        f"from her2lib import nb\nrun = nb.setup({str(nbdir / '00_alpha.ipynb')!r}, globals())",
+        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '00_alpha.ipynb')!r}, globals())",
         "from her2lib.io import write_text\nwrite_text(run.tables / 'alpha.csv', f'x\\n{x}\\n')",
         "if rewrite:\n    write_text(run.cohort_dir / 'img.txt', rewrite)",
     ])
     _notebook(nbdir / "01_beta.ipynb", 'fail: bool = False  # raise on purpose\n', [
-        f"from her2lib import nb\nrun = nb.setup({str(nbdir / '01_beta.ipynb')!r}, globals())",
+        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '01_beta.ipynb')!r}, globals())",
         "if fail:\n    raise RuntimeError('deliberate failure in beta')",
         "from her2lib.io import write_text\nwrite_text(run.tables / 'beta.csv', 'ok\\n1\\n')",
     ])
     _notebook(nbdir / "02_gamma.ipynb", '', [
-        f"from her2lib import nb\nrun = nb.setup({str(nbdir / '02_gamma.ipynb')!r}, globals())",
+        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '02_gamma.ipynb')!r}, globals())",
         "import pandas as pd\nx = int(pd.read_csv(run.tables / 'alpha.csv')['x'][0])\n"
         "from her2lib.io import write_text\nwrite_text(run.tables / 'gamma.csv', f'twice\\n{2 * x}\\n')",
     ])
@@ -96,13 +96,13 @@ def test_injects_profile_parameters_and_writes_provenance_and_index(toy):
 
     index = (out / "index.html").read_text()
     assert "tables/alpha.csv" in index and "00_alpha" in index and prov["cohort"]["manifest_sha256"][:12] in index
-    from her2lib.provenance import machine_summary
+    from her2lib.runner.provenance import machine_summary
 
     assert machine_summary(m) in index
 
 
 def test_cohort_hash_changes_with_image_content(toy):
-    from her2lib.provenance import cohort_hash
+    from her2lib.runner.provenance import cohort_hash
 
     before = cohort_hash(toy["cohort"])
     (toy["cohort"] / "img.txt").write_text("other pixels")
@@ -112,7 +112,7 @@ def test_cohort_hash_changes_with_image_content(toy):
 
 
 def test_cohort_hash_is_taken_after_notebook_00_rebuilt_the_cohort(toy):
-    from her2lib.provenance import cohort_hash
+    from her2lib.runner.provenance import cohort_hash
 
     before = cohort_hash(toy["cohort"])["files_sha256"]
     name = toy["profile"](notebooks={"00_alpha": {"rewrite": "rebuilt pixels"}})
@@ -181,12 +181,12 @@ def test_shipped_profiles_match_the_shipped_notebooks(profile):
 
 
 def test_shipped_notebooks_are_stripped_and_follow_the_contract():
-    from her2lib.nbstrip import is_clean
+    from her2lib.runner.nbstrip import is_clean
 
     notebooks = pipeline.list_notebooks()
     for path in notebooks:
         data = json.loads(path.read_text())
-        assert is_clean(data), f"{path.name} carries outputs: run python -m her2lib.nbstrip {path}"
+        assert is_clean(data), f"{path.name} carries outputs: run python -m her2lib.runner.nbstrip {path}"
         first_code = next(c for c in data["cells"] if c["cell_type"] == "code")
         assert "parameters" in first_code["metadata"].get("tags", []), f"{path.name}: first code cell untagged"
         names = her2nb.parameter_names(path)
@@ -198,7 +198,7 @@ def test_shipped_notebooks_are_stripped_and_follow_the_contract():
 
 
 def test_strip_notebook_removes_outputs(tmp_path):
-    from her2lib.nbstrip import is_clean, strip_notebook
+    from her2lib.runner.nbstrip import is_clean, strip_notebook
 
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("1+1")

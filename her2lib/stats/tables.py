@@ -798,14 +798,14 @@ def cohort_tables(df: pd.DataFrame, alpha: float = 0.05) -> dict[str, pd.DataFra
     present = {name: [v for v in paper_variables(name) if v.column in df.columns] for name in PAPER_TABLES}
     absent = [v.label for name in PAPER_TABLES for v in paper_variables(name) if v.column not in df.columns]
     if absent:
-        from ..nb import notice
+        from ..stages import notice
         notice(f"The cohort has no column for {len(absent)} variable(s) of Tables 1-3, left out of the tables: "
                f"{', '.join(absent)}.")
     for by, suffix in (("split", ""), ("her2", "_by_her2")):
         for name in PAPER_TABLES:
             vars_ = [v for v in present[name] if v.column != by]
             if not vars_:
-                from ..nb import notice
+                from ..stages import notice
                 notice(f"{name}: none of its variables is in the cohort; the table is empty.")
                 heads = [_group_header(by, g, int((df[by] == g).sum())) for g in _groups(df, by, None)]
                 out[name + suffix] = pd.DataFrame(columns=["variable", "level", "Variables", *heads, "P", "Test",

@@ -2,7 +2,7 @@
 
 ``provenance.json`` is rewritten (atomically) after every notebook, so even a failed batch says what ran.
 Each notebook's record lists the parameters injected, its start/end time, wall time, status and the output
-files it wrote (found by modification time), which :mod:`her2lib.report` uses to link outputs to notebooks.
+files it wrote (found by modification time), which :mod:`her2lib.runner.report` uses to link outputs to notebooks.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .io import hash_files, sha256_file, write_json
-from .nb import REPO_ROOT
+import pandas as pd
+
+from ..contract import PATH_COLUMNS, REPO_ROOT, resolve_path
+from ..io import hash_files, sha256_file, write_json
 
 __all__ = ["PACKAGES", "git_info", "package_versions", "cohort_hash", "start", "begin_notebook",
            "end_notebook", "save", "record_cohort", "finish", "FILE_NAME"]
@@ -27,7 +30,6 @@ FILE_NAME = "provenance.json"
 PACKAGES = ("her2lib", "torch", "torchvision", "timm", "monai", "numpy", "scipy", "pandas", "scikit-learn",
             "statsmodels", "SimpleITK", "nibabel", "pydicom", "matplotlib", "seaborn", "grad-cam",
             "papermill", "nbclient", "ipykernel", "tqdm", "PyYAML")
-_PATH_COLUMNS = ("us_image", "us_mask", "mri_image", "mri_mask")
 _SKIP_OUTPUT_DIRS = ("notebooks", "cache", "params")
 
 
@@ -66,14 +68,12 @@ def cohort_hash(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
 
     Returns ``None`` when there is no manifest yet.
     """
-    import pandas as pd
-
     cohort_dir = Path(cohort_dir)
     manifest = cohort_dir / "manifest.csv"
     if not manifest.is_file():
         return None
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    files = sorted({(cohort_dir / v).resolve() for c in _PATH_COLUMNS if c in df for v in df[c] if v})
+    files = sorted({(cohort_dir / v).resolve() for c in PATH_COLUMNS if c in df for v in df[c] if v})
     existing = [f for f in files if f.is_file()]
     # files of an imported cohort may live beside the cohort folder (manifest paths like ../source/x.nii.gz):
     # name them relative to the deepest folder holding both (= cohort_dir when every file is inside it)
@@ -90,7 +90,7 @@ def machine_info() -> dict[str, Any]:
     CPU training results depend on it (oneDNN and MKL choose kernels per instruction set, so float rounding and
     therefore the trained weights differ between, e.g., AVX2 and AVX-512 machines); see the README.
     """
-    import torch
+    import torch  # lazy: the runner process itself does not need torch until it records the machine
 
     model = platform.processor() or ""
     try:
@@ -151,8 +151,6 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
 
 def begin_notebook(prov: dict[str, Any], stem: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """Open the record of one notebook (status ``running``) and return it."""
-    import time
-
     record = {"parameters": dict(parameters), "started_at": _now(), "ended_at": None, "wall_s": None,
               "status": "running", "error": None, "outputs": [], "_t0": time.time()}
     prov["notebooks"][stem] = record
@@ -183,10 +181,8 @@ def save(out: Path, prov: dict[str, Any]) -> None:
 
 def record_cohort(prov: dict[str, Any]) -> None:
     """Hash the cohort the batch used, once, when the batch ends (notebook 00 may have rebuilt it meanwhile)."""
-    from .nb import resolve
-
     cohort_dir = prov["profile"]["common"].get("cohort_dir")
-    prov["cohort"] = cohort_hash(resolve(cohort_dir)) if cohort_dir else None
+    prov["cohort"] = cohort_hash(resolve_path(cohort_dir)) if cohort_dir else None
 
 
 def finish(out: Path, prov: dict[str, Any], status: str = "ok") -> None:

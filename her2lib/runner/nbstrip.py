@@ -1,6 +1,6 @@
 """Strip outputs and execution counts from notebooks (they are committed clean; executed copies go to reports/).
 
-Usage: ``python -m her2lib.nbstrip notebooks/*.ipynb`` (``--check`` only reports, exit 1 if any is dirty).
+Usage: ``python -m her2lib.runner.nbstrip notebooks/*.ipynb`` (``--check`` only reports, exit 1 if any is dirty).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .io import write_text
+from ..io import write_text
 
 __all__ = ["is_clean", "strip_notebook", "main"]
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         elif strip_notebook(p):
             print(f"stripped {p}")
     for p in dirty:
-        print(f"has outputs: {p} (run: python -m her2lib.nbstrip {p})")
+        print(f"has outputs: {p} (run: python -m her2lib.runner.nbstrip {p})")
     return 1 if dirty else 0
 
 

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .io import write_text
+import pandas as pd
+
+from ..io import write_text
 from .provenance import machine_summary
 
 __all__ = ["write_index"]
@@ -27,8 +29,6 @@ def _producers(prov: dict[str, Any]) -> dict[str, str]:
 
 
 def _table_html(path: Path, max_rows: int = 40) -> str:
-    import pandas as pd
-
     try:
         df = pd.read_csv(path)
     except Exception as exc:  # an unreadable table is reported, not fatal for the index

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m her2lib.pipeline --profile default            # all notebooks -> reports/default/
-    python -m her2lib.pipeline --profile smoke --out /tmp/x  # another output folder
-    python -m her2lib.pipeline --profile default --only 05 06
-    python -m her2lib.pipeline --profile default --from 03
+    python -m her2lib.runner --profile default            # all notebooks -> reports/default/
+    python -m her2lib.runner --profile smoke --out /tmp/x  # another output folder
+    python -m her2lib.runner --profile default --only 05 06
+    python -m her2lib.runner --profile default --from 03
 
 A profile (``configs/<profile>.yaml``) has a ``common`` section injected into every notebook and a
 ``notebooks`` section with one mapping per notebook stem. Every injected name must exist in that notebook's
@@ -20,7 +20,6 @@ The output folder receives ``notebooks/`` (executed copies), the folders the not
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import sys
@@ -31,13 +30,17 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import nb as _nb
-from .errors import Her2libError, ParameterError
+from ..contract import REPO_ROOT, resolve_path
+from ..errors import Her2libError, ParameterError
+from ..options import did_you_mean
+from . import provenance
+from .notebook import NOTEBOOK_DIR, parameter_names
+from .report import write_index
 
 __all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline",
            "NotebookFailed", "main"]
 
-CONFIG_DIR = _nb.REPO_ROOT / "configs"
+CONFIG_DIR = REPO_ROOT / "configs"
 PROFILES = ("smoke", "default", "paper")
 _NB_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
@@ -54,11 +57,6 @@ class Step:
     stem: str
     path: Path
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def _close(name: str, options: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1)
-    return f" Did you mean {match[0]!r}?" if match else ""
 
 
 def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CONFIG_DIR) -> dict[str, Any]:
@@ -82,7 +80,7 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
     if not path.is_file():
         known = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
         raise ParameterError(f"Unknown profile {str(profile)!r}: {path} does not exist. Known profiles: "
-                             f"{known}.{_close(str(profile), known)}")
+                             f"{known}.{did_you_mean(str(profile), known)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -93,7 +91,7 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
     if unknown:
         bad = sorted(unknown)[0]
         raise ParameterError(f"{path}: unknown top-level key {bad!r}; allowed: 'common', 'notebooks'."
-                             f"{_close(bad, ['common', 'notebooks'])}")
+                             f"{did_you_mean(bad, ['common', 'notebooks'])}")
     common = data.get("common") or {}
     notebooks = data.get("notebooks") or {}
     for key, section in [("common", common)] + [(f"notebooks.{k}", v) for k, v in notebooks.items()]:
@@ -105,12 +103,12 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
             "notebooks": {str(k): dict(v) for k, v in notebooks.items()}}
 
 
-def list_notebooks(notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR) -> list[Path]:
+def list_notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) in ``notebook_dir``, in order."""
     return sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NB_PATTERN.match(p.name))
 
 
-def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR,
+def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
          only: Sequence[str] | None = None, start: str | None = None) -> list[Step]:
     """Resolve which notebooks run with which parameters, and check every name before anything runs."""
     notebooks = list_notebooks(notebook_dir)
@@ -121,7 +119,7 @@ def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike
     for stem in profile["notebooks"]:
         if stem not in stems:
             raise ParameterError(f"{profile['path']}: section notebooks.{stem} names no notebook in "
-                                 f"{notebook_dir}.{_close(stem, stems)}")
+                                 f"{notebook_dir}.{did_you_mean(stem, stems)}")
     wanted = [_as_number(x, numbers) for x in only] if only else None
     first = _as_number(start, numbers) if start else None
     steps = []
@@ -131,12 +129,12 @@ def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike
         if first is not None and num < first:
             continue
         params = {**profile["common"], **profile["notebooks"].get(stem, {}), "out_dir": str(out_dir)}
-        declared = _nb.parameter_names(path)
+        declared = parameter_names(path)
         for name in params:
             if name not in declared:
                 raise ParameterError(
                     f"Profile {profile['name']!r} injects unknown parameter {name!r} into {path.name}; "
-                    f"its parameters cell declares {declared}.{_close(name, declared)} "
+                    f"its parameters cell declares {declared}.{did_you_mean(name, declared)} "
                     f"Fix {profile['path']} or the notebook's parameters cell.")
         steps.append(Step(num, stem, path, params))
     return steps
@@ -151,7 +149,7 @@ def _as_number(value: str, numbers: Sequence[str]) -> str:
 
 def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathLike | None = None,
                  only: Sequence[str] | None = None, start: str | None = None,
-                 notebook_dir: str | os.PathLike = _nb.NOTEBOOK_DIR,
+                 notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
                  config_dir: str | os.PathLike = CONFIG_DIR, kernel_name: str = "python3",
                  log_output: bool = False) -> Path:
     """Execute the numbered notebooks for one profile; return the output folder.
@@ -163,14 +161,13 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
     NotebookFailed
         A notebook raised; earlier outputs are intact and ``provenance.json`` records the failure.
     """
+    # lazy: papermill pulls in nbclient/jupyter; profile checks and --help must not pay for it
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
-    from . import provenance
-
     prof = load_profile(profile, config_dir)
-    out = _nb.resolve(out_dir) if out_dir else _nb.REPO_ROOT / "reports" / prof["name"]
+    out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
     steps = plan(prof, out, notebook_dir, only, start)
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONHASHSEED", "0")
@@ -206,15 +203,13 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
         provenance.end_notebook(record, time.perf_counter() - t0, "ok")
         provenance.save(out, prov)
     provenance.finish(out, prov)
-    from .report import write_index
-
     write_index(out)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``python -m her2lib.pipeline``)."""
-    parser = argparse.ArgumentParser(prog="python -m her2lib.pipeline", description=__doc__.split("\n")[0])
+    """Command-line entry point (``python -m her2lib.runner``)."""
+    parser = argparse.ArgumentParser(prog="python -m her2lib.runner", description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="default", help="smoke, default, paper, or a YAML path")
     parser.add_argument("--out", default=None, help="output folder (default reports/<profile>/)")
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebook numbers")

@@ -1,6 +1,6 @@
-"""Notebook plumbing: the one ``setup`` call every numbered notebook makes after its ``parameters`` cell.
+"""Notebook set-up: the one ``setup`` call every numbered notebook makes after its ``parameters`` cell.
 
-Contract (shared by all notebooks and the batch runner, :mod:`her2lib.pipeline`):
+Runner layer. Contract (shared by all notebooks and the batch runner, :mod:`her2lib.runner.pipeline`):
 
 * Every notebook's first code cell is tagged ``parameters`` and assigns one name per line
   (``name: type = value  # comment``). It always declares the common parameters ``profile``, ``seed``,
@@ -15,54 +15,19 @@ from __future__ import annotations
 import ast
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ParameterError
-from .io import write_json
+from ..contract import REPO_ROOT
+from ..errors import ParameterError
+from ..io import write_json
+from ..stages import RunDirs, notice
 
-__all__ = ["REPO_ROOT", "NOTEBOOK_DIR", "COMMON_PARAMETERS", "RunDirs", "setup", "parameter_names",
-           "parameters_cell", "resolve", "MODALITY_NAMES", "notice", "modality_present", "get", "show_image"]
+__all__ = ["NOTEBOOK_DIR", "COMMON_PARAMETERS", "setup", "parameter_names", "parameters_cell", "get",
+           "show_image"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COMMON_PARAMETERS = ("profile", "seed", "out_dir", "cohort_dir")
-
-
-@dataclass(frozen=True)
-class RunDirs:
-    """Output layout of one pipeline run (all absolute paths)."""
-
-    root: Path
-    figures: Path
-    tables: Path
-    predictions: Path
-    models: Path
-    cache: Path
-    params: Path
-    cohort_dir: Path
-
-    @property
-    def manifest(self) -> Path:
-        """The cohort's manifest (``cohort_dir / "manifest.csv"``)."""
-        return self.cohort_dir / "manifest.csv"
-
-    @classmethod
-    def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> "RunDirs":
-        root = resolve(out_dir)
-        dirs = cls(root=root, figures=root / "figures", tables=root / "tables",
-                   predictions=root / "predictions", models=root / "models", cache=root / "cache",
-                   params=root / "params", cohort_dir=resolve(cohort_dir))
-        for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models, dirs.cache, dirs.params):
-            d.mkdir(parents=True, exist_ok=True)
-        return dirs
-
-
-def resolve(path: str | os.PathLike) -> Path:
-    """Absolute path; a relative one is taken relative to the repository root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
 def parameters_cell(notebook: str | os.PathLike) -> str:
@@ -120,59 +85,6 @@ def setup(notebook: str, namespace: Mapping[str, Any]) -> RunDirs:
     return dirs
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Skipping what a cohort cannot support (single-modality cohorts, e.g. MRI-only MAMA-MIA / Duke imports)
-# ------------------------------------------------------------------------------------------------------------
-MODALITY_NAMES = {"us": ("ultrasound", "DL-US"), "mri": ("MRI", "DL-MRI")}
-
-
-def notice(message: str) -> str:
-    """Print a markdown-style notice into the notebook output (``> **Note.** message``) and return the text.
-
-    Parameters
-    ----------
-    message : str
-        What is skipped and why, in words a reader of the notebook understands.
-
-    Returns
-    -------
-    str
-        The printed line.
-    """
-    line = f"> **Note.** {message}"
-    print(line, flush=True)
-    return line
-
-
-def modality_present(cohort, modality: str, what: str | None = None, quiet: bool = False) -> bool:
-    """Whether ``cohort`` has images of ``modality``; if not, print a notice that ``what`` is skipped.
-
-    Parameters
-    ----------
-    cohort : pandas.DataFrame
-        From :func:`her2lib.data.load_cohort`.
-    modality : {"us", "mri"}
-    what : str, optional
-        The step that needs the modality (default: the modality's model, ``DL-US`` / ``DL-MRI``).
-    quiet : bool
-        Do not print the notice.
-
-    Returns
-    -------
-    bool
-        True when at least one patient has an image of ``modality``.
-    """
-    from .data import available_modalities
-
-    if modality not in MODALITY_NAMES:
-        raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
-    present = modality in available_modalities(cohort, require_all=False)
-    if not present and not quiet:
-        name, model = MODALITY_NAMES[modality]
-        notice(f"No {name} images in this cohort: {what or model} is skipped.")
-    return present
-
-
 def get(obj: Any, attribute: str) -> Any:
     """``obj.attribute``, or None when ``obj`` is None (a skipped step); a cell ending in None shows nothing."""
     return None if obj is None else getattr(obj, attribute)
@@ -181,7 +93,7 @@ def get(obj: Any, attribute: str) -> Any:
 def show_image(path: str | os.PathLike, width: int | None = None):
     """An ``IPython.display.Image`` of ``path`` to show as a cell's last expression, or None (with a notice)
     when the figure was not made (its step was skipped)."""
-    from IPython.display import Image
+    from IPython.display import Image  # lazy: IPython is only needed inside a notebook
 
     p = Path(path)
     if not p.is_file():

@@ -1,0 +1,114 @@
+"""What every stage shares: the run's output folders (:class:`RunDirs`) and the notices a stage prints when it
+skips what a cohort cannot support (single-modality cohorts, e.g. the MRI-only MAMA-MIA and Duke imports).
+
+Stages layer: imports science and core modules only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..contract import modality as _modality
+from ..contract import resolve_path
+from ..data import available_modalities
+
+__all__ = ["RunDirs", "notice", "modality_present", "remove_stale"]
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """Output layout of one pipeline run (all absolute paths).
+
+    ``out_dir`` has a fixed layout (``figures/``, ``tables/``, ``predictions/``, ``models/``, ``cache/``,
+    ``params/``); a stage writes only there and reads only earlier stages' files or the cohort.
+    """
+
+    root: Path
+    figures: Path
+    tables: Path
+    predictions: Path
+    models: Path
+    cache: Path
+    params: Path
+    cohort_dir: Path
+
+    @property
+    def manifest(self) -> Path:
+        """The cohort's manifest (``cohort_dir / "manifest.csv"``)."""
+        return self.cohort_dir / "manifest.csv"
+
+    @classmethod
+    def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> "RunDirs":
+        root = resolve_path(out_dir)
+        dirs = cls(root=root, figures=root / "figures", tables=root / "tables",
+                   predictions=root / "predictions", models=root / "models", cache=root / "cache",
+                   params=root / "params", cohort_dir=resolve_path(cohort_dir))
+        for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models, dirs.cache, dirs.params):
+            d.mkdir(parents=True, exist_ok=True)
+        return dirs
+
+
+def remove_stale(*paths: str | os.PathLike) -> list[Path]:
+    """Delete outputs an earlier run left in the run folder that this run will not rewrite (a step skipped now).
+
+    Parameters
+    ----------
+    *paths : path-like
+        Files to remove; absent ones are ignored.
+
+    Returns
+    -------
+    list of Path
+        The files that existed and were removed.
+    """
+    removed = []
+    for p in map(Path, paths):
+        if p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def notice(message: str) -> str:
+    """Print a markdown-style notice into the notebook output (``> **Note.** message``) and return the text.
+
+    Parameters
+    ----------
+    message : str
+        What is skipped and why, in words a reader of the notebook understands.
+
+    Returns
+    -------
+    str
+        The printed line.
+    """
+    line = f"> **Note.** {message}"
+    print(line, flush=True)
+    return line
+
+
+def modality_present(cohort, modality: str, what: str | None = None, *, quiet: bool = False) -> bool:
+    """Whether ``cohort`` has images of ``modality``; if not, print a notice that ``what`` is skipped.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    modality : {"us", "mri"}
+    what : str, optional
+        The step that needs the modality (default: the modality's model, ``DL-US`` / ``DL-MRI``).
+    quiet : bool
+        Do not print the notice.
+
+    Returns
+    -------
+    bool
+        True when at least one patient has an image of ``modality``.
+    """
+    mod = _modality(modality)
+    present = modality in available_modalities(cohort, require_all=False)
+    if not present and not quiet:
+        notice(f"No {mod.name} images in this cohort: {what or mod.label} is skipped.")
+    return present

@@ -1,0 +1,160 @@
+"""The package's layers, read from the source with ``ast``: runner -> stages -> science -> core.
+
+* **core** (``errors``, ``options``, ``io``, ``contract``): imports nothing above core;
+* **science** (cohort data, synthetic cohort, adapters, statistics, preprocessing, models, training, fusion,
+  evaluation, Grad-CAM, figures): pure functions and result objects; imports science and core only, so it never
+  knows about ``reports/<profile>/`` or prints a notebook notice;
+* **stages** (``her2lib.stages``): one function per numbered notebook; imports science and core;
+* **runner** (``her2lib.runner``): pipeline, provenance, report, notebook set-up; may import everything.
+
+Every her2lib import sits at the top of its module (no hidden function-level dependencies between her2lib
+modules), and a function-level import of a third-party module carries a comment saying why it is lazy.
+Each rule is checked on a small synthetic source too, so the checker itself can fail.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "her2lib"
+LAYERS = ("core", "science", "stages", "runner")
+CORE = {"her2lib", "her2lib.errors", "her2lib.options", "her2lib.io", "her2lib.contract"}
+
+
+def _existing_module(name: str) -> str:
+    """The longest prefix of ``name`` that is a her2lib module or package (``her2lib.errors.DataError`` ->
+    ``her2lib.errors``)."""
+    parts = name.split(".")
+    while len(parts) > 1:
+        rel = Path(*parts[1:])
+        if (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel / "__init__.py").is_file():
+            return ".".join(parts)
+        parts = parts[:-1]
+    return "her2lib"
+
+
+def layer_of(module: str) -> str:
+    """The layer of a dotted her2lib name (a module, or a name inside one)."""
+    module = _existing_module(module)
+    if module in CORE:
+        return "core"
+    if module == "her2lib.stages" or module.startswith("her2lib.stages."):
+        return "stages"
+    if module == "her2lib.runner" or module.startswith("her2lib.runner."):
+        return "runner"
+    return "science"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _absolute(module: str, node: ast.ImportFrom, is_package: bool) -> list[str]:
+    """Dotted names an ``ImportFrom`` node brings in (``from . import x`` names ``pkg.x`` too)."""
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        pkg = module.split(".") if is_package else module.split(".")[:-1]
+        pkg = pkg[: len(pkg) - (node.level - 1)]
+        base = ".".join(pkg + ([node.module] if node.module else []))
+    names = [base]
+    if not node.module or node.level > 0:
+        names += [f"{base}.{a.name}" for a in node.names]
+    return names
+
+
+def her2lib_imports(source: str, module: str, is_package: bool = False) -> list[tuple[str, int, bool]]:
+    """``(imported her2lib module, line, at_top_level)`` for every import of a her2lib module in ``source``."""
+    tree = ast.parse(source)
+    top = {id(n) for n in tree.body}
+    for n in tree.body:  # imports guarded by `if TYPE_CHECKING:` or try/except at module level count as top
+        if isinstance(n, (ast.If, ast.Try)):
+            top |= {id(c) for c in ast.walk(n)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = _absolute(module, node, is_package)
+        else:
+            continue
+        for name in names:
+            if name == "her2lib" or name.startswith("her2lib."):
+                found.append((name, node.lineno, id(node) in top))
+    return found
+
+
+def lazy_imports_without_reason(source: str) -> list[int]:
+    """Lines of function-level imports of third-party modules that carry no comment (on the line or just above)."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    bad = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                here = lines[node.lineno - 1]
+                above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
+                if "#" not in here and not above.startswith("#"):
+                    bad.append(node.lineno)
+    return bad
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, module_name(path), path.name == "__init__.py"
+
+
+def wrong_way(module: str, imported: str) -> bool:
+    return LAYERS.index(layer_of(imported)) > LAYERS.index(layer_of(module))
+
+
+# ------------------------------------------------------------------------------------------------ the checker
+def test_checker_catches_an_upward_and_a_function_level_import():
+    src = "from ..stages import notice\n\ndef f():\n    from .data import load_cohort\n    import matplotlib\n"
+    found = her2lib_imports(src, "her2lib.stats.tables")
+    assert ("her2lib.stages", 1, True) in found
+    assert ("her2lib.stats.data", 4, False) in found
+    assert wrong_way("her2lib.stats.tables", "her2lib.stages")
+    assert not wrong_way("her2lib.stages.training", "her2lib.train")
+    assert wrong_way("her2lib.contract", "her2lib.data")
+    assert lazy_imports_without_reason(src) == [5]
+    assert lazy_imports_without_reason("def f():\n    import torch  # lazy: heavy\n") == []
+
+
+def test_layer_names():
+    assert layer_of("her2lib.io") == "core" and layer_of("her2lib.stats.roc") == "science"
+    assert layer_of("her2lib.stages.training") == "stages" and layer_of("her2lib.runner.pipeline") == "runner"
+
+
+# ------------------------------------------------------------------------------------------------ the package
+@pytest.mark.parametrize("path,module,is_package", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_imports_point_one_way_and_sit_at_the_top(path, module, is_package):
+    source = path.read_text(encoding="utf-8")
+    problems = []
+    for imported, line, at_top in her2lib_imports(source, module, is_package):
+        if wrong_way(module, imported):
+            problems.append(f"{path.name}:{line} {module} ({layer_of(module)}) imports {imported} "
+                            f"({layer_of(imported)}): imports must point runner -> stages -> science -> core")
+        if not at_top:
+            problems.append(f"{path.name}:{line} function-level import of {imported}: move it to the top")
+    for line in lazy_imports_without_reason(source):
+        problems.append(f"{path.name}:{line} function-level import without a comment saying why it is lazy")
+    assert not problems, "\n".join(problems)
+
+
+def test_library_never_switches_the_matplotlib_backend():
+    offenders = [f"{p.name}:{i}" for p, _, _ in _modules()
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+                 if ".use(" in line and "matplotlib" in line or "mpl.use(" in line or "plt.switch_backend" in line]
+    assert not offenders, f"library code changes the user's matplotlib backend: {offenders}"
