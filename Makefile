@@ -1,13 +1,13 @@
 # her2lib — the two commands of the README, plus helpers. Every target is idempotent.
 #   make reproduce   build the embedded cohort and regenerate reports/default/ (all notebooks, default profile)
-#   make test        unit tests + one end-to-end run of the smoke profile
+#   make test        lint (ruff), unit tests and doctests, one end-to-end run of the smoke profile
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.her2lib-installed
 PROFILE ?= default
 
-.PHONY: install reproduce test lab smoke paper bench clean-reports strip
+.PHONY: install reproduce test lab smoke paper bench clean-reports strip lint
 
 install: $(STAMP)
 
@@ -29,6 +29,8 @@ paper: $(STAMP)
 	$(PY) -m her2lib.runner --profile paper
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 lab: $(STAMP)
@@ -37,6 +39,10 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_delong.py
 	$(PY) benchmarks/bench_train_loop.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 strip: $(STAMP)
 	$(PY) -m her2lib.runner.nbstrip notebooks/*.ipynb

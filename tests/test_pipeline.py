@@ -160,12 +160,12 @@ def test_failing_notebook_stops_batch_and_keeps_earlier_outputs(toy):
 
 def test_only_and_from_select_notebooks(toy):
     name = toy["profile"]()
-    steps = pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], toy["nbdir"], only=["2"])
+    steps = pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], notebook_dir=toy["nbdir"], only=["2"])
     assert [s.stem for s in steps] == ["02_gamma"]
-    steps = pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], toy["nbdir"], start="01")
+    steps = pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], notebook_dir=toy["nbdir"], start="01")
     assert [s.stem for s in steps] == ["01_beta", "02_gamma"]
     with pytest.raises(ParameterError, match="No notebook numbered '07'"):
-        pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], toy["nbdir"], only=["07"])
+        pipeline.plan(pipeline.load_profile(name, toy["cfg"]), toy["out"], notebook_dir=toy["nbdir"], only=["07"])
 
 
 def test_cli_reports_bad_profile_with_exit_code_2(capsys):

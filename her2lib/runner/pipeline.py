@@ -108,7 +108,7 @@ def list_notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]
     return sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NB_PATTERN.match(p.name))
 
 
-def plan(profile: dict[str, Any], out_dir: Path, notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
+def plan(profile: dict[str, Any], out_dir: Path, *, notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
          only: Sequence[str] | None = None, start: str | None = None) -> list[Step]:
     """Resolve which notebooks run with which parameters, and check every name before anything runs."""
     notebooks = list_notebooks(notebook_dir)
@@ -147,7 +147,7 @@ def _as_number(value: str, numbers: Sequence[str]) -> str:
     return num
 
 
-def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathLike | None = None,
+def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathLike | None = None, *,
                  only: Sequence[str] | None = None, start: str | None = None,
                  notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
                  config_dir: str | os.PathLike = CONFIG_DIR, kernel_name: str = "python3",
@@ -168,7 +168,7 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
 
     prof = load_profile(profile, config_dir)
     out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
-    steps = plan(prof, out, notebook_dir, only, start)
+    steps = plan(prof, out, notebook_dir=notebook_dir, only=only, start=start)
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -187,7 +187,7 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
         except PapermillExecutionError as exc:
             if tmp.exists():
                 os.replace(tmp, failed_copy)
-            provenance.end_notebook(record, time.perf_counter() - t0, "failed", f"{exc.ename}: {exc.evalue}")
+            provenance.end_notebook(record, time.perf_counter() - t0, "failed", error=f"{exc.ename}: {exc.evalue}")
             provenance.finish(out, prov, status="failed")
             raise NotebookFailed(
                 f"{step.path.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
@@ -195,7 +195,7 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
                 f"{out} are intact. Fix the cause, then resume with --from {step.number}.") from exc
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
-            provenance.end_notebook(record, time.perf_counter() - t0, "failed", repr(exc))
+            provenance.end_notebook(record, time.perf_counter() - t0, "failed", error=repr(exc))
             provenance.finish(out, prov, status="failed")
             raise
         os.replace(tmp, target)
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-output", action="store_true", help="stream notebook output to the log")
     args = parser.parse_args(argv)
     try:
-        out = run_pipeline(args.profile, args.out, args.only, args.start, log_output=args.log_output)
+        out = run_pipeline(args.profile, args.out, only=args.only, start=args.start, log_output=args.log_output)
     except Her2libError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, NotebookFailed) else 2

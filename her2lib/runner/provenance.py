@@ -157,7 +157,7 @@ def begin_notebook(prov: dict[str, Any], stem: str, parameters: dict[str, Any]) 
     return record
 
 
-def end_notebook(record: dict[str, Any], wall_s: float, status: str, error: str | None = None) -> None:
+def end_notebook(record: dict[str, Any], wall_s: float, status: str, *, error: str | None = None) -> None:
     """Close a record: wall time, status, error, and the output files written since it began."""
     record.update(ended_at=_now(), wall_s=round(wall_s, 3), status=status, error=error)
     out = Path(record["parameters"]["out_dir"])
