@@ -28,30 +28,34 @@ energy in its own lesion mask against the same map scored with the other patient
 
 The fold-ensemble map (:func:`cohort_cams`) is the mean of the fold models' max-normalised maps, not the
 Grad-CAM of the averaged prediction. :func:`cam_to_source` maps a ROI-frame map back onto the source image (the
-inverse of the ROI crop and resize), so Figure 4 is drawn in the source image's geometry.
+inverse of the ROI crop and resize), so Figure 4 is drawn in the source image's geometry (the figures themselves
+are drawn by :mod:`her2lib.figures.gradcam`, the cohort run by :mod:`her2lib.stages.gradcam`).
+
+Science layer: pure functions and result objects; imports science and core modules only.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from .contract import DL_MODELS
 from .errors import ParameterError
+from .options import did_you_mean
 
 __all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "energy_matrix",
            "LocalisationTestResult", "localisation_test", "lesion_centre", "largest_lesion_slice", "cam_to_source",
-           "select_cases", "plot_gradcam_us", "plot_gradcam_mri", "TARGET_LAYERS", "cohort_cams", "ENERGY_COLUMNS",
-           "energy_table", "energy_summary", "GradCAMRun", "run_gradcam", "available_models"]
+           "select_cases", "TARGET_LAYERS", "cohort_cams", "ENERGY_COLUMNS", "energy_table", "energy_summary"]
 
 
 @dataclass(frozen=True)
@@ -89,17 +93,22 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     Raises
     ------
     ParameterError
-        Unknown name; the message lists close matches.
+        Unknown name; the message names the closest layer and the layers at that level (the children of the
+        deepest existing parent, e.g. ``stages.0`` ... ``stages.3`` for ``"stages.9"``).
     """
     modules = dict(model.named_modules())
     if name in modules:
         return modules[name]
-    import difflib
-    close = difflib.get_close_matches(name, list(modules), n=5)
-    raise ParameterError(f"model has no layer {name!r}; close matches: {close}. See model.named_modules().")
+    parent = name.rpartition(".")[0]
+    while parent and parent not in modules:
+        parent = parent.rpartition(".")[0]
+    prefix = f"{parent}." if parent else ""
+    level = [n for n in modules if n.startswith(prefix) and n and "." not in n[len(prefix):]]
+    raise ParameterError(f"model has no layer {name!r}.{did_you_mean(name, modules)} Layers at that level: "
+                         f"{level}; see model.named_modules().")
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Module | str,
+def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Module | str, *,
              class_index: int | None = 1) -> GradCAMResult:
     """Grad-CAM of one input for one output logit.
 
@@ -113,7 +122,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
     target_layer : nn.Module or str
         Layer whose output is explained (DL-US: the last ConvNeXt stage, ``"stages.3"``; DL-MRI: ``"layer4"``).
         Its output must be channel-first ``(1, K, *spatial)``.
-    class_index : int or None
+    class_index : int or None, keyword-only
         Logit to explain; default 1 = HER2-positive. ``None`` = the predicted class. For a single-logit model
         use 0 or None.
 
@@ -130,6 +139,13 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
     """
     if isinstance(target_layer, str):
         target_layer = find_layer(model, target_layer)
+    xt = _batch_of_one(model, x)
+    logits, target, class_index, store = _backward_through(model, xt, target_layer, class_index)
+    return _cam_from(store, xt, logits, target, class_index)
+
+
+def _batch_of_one(model: nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The input as a float32 batch of one on the model's device, a leaf that requires grad."""
     xt = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if xt.ndim not in (3, 4):
         raise ParameterError(f"grad_cam needs one unbatched channel-first input, (C, H, W) for a 2-D model or "
@@ -140,8 +156,15 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
         raise ParameterError("grad_cam: the input contains NaN or infinite values.")
     param = next(model.parameters(), None)
     xt = xt.detach().to(dtype=torch.float32, device=param.device if param is not None else "cpu")
-    xt = xt.clone().requires_grad_(True)  # so the activation has a graph even if every parameter is frozen
+    return xt.clone().requires_grad_(True)  # so the activation has a graph even if every parameter is frozen
 
+
+def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Module, class_index: int | None):
+    """Forward ``xt`` in eval mode with a hook on ``target_layer``, backpropagate the target logit.
+
+    Returns the logits ``(1, n_out)``, the target logit, the class index used and the store holding the layer's
+    activation (``"act"``) and its gradient (``"grad"``, absent when none reached it).
+    """
     store: dict[str, torch.Tensor] = {}
 
     def _fwd_hook(_module, _inputs, output):
@@ -179,6 +202,12 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
     finally:
         handle.remove()
         model.train(was_training)
+    return logits, target, class_index, store
+
+
+def _cam_from(store: dict, xt: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+              class_index: int) -> GradCAMResult:
+    """``ReLU(sum_k alpha_k A_k)``, upsampled to the input and max-normalised, with the target's probability."""
     act = store["act"].detach()
     grad = store.get("grad")
     if grad is None:
@@ -196,7 +225,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Mo
     max_raw = float(up.max())
     norm = up / max_raw if max_raw > 0 else torch.zeros_like(up)
     with torch.no_grad():
-        if n_out == 1:
+        if logits.shape[1] == 1:
             prob = float(torch.sigmoid(logits[0, 0]))
         else:
             prob = float(torch.softmax(logits.detach(), dim=1)[0, class_index])
@@ -577,15 +606,15 @@ def cam_to_source(cam: np.ndarray, box: Sequence[Sequence[int]], source_shape: S
     return out
 
 
-def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
+def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Pick one representative test patient per outcome (TP, FP, TN, FN) at a fixed threshold.
 
     Parameters
     ----------
     test : DataFrame
-        Test predictions with ``patient_id, her2, p_her2`` (:func:`run_gradcam` passes the fold-model mean, the
-        probability the figure prints; the evaluation's operating point is per fold model, so a borderline case's
-        outcome here may differ from the majority of the fold models).
+        Test predictions with ``patient_id, her2, p_her2`` (:func:`her2lib.stages.gradcam.run_gradcam` passes the
+        fold-model mean, the probability the figure prints; the evaluation's operating point is per fold model, so
+        a borderline case's outcome here may differ from the majority of the fold models).
     threshold : float
         Probability threshold (from the training OOF predictions, never from the test cohort); a patient is
         called positive when ``p_her2 >= threshold``.
@@ -597,8 +626,6 @@ def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
         Within an outcome the patient whose probability is closest to the outcome's median is chosen (ties:
         smallest patient_id), i.e. a typical rather than the most extreme case.
     """
-    import pandas as pd
-
     if threshold is None or np.isnan(threshold):
         raise ParameterError(f"threshold must be a number (+-inf allowed: Youden's J may pick everyone positive or "
                              f"negative); got {threshold!r}.")
@@ -621,236 +648,14 @@ def select_cases(test: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Figure 4
-# ----------------------------------------------------------------------------------------------------------------
-_OUTCOME_NAMES = {"TP": "true positive", "FP": "false positive", "TN": "true negative", "FN": "false negative"}
-_CAM_LABEL = "Grad-CAM (max-normalised)"
-_ENSEMBLE_NOTE = ("Map: mean of the fold models' max-normalised Grad-CAMs, re-normalised (not the Grad-CAM of "
-                  "the averaged prediction), mapped from the ROI back onto the image.")
-
-
-def _title(case: Mapping) -> str:
-    out = case.get("outcome", "")
-    label = f"{out} ({_OUTCOME_NAMES[out]})" if out in _OUTCOME_NAMES else str(out)
-    sign = "+" if int(case["her2"]) == 1 else "\u2212"
-    return f"{label}\n{case['patient_id']}: HER2{sign}, p(HER2+) = {case['p_her2']:.2f}"
-
-
-def _check_case(case: Mapping, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
-    """Validate one figure case (source-geometry arrays); return image, mask, cam, box, spacing."""
-    missing = [k for k in ("image", "mask", "cam", "box", "patient_id", "her2", "p_her2") if k not in case]
-    if missing:
-        raise ParameterError(f"{what}: a case lacks {missing}; each case needs image, mask, cam (source geometry, "
-                             "see cam_to_source), box, patient_id, her2, p_her2 and outcome.")
-    img = np.asarray(case["image"], dtype=float)
-    mask = np.asarray(case["mask"]) > 0
-    cam = np.asarray(case["cam"], dtype=float)
-    if img.ndim != ndim or mask.shape != img.shape or cam.shape != img.shape:
-        raise ParameterError(f"{what}: patient {case['patient_id']}: image {img.shape}, mask {mask.shape} and cam "
-                             f"{cam.shape} must be the same {ndim}-D source grid; map a ROI-frame Grad-CAM back "
-                             "with cam_to_source(cam, box, image.shape).")
-    box = tuple((int(a), int(b)) for a, b in case["box"])
-    if len(box) != ndim:
-        raise ParameterError(f"{what}: patient {case['patient_id']}: box {box} needs {ndim} (start, stop) pairs.")
-    spacing = tuple(float(s) for s in case.get("spacing", (1.0,) * ndim))
-    if len(spacing) != ndim or any(not np.isfinite(s) or s <= 0 for s in spacing):
-        raise ParameterError(f"{what}: patient {case['patient_id']}: spacing {spacing} needs {ndim} positive "
-                             "values (mm, source axis order).")
-    return img, mask, cam, box, spacing
-
-
-def _view_window(box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float],
-                 context: float) -> tuple[slice, ...]:
-    """The box widened on every side by ``context`` x its largest physical extent, clipped to the image."""
-    ext_mm = max((b - a) * s for (a, b), s in zip(box, spacing))
-    out = []
-    for (a, b), s, n in zip(box, spacing, shape):
-        pad = int(np.ceil(context * ext_mm / s))
-        out.append(slice(max(0, a - pad), min(n, b + pad)))
-    return tuple(out)
-
-
-def _panel(ax, img2d, mask2d, cam2d, rect, aspect, show_cam, alpha, origin="upper"):
-    """Grey image, optional Grad-CAM (inside the ROI box only), lesion outline and ROI box on one axis."""
-    from matplotlib.patches import Rectangle
-
-    kw = dict(origin=origin, aspect=aspect, interpolation="nearest")
-    lo, hi = np.percentile(img2d, [1, 99]) if img2d.size else (0, 1)
-    ax.imshow(img2d, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, **kw)
-    im = None
-    if show_cam:
-        (r0, r1), (c0, c1) = rect
-        inside = np.zeros(cam2d.shape, bool)
-        inside[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
-        im = ax.imshow(np.ma.masked_where(~inside, cam2d), cmap="jet", alpha=alpha, vmin=0, vmax=1, **kw)
-    if mask2d.any():  # explicit pixel-centre coordinates: contour's own `origin` shifts by half a pixel
-        rows, cols = np.arange(mask2d.shape[0]), np.arange(mask2d.shape[1])
-        ax.contour(cols, rows, mask2d.astype(float), levels=[0.5], colors="white", linewidths=1.1)
-    (r0, r1), (c0, c1) = rect
-    ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec="yellow", lw=1.0, ls="--"))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im
-
-
-def _footer(fig, lines: Sequence[str], fontsize: float = 8.0) -> None:
-    import textwrap
-
-    width = int(fig.get_figwidth() * 72 / (0.55 * fontsize))  # characters per line at this font size
-    text = "\n".join(textwrap.fill(s, width) for s in lines if s)
-    if text:
-        fig.supxlabel(text, fontsize=fontsize, color="0.3", ha="center")
-
-
-def _colorbar(fig, axes, **kw):
-    """Opaque colour bar of the heat map's colour scale (0-1), labelled with its units."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    cb = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap="jet"), ax=axes, **kw)
-    cb.set_label(_CAM_LABEL, fontsize=10)
-    return cb
-
-
-def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                    dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
-    """Figure 4 (US): each case's ultrasound image with the lesion outline, and with its Grad-CAM, in the
-    source image's geometry.
-
-    Parameters
-    ----------
-    cases : sequence of mappings
-        One column per case (the paper's layout: representative HER2-positive and HER2-negative cases, chosen
-        by :func:`select_cases`). Each mapping has ``image`` (H, W) the **source** US image, ``mask`` (H, W) its
-        lesion mask, ``cam`` (H, W) the Grad-CAM on the source grid in [0, 1] (:func:`cam_to_source`; 0
-        outside the ROI box), ``box`` ``((y0, y1), (x0, x1))`` the ROI crop box (``RoiResult.box``),
-        ``patient_id``, ``her2`` (1 = positive), ``p_her2`` and ``outcome`` (TP/FP/TN/FN); optional ``spacing``
-        ``(dy, dx)`` in mm (default 1, 1) for the pixel aspect.
-    path : path or None
-        Where to save the PNG. The figure is returned either way.
-    alpha : float
-        Opacity of the heat map.
-    note : str or None
-        Extra footnote line (e.g. how the cases were chosen).
-    layer : str or None
-        Explained layer, named in the title.
-    context : float
-        Image shown around the ROI box, as a fraction of the box's largest extent per side (clipped to the
-        image).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Top row: image, lesion outline (white) and ROI box (dashed yellow). Bottom row: the same with the
-        Grad-CAM (shown inside the ROI box, where it is defined). Footnote: what the map is.
-    """
-    import matplotlib.pyplot as plt
-
-    if not cases:
-        raise ParameterError("plot_gradcam_us: no cases to plot.")
-    checked = [_check_case(c, 2, "plot_gradcam_us") for c in cases]
-    n = len(cases)
-    fig, axes = plt.subplots(2, n, figsize=(3.3 * n + 1.2, 7.2), squeeze=False, layout="constrained")
-    for j, (case, (img, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
-        win = _view_window(box, img.shape, sp, context)
-        rect = tuple((a - w.start, b - w.start) for (a, b), w in zip(box, win))
-        aspect = sp[0] / sp[1]
-        _panel(axes[0, j], img[win], mask[win], None, rect, aspect, False, alpha)
-        _panel(axes[1, j], img[win], mask[win], cam[win], rect, aspect, True, alpha)
-        axes[0, j].set_title(_title(case), fontsize=10)
-    axes[0, 0].set_ylabel("US image", fontsize=11)
-    axes[1, 0].set_ylabel("Grad-CAM overlay", fontsize=11)
-    _colorbar(fig, axes.ravel().tolist(), shrink=0.45, pad=0.02, anchor=(0.0, 0.1))
-    lay = f", layer '{layer}'" if layer else ""
-    fig.suptitle(f"DL-US Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
-    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box) the model saw.",
-                  _ENSEMBLE_NOTE, note or ""])
-    if path is not None:
-        _save(fig, path, dpi)
-    return fig
-
-
-def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = None, alpha: float = 0.45,
-                     dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
-    """Figure 4 (MRI): each case's axial source slice through the lesion (largest lesion area), alone and with
-    its Grad-CAM, and a coronal reformat with the Grad-CAM, in the source volume's geometry.
-
-    Parameters
-    ----------
-    cases : sequence of mappings
-        One row per case. Each mapping has ``image`` (D, H, W) the **source** volume ``(z, y, x)``, ``mask``
-        (D, H, W) its lesion mask, ``cam`` (D, H, W) the Grad-CAM on the source grid in [0, 1]
-        (:func:`cam_to_source`; 0 outside the ROI box), ``box`` ``((z0, z1), (y0, y1), (x0, x1))``,
-        ``spacing`` ``(dz, dy, dx)`` in mm (default 1, 1, 1; sets the displayed aspect so the reformat is
-        true to scale), ``patient_id``, ``her2``, ``p_her2`` and ``outcome``.
-    path : path or None
-        Where to save the PNG.
-    alpha : float
-        Opacity of the heat map.
-    note : str or None
-        Extra footnote line.
-    layer : str or None
-        Explained layer, named in the title.
-    context : float
-        Image shown around the ROI box, as a fraction of the box's largest physical extent per side.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Columns: axial slice with lesion outline and ROI box; the same with the Grad-CAM; coronal reformat
-        (z upwards, through the lesion's centre row) with the Grad-CAM. The axial slice is the one with the
-        largest lesion area (:func:`largest_lesion_slice`).
-    """
-    import matplotlib.pyplot as plt
-
-    if not cases:
-        raise ParameterError("plot_gradcam_mri: no cases to plot.")
-    checked = [_check_case(c, 3, "plot_gradcam_mri") for c in cases]
-    n = len(cases)
-    fig, axes = plt.subplots(n, 3, figsize=(10.5, 3.2 * n + 1.3), squeeze=False, layout="constrained")
-    for i, (case, (vol, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
-        win = _view_window(box, vol.shape, sp, context)
-        z = largest_lesion_slice(mask)
-        cy = lesion_centre(mask[z])[0]
-        (z0, z1), (y0, y1), (x0, x1) = box
-        wz, wy, wx = win
-        rect_ax = ((y0 - wy.start, y1 - wy.start), (x0 - wx.start, x1 - wx.start))
-        img_ax, mask_ax, cam_ax = vol[z][wy, wx], mask[z][wy, wx], cam[z][wy, wx]
-        _panel(axes[i, 0], img_ax, mask_ax, None, rect_ax, sp[1] / sp[2], False, alpha)
-        _panel(axes[i, 1], img_ax, mask_ax, cam_ax, rect_ax, sp[1] / sp[2], True, alpha)
-        # coronal reformat: rows = z (drawn upwards), columns = x
-        rect_co = ((z0 - wz.start, z1 - wz.start), (x0 - wx.start, x1 - wx.start))
-        _panel(axes[i, 2], vol[wz, cy, wx], mask[wz, cy, wx], cam[wz, cy, wx], rect_co, sp[0] / sp[2], True,
-               alpha, origin="lower")
-        axes[i, 0].set_ylabel(_title(case), fontsize=9.5)
-        axes[i, 0].set_title(f"axial z = {z} (largest lesion area)", fontsize=9)
-        axes[i, 1].set_title(f"axial z = {z}, Grad-CAM", fontsize=9)
-        axes[i, 2].set_title(f"coronal y = {cy}, Grad-CAM (z up)", fontsize=9)
-    _colorbar(fig, axes.ravel().tolist(), shrink=min(0.6, 2.0 / n), pad=0.02)
-    lay = f", layer '{layer}'" if layer else ""
-    fig.suptitle(f"DL-MRI Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
-    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box; z = the lesion's "
-                  "slices). Pixels drawn to scale from the voxel spacing.", _ENSEMBLE_NOTE, note or ""])
-    if path is not None:
-        _save(fig, path, dpi)
-    return fig
-
-
-def _save(fig, path: str | os.PathLike, dpi: int) -> None:
-    from .io import save_figure
-
-    save_figure(fig, path, dpi)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Cohort level (07_gradcam)
 # ----------------------------------------------------------------------------------------------------------------
-#: Grad-CAM target layer per model: the last ConvNeXt stage (DL-US) and MONAI ResNet ``layer4`` (DL-MRI).
-TARGET_LAYERS = {"dl_us": "stages.3", "dl_mri": "layer4"}
-_MODALITY = {"dl_us": ("us", "DL-US"), "dl_mri": ("mri", "DL-MRI")}
+#: Grad-CAM target layer per deep-learning model (keys: :data:`her2lib.contract.DL_MODELS`): the last ConvNeXt
+#: stage (DL-US) and MONAI ResNet ``layer4`` (DL-MRI).
+TARGET_LAYERS: dict[str, str] = dict(zip(DL_MODELS, ("stages.3", "layer4")))
 
 
-def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: str, class_index: int = 1,
+def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: str, *, class_index: int = 1,
                 progress: bool = True, desc: str = "Grad-CAM") -> np.ndarray:
     """Fold-ensemble Grad-CAM of every image: the mean of the fold models' max-normalised maps.
 
@@ -867,8 +672,12 @@ def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: s
         ROI inputs exactly as the models saw them.
     target_layer : str
         Layer name in every model (:data:`TARGET_LAYERS`).
-    class_index : int
+    class_index : int, keyword-only
         Explained logit (1 = HER2-positive).
+    progress : bool, keyword-only
+        Show a progress bar.
+    desc : str, keyword-only
+        Its label.
 
     Returns
     -------
@@ -877,8 +686,6 @@ def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: s
         in [0, 1]); all zeros if no model finds positive evidence. :func:`cam_to_source` maps a row back onto
         the source image.
     """
-    from tqdm.auto import tqdm
-
     if not models:
         raise ParameterError("cohort_cams: no models given.")
     images = np.asarray(images, dtype=np.float32)
@@ -899,7 +706,7 @@ ENERGY_COLUMNS = ("model", "patient_id", "energy_own_mask", "energy_other_masks_
                   "enrichment_over_centre_prior", "lesion_fraction", "naive_enrichment_vs_uniform")
 
 
-def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray, model: str) -> "pd.DataFrame":
+def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray, *, model: str) -> pd.DataFrame:
     """Per patient: the map's energy in its own lesion mask against the centre prior (other patients' masks).
 
     Parameters
@@ -909,7 +716,7 @@ def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray
         ROI-frame maps (:func:`cohort_cams`).
     masks : ndarray, shape (n_patients, *spatial) or (n_patients, 1, *spatial)
         ROI-frame lesion masks, same order.
-    model : str
+    model : str, keyword-only
         ``"dl_us"`` or ``"dl_mri"`` (stored in the ``model`` column).
 
     Returns
@@ -930,8 +737,6 @@ def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray
 
         Energies are NaN for a patient whose map is all zero (no positive evidence).
     """
-    import pandas as pd
-
     cams, masks = _check_stack(cams, masks, "energy_table")
     if len(patient_ids) != len(cams):
         raise ParameterError(f"energy_table: {len(patient_ids)} patient ids for {len(cams)} maps.")
@@ -948,8 +753,8 @@ def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray
                         columns=list(ENERGY_COLUMNS))
 
 
-def energy_summary(energy: "pd.DataFrame", tests: Mapping[str, LocalisationTestResult] | None = None
-                   ) -> "pd.DataFrame":
+def energy_summary(energy: pd.DataFrame, tests: Mapping[str, LocalisationTestResult] | None = None
+                   ) -> pd.DataFrame:
     """Per model: the energy in the own lesion against the centre prior, and the mask-permutation test.
 
     Parameters
@@ -970,8 +775,6 @@ def energy_summary(energy: "pd.DataFrame", tests: Mapping[str, LocalisationTestR
         naive reference ``lesion_fraction_median, naive_enrichment_vs_uniform_median`` (a uniform map's
         expectation; not a valid null, as the ROI is centred on the lesion).
     """
-    import pandas as pd
-
     missing = [c for c in ENERGY_COLUMNS if c not in energy.columns]
     if missing:
         raise ParameterError(f"energy_summary: the energy table lacks {missing}; build it with energy_table.")
@@ -1000,183 +803,3 @@ def energy_summary(energy: "pd.DataFrame", tests: Mapping[str, LocalisationTestR
                     "naive_enrichment_vs_uniform_median": float(g["naive_enrichment_vs_uniform"].median())})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class GradCAMRun:
-    """Outputs of :func:`run_gradcam`: per-patient energy, its summary, the tests, the selected cases, files."""
-
-    energy: "pd.DataFrame"
-    summary: "pd.DataFrame"
-    cases: "pd.DataFrame"
-    files: tuple[Path, ...]
-    tests: Mapping[str, LocalisationTestResult] = field(default_factory=dict)
-
-
-def available_models(run, quiet: bool = False) -> list[str]:
-    """The models of ``run`` that Grad-CAM can explain: fold checkpoints and both prediction files present.
-
-    Parameters
-    ----------
-    run : her2lib.nb.RunDirs
-    quiet : bool
-        Do not print a notice for a model left out (its modality is absent from the cohort, so its training
-        notebook skipped it).
-
-    Returns
-    -------
-    list of str
-        Subset of ``["dl_us", "dl_mri"]``.
-    """
-    out = []
-    for key, (mod, label) in _MODALITY.items():
-        ok = (any((run.models / key).glob("fold*.pt")) and (run.predictions / f"{mod}_oof.csv").is_file()
-              and (run.predictions / f"{mod}_test.csv").is_file())
-        if ok:
-            out.append(key)
-        else:
-            (run.figures / f"gradcam_{mod}.png").unlink(missing_ok=True)  # stale figure of an earlier run
-            if not quiet:
-                from .stages import notice
-                notice(f"No {label} model or predictions in this run (its modality is absent from the cohort): "
-                       f"Grad-CAM for {label} is skipped.")
-    return out
-
-
-def _read_source(modality: str, image_path, mask_path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Source image, mask and spacing as :mod:`her2lib.roi` reads them before cropping."""
-    from .data import read_image
-
-    img, spacing = read_image(image_path)
-    msk, _ = read_image(mask_path)
-    if modality == "us":  # read_image already returns colour images as luminance (H, W)
-        spacing = tuple(spacing)[:2]
-    return img, msk > 0, tuple(float(s) for s in spacing)
-
-
-def run_gradcam(run, models: Sequence[str] | None = None, folds: int | Sequence[int] | None = None,
-                max_patients: int | None = None, progress: bool = True, dpi: int = 200,
-                target_layers: dict[str, str] | None = None, n_permutations: int = 9999,
-                seed: int = 0) -> GradCAMRun:
-    """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the localisation test.
-
-    Parameters
-    ----------
-    run : her2lib.nb.RunDirs
-        Reads ``run.manifest`` (and the source images and masks it lists, for Figure 4),
-        ``run.params/02_preprocess.json`` (ROI settings; ROIs and their crop boxes come from ``run.cache``),
-        ``run.models/<model>/fold{k}.pt`` and ``run.predictions/{us,mri}_{oof,test}.csv``.
-    models : sequence of {"dl_us", "dl_mri"}, optional
-        None: the models that exist (:func:`available_models`, with a notice for a skipped one).
-    folds : int, sequence of int or None
-        Fold models whose maps are averaged: None or 0 = every ``fold{k}.pt`` present, an int n = the first n of
-        them, a sequence = those folds.
-    max_patients : int or None
-        Limit the energy analysis to the first n test patients (by patient_id) plus the Figure-4 cases
-        (for quick runs); None or 0 = the whole test cohort.
-    progress : bool
-    dpi : int
-    target_layers : dict or None
-        Layer per model, overriding :data:`TARGET_LAYERS` (the paper's: last ConvNeXt stage, ``layer4``). At
-        CPU-profile ROI sizes ``layer4`` of the 3D ResNet18 is 1 or 2 voxels wide (32x downsampling), so such
-        profiles explain an earlier stage (e.g. ``layer2``) and say so in the figure title.
-    n_permutations : int
-        Random permutations of the mask-permutation test (:func:`localisation_test`; all n! when fewer).
-    seed : int
-        Seed of that test.
-
-    Returns
-    -------
-    GradCAMRun
-        Writes ``tables/gradcam_energy.csv`` (per patient, :func:`energy_table`),
-        ``tables/gradcam_energy_summary.csv`` (per model, :func:`energy_summary`), ``tables/gradcam_cases.csv``
-        and ``figures/gradcam_us.png`` / ``figures/gradcam_mri.png`` (maps mapped back onto the source images).
-
-    Notes
-    -----
-    Figure-4 cases are chosen per model at that model's Youden threshold on its **training OOF** predictions
-    (:func:`select_cases`). The map is the fold ensemble of :func:`cohort_cams` (mean of max-normalised fold
-    maps, not the Grad-CAM of the averaged prediction).
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from .data import load_cohort
-    from .fusion import read_predictions
-    from .io import write_csv
-    from .roi import PreprocessSpec, preprocess_cohort
-    from .stats import youden_threshold
-    from .train import load_fold_model
-
-    layers = {**TARGET_LAYERS, **(target_layers or {})}
-    if models is None:
-        models = available_models(run)
-        if not models:
-            raise ParameterError(f"run_gradcam: no trained model in {run.models}; run 03_train_us or "
-                                 "04_train_mri first.")
-    unknown = [m for m in models if m not in _MODALITY]
-    if unknown:
-        raise ParameterError(f"run_gradcam: unknown model(s) {unknown}; use 'dl_us' and/or 'dl_mri'.")
-    cohort = load_cohort(run.manifest, check_files="exists")
-    spec = PreprocessSpec.from_params(run.params / "02_preprocess.json")
-    files: list[Path] = []
-    energies, case_tabs, tests = [], [], {}
-    for key in models:
-        mod, label = _MODALITY[key]
-        mdir = run.models / key
-        present = sorted(int(p.stem[4:]) for p in mdir.glob("fold*.pt") if p.stem[4:].isdigit())
-        if folds is None or isinstance(folds, (int, np.integer)):
-            ks = present[:folds] if folds else present
-        else:
-            ks = [int(k) for k in folds]
-        if not ks:
-            raise ParameterError(f"run_gradcam: no fold checkpoints in {mdir}; run the training notebook "
-                                 f"({'03_train_us' if key == 'dl_us' else '04_train_mri'}) first.")
-        nets = [load_fold_model(mdir, k) for k in ks]
-        test = read_predictions(run.predictions / f"{mod}_test.csv", "test")
-        oof = read_predictions(run.predictions / f"{mod}_oof.csv", "train")
-        thr = youden_threshold(oof["her2"], oof["p_her2"])
-        cases = select_cases(test, thr).assign(model=key, threshold=thr)
-        case_tabs.append(cases)
-        ids = sorted(test["patient_id"])
-        if max_patients:
-            ids = sorted(set(ids[:max_patients]) | set(cases["patient_id"]))
-        missing = [p for p in ids if p not in set(cohort["patient_id"])]
-        if missing:
-            raise ParameterError(f"run_gradcam: test patients {missing[:10]} of {mod}_test.csv are not in "
-                                 f"{run.manifest}; run the notebooks on one cohort.")
-        sub = cohort.set_index("patient_id").loc[ids].reset_index()
-        images, masks, boxes = preprocess_cohort(sub, mod, spec, run.cache, progress=progress)
-        cams = cohort_cams(nets, images, layers[key], progress=progress, desc=f"Grad-CAM {label}")
-        energies.append(energy_table(ids, cams, masks, key))
-        tests[key] = localisation_test(cams, masks, n_permutations=n_permutations, seed=seed)
-        pos = {p: i for i, p in enumerate(ids)}
-        pred = test.set_index("patient_id")
-        src = sub.set_index("patient_id")
-        fig_cases = []
-        for _, c in cases.iterrows():
-            pid = c["patient_id"]
-            i = pos[pid]
-            img, msk, spacing = _read_source(mod, src.loc[pid, f"{mod}_image"], src.loc[pid, f"{mod}_mask"])
-            fig_cases.append(dict(image=img, mask=msk, cam=cam_to_source(cams[i], boxes[i], img.shape),
-                                  box=boxes[i], spacing=spacing, patient_id=pid,
-                                  her2=int(pred.loc[pid, "her2"]), p_her2=float(c["p_her2"]), outcome=c["outcome"]))
-        plot = plot_gradcam_us if key == "dl_us" else plot_gradcam_mri
-        path = run.figures / f"gradcam_{mod}.png"
-        note = (f"Fold ensemble of {len(nets)} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
-                f"{thr:.3f} (p = the test prediction).")
-        flat = cams.reshape(len(cams), -1)
-        if np.all(flat.max(axis=1) - flat.min(axis=1) <= 1e-6):
-            note += (f" Every {label} map is constant: layer '{layers[key]}' has a single spatial cell at this ROI "
-                     "size, so its Grad-CAM cannot localise.")
-        fig = plot(fig_cases, None, layer=layers[key], note=note)
-        _save(fig, path, dpi)
-        plt.close(fig)
-        files.append(path)
-    energy = pd.concat(energies, ignore_index=True)
-    summary = energy_summary(energy, tests)
-    cases_all = pd.concat(case_tabs, ignore_index=True)
-    files += [write_csv(run.tables / "gradcam_energy.csv", energy),
-              write_csv(run.tables / "gradcam_energy_summary.csv", summary),
-              write_csv(run.tables / "gradcam_cases.csv", cases_all)]
-    return GradCAMRun(energy=energy, summary=summary, cases=cases_all, files=tuple(files), tests=tests)

@@ -1,5 +1,6 @@
 """Tests for her2lib.gradcam: 2-D (vs the grad-cam package), 3-D, single-logit, sign, energy fraction, the
-localisation test against the centre prior, the way back to the source image, figures."""
+localisation test against the centre prior, the way back to the source image; Figure 4
+(her2lib.figures.gradcam) and the 07_gradcam stage (her2lib.stages.gradcam)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from torch import nn
 
 from her2lib.errors import ParameterError
-from her2lib.gradcam import (energy_fraction, find_layer, grad_cam, lesion_centre, mask_fraction,
-                             plot_gradcam_mri, plot_gradcam_us, select_cases)
+from her2lib.figures.gradcam import plot_gradcam_mri, plot_gradcam_us
+from her2lib.gradcam import energy_fraction, find_layer, grad_cam, lesion_centre, mask_fraction, select_cases
 
 
 # ------------------------------------------------------------------------------------------------ toy models
@@ -75,11 +76,20 @@ def test_input_and_layer_validation():
     m = MeanHead()
     with pytest.raises(ParameterError, match="unbatched channel-first"):
         grad_cam(m, np.zeros((32, 32), np.float32), "feat")
-    with pytest.raises(ParameterError, match="close matches"):
+    with pytest.raises(ParameterError, match="no layer 'fet'. Did you mean 'feat'\\? Layers at that level: \\['feat"):
         grad_cam(m, _two_region_image(), "fet")
     with pytest.raises(ParameterError, match="NaN"):
         grad_cam(m, np.full((1, 8, 8), np.nan, np.float32), "feat")
     assert find_layer(m, "feat") is m.feat
+
+
+def test_find_layer_lists_the_layers_at_the_level_of_a_wrong_name():
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3)), nn.Flatten())
+    assert find_layer(net, "0.2") is net[0][2]
+    with pytest.raises(ParameterError, match="no layer '0.7'.* Layers at that level: \\['0.0', '0.1', '0.2'\\]"):
+        find_layer(net, "0.7")
+    with pytest.raises(ParameterError, match="Layers at that level: \\['0', '1'\\]; see model.named_modules"):
+        find_layer(net, "head.fc")
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +274,7 @@ def test_image_blind_centre_map_beats_uniform_but_not_the_centre_prior(roi_masks
     masks = roi_masks[mod]
     cams = np.broadcast_to(_centre_map(_GRIDS[mod], masks.shape[1:]), masks.shape)
     # the naive comparison with a uniform map is fooled: enrichment ~5-6, Wilcoxon P ~1e-11
-    tab = energy_table([f"P{i}" for i in range(len(masks))], cams, masks, mod)
+    tab = energy_table([f"P{i}" for i in range(len(masks))], cams, masks, model=mod)
     assert tab["naive_enrichment_vs_uniform"].median() > 3
     assert wilcoxon(tab["energy_own_mask"] - tab["lesion_fraction"]).pvalue < 1e-6
     # the centre-prior null is not: own mask = other patients' masks on average, P not significant
@@ -374,7 +384,7 @@ def test_energy_table_and_summary_columns():
         masks[i, i:i + 2, 1:3] = 1
     cams = np.clip(masks.astype(float) + 0.1, 0, 1)
     cams[3] = 0
-    tab = energy_table(["A", "B", "C", "D"], cams, masks[:, None], "dl_us")
+    tab = energy_table(["A", "B", "C", "D"], cams, masks[:, None], model="dl_us")
     assert tuple(tab.columns) == ENERGY_COLUMNS
     assert tab["energy_own_mask"].iloc[:3].gt(tab["energy_other_masks_mean"].iloc[:3]).all()
     assert tab.iloc[3][["energy_own_mask", "energy_other_masks_mean"]].isna().all()
@@ -589,7 +599,7 @@ def _tiny_run(root):
 
 def test_run_gradcam_end_to_end(tmp_path):
     pytest.importorskip("timm")
-    from her2lib.gradcam import run_gradcam
+    from her2lib.stages.gradcam import run_gradcam
 
     run = _tiny_run(tmp_path)
     res = run_gradcam(run, folds=1, max_patients=2, progress=False, dpi=80)
@@ -612,5 +622,5 @@ def test_run_gradcam_end_to_end(tmp_path):
         assert row["n"] == t.n_patients and row["n_permutations"] == t.n_permutations and row["seed"] == 0
         assert row["permutation_p"] == pytest.approx(t.pvalue) if t.n_patients >= 3 else np.isnan(row["permutation_p"])
         assert t.exact == (t.n_patients >= 3 and math.factorial(t.n_patients) <= 9999)
-    with pytest.raises(ParameterError, match="unknown model"):
+    with pytest.raises(ParameterError, match="models='dl_ct' is not supported; choose one of \\['dl_us', 'dl_mri'\\]"):
         run_gradcam(run, models=("dl_ct",))

@@ -136,12 +136,17 @@ def test_delong_only_for_pairs_that_exist(run):
 
 # ------------------------------------------------------------------------------------------------ Grad-CAM
 def test_gradcam_available_models(run, capsys):
+    from her2lib.stages.gradcam import available_models
+
     cohort = _cohort()
     (run.figures / "gradcam_us.png").write_bytes(b"stale")
     _write_preds(run.predictions, "mri", cohort)
     (run.models / "dl_mri").mkdir(parents=True)
     (run.models / "dl_mri" / "fold0.pt").write_bytes(b"")
-    assert gradcam.available_models(run) == ["dl_mri"]
+    assert available_models(run, quiet=True) == ["dl_mri"]
+    assert capsys.readouterr().out == "" and not (run.figures / "gradcam_us.png").exists()
+    (run.figures / "gradcam_us.png").write_bytes(b"stale")
+    assert available_models(run) == ["dl_mri"]
     assert "Grad-CAM for DL-US is skipped" in capsys.readouterr().out
     assert not (run.figures / "gradcam_us.png").exists()
 
