@@ -1,6 +1,9 @@
 """DL-US&MRI fusion (paper, Methods: "we developed the DL-US&MRI model using logistic regression, incorporating
 the predictive values of DL-US and DL-MRI ... in the test cohort").
 
+Science layer: pure functions on prediction tables; reading and writing the run's files is
+:func:`her2lib.stages.fusion.run_fusion`'s job.
+
 The fused model is a logistic regression of HER2 status on the two models' probabilities on the logit scale::
 
     logit P(HER2+) = b0 + b_us * logit(p_us) + b_mri * logit(p_mri)
@@ -33,35 +36,38 @@ Two protocols are implemented and always labelled:
     differ in which inputs and which patients the fit used.
 
 Patients are joined by ``patient_id``; a US/MRI mismatch (missing patient, different label, split or fold) is a
-:class:`~her2lib.errors.DataError` that lists every offending patient.
+:class:`~her2lib.errors.DataError` that lists every offending patient. Prediction tables are validated once, where
+they enter (:func:`her2lib.contract.read_predictions` in the stage, or :func:`fuse` for tables built in memory);
+``check_input=False`` skips the repeat for tables that were.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
+# PREDICTION_COLUMNS and read_predictions: re-exported for train.py and gradcam.py until they import her2lib.contract
+from .contract import PREDICTION_COLUMNS as PREDICTION_COLUMNS
+from .contract import TEST_FOLD_COLUMNS, validate_predictions, validate_test_folds
+from .contract import read_predictions as read_predictions
 from .errors import DataError, ParameterError
-from .io import write_csv
+from .stats._common import as_binary_labels, as_probabilities, logistic_fit
+from .stats.roc import auc
 
-__all__ = ["PREDICTION_COLUMNS", "TEST_FOLD_COLUMNS", "EPS", "logit", "read_predictions", "validate_predictions",
-           "validate_test_folds", "read_test_folds", "join_modalities", "FusionModel", "fit_fusion",
-           "cross_fit_oof", "FusionResult", "fuse", "run_fusion"]
+__all__ = ["EPS", "logit", "join_modalities", "FusionModel", "fit_fusion", "cross_fit_oof", "FusionResult",
+           "protocol_difference_ci", "fuse"]
 
-PREDICTION_COLUMNS = ("patient_id", "split", "fold", "her2", "p_her2")
-#: per-fold-model test predictions (``{us,mri,fusion}_test_folds.csv``), one row per test patient and fold model
-TEST_FOLD_COLUMNS = ("patient_id", "split", "her2", "model_fold", "p_her2")
 EPS = 1e-6
 _TERMS = ("intercept", "logit_p_us", "logit_p_mri")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Prediction files
+# Prediction tables
 # ----------------------------------------------------------------------------------------------------------------
 def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     """Logit of probabilities clipped to ``[eps, 1 - eps]``.
@@ -83,182 +89,8 @@ def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     return np.log(q) - np.log1p(-q)
 
 
-def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: str | None = None) -> pd.DataFrame:
-    """Check one prediction table and return a clean copy.
-
-    Parameters
-    ----------
-    df : DataFrame
-        Columns ``patient_id, split, fold, her2, p_her2`` (extra columns are kept), one row per patient.
-    source : str
-        Name used in error messages (usually the file path).
-    split : {"train", "test"} or None
-        If given, every row must belong to this split.
-
-    Returns
-    -------
-    DataFrame
-        Copy with ``patient_id`` as str, ``fold``/``her2`` as int, ``p_her2`` as float.
-
-    Raises
-    ------
-    DataError
-        Listing every problem (missing columns, duplicate patients, labels not 0/1, probabilities outside [0, 1],
-        test rows with fold != -1, ...).
-    """
-    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; a prediction file needs the columns "
-                        f"{list(PREDICTION_COLUMNS)} (written by the 03/04/05 notebooks).")
-    out = df.copy()
-    out["patient_id"] = out["patient_id"].astype(str)
-    problems: list[str] = []
-    dup = out.loc[out["patient_id"].duplicated(), "patient_id"].tolist()
-    if dup:
-        problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
-    bad_split = out.loc[~out["split"].isin(["train", "test"]), "patient_id"].tolist()
-    if bad_split:
-        problems.append(f"{source}: split must be 'train' or 'test' (patients {bad_split[:10]}).")
-    if split is not None:
-        other = out.loc[out["split"] != split, "patient_id"].tolist()
-        if other:
-            problems.append(f"{source}: expected only split == {split!r} rows, but patients {other[:10]} are not; "
-                            "OOF files hold training patients, test files test patients.")
-    her2 = pd.to_numeric(out["her2"], errors="coerce")
-    bad_y = out.loc[~her2.isin([0, 1]), "patient_id"].tolist()
-    if bad_y:
-        problems.append(f"{source}: her2 must be 0 or 1 (patients {bad_y[:10]}).")
-    p = pd.to_numeric(out["p_her2"], errors="coerce")
-    bad_p = out.loc[~(np.isfinite(p) & (p >= 0) & (p <= 1)), "patient_id"].tolist()
-    if bad_p:
-        problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients {bad_p[:10]}).")
-    fold = pd.to_numeric(out["fold"], errors="coerce")
-    bad_fold = out.loc[fold.isna() | (fold != np.round(fold)), "patient_id"].tolist()
-    if bad_fold:
-        problems.append(f"{source}: fold must be an integer (patients {bad_fold[:10]}).")
-    else:
-        bad_test = out.loc[(out["split"] == "test") & (fold != -1), "patient_id"].tolist()
-        bad_train = out.loc[(out["split"] == "train") & (fold < 0), "patient_id"].tolist()
-        if bad_test:
-            problems.append(f"{source}: test patients must have fold == -1 (patients {bad_test[:10]}).")
-        if bad_train:
-            problems.append(f"{source}: training patients need a fold >= 0 (patients {bad_train[:10]}).")
-    if len(out) == 0:
-        problems.append(f"{source}: no rows.")
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
-    out["her2"] = her2.astype(int)
-    out["p_her2"] = p.astype(float)
-    out["fold"] = fold.astype(int)
-    return out.reset_index(drop=True)
-
-
-def read_predictions(path: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
-    """Read and validate a prediction CSV (see :func:`validate_predictions`).
-
-    Raises
-    ------
-    DataError
-        If the file does not exist (names the notebook that writes it) or fails validation.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prediction file {path} not found; run the notebook that writes it first "
-                        "(03_train_us -> us_*.csv, 04_train_mri -> mri_*.csv, 05_fusion -> fusion_*.csv).")
-    df = pd.read_csv(path, dtype={"patient_id": str})
-    return validate_predictions(df, source=str(path), split=split)
-
-
-def validate_test_folds(df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None,
-                        atol: float = 1e-9) -> pd.DataFrame:
-    """Check a per-fold-model test prediction table and return a clean copy sorted by patient and model fold.
-
-    Parameters
-    ----------
-    df : DataFrame
-        Columns ``patient_id, split, her2, model_fold, p_her2`` (:data:`TEST_FOLD_COLUMNS`): one row per test
-        patient and fold model.
-    source : str
-        Name used in error messages (usually the file path).
-    test : DataFrame, optional
-        The matching fold-mean prediction table (``{prefix}_test.csv``); if given, the patients and labels must
-        agree and ``p_her2`` must be the mean over the fold models (to ``atol``), so mismatched files are caught.
-
-    Raises
-    ------
-    DataError
-        Listing every problem.
-    """
-    missing = [c for c in TEST_FOLD_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; a per-fold test file needs the columns "
-                        f"{list(TEST_FOLD_COLUMNS)} (written by the 03/04/05 notebooks).")
-    out = df.copy()
-    out["patient_id"] = out["patient_id"].astype(str)
-    problems: list[str] = []
-    if len(out) == 0:
-        problems.append(f"{source}: no rows.")
-    if (out["split"] != "test").any():
-        problems.append(f"{source}: only test patients belong here (patients "
-                        f"{out.loc[out['split'] != 'test', 'patient_id'].tolist()[:10]}).")
-    her2 = pd.to_numeric(out["her2"], errors="coerce")
-    p = pd.to_numeric(out["p_her2"], errors="coerce")
-    mf = pd.to_numeric(out["model_fold"], errors="coerce")
-    if not her2.isin([0, 1]).all():
-        problems.append(f"{source}: her2 must be 0 or 1 (patients {out.loc[~her2.isin([0, 1]), 'patient_id'].tolist()[:10]}).")
-    bad_p = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
-    if bad_p.any():
-        problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients "
-                        f"{out.loc[bad_p, 'patient_id'].tolist()[:10]}).")
-    if mf.isna().any() or (mf < 0).any() or (mf != np.round(mf)).any():
-        problems.append(f"{source}: model_fold must be an integer >= 0.")
-    if not problems:
-        out["her2"], out["p_her2"], out["model_fold"] = her2.astype(int), p.astype(float), mf.astype(int)
-        dup = out.duplicated(["patient_id", "model_fold"])
-        if dup.any():
-            problems.append(f"{source}: patients {sorted(set(out.loc[dup, 'patient_id']))[:10]} appear twice for "
-                            "one model fold.")
-        sets = out.groupby("patient_id")["model_fold"].apply(frozenset)
-        if sets.nunique() > 1:
-            ref = sets.mode().iloc[0]
-            odd = sets[sets != ref].index.tolist()
-            problems.append(f"{source}: patients {odd[:10]} lack predictions of some fold models (expected folds "
-                            f"{sorted(ref)}).")
-        if out.groupby("patient_id")["her2"].nunique().max() > 1:
-            problems.append(f"{source}: a patient has different her2 labels across fold models.")
-    if not problems and test is not None:
-        mean = out.groupby("patient_id").agg(her2=("her2", "first"), p=("p_her2", "mean"))
-        t = test.set_index("patient_id")
-        if set(mean.index) != set(t.index):
-            problems.append(f"{source}: patients differ from the fold-mean test file (only here: "
-                            f"{sorted(set(mean.index) - set(t.index))[:10]}, only there: "
-                            f"{sorted(set(t.index) - set(mean.index))[:10]}).")
-        else:
-            t = t.loc[mean.index]
-            if (t["her2"].to_numpy() != mean["her2"].to_numpy()).any():
-                problems.append(f"{source}: her2 labels differ from the fold-mean test file.")
-            off = np.abs(t["p_her2"].to_numpy() - mean["p"].to_numpy()) > atol
-            if off.any():
-                problems.append(f"{source}: the mean over fold models differs from p_her2 of the fold-mean test file "
-                                f"for patients {mean.index[off].tolist()[:10]}; the files come from different runs. "
-                                "Re-run the training notebook.")
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
-    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[list(TEST_FOLD_COLUMNS)]
-
-
-def read_test_folds(path: str | os.PathLike, test: pd.DataFrame | None = None) -> pd.DataFrame | None:
-    """Read and validate ``{prefix}_test_folds.csv`` (:func:`validate_test_folds`); None when the file is absent
-    (prediction files made elsewhere, or by her2lib 0.1)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path, dtype={"patient_id": str})
-    return validate_test_folds(df, source=str(path), test=test)
-
-
-def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, us_source: str = "DL-US predictions",
-                    mri_source: str = "DL-MRI predictions") -> pd.DataFrame:
+def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, *, us_source: str = "DL-US predictions",
+                    mri_source: str = "DL-MRI predictions", check_input: bool = True) -> pd.DataFrame:
     """Join DL-US and DL-MRI predictions patient by patient.
 
     Parameters
@@ -267,6 +99,8 @@ def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, us_source: str = "DL-US
         Prediction tables (columns ``patient_id, split, fold, her2, p_her2``) of the same patients.
     us_source, mri_source : str
         Names (file paths) used in error messages.
+    check_input : bool
+        Validate both tables (:func:`her2lib.contract.validate_predictions`); False for tables that already were.
 
     Returns
     -------
@@ -279,8 +113,9 @@ def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, us_source: str = "DL-US
         If a patient is in one table only, or its ``her2``, ``split`` or ``fold`` differ between the tables
         (every offending patient is listed).
     """
-    us = validate_predictions(us, us_source)
-    mri = validate_predictions(mri, mri_source)
+    if check_input:
+        us = validate_predictions(us, us_source)
+        mri = validate_predictions(mri, mri_source)
     m = us.merge(mri, on="patient_id", how="outer", suffixes=("_us", "_mri"), indicator=True)
     problems: list[str] = []
     only_us = sorted(m.loc[m["_merge"] == "left_only", "patient_id"])
@@ -366,17 +201,12 @@ class FusionModel:
 
 
 def _check_pair(p_us, p_mri) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(p_us, dtype=float).ravel()
-    b = np.asarray(p_mri, dtype=float).ravel()
-    if a.shape != b.shape:
-        raise ParameterError(f"p_us and p_mri must have the same length; got {a.size} and {b.size}.")
-    for name, v in (("p_us", a), ("p_mri", b)):
-        if not np.all(np.isfinite(v) & (v >= 0) & (v <= 1)):
-            raise ParameterError(f"{name} must contain finite probabilities in [0, 1].")
-    return a, b
+    """Both models' probabilities as float arrays of one length (the validator of :mod:`her2lib.stats`)."""
+    a = as_probabilities(p_us, np.shape(p_us)[0] if np.ndim(p_us) else 0, "p_us", against="p_us")
+    return a, as_probabilities(p_mri, a.shape[0], "p_mri", against="p_us")
 
 
-def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str = "train OOF",
+def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y_true: np.ndarray, *, fit_on: str = "train OOF",
                level: float = 0.95, eps: float = EPS) -> FusionModel:
     """Fit the DL-US&MRI logistic regression by maximum likelihood (statsmodels ``Logit``).
 
@@ -384,7 +214,7 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str =
     ----------
     p_us, p_mri : array_like, shape (n_patients,)
         DL-US and DL-MRI probabilities of HER2-positive.
-    y : array_like, shape (n_patients,)
+    y_true : array_like, shape (n_patients,)
         HER2 status, 1 = positive.
     fit_on : str
         Label stored in the result (which patients these are).
@@ -397,22 +227,21 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str =
     -------
     FusionModel
 
+    Raises
+    ------
+    DataError
+        Labels not 0/1, lengths differ, a probability not finite or outside [0, 1], fewer than 2 patients of a
+        class.
+
     Notes
     -----
     If the MLE does not exist (perfect separation, |coefficient| > 50) or does not converge, a weak L2 penalty
     on all three terms (``alpha = 1 / n``, statsmodels ``GLM.fit_regularized``) is used instead, a warning is
     issued and the CIs/P values are NaN.
     """
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
-
-    p_us, p_mri = _check_pair(p_us, p_mri)
-    y = np.asarray(y).ravel()
-    if y.shape != p_us.shape:
-        raise ParameterError(f"y has {y.size} values but the probabilities have {p_us.size}.")
-    if not np.isin(y, [0, 1]).all():
-        raise ParameterError("y must be binary 0/1 (1 = HER2-positive).")
-    y = y.astype(float)
+    y = as_binary_labels(y_true).astype(float)
+    p_us = as_probabilities(p_us, y.shape[0], "p_us")
+    p_mri = as_probabilities(p_mri, y.shape[0], "p_mri")
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos < 2 or n_neg < 2:
         raise DataError(f"fusion fit on {fit_on}: needs at least 2 HER2-positive and 2 HER2-negative patients; "
@@ -437,9 +266,15 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str =
                            ci_low=tuple(map(float, ci[:, 0])), ci_high=tuple(map(float, ci[:, 1])),
                            pvalues=tuple(map(float, res.pvalues)), level=level, fit_on=fit_on, n=int(y.size),
                            n_pos=n_pos, n_neg=n_neg, method="logit MLE (statsmodels)", eps=eps)
+    return _penalised_fit(X, y, fit_on=fit_on, level=level, n_pos=n_pos, n_neg=n_neg, eps=eps)
+
+
+def _penalised_fit(X: np.ndarray, y: np.ndarray, *, fit_on: str, level: float, n_pos: int, n_neg: int,
+                   eps: float) -> FusionModel:
+    """The fallback of :func:`fit_fusion` when the MLE does not exist: weak L2 penalty, no CIs, a warning."""
     warnings.warn(f"fusion fit on {fit_on}: the maximum-likelihood logistic regression does not exist "
                   "(perfect separation or no convergence); using a weakly L2-penalised fit without CIs.",
-                  UserWarning, stacklevel=2)
+                  UserWarning, stacklevel=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pen = sm.GLM(y, X, family=sm.families.Binomial()).fit_regularized(alpha=1.0 / y.size, L1_wt=0.0)
@@ -449,7 +284,7 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y: np.ndarray, fit_on: str =
                        method="L2-penalised logit (separation)", eps=eps)
 
 
-def cross_fit_oof(train: pd.DataFrame, level: float = 0.95, eps: float = EPS) -> pd.DataFrame:
+def cross_fit_oof(train: pd.DataFrame, *, level: float = 0.95, eps: float = EPS) -> pd.DataFrame:
     """Cross-fitted out-of-fold fusion predictions for the training cohort.
 
     For each fold k the regression is fitted on the other folds' OOF predictions and applied to fold k, so no
@@ -543,15 +378,13 @@ def _refit(X: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> np.ndarray | Non
     """Logistic refit for the bootstrap (:func:`her2lib.stats._common.logistic_fit`), optionally with an L2 penalty
     ``ridge / 2 * |b|^2`` on the non-intercept terms; None when it does not converge or a coefficient exceeds 50
     (separation), the rule of :func:`fit_fusion`."""
-    from .stats._common import logistic_fit
-
     fit = logistic_fit(X, y, penalty=np.r_[0.0, np.full(X.shape[1] - 1, float(ridge))] if ridge else None)
     if fit is None or not np.all(np.isfinite(fit[0])) or np.max(np.abs(fit[0])) > 50:
         return None
     return fit[0]
 
 
-def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.ndarray, np.ndarray],
+def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.ndarray, np.ndarray], *,
                            level: float = 0.95, n_boot: int = 1000, seed: int = 0,
                            eps: float = EPS) -> tuple[float, float, int]:
     """Stratified bootstrap interval of ``AUC(paper protocol) - AUC(leakage-free)`` on the test cohort.
@@ -568,8 +401,6 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     (low, high, n_penalised)
         Percentile interval at ``level`` and the number of resamples that needed the penalised fit.
     """
-    from .stats import auc
-
     rng = np.random.default_rng(seed)
     y = np.asarray(y).astype(int)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -590,9 +421,10 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     return float(lo), float(hi), penalised
 
 
-def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame,
-         level: float = 0.95, eps: float = EPS, *, us_test_folds: pd.DataFrame | None = None,
-         mri_test_folds: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> FusionResult:
+def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame, *,
+         level: float = 0.95, eps: float = EPS, us_test_folds: pd.DataFrame | None = None,
+         mri_test_folds: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
+         check_input: bool = True) -> FusionResult:
     """Run the leakage-free fusion and the paper's protocol.
 
     Parameters
@@ -606,12 +438,17 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     eps : float
         Probability clipping bound before the logit.
     us_test_folds, mri_test_folds : DataFrame, optional
-        Each fold model's test predictions (:data:`TEST_FOLD_COLUMNS`). When both are given (the default output
-        of notebooks 03/04), the OOF-fitted regression is applied to each fold model pair and the fused
-        probabilities are averaged: fitted and applied on the same scale. Otherwise it is applied to the fold-mean
-        inputs, and the protocol table says so.
+        Each fold model's test predictions (:data:`~her2lib.contract.TEST_FOLD_COLUMNS`). When both are given (the
+        default output of notebooks 03/04), the OOF-fitted regression is applied to each fold model pair and the
+        fused probabilities are averaged: fitted and applied on the same scale. Otherwise it is applied to the
+        fold-mean inputs, and the protocol table says so.
     n_boot, seed : int
         Bootstrap resamples and seed of the protocol-difference interval.
+    check_input : bool
+        Validate the tables (:func:`her2lib.contract.validate_predictions` with the expected split,
+        :func:`~her2lib.contract.validate_test_folds` against the fold-mean tables). False when they were validated
+        where they were read (:func:`her2lib.contract.read_predictions` with ``split``,
+        :func:`~her2lib.contract.read_test_folds` with ``test``), so each table is checked once.
 
     Returns
     -------
@@ -619,37 +456,59 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
         The test predictions of the leakage-free model depend only on the training rows' labels (the coefficient
         fit never reads a test label).
     """
-    from .stats import auc
-
-    train = join_modalities(validate_predictions(us_oof, "us_oof", split="train"),
-                            validate_predictions(mri_oof, "mri_oof", split="train"), "us_oof", "mri_oof")
-    test = join_modalities(validate_predictions(us_test, "us_test", split="test"),
-                           validate_predictions(mri_test, "mri_test", split="test"), "us_test", "mri_test")
+    if check_input:
+        us_oof = validate_predictions(us_oof, "us_oof", split="train")
+        mri_oof = validate_predictions(mri_oof, "mri_oof", split="train")
+        us_test = validate_predictions(us_test, "us_test", split="test")
+        mri_test = validate_predictions(mri_test, "mri_test", split="test")
+    train = join_modalities(us_oof, mri_oof, us_source="us_oof", mri_source="mri_oof", check_input=False)
+    test = join_modalities(us_test, mri_test, us_source="us_test", mri_source="mri_test", check_input=False)
     overlap = sorted(set(train["patient_id"]) & set(test["patient_id"]))
     if overlap:
         raise DataError(f"patients {overlap[:10]} appear in both the OOF (train) and the test predictions.")
+    if check_input and us_test_folds is not None and mri_test_folds is not None:
+        us_test_folds = validate_test_folds(us_test_folds, "us_test_folds",
+                                            test=test.rename(columns={"p_us": "p_her2"}))
+        mri_test_folds = validate_test_folds(mri_test_folds, "mri_test_folds",
+                                             test=test.rename(columns={"p_mri": "p_her2"}))
 
     model = fit_fusion(train["p_us"], train["p_mri"], train["her2"], fit_on="train OOF", level=level, eps=eps)
     oof = cross_fit_oof(train, level=level, eps=eps)
-    per_fold = us_test_folds is not None and mri_test_folds is not None
-    test_folds = None
-    if per_fold:
-        tf = _join_test_folds(
-            validate_test_folds(us_test_folds, "us_test_folds", test=test.rename(columns={"p_us": "p_her2"})),
-            validate_test_folds(mri_test_folds, "mri_test_folds", test=test.rename(columns={"p_mri": "p_her2"})))
-        fused = model.predict(tf["p_her2_us"].to_numpy(), tf["p_her2_mri"].to_numpy())
-        test_folds = pd.DataFrame({"patient_id": tf["patient_id"], "split": "test", "her2": tf["her2_us"],
-                                   "model_fold": tf["model_fold"], "p_her2": fused})[list(TEST_FOLD_COLUMNS)]
-        mean = test_folds.groupby("patient_id")["p_her2"].mean()
-        test_pred = _pred_frame(test, mean.loc[test["patient_id"]].to_numpy())
-        applied_to = "each fold model's test predictions, fused then averaged"
-    else:
-        test_pred = _pred_frame(test, model.predict(test["p_us"], test["p_mri"]))
-        applied_to = "fold-mean test predictions (no per-fold files; scale differs from OOF)"
+    test_pred, test_folds, applied_to = _apply_leakage_free(model, test, us_test_folds, mri_test_folds)
     paper_model = fit_fusion(test["p_us"], test["p_mri"], test["her2"], fit_on="test (paper protocol)",
                              level=level, eps=eps)
     paper_pred = _pred_frame(test, paper_model.predict(test["p_us"], test["p_mri"]))
+    protocols = _protocol_table(model, paper_model, test, oof, test_pred, paper_pred, applied_to=applied_to,
+                                level=level, n_boot=n_boot, seed=seed, eps=eps)
+    coefs = pd.concat([model.to_frame().assign(protocol="leakage-free (her2lib default)"),
+                       paper_model.to_frame().assign(protocol="paper (fit in the test cohort)")],
+                      ignore_index=True)
+    coefs = coefs[["protocol"] + [c for c in coefs.columns if c != "protocol"]]
+    return FusionResult(model=model, paper_model=paper_model, oof=oof, test=test_pred, paper_test=paper_pred,
+                        protocols=protocols, coefficients=coefs, test_folds=test_folds)
 
+
+def _apply_leakage_free(model: FusionModel, test: pd.DataFrame, us_test_folds: pd.DataFrame | None,
+                        mri_test_folds: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The leakage-free model on the test cohort: per fold model pair then averaged when both per-fold tables
+    exist, else on the fold-mean inputs. Returns ``(test predictions, per-fold predictions or None, applied_to)``."""
+    if us_test_folds is None or mri_test_folds is None:
+        return (_pred_frame(test, model.predict(test["p_us"], test["p_mri"])), None,
+                "fold-mean test predictions (no per-fold files; scale differs from OOF)")
+    tf = _join_test_folds(us_test_folds, mri_test_folds)
+    fused = model.predict(tf["p_her2_us"].to_numpy(), tf["p_her2_mri"].to_numpy())
+    test_folds = pd.DataFrame({"patient_id": tf["patient_id"], "split": "test", "her2": tf["her2_us"],
+                               "model_fold": tf["model_fold"], "p_her2": fused})[list(TEST_FOLD_COLUMNS)]
+    mean = test_folds.groupby("patient_id")["p_her2"].mean()
+    return (_pred_frame(test, mean.loc[test["patient_id"]].to_numpy()), test_folds,
+            "each fold model's test predictions, fused then averaged")
+
+
+def _protocol_table(model: FusionModel, paper_model: FusionModel, test: pd.DataFrame, oof: pd.DataFrame,
+                    test_pred: pd.DataFrame, paper_pred: pd.DataFrame, *, applied_to: str, level: float,
+                    n_boot: int, seed: int, eps: float) -> pd.DataFrame:
+    """One row per protocol: fitted on, applied to, evaluated on, test AUC, and the AUC difference paper minus
+    leakage-free with its bootstrap interval."""
     y_test = test["her2"].to_numpy()
     auc_free = float(auc(y_test, test_pred["p_her2"].to_numpy()))
     auc_paper = float(auc(y_test, paper_pred["p_her2"].to_numpy()))
@@ -660,7 +519,7 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     boot = (f"percentile, stratified bootstrap of test patients ({n_boot} resamples, seed {seed}), paper fit refitted "
             f"per resample ({n_pen} with a weak L2 penalty: no MLE)")
     nan = float("nan")
-    protocols = pd.DataFrame([
+    return pd.DataFrame([
         {"protocol": "leakage-free (her2lib default)", "fit_on": "train OOF", "n_fit": model.n,
          "applied_to": applied_to, "evaluated_on": "test", "n_eval": len(test), "auc": auc_free,
          "auc_diff_vs_leakage_free": 0.0, "auc_diff_ci_low": nan, "auc_diff_ci_high": nan, "ci_level": level,
@@ -671,55 +530,3 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
          "auc_diff_ci_low": lo, "auc_diff_ci_high": hi, "ci_level": level, "ci_method": boot,
          "auc_train_oof_crossfit": nan, "method": paper_model.method},
     ])
-    coefs = pd.concat([model.to_frame().assign(protocol="leakage-free (her2lib default)"),
-                       paper_model.to_frame().assign(protocol="paper (fit in the test cohort)")],
-                      ignore_index=True)
-    coefs = coefs[["protocol"] + [c for c in coefs.columns if c != "protocol"]]
-    return FusionResult(model=model, paper_model=paper_model, oof=oof, test=test_pred, paper_test=paper_pred,
-                        protocols=protocols, coefficients=coefs, test_folds=test_folds)
-
-
-FUSION_INPUTS = ("us_oof.csv", "mri_oof.csv", "us_test.csv", "mri_test.csv")
-
-
-def run_fusion(predictions_dir: str | os.PathLike, tables_dir: str | os.PathLike, level: float = 0.95,
-               eps: float = EPS, n_boot: int = 1000, seed: int = 0) -> FusionResult | None:
-    """Read ``{us,mri}_{oof,test}.csv``, run :func:`fuse` and write its outputs atomically.
-
-    Writes ``predictions_dir/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_folds.csv``
-    (per fold model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol,
-    labelled), ``tables_dir/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
-
-    Returns
-    -------
-    FusionResult or None
-        None, after printing a notice, when a DL-US or DL-MRI prediction file is missing (a single-modality
-        cohort: notebook 03 or 04 skipped training). Then no fusion file is written and stale fusion outputs of
-        an earlier run in the same folders are removed, so notebook 06 cannot evaluate them.
-    """
-    pdir, tdir = Path(predictions_dir), Path(tables_dir)
-    missing = [n for n in FUSION_INPUTS if not (pdir / n).is_file()]
-    if missing:
-        from .stages import notice
-        notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {pdir} (the cohort "
-               "lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
-        for f in (pdir / "fusion_oof.csv", pdir / "fusion_test.csv", pdir / "fusion_test_folds.csv",
-                  pdir / "fusion_test_paper.csv",
-                  tdir / "fusion_coefficients.csv", tdir / "fusion_protocols.csv"):
-            f.unlink(missing_ok=True)
-        return None
-    us_test, mri_test = read_predictions(pdir / "us_test.csv", "test"), read_predictions(pdir / "mri_test.csv", "test")
-    res = fuse(read_predictions(pdir / "us_oof.csv", "train"), read_predictions(pdir / "mri_oof.csv", "train"),
-               us_test, mri_test, level=level, eps=eps,
-               us_test_folds=read_test_folds(pdir / "us_test_folds.csv", us_test),
-               mri_test_folds=read_test_folds(pdir / "mri_test_folds.csv", mri_test), n_boot=n_boot, seed=seed)
-    write_csv(pdir / "fusion_oof.csv", res.oof)
-    write_csv(pdir / "fusion_test.csv", res.test)
-    if res.test_folds is not None:
-        write_csv(pdir / "fusion_test_folds.csv", res.test_folds)
-    else:
-        (pdir / "fusion_test_folds.csv").unlink(missing_ok=True)
-    write_csv(pdir / "fusion_test_paper.csv", res.paper_test)
-    write_csv(tdir / "fusion_coefficients.csv", res.coefficients)
-    write_csv(tdir / "fusion_protocols.csv", res.protocols)
-    return res

@@ -1,24 +1,34 @@
-"""Tests for her2lib.evaluate: hand-computed metrics, OOF-only thresholds, tables, paper-style text, figures."""
+"""Tests for her2lib.evaluate, its figures and its stage (her2lib.stages.evaluation): hand-computed metrics,
+OOF-only thresholds, tables, paper-style text, figures."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-
-from her2lib.errors import DataError, ParameterError
-from her2lib.evaluate import (ModelPredictions, brier_score, calibration_curve, calibration_summary,
-                              decision_curve, delong_table, load_predictions, performance_table,
-                              results_paragraph, roc_points, run_evaluation)
-from her2lib.fusion import run_fusion
-
 from test_fusion import make_predictions
 
+from her2lib.errors import DataError, ParameterError
+from her2lib.evaluate import (
+    ModelPredictions,
+    calibration_summary,
+    delong_table,
+    load_predictions,
+    performance_table,
+    results_paragraph,
+    roc_points,
+)
+from her2lib.stages import RunDirs
+from her2lib.stages.evaluation import run_evaluation
+from her2lib.stages.fusion import run_fusion
+from her2lib.stats import brier_score, calibration_curve, decision_curve
 
-def _write(preds: dict, pdir):
-    pdir.mkdir(parents=True, exist_ok=True)
+
+def _write(preds: dict, tmp_path, name: str = "out") -> RunDirs:
+    run = RunDirs.from_out_dir(tmp_path / name, tmp_path / "cohort")
     for k, df in preds.items():
-        df.to_csv(pdir / f"{k}.csv", index=False)
+        df.to_csv(run.predictions / f"{k}.csv", index=False)
+    return run
 
 
 def _mp(key, oof_y, oof_p, y, p):
@@ -47,7 +57,7 @@ def test_brier_and_calibration_hand_values():
     assert np.isnan(s["calibration_slope"])  # perfectly separated: no MLE
     with pytest.raises(ParameterError, match="strategy"):
         calibration_curve(y, p, strategy="equal")
-    with pytest.raises(ParameterError, match="same length"):
+    with pytest.raises(DataError, match="y_prob has 3 values but y_true has 4"):
         brier_score(y, p[:3])
 
 
@@ -135,46 +145,47 @@ def test_delong_table_matches_stats():
 
 def test_load_predictions_mismatch(tmp_path):
     preds = make_predictions(seed=2, sep_us=0.7, sep_mri=0.5)
-    _write(preds, tmp_path / "predictions")
-    run_fusion(tmp_path / "predictions", tmp_path / "tables")
-    loaded = load_predictions(tmp_path / "predictions")
+    run = _write(preds, tmp_path)
+    run_fusion(run)
+    loaded = load_predictions(run.predictions)
     assert list(loaded) == ["dl_us", "dl_mri", "dl_us_mri"]
     bad = preds["mri_test"].iloc[1:]
-    bad.to_csv(tmp_path / "predictions" / "mri_test.csv", index=False)
+    bad.to_csv(run.predictions / "mri_test.csv", index=False)
     with pytest.raises(DataError, match="cover different patients"):
-        load_predictions(tmp_path / "predictions")
-    with pytest.raises(ParameterError, match="unknown model"):
-        load_predictions(tmp_path / "predictions", models=("dl_ct",))
+        load_predictions(run.predictions)
+    with pytest.raises(ParameterError, match="model='dl_ct' is not supported"):
+        load_predictions(run.predictions, models=("dl_ct",))
 
 
 def test_run_evaluation_end_to_end(tmp_path):
-    _write(make_predictions(seed=3, sep_us=0.7, sep_mri=0.5), tmp_path / "predictions")
-    run_fusion(tmp_path / "predictions", tmp_path / "tables")
-    res = run_evaluation(tmp_path / "predictions", tmp_path / "tables", tmp_path / "figures", n_boot=200, dpi=80)
-    perf = pd.read_csv(tmp_path / "tables" / "performance.csv")
+    run = _write(make_predictions(seed=3, sep_us=0.7, sep_mri=0.5), tmp_path)
+    run_fusion(run)
+    res = run_evaluation(run, n_boot=200, dpi=80)
+    perf = pd.read_csv(run.tables / "performance.csv")
     assert perf["label"].tolist() == ["DL-US", "DL-MRI", "DL-US&MRI"]
     assert (perf.auc_ci_low <= perf.auc).all() and (perf.auc <= perf.auc_ci_high).all()
-    dl = pd.read_csv(tmp_path / "tables" / "delong.csv")
+    dl = pd.read_csv(run.tables / "delong.csv")
     assert dl[["model_a", "model_b"]].values.tolist() == [["DL-US&MRI", "DL-US"], ["DL-US&MRI", "DL-MRI"],
                                                           ["DL-US", "DL-MRI"]]
     for f in ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png"):
-        assert (tmp_path / "figures" / f).stat().st_size > 1000
-    text = (tmp_path / "tables" / "results_text.md").read_text()
+        assert (run.figures / f).stat().st_size > 1000
+        assert run.figures / f in res.files
+    text = (run.tables / "results_text.md").read_text()
     assert text == res.text and "bootstrap CI" in text and "optimism" not in text
     # the written reliability table keeps each bin's own mean prediction (not the overall mean)
-    cal = pd.read_csv(tmp_path / "tables" / "calibration.csv")
+    cal = pd.read_csv(run.tables / "calibration.csv")
     for _, g in cal.groupby("model"):
         assert g["mean_predicted"].is_monotonic_increasing and g["mean_predicted"].nunique() == len(g)
         assert g["mean_predicted_overall"].nunique() == 1
 
 
 def test_roc_svg_is_byte_identical_across_runs(tmp_path):
-    _write(make_predictions(seed=5), tmp_path / "predictions")
-    run_fusion(tmp_path / "predictions", tmp_path / "tables")
     svgs = []
     for k in range(2):
-        run_evaluation(tmp_path / "predictions", tmp_path / f"tables{k}", tmp_path / f"figures{k}", n_boot=50, dpi=60)
-        svgs.append((tmp_path / f"figures{k}" / "roc.svg").read_bytes())
+        run = _write(make_predictions(seed=5), tmp_path, f"out{k}")
+        run_fusion(run)
+        run_evaluation(run, n_boot=50, dpi=60)
+        svgs.append((run.figures / "roc.svg").read_bytes())
     assert svgs[0] == svgs[1]
 
 
@@ -251,13 +262,13 @@ def test_run_evaluation_with_per_fold_files(tmp_path):
     from conftest import simulate_fold_models
 
     d = simulate_fold_models(n_train=160, n_test=48, seed=4)
-    _write(d, tmp_path / "predictions")
-    run_fusion(tmp_path / "predictions", tmp_path / "tables", n_boot=50)
-    assert (tmp_path / "predictions" / "fusion_test_folds.csv").is_file()
-    run_evaluation(tmp_path / "predictions", tmp_path / "tables", tmp_path / "figures", n_boot=100, dpi=60)
-    perf = pd.read_csv(tmp_path / "tables" / "performance.csv")
+    run = _write(d, tmp_path)
+    run_fusion(run, n_boot=50)
+    assert (run.predictions / "fusion_test_folds.csv").is_file()
+    run_evaluation(run, n_boot=100, dpi=60)
+    perf = pd.read_csv(run.tables / "performance.csv")
     assert (perf.n_models == 4).all()
-    folds = pd.read_csv(tmp_path / "tables" / "performance_fold_models.csv")
+    folds = pd.read_csv(run.tables / "performance_fold_models.csv")
     assert len(folds) == 12 and set(folds.model_fold) == {0, 1, 2, 3}
     for _, r in perf.iterrows():
         f = folds[folds.model == r.model]

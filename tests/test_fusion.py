@@ -1,4 +1,5 @@
-"""Tests for her2lib.fusion: leakage-free fit, cross-fitted OOF, paper protocol, validation errors."""
+"""Tests for her2lib.fusion and its stage (her2lib.stages.fusion): leakage-free fit, cross-fitted OOF, paper
+protocol, validation errors, each prediction file validated once."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from her2lib import contract
+from her2lib import fusion as fusion_module
+from her2lib.contract import read_predictions, validate_predictions, validate_test_folds
 from her2lib.errors import DataError, ParameterError
-from her2lib.fusion import (cross_fit_oof, fit_fusion, fuse, join_modalities, logit, read_predictions,
-                            run_fusion, validate_predictions)
+from her2lib.fusion import cross_fit_oof, fit_fusion, fuse, join_modalities, logit
+from her2lib.stages import RunDirs
+from her2lib.stages import fusion as fusion_stage
+from her2lib.stages.fusion import run_fusion
 
 
 def make_predictions(n_train: int = 149, n_test: int = 48, seed: int = 0, sep_us: float = 1.2,
@@ -163,18 +169,23 @@ def test_separation_falls_back_with_warning():
     assert (p[y == 1].min() > p[y == 0].max())  # still ranks correctly
     with pytest.raises(DataError, match="at least 2 HER2-positive"):
         fit_fusion([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0, 0, 1])
-    with pytest.raises(ParameterError, match="same length"):
+    with pytest.raises(DataError, match="p_mri has 1 values but y_true has 2"):
         fit_fusion([0.1, 0.2], [0.1], [0, 1])
 
 
-def test_run_fusion_writes_files(preds, tmp_path):
-    pdir, tdir = tmp_path / "predictions", tmp_path / "tables"
-    pdir.mkdir()
+def _run_with(preds: dict, tmp_path) -> RunDirs:
+    run = RunDirs.from_out_dir(tmp_path / "out", tmp_path / "cohort")
     for k, df in preds.items():
-        df.to_csv(pdir / f"{k}.csv", index=False)
+        df.to_csv(run.predictions / f"{k}.csv", index=False)
+    return run
+
+
+def test_run_fusion_writes_files(preds, tmp_path):
+    run = _run_with(preds, tmp_path)
+    pdir, tdir = run.predictions, run.tables
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = run_fusion(pdir, tdir)
+        res = run_fusion(run)
     for f in ("fusion_oof.csv", "fusion_test.csv", "fusion_test_paper.csv"):
         assert (pdir / f).is_file()
     back = read_predictions(pdir / "fusion_test.csv", "test")
@@ -182,8 +193,38 @@ def test_run_fusion_writes_files(preds, tmp_path):
     assert len(pd.read_csv(tdir / "fusion_coefficients.csv")) == 6
     assert len(pd.read_csv(tdir / "fusion_protocols.csv")) == 2
     # deterministic
-    res2 = run_fusion(pdir, tdir)
+    res2 = run_fusion(run)
     pd.testing.assert_frame_equal(res2.coefficients, res.coefficients)
+
+
+def test_run_fusion_validates_each_prediction_file_once(tmp_path, monkeypatch):
+    """Notebook 05 used to validate every prediction file three times (read, fuse, join); now once, where it is
+    read, and the result is the same as fusing the in-memory tables (validated by fuse itself)."""
+    from conftest import simulate_fold_models
+
+    d = simulate_fold_models(n_train=160, n_test=48, seed=4)
+    run = _run_with(d, tmp_path)
+    calls = {"validate_predictions": [], "validate_test_folds": []}
+    for name in calls:
+        real = getattr(contract, name)
+
+        def counted(df, source="?", *args, _real=real, _name=name, **kwargs):
+            calls[_name].append(str(source))
+            return _real(df, source, *args, **kwargs)
+
+        for module in (contract, fusion_stage, fusion_module):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted)
+    res = run_fusion(run, n_boot=10)
+    assert sorted(map(lambda s: s.rsplit("/", 1)[-1], calls["validate_predictions"])) == [
+        "mri_oof.csv", "mri_test.csv", "us_oof.csv", "us_test.csv"]
+    assert sorted(map(lambda s: s.rsplit("/", 1)[-1], calls["validate_test_folds"])) == [
+        "mri_test_folds.csv", "us_test_folds.csv"]
+    monkeypatch.undo()
+    mem = fuse(d["us_oof"], d["mri_oof"], d["us_test"], d["mri_test"], us_test_folds=d["us_test_folds"],
+               mri_test_folds=d["mri_test_folds"], n_boot=10)
+    pd.testing.assert_frame_equal(res.protocols, mem.protocols)
+    np.testing.assert_array_equal(res.test.p_her2, mem.test.p_her2)
 
 
 # ------------------------------------------------------------------------------- one scale (issue 9.4)
@@ -213,8 +254,6 @@ def test_fusion_fitted_and_applied_on_one_scale(fold_model_sim):
 
 
 def test_test_folds_validation(preds):
-    from her2lib.fusion import validate_test_folds
-
     d = make_predictions(n_train=40, n_test=8)
     tf = pd.DataFrame({"patient_id": np.repeat(d["us_test"].patient_id, 2), "split": "test",
                        "her2": np.repeat(d["us_test"].her2, 2), "model_fold": np.tile([0, 1], 8),

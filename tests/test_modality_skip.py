@@ -87,32 +87,40 @@ def test_train_modality_rejects_unknown_modality(run):
 
 # ------------------------------------------------------------------------------------------------ fusion
 def test_run_fusion_skips_without_both_models(run, capsys):
+    from her2lib.stages.fusion import run_fusion
+
     cohort = _cohort()
     _write_preds(run.predictions, "mri", cohort)
     for stale in ("fusion_oof.csv", "fusion_test.csv"):
         (run.predictions / stale).write_text("stale")
-    assert fusion.run_fusion(run.predictions, run.tables) is None
+    (run.tables / "fusion_protocols.csv").write_text("stale")
+    assert run_fusion(run) is None
     assert "the fusion is skipped" in capsys.readouterr().out
     assert not list(run.predictions.glob("fusion_*")) and not list(run.tables.glob("fusion_*"))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def test_available_models_follows_the_prediction_files(run, capsys):
+def test_models_to_evaluate_follows_the_prediction_files(run, capsys):
+    from her2lib.stages.evaluation import models_to_evaluate
+
     cohort = _cohort()
-    assert evaluate.available_models(run.predictions, quiet=True) == []
+    assert models_to_evaluate(run, quiet=True) == [] and evaluate.available_models(run.predictions) == []
     _write_preds(run.predictions, "mri", cohort)
-    assert evaluate.available_models(run.predictions) == ["dl_mri"]
+    assert models_to_evaluate(run) == ["dl_mri"]
     out = capsys.readouterr().out
     assert "DL-US, DL-US&MRI" in out and "no DeLong comparison" in out
     _write_preds(run.predictions, "us", cohort, seed=1)
-    assert evaluate.available_models(run.predictions, quiet=True) == ["dl_us", "dl_mri"]
+    assert models_to_evaluate(run, quiet=True) == ["dl_us", "dl_mri"]
+    assert capsys.readouterr().out == ""
 
 
 def test_run_evaluation_with_one_model(run):
+    from her2lib.stages.evaluation import run_evaluation
+
     cohort = _cohort()
     _write_preds(run.predictions, "mri", cohort)
     (run.tables / "fusion_protocols.csv").write_text("stale")  # ignored without fusion predictions
-    ev = evaluate.run_evaluation(run.predictions, run.tables, run.figures, n_bins=3, n_boot=20, dpi=50)
+    ev = run_evaluation(run, n_bins=3, n_boot=20, dpi=50)
     assert ev.performance["label"].tolist() == ["DL-MRI"]
     assert list(ev.delong.columns) == evaluate.DELONG_COLUMNS and len(ev.delong) == 0
     assert "DL-MRI achieved" in ev.text and "compared with the DeLong test" not in ev.text
@@ -121,8 +129,10 @@ def test_run_evaluation_with_one_model(run):
 
 
 def test_run_evaluation_without_predictions_raises(run):
+    from her2lib.stages.evaluation import run_evaluation
+
     with pytest.raises(ValueError, match="no prediction files"):
-        evaluate.run_evaluation(run.predictions, run.tables, run.figures)
+        run_evaluation(run)
 
 
 def test_delong_only_for_pairs_that_exist(run):

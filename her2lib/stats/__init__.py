@@ -1,5 +1,7 @@
-"""Statistics of the paper (*Statistical analysis*): cohort tables with the paper's test rule, ROC statistics and
-calibration.
+"""Statistics of the paper (*Statistical analysis*): cohort tables with the paper's test rule, ROC statistics,
+calibration and decision curves.
+
+Science layer (imports core only).
 
 * :mod:`her2lib.stats.tables` — ``categorical_test``, ``continuous_test`` (Student's t or Mann-Whitney with R's
   ``wilcox.test`` default: exact P without ties when both groups have < 50 values), ``cohort_table`` (Tables 1-3).
@@ -7,21 +9,52 @@ calibration.
   ``binary_metrics`` (F1 interval from mid-P confidence distributions), ``youden_threshold`` (pROC's
   ``coords(..., "best")``, ``±inf`` included).
 * :mod:`her2lib.stats.calibration` — ``calibration``: calibration intercept (calibration-in-the-large) and slope
-  (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score.
+  (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score; ``brier_score``, ``calibration_curve``
+  (reliability curve with Clopper-Pearson intervals).
+* :mod:`her2lib.stats.decision` — ``decision_curve`` (net benefit, Vickers & Elkin 2006).
+
+Labels, scores and probabilities are checked by one validator (``stats._common``): bad input is a
+:class:`~her2lib.errors.DataError` with the same message wherever it is passed (stats, evaluate, fusion).
 
 Checked against R 4.2 / pROC 1.18 (``tests/fixtures/make_reference.R``), statsmodels, brute force, and every
 categorical P value of the paper's Tables 1-3 (see ``tests/test_stats_*.py``).
 """
 
-from .calibration import CalibrationResult, calibration
-from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, UnpairedDeLongResult, auc, auc_ci,
-                  binary_metrics, delong_placements, delong_test, delong_test_unpaired, youden_threshold)
-from .tables import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, cohort_tables,
-                     compare_with_paper, continuous_test, fisher_exact_rx2, format_pvalue, paper_variables,
-                     table_tests, write_cohort_tables)
+from .calibration import CalibrationResult, brier_score, calibration, calibration_curve
+from .decision import decision_curve
+from .roc import (
+                  AUCInterval,
+                  BinaryMetrics,
+                  DeLongResult,
+                  Estimate,
+                  UnpairedDeLongResult,
+                  auc,
+                  auc_ci,
+                  binary_metrics,
+                  delong_placements,
+                  delong_test,
+                  delong_test_unpaired,
+                  youden_threshold,
+)
+from .tables import (
+                  PAPER_PVALUES,
+                  TestResult,
+                  Variable,
+                  categorical_test,
+                  cohort_table,
+                  cohort_tables,
+                  compare_with_paper,
+                  continuous_test,
+                  fisher_exact_rx2,
+                  format_pvalue,
+                  paper_variables,
+                  table_tests,
+                  write_cohort_tables,
+)
 
 __all__ = ["auc", "delong_test", "DeLongResult", "delong_test_unpaired", "UnpairedDeLongResult",
            "delong_placements", "auc_ci", "AUCInterval", "binary_metrics", "BinaryMetrics", "Estimate",
-           "youden_threshold", "calibration", "CalibrationResult", "categorical_test", "continuous_test",
+           "youden_threshold", "calibration", "CalibrationResult", "brier_score", "calibration_curve",
+           "decision_curve", "categorical_test", "continuous_test",
            "TestResult", "fisher_exact_rx2", "cohort_table", "cohort_tables", "write_cohort_tables", "table_tests",
            "compare_with_paper", "paper_variables", "Variable", "PAPER_PVALUES", "format_pvalue"]

@@ -1,4 +1,8 @@
-"""Shared validation and small helpers for :mod:`her2lib.stats` (private)."""
+"""The one validator of labels, scores and probabilities (raising :class:`~her2lib.errors.DataError`: bad input is
+bad data), and small helpers shared by :mod:`her2lib.stats`, :mod:`her2lib.evaluate` and :mod:`her2lib.fusion`.
+
+Science layer (imports core only).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from scipy.special import expit as _expit
 
 from ..errors import DataError, ParameterError
 
-__all__ = ["as_binary_labels", "as_scores", "check_level", "clopper_pearson", "logistic_fit"]
+__all__ = ["as_binary_labels", "as_scores", "as_probabilities", "check_level", "clopper_pearson", "logistic_fit"]
 
 
 def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
@@ -35,14 +39,15 @@ def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
     return yf.astype(np.int8)
 
 
-def as_scores(y_score, n: int, name: str = "y_score") -> np.ndarray:
-    """Return ``y_score`` as a finite float64 array of length ``n``, or raise :class:`DataError`."""
+def as_scores(y_score, n: int, name: str = "y_score", against: str = "y_true") -> np.ndarray:
+    """Return ``y_score`` as a finite float64 array of length ``n`` (the length of ``against``), or raise
+    :class:`DataError`."""
     s = np.asarray(y_score)
     if s.ndim != 1:
         raise DataError(f"{name} must be 1-D (n_patients,), got shape {s.shape}; pass one score per patient "
                         "(e.g. the probability of HER2-positive, column p_her2).")
     if s.shape[0] != n:
-        raise DataError(f"{name} has {s.shape[0]} values but y_true has {n}; pass one score per patient.")
+        raise DataError(f"{name} has {s.shape[0]} values but {against} has {n}; pass one score per patient.")
     try:
         s = s.astype(np.float64)
     except (TypeError, ValueError):
@@ -52,6 +57,18 @@ def as_scores(y_score, n: int, name: str = "y_score") -> np.ndarray:
         raise DataError(f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf), first at index "
                         f"{int(np.flatnonzero(bad)[0])}; drop those patients or fix the predictions.")
     return s
+
+
+def as_probabilities(y_prob, n: int, name: str = "y_prob", against: str = "y_true") -> np.ndarray:
+    """Return ``y_prob`` as a float64 array of ``n`` finite probabilities in [0, 1], or raise :class:`DataError`
+    (the checks of :func:`as_scores`, then the range)."""
+    p = as_scores(y_prob, n, name, against)
+    out = (p < 0) | (p > 1)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise DataError(f"{name} must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first "
+                        f"{p[i]!r} at index {i}. Pass probabilities (e.g. sigmoid of a logit), not raw scores.")
+    return p
 
 
 def check_level(level: float) -> float:

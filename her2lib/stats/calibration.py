@@ -1,6 +1,7 @@
 """Calibration of predicted probabilities (paper, *Statistical analysis*: calibration curves of the models).
 
-:func:`calibration` returns the two logistic calibration measures of Van Calster et al. (2016) and Steyerberg
+Science layer. :func:`brier_score` and :func:`calibration_curve` (the reliability curve) are the descriptive
+measures; :func:`calibration` returns the two logistic calibration measures of Van Calster et al. (2016) and Steyerberg
 (*Clinical Prediction Models*, 2nd ed., 2019, ch. 15), plus the Brier score:
 
 * **calibration intercept** (calibration-in-the-large): ``a`` in ``logit P(y = 1) = a + offset(logit p)``, the
@@ -31,12 +32,17 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as _st
 
-from ..errors import DataError, ParameterError, UndefinedMetricWarning
-from ._common import as_binary_labels, as_scores, check_level, logistic_fit
+from ..errors import ParameterError, UndefinedMetricWarning
+from ..options import look_up_option
+from ._common import as_binary_labels, as_probabilities, check_level, clopper_pearson, logistic_fit
 
-__all__ = ["calibration", "CalibrationResult"]
+__all__ = ["calibration", "CalibrationResult", "brier_score", "calibration_curve", "CALIBRATION_BINS"]
+
+#: Binning strategies of :func:`calibration_curve`.
+CALIBRATION_BINS = ("quantile", "uniform")
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,46 @@ def _separated(x: np.ndarray, y: np.ndarray) -> bool:
     return bool(x1.min() >= x0.max() or x1.max() <= x0.min())
 
 
+def _undefined(what: str, why: str, stacklevel: int) -> None:
+    warnings.warn(f"The calibration {what} is undefined: {why}; returning NaN.", UndefinedMetricWarning,
+                  stacklevel=stacklevel)
+
+
+def _intercept_fit(lp: np.ndarray, yf: np.ndarray, crit: float,
+                   level: float) -> tuple[float, float, tuple[float, float, float]]:
+    """Calibration intercept ``a`` of ``logit P(y=1) = a + offset(logit p)``, its SE and Wald interval."""
+    nan = float("nan")
+    fit = logistic_fit(np.ones((lp.shape[0], 1)), yf, lp)
+    if fit is None:
+        _undefined("intercept", "the intercept-only fit with offset logit(p) did not converge", stacklevel=4)
+        return nan, nan, (nan, nan, level)
+    a, a_se = float(fit[0][0]), float(np.sqrt(fit[1][0, 0]))
+    return a, a_se, (a - crit * a_se, a + crit * a_se, level)
+
+
+def _slope_fit(lp: np.ndarray, y: np.ndarray, yf: np.ndarray, crit: float,
+               level: float) -> tuple[float, float, tuple[float, float, float], float]:
+    """Calibration slope ``b`` of ``logit P(y=1) = a' + b logit p``, its SE, Wald interval, and ``a'``."""
+    nan = float("nan")
+    undefined = (nan, nan, (nan, nan, level), nan)
+    if np.ptp(lp) == 0:
+        _undefined("slope", "all predictions are equal, so logit(p) has no spread", stacklevel=4)
+        return undefined
+    if _separated(lp, y):
+        _undefined("slope", "the predictions separate the classes (every HER2-positive patient's p is >= every "
+                            "HER2-negative patient's, or <=), so the maximum likelihood slope is infinite",
+                   stacklevel=4)
+        return undefined
+    n = lp.shape[0]
+    fit = logistic_fit(np.column_stack([np.ones(n), lp]), yf, np.zeros(n))
+    if fit is None:
+        _undefined("slope", "the fit of y on logit(p) did not converge", stacklevel=4)
+        return undefined
+    a2, b = float(fit[0][0]), float(fit[0][1])
+    b_se = float(np.sqrt(fit[1][1, 1]))
+    return b, b_se, (b - crit * b_se, b + crit * b_se, level), a2
+
+
 def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> CalibrationResult:
     """Calibration intercept and slope (logistic, with Wald CIs), Brier score and observed vs predicted rates.
 
@@ -158,12 +204,7 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
     if not isinstance(eps, (int, float)) or not (0.0 < float(eps) < 0.5):
         raise ParameterError(f"eps must be a number in (0, 0.5) (default 1e-6); got {eps!r}.")
     y = as_binary_labels(y_true)
-    p = as_scores(y_prob, y.shape[0], "y_prob")
-    out = (p < 0) | (p > 1)
-    if out.any():
-        i = int(np.flatnonzero(out)[0])
-        raise DataError(f"y_prob must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first "
-                        f"{p[i]!r} at index {i}. Pass probabilities (e.g. sigmoid of a logit), not raw scores.")
+    p = as_probabilities(y_prob, y.shape[0], "y_prob")
     n = int(y.shape[0])
     n_pos = int(y.sum())
     prev = n_pos / n
@@ -174,37 +215,14 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
     yf = y.astype(float)
     crit = float(_st.norm.ppf(1 - (1 - level) / 2))
     nan = float("nan")
-    nan_ci = (nan, nan, level)
-
-    def warn(what: str, why: str) -> None:
-        warnings.warn(f"The calibration {what} is undefined: {why}; returning NaN.", UndefinedMetricWarning,
-                      stacklevel=3)
-
-    a = a_se = b = b_se = a2 = nan
-    a_ci = b_ci = nan_ci
     if n_pos == 0 or n_pos == n:
-        warn("intercept and slope", f"a single class (n_pos={n_pos}, n_neg={n - n_pos}). Evaluate on a set with "
-                                    "both HER2-positive and HER2-negative patients")
+        _undefined("intercept and slope", f"a single class (n_pos={n_pos}, n_neg={n - n_pos}). Evaluate on a set "
+                                          "with both HER2-positive and HER2-negative patients", stacklevel=3)
+        a = a_se = b = b_se = a2 = nan
+        a_ci = b_ci = (nan, nan, level)
     else:
-        fit = logistic_fit(np.ones((n, 1)), yf, lp)
-        if fit is None:
-            warn("intercept", "the intercept-only fit with offset logit(p) did not converge")
-        else:
-            a, a_se = float(fit[0][0]), float(np.sqrt(fit[1][0, 0]))
-            a_ci = (a - crit * a_se, a + crit * a_se, level)
-        if np.ptp(lp) == 0:
-            warn("slope", "all predictions are equal, so logit(p) has no spread")
-        elif _separated(lp, y):
-            warn("slope", "the predictions separate the classes (every HER2-positive patient's p is >= every "
-                          "HER2-negative patient's, or <=), so the maximum likelihood slope is infinite")
-        else:
-            fit = logistic_fit(np.column_stack([np.ones(n), lp]), yf, np.zeros(n))
-            if fit is None:
-                warn("slope", "the fit of y on logit(p) did not converge")
-            else:
-                a2, b = float(fit[0][0]), float(fit[0][1])
-                b_se = float(np.sqrt(fit[1][1, 1]))
-                b_ci = (b - crit * b_se, b + crit * b_se, level)
+        a, a_se, a_ci = _intercept_fit(lp, yf, crit, level)
+        b, b_se, b_ci, a2 = _slope_fit(lp, y, yf, crit, level)
     method = ("Calibration intercept: logistic y ~ 1 + offset(logit p) (calibration-in-the-large); calibration "
               "slope: logistic y ~ a + b logit p (Van Calster et al. 2016; Steyerberg 2019). Maximum likelihood "
               f"(Newton-Raphson); Wald {level:.0%} CIs from the observed information; p clipped to "
@@ -213,3 +231,64 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
                              slope_ci=b_ci, slope_fit_intercept=a2, brier=brier, brier_reference=prev * (1 - prev),
                              mean_predicted=float(p.mean()), observed_rate=prev, n=n, n_pos=n_pos,
                              n_clipped=n_clipped, method=method)
+
+
+def brier_score(y_true, y_prob) -> float:
+    """Brier score ``mean((p - y)^2)`` (0 = perfect; a constant prevalence forecast gives ``prev * (1 - prev)``).
+
+    Parameters
+    ----------
+    y_true : array_like of 0/1, shape (n_patients,)
+    y_prob : array_like of float in [0, 1], shape (n_patients,)
+
+    Raises
+    ------
+    DataError
+        Labels not 0/1, lengths differ, a prediction not finite or outside [0, 1].
+    """
+    y = as_binary_labels(y_true).astype(int)
+    p = as_probabilities(y_prob, y.shape[0])
+    return float(np.mean((p - y) ** 2))
+
+
+def calibration_curve(y_true, y_prob, *, n_bins: int = 5, strategy: str = "quantile",
+                      level: float = 0.95) -> pd.DataFrame:
+    """Reliability curve: mean predicted probability vs observed HER2-positive fraction per bin.
+
+    Parameters
+    ----------
+    y_true : array_like of 0/1, shape (n_patients,)
+    y_prob : array_like of float in [0, 1], shape (n_patients,)
+    n_bins : int
+        Number of bins (5 suits a test cohort of ~50 patients).
+    strategy : {"quantile", "uniform"}
+        ``"quantile"``: bins with (nearly) equal numbers of patients (ranks split by ``np.array_split`` after a
+        stable sort), ``"uniform"``: equal-width bins on [0, 1] (empty bins dropped).
+    level : float
+        Level of the Clopper-Pearson interval of the observed fraction.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``bin, n, p_low, p_high, mean_predicted, observed, observed_ci_low, observed_ci_high``.
+    """
+    y = as_binary_labels(y_true).astype(int)
+    p = as_probabilities(y_prob, y.shape[0])
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ParameterError(f"n_bins must be a positive integer; got {n_bins!r}.")
+    look_up_option(strategy, CALIBRATION_BINS, name="strategy")
+    if strategy == "quantile":
+        order = np.argsort(p, kind="stable")
+        groups = [g for g in np.array_split(order, min(n_bins, y.size)) if g.size]
+    else:
+        idx = np.minimum((p * n_bins).astype(int), n_bins - 1)
+        groups = [np.flatnonzero(idx == b) for b in range(n_bins)]
+        groups = [g for g in groups if g.size]
+    rows = []
+    for b, g in enumerate(groups):
+        k, n = int(y[g].sum()), int(g.size)
+        lo, hi = clopper_pearson(k, n, level)
+        rows.append({"bin": b, "n": n, "p_low": float(p[g].min()), "p_high": float(p[g].max()),
+                     "mean_predicted": float(p[g].mean()), "observed": k / n, "observed_ci_low": lo,
+                     "observed_ci_high": hi})
+    return pd.DataFrame(rows)

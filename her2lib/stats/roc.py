@@ -1,6 +1,8 @@
 """ROC statistics (paper, *Statistical analysis*): AUC, the paired and unpaired DeLong tests, AUC confidence
 intervals, threshold metrics and Youden's threshold.
 
+Science layer.
+
 Conventions (the same as pROC with ``direction = "<"``):
 
 * ``y_true`` holds 0/1 labels, 1 = HER2-positive (the "cases"); 0 = HER2-negative ("controls").
@@ -35,6 +37,7 @@ import numpy as np
 from scipy import stats as _st
 
 from ..errors import DataError, ParameterError, UndefinedMetricWarning
+from ..options import look_up_option
 from ._common import as_binary_labels, as_scores, check_level, clopper_pearson
 
 __all__ = ["auc", "delong_placements", "delong_test", "DeLongResult", "delong_test_unpaired",
@@ -194,7 +197,7 @@ class DeLongResult:
         return d
 
 
-def delong_test(y_true, score_a, score_b, level: float = 0.95) -> DeLongResult:
+def delong_test(y_true, score_a, score_b, *, level: float = 0.95) -> DeLongResult:
     """Paired DeLong test comparing the AUCs of two scores on the same patients.
 
     Parameters
@@ -408,7 +411,7 @@ class AUCInterval:
                     n_neg=self.n_neg, detail=self.detail)
 
 
-def auc_ci(y_true, y_score, method: Literal["delong", "exact-binomial", "bootstrap"] = "delong",
+def auc_ci(y_true, y_score, *, method: Literal["delong", "exact-binomial", "bootstrap"] = "delong",
            level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> AUCInterval:
     """AUC with a confidence interval by one of three explicitly named methods.
 
@@ -439,11 +442,7 @@ def auc_ci(y_true, y_score, method: Literal["delong", "exact-binomial", "bootstr
         NaN interval (with :class:`~her2lib.errors.UndefinedMetricWarning`) when a class is missing, or for
         ``"delong"`` when a class has a single patient (as pROC).
     """
-    if method not in AUC_CI_METHODS:
-        import difflib
-        close = difflib.get_close_matches(str(method), AUC_CI_METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ParameterError(f"auc_ci method must be one of {AUC_CI_METHODS}; got {method!r}.{hint}")
+    look_up_option(method, AUC_CI_METHODS, name="method")
     level = check_level(level)
     y, s = _validate(y_true, y_score)
     pos = y.astype(bool)
@@ -589,7 +588,7 @@ def _f1_interval(tp: int, fp: int, m: int, n: int, level: float, n_draws: int, s
     return float(lo), float(hi)
 
 
-def binary_metrics(y_true, y_score, threshold: float, level: float = 0.95, n_boot: int = 2000,
+def binary_metrics(y_true, y_score, threshold: float, *, level: float = 0.95, n_boot: int = 2000,
                    seed: int = 0) -> BinaryMetrics:
     """Accuracy, sensitivity, specificity, PPV, NPV and F1 at a fixed threshold, with confidence intervals.
 

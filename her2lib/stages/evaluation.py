@@ -1,0 +1,105 @@
+"""Stage of notebook ``06_evaluation``: evaluate the models whose prediction files exist, write the tables, the
+Results text and the figures.
+
+Stages layer: imports science and core modules only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ..contract import MODELS, model_label
+from ..errors import DataError
+from ..evaluate import EvaluationResult, available_models, evaluate_models, load_predictions
+from ..figures.evaluation import plot_calibration, plot_decision_curve, plot_performance, plot_roc
+from ..io import write_csv, write_text
+from ._common import RunDirs, notice
+
+__all__ = ["models_to_evaluate", "run_evaluation"]
+
+
+def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
+    """Model keys with prediction files in ``run`` (:func:`her2lib.evaluate.available_models`), in the paper's order.
+
+    Parameters
+    ----------
+    run : RunDirs
+        The run's folders.
+    quiet : bool
+        Do not print a notice for the models left out (a single-modality cohort skips DL-US or DL-MRI, and then
+        the fusion) and the DeLong comparisons that cannot be made.
+
+    Returns
+    -------
+    list of str
+        Subset of ``["dl_us", "dl_mri", "dl_us_mri"]``.
+    """
+    keys = available_models(run.predictions)
+    if not quiet and len(keys) < len(MODELS):
+        gone = [m.label for k, m in MODELS.items() if k not in keys]
+        kept = ", ".join(model_label(k) for k in keys) or "no model"
+        tail = "" if len(keys) > 1 else "; no DeLong comparison is possible"
+        notice(f"No prediction files for {', '.join(gone)} in this run (skipped by an earlier notebook): "
+               f"evaluating {kept}{tail}.")
+    return keys
+
+
+def run_evaluation(run: RunDirs, *, ci_method: str = "delong", level: float = 0.95, n_bins: int = 5,
+                   n_boot: int = 2000, seed: int = 0, dpi: int = 300,
+                   models: Sequence[str] | None = None) -> EvaluationResult:
+    """Compute and write everything of ``06_evaluation`` (:func:`her2lib.evaluate.evaluate_models`).
+
+    ``models=None`` evaluates the models whose prediction files exist (:func:`models_to_evaluate`; one, two or
+    three), with DeLong comparisons only for the pairs among them. The epoch-selection protocol of each model
+    (``selection`` column) is read from ``models/dl_*/config.json``.
+
+    Reads ``predictions/{us,mri,fusion}_{oof,test,test_folds}.csv`` and, when the fusion is evaluated,
+    ``tables/fusion_protocols.csv``. Writes ``tables/performance.csv``, ``performance_fold_models.csv``,
+    ``delong.csv``, ``calibration.csv``, ``decision_curve.csv``, ``results_text.md`` and ``figures/roc.png``
+    (+ ``roc.svg``), ``performance.png``, ``calibration.png``, ``decision_curve.png``.
+
+    Parameters
+    ----------
+    run : RunDirs
+        The run's folders.
+    ci_method, level, n_bins, n_boot, seed
+        As :func:`her2lib.evaluate.evaluate_models`.
+    dpi : int
+        Resolution of the PNG figures.
+    models : sequence of str, optional
+        Model keys to evaluate.
+
+    Returns
+    -------
+    EvaluationResult
+        The tables, with ``files`` listing what was written.
+
+    Raises
+    ------
+    DataError
+        No model has prediction files.
+    """
+    keys = models_to_evaluate(run) if models is None else list(models)
+    if not keys:
+        raise DataError(f"{run.predictions}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
+                        "notebooks 03_train_us / 04_train_mri (and 05_fusion) first.")
+    preds = load_predictions(run.predictions, keys, models_dir=run.models)
+    prot_path = run.tables / "fusion_protocols.csv"
+    prot = pd.read_csv(prot_path) if prot_path.is_file() and "dl_us_mri" in preds else None
+    res = evaluate_models(preds, ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed,
+                          protocols=prot)
+    tdir, fdir = run.tables, run.figures
+    files = [write_csv(tdir / "performance.csv", res.performance),
+             write_csv(tdir / "performance_fold_models.csv", res.fold_models),
+             write_csv(tdir / "delong.csv", res.delong), write_csv(tdir / "calibration.csv", res.calibration),
+             write_csv(tdir / "decision_curve.csv", res.decision), write_text(tdir / "results_text.md", res.text)]
+    plot_roc(preds, res.performance, fdir / "roc.png", dpi=dpi)
+    plot_performance(res.performance, fdir / "performance.png", dpi=dpi)
+    plot_calibration(preds, fdir / "calibration.png", n_bins=n_bins, dpi=dpi)
+    plot_decision_curve(preds, fdir / "decision_curve.png", dpi=dpi)
+    files += [fdir / "roc.png", fdir / "performance.png", fdir / "calibration.png", fdir / "decision_curve.png",
+              fdir / "roc.svg"]
+    return dataclasses.replace(res, files=tuple(files))

@@ -1,0 +1,82 @@
+"""Stage of notebook ``05_fusion``: read both models' prediction files, fit DL-US&MRI, write its files.
+
+Stages layer: imports science and core modules only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..contract import MODELS, prediction_path, read_predictions, read_test_folds
+from ..fusion import EPS, FusionResult, fuse
+from ..io import write_csv
+from ._common import RunDirs, notice, remove_stale
+
+__all__ = ["run_fusion", "fusion_inputs", "fusion_outputs"]
+
+_US, _MRI, _FUSION = (MODELS[k].prefix for k in ("dl_us", "dl_mri", "dl_us_mri"))
+
+
+def fusion_inputs(run: RunDirs) -> dict[str, Path]:
+    """The prediction files the fusion needs: ``{us,mri}_{oof,test}.csv`` (key ``"us_oof"`` etc.)."""
+    return {f"{prefix}_{kind}": prediction_path(run.predictions, prefix, kind)
+            for kind in ("oof", "test") for prefix in (_US, _MRI)}
+
+
+def fusion_outputs(run: RunDirs) -> tuple[Path, ...]:
+    """Every file :func:`run_fusion` may write (removed when it is skipped)."""
+    return (prediction_path(run.predictions, _FUSION, "oof"), prediction_path(run.predictions, _FUSION, "test"),
+            prediction_path(run.predictions, _FUSION, "test_folds"), run.predictions / f"{_FUSION}_test_paper.csv",
+            run.tables / "fusion_coefficients.csv", run.tables / "fusion_protocols.csv")
+
+
+def run_fusion(run: RunDirs, *, level: float = 0.95, eps: float = EPS, n_boot: int = 1000,
+               seed: int = 0) -> FusionResult | None:
+    """Read ``{us,mri}_{oof,test,test_folds}.csv``, run :func:`her2lib.fusion.fuse` and write its outputs atomically.
+
+    Each prediction file is validated once, where it is read (:func:`her2lib.contract.read_predictions`,
+    :func:`~her2lib.contract.read_test_folds`).
+
+    Writes ``predictions/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_folds.csv`` (per fold
+    model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol, labelled),
+    ``tables/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+
+    Parameters
+    ----------
+    run : RunDirs
+        The run's folders.
+    level, eps, n_boot, seed
+        As :func:`her2lib.fusion.fuse`.
+
+    Returns
+    -------
+    FusionResult or None
+        None, after printing a notice, when a DL-US or DL-MRI prediction file is missing (a single-modality
+        cohort: notebook 03 or 04 skipped training). Then no fusion file is written and stale fusion outputs of
+        an earlier run in the same folders are removed, so notebook 06 cannot evaluate them.
+    """
+    inputs = fusion_inputs(run)
+    missing = [p.name for p in inputs.values() if not p.is_file()]
+    if missing:
+        notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
+               "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
+        remove_stale(*fusion_outputs(run))
+        return None
+    us_test = read_predictions(inputs["us_test"], "test")
+    mri_test = read_predictions(inputs["mri_test"], "test")
+    res = fuse(read_predictions(inputs["us_oof"], "train"), read_predictions(inputs["mri_oof"], "train"),
+               us_test, mri_test, level=level, eps=eps,
+               us_test_folds=read_test_folds(prediction_path(run.predictions, _US, "test_folds"), us_test),
+               mri_test_folds=read_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), mri_test),
+               n_boot=n_boot, seed=seed, check_input=False)
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
+    write_csv(oof_path, res.oof)
+    write_csv(test_path, res.test)
+    if res.test_folds is not None:
+        write_csv(folds_path, res.test_folds)
+    else:
+        remove_stale(folds_path)
+    write_csv(paper_path, res.paper_test)
+    write_csv(coef_path, res.coefficients)
+    write_csv(prot_path, res.protocols)
+    return res
