@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -182,7 +183,7 @@ def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_
         seg = _find_ci(src / "segmentations" / segmentation, f"{pid}.nii.gz")
         if img is None or seg is None:
             skipped.append({"patient_id": pid, "reason": "missing " + " and ".join(
-                w for w, p in (("image phase %d" % phase, img), (f"{segmentation} segmentation", seg))
+                w for w, p in ((f"image phase {phase}", img), (f"{segmentation} segmentation", seg))
                 if p is None)})
             continue
         if copy_images:

@@ -53,7 +53,7 @@ import math
 import multiprocessing as mp
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,8 @@ from .io import write_csv, write_json
 from .options import look_up_option
 
 __all__ = ["SynthKnobs", "make_cohort", "make_table", "split_counts", "scale_counts", "place_quantiles",
-           "oracle_auc", "oracle_auc_theory", "paper_count_table", "paper_count_agreement", "knobs_from", "render_us", "render_mri",
-           "render_mri_mask", "r_wilcox_p", "match_mann_whitney_p", "PAPER_MW_P"]
+           "oracle_auc", "oracle_auc_theory", "paper_count_table", "paper_count_agreement", "knobs_from", "render_us",
+           "render_mri", "render_mri_mask", "r_wilcox_p", "match_mann_whitney_p", "PAPER_MW_P"]
 
 SYNTH_VERSION = 3
 

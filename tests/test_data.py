@@ -12,8 +12,8 @@ import pytest
 
 from her2lib import data, synth
 from her2lib.contract import PATH_COLUMNS
-from her2lib.figures.cohort import cohort_gallery
 from her2lib.data import CohortWarning, DataError, load_cohort, read_image, write_nifti, write_png
+from her2lib.figures.cohort import cohort_gallery
 
 TINY = dict(n_patients=20, seed=5, us_shape=(64, 80), mri_shape=(12, 24, 24))
 

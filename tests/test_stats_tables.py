@@ -15,9 +15,20 @@ from her2lib.contract import table_spec
 from her2lib.errors import DataError, ParameterError
 from her2lib.stages import RunDirs
 from her2lib.stages.cohort import cohort_tables as cohort_tables_stage
-from her2lib.stats import (PAPER_PVALUES, CohortTables, TestResult, Variable, categorical_test, cohort_table,
-                           cohort_tables, compare_with_paper, continuous_test, fisher_exact_rx2, paper_variables,
-                           table_tests)
+from her2lib.stats import (
+    PAPER_PVALUES,
+    CohortTables,
+    TestResult,
+    Variable,
+    categorical_test,
+    cohort_table,
+    cohort_tables,
+    compare_with_paper,
+    continuous_test,
+    fisher_exact_rx2,
+    paper_variables,
+    table_tests,
+)
 from her2lib.stats import tables as tables_module
 
 FIX = Path(__file__).parent / "fixtures"

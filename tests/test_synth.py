@@ -284,7 +284,7 @@ def test_render_mri_mask_is_render_mri_mask():
     vol, mask = synth.render_mri(row, np.random.default_rng(5), k)
     np.testing.assert_array_equal(mask, synth.render_mri_mask(row, np.random.default_rng(5), k))
     les = synth._mri_lesion(row, np.random.default_rng(5), k)
-    an, (cz, cy, cx) = les["anatomy"], les["center_mm"]
+    an, (_, cy, cx) = les["anatomy"], les["center_mm"]
     assert cy < float(synth._chest_surface(an, np.array([cx]))[0])  # anterior of the chest wall: in the breast
     assert vol[mask > 0].mean() > 1.5 * vol[(mask == 0) & (vol > 50)].mean()  # an enhancing lesion
 

@@ -7,7 +7,7 @@ Science layer: draws with matplotlib's object API (no pyplot state, never ``matp
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
