@@ -1,4 +1,4 @@
-"""Real-data adapters and the one cohort entry point of notebook 00 (paper, Methods: *Patients*).
+"""Real-data adapters (paper, Methods: *Patients*): public data sets imported as her2lib cohorts.
 
 Each adapter reads a public data set where it lies, never writes into it, and writes a her2lib cohort (a
 ``manifest.csv``, NIfTI conversions where needed, and ``import_report.csv`` listing every skipped patient with the
@@ -13,29 +13,32 @@ reason) into a NEW folder. Both supported sets are MRI-only (empty ``us_image``/
   whose boxes become box masks.
 
 The train/test split is drawn with :func:`her2lib.data.stratified_split` (stratified by HER2, seeded; default test
-fraction 48/197 as in the paper).
+fraction 48/197 as in the paper). Notebook 00 chooses between them (and the synthetic cohort) through the stage
+:func:`her2lib.stages.cohort.prepare_cohort`.
+
+Science layer: imports core modules and :mod:`her2lib.data` only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pydicom
+from tqdm.auto import tqdm
 
-from .data import DataError, read_image, stratified_split, write_nifti
-from .errors import ParameterError
+from .contract import MANIFEST_HEAD
+from .data import read_image, stratified_split, write_nifti
+from .errors import DataError
 from .io import atomic_path, write_csv, write_json
 
-__all__ = ["import_mama_mia", "import_duke", "prepare_cohort", "SOURCES"]
-
-SOURCES = ("synthetic", "manifest", "mama-mia", "duke")
-_MANIFEST_HEAD = ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
+__all__ = ["import_mama_mia", "import_duke", "IMPORTERS"]
 
 
 def _check_dirs(src: Path, out: Path) -> None:
@@ -91,11 +94,11 @@ def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: flo
     for c in ("us_image", "us_mask"):
         df[c] = ""
     for c in df.columns:  # binary columns as integers, blanks where unknown
-        if c not in _MANIFEST_HEAD and df[c].dtype.kind == "f" and c != "age":
+        if c not in MANIFEST_HEAD and df[c].dtype.kind == "f" and c != "age":
             vals = df[c]
             if vals.dropna().isin([0.0, 1.0]).all():
                 df[c] = vals.map(lambda v: "" if pd.isna(v) else str(int(v)))
-    df = df[_MANIFEST_HEAD + [c for c in df.columns if c not in _MANIFEST_HEAD]]
+    df = df[list(MANIFEST_HEAD) + [c for c in df.columns if c not in MANIFEST_HEAD]]
     write_csv(out / "import_report.csv", pd.DataFrame(skipped, columns=["patient_id", "reason"]))
     write_json(out / "import_params.json", params)
     manifest = out / "manifest.csv"
@@ -115,7 +118,24 @@ def _find_ci(folder: Path, name: str) -> Path | None:
 # ----------------------------------------------------------------------------------------------------------
 # MAMA-MIA
 # ----------------------------------------------------------------------------------------------------------
-def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, test_fraction: float = 48 / 197,
+def _read_mama_mia_clinical(xlsx: Path, datasets: list[str] | None) -> pd.DataFrame:
+    """Sheet ``dataset_info`` with lower-case column names, checked, restricted to ``datasets`` if given."""
+    if not xlsx.is_file():
+        raise DataError(f"{xlsx}: MAMA-MIA clinical table not found; source_dir must be the MAMA-MIA root.")
+    try:
+        clin = pd.read_excel(xlsx, sheet_name="dataset_info")
+    except Exception as exc:
+        raise DataError(f"{xlsx}: cannot read sheet 'dataset_info' ({exc}).") from exc
+    clin.columns = [str(c).strip().lower() for c in clin.columns]
+    if "patient_id" not in clin or "her2" not in clin:
+        raise DataError(f"{xlsx}: sheet dataset_info needs columns patient_id and her2 (found "
+                        f"{list(clin.columns)}).")
+    if datasets is not None and "dataset" in clin:
+        clin = clin[clin["dataset"].astype(str).isin(datasets)]
+    return clin
+
+
+def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_fraction: float = 48 / 197,
                     seed: int = 0, phase: int = 1, segmentation: str = "expert", copy_images: bool = False,
                     datasets: list[str] | None = None) -> Path:
     """Import MAMA-MIA (DCE-MRI, expert segmentations) as an MRI-only her2lib cohort.
@@ -149,19 +169,7 @@ def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, test_fra
     """
     src, out = Path(src), Path(out_dir)
     _check_dirs(src, out)
-    xlsx = src / "clinical_and_imaging_info.xlsx"
-    if not xlsx.is_file():
-        raise DataError(f"{xlsx}: MAMA-MIA clinical table not found; source_dir must be the MAMA-MIA root.")
-    try:
-        clin = pd.read_excel(xlsx, sheet_name="dataset_info")
-    except Exception as exc:
-        raise DataError(f"{xlsx}: cannot read sheet 'dataset_info' ({exc}).") from exc
-    clin.columns = [str(c).strip().lower() for c in clin.columns]
-    if "patient_id" not in clin or "her2" not in clin:
-        raise DataError(f"{xlsx}: sheet dataset_info needs columns patient_id and her2 (found "
-                        f"{list(clin.columns)}).")
-    if datasets is not None and "dataset" in clin:
-        clin = clin[clin["dataset"].astype(str).isin(datasets)]
+    clin = _read_mama_mia_clinical(src / "clinical_and_imaging_info.xlsx", datasets)
     out.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     for _, r in clin.iterrows():
@@ -175,7 +183,7 @@ def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, test_fra
         seg = _find_ci(src / "segmentations" / segmentation, f"{pid}.nii.gz")
         if img is None or seg is None:
             skipped.append({"patient_id": pid, "reason": "missing " + " and ".join(
-                w for w, p in (("image phase %d" % phase, img), (f"{segmentation} segmentation", seg))
+                w for w, p in ((f"image phase {phase}", img), (f"{segmentation} segmentation", seg))
                 if p is None)})
             continue
         if copy_images:
@@ -229,7 +237,6 @@ def _read_duke_clinical(path: Path) -> pd.DataFrame:
 
 
 def _read_dicom_series(files: list[Path]) -> tuple[np.ndarray, tuple[float, float, float]]:
-    import pydicom
     dss = [pydicom.dcmread(str(f)) for f in files]
 
     def key(d):
@@ -248,7 +255,93 @@ def _read_dicom_series(files: list[Path]) -> tuple[np.ndarray, tuple[float, floa
     return arr, (dz, dy, dx)
 
 
-def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, test_fraction: float = 48 / 197,
+_DUKE_BOX_COLUMNS = ["Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice"]
+
+
+def _read_duke_tables(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Duke clinical table and the annotation boxes (indexed by patient id), checked."""
+    clin_path, box_path = src / "Clinical_and_Other_Features.xlsx", src / "Annotation_Boxes.xlsx"
+    for p in (clin_path, box_path):
+        if not p.is_file():
+            raise DataError(f"{p}: Duke table not found; source_dir must hold Clinical_and_Other_Features.xlsx "
+                            "and Annotation_Boxes.xlsx next to the patient folders.")
+    clin = _read_duke_clinical(clin_path)
+    if "HER2" not in clin.columns:
+        raise DataError(f"{clin_path}: no 'HER2' column in the header row (found {list(clin.columns)[:12]}...).")
+    boxes = pd.read_excel(box_path)
+    boxes.columns = [str(c).strip() for c in boxes.columns]
+    if any(c not in boxes.columns for c in _DUKE_BOX_COLUMNS):
+        raise DataError(f"{box_path}: needs columns {_DUKE_BOX_COLUMNS} (found {list(boxes.columns)}).")
+    boxes = boxes.set_index(boxes["Patient ID"].astype(str).str.strip())
+    return clin, boxes
+
+
+def _duke_series(pdir: Path, pat: re.Pattern, series_pattern: str) -> tuple[list[Path] | None, str]:
+    """DICOM files of the first post-contrast series of one patient folder (lowest ``SeriesNumber`` among the
+    series whose description or folder name matches), or ``(None, reason)``."""
+    series: dict[Path, list[Path]] = {}
+    for f in sorted(pdir.rglob("*.dcm")):
+        series.setdefault(f.parent, []).append(f)
+    cands = []
+    descs = []
+    for folder, files in series.items():
+        h = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+        desc = str(getattr(h, "SeriesDescription", folder.name))
+        descs.append(desc)
+        if pat.search(desc) or pat.search(folder.name):
+            cands.append((int(getattr(h, "SeriesNumber", 0) or 0), str(folder), files))
+    if not cands:
+        return None, f"no series matches {series_pattern!r} (found {descs})"
+    return sorted(cands)[0][2], ""
+
+
+def _duke_box_mask(b: pd.Series | pd.DataFrame, shape: tuple[int, ...], box_index_base: int) -> np.ndarray:
+    """The annotation box of one patient as a ``uint8`` mask on the ``(z, y, x)`` grid (inclusive bounds)."""
+    if isinstance(b, pd.DataFrame):
+        b = b.iloc[0]
+    o = int(box_index_base)
+    zs, ze = int(b["Start Slice"]) - o, int(b["End Slice"]) - o
+    ys, ye = int(b["Start Row"]) - o, int(b["End Row"]) - o
+    xs, xe = int(b["Start Column"]) - o, int(b["End Column"]) - o
+    mask = np.zeros(shape, np.uint8)
+    mask[max(zs, 0):ze + 1, max(ys, 0):ye + 1, max(xs, 0):xe + 1] = 1
+    return mask
+
+
+def _duke_descriptors(r: pd.Series, clin: pd.DataFrame) -> dict[str, Any]:
+    """ER, PR (0/1) and age (years, from the day count of the "Date of Birth" column) of one clinical row."""
+    row: dict[str, Any] = {}
+    for c_src, c in (("ER", "er"), ("PR", "pr")):
+        if c_src in clin.columns:
+            row[c] = _binary(r[c_src])
+    dob = next((c for c in clin.columns if c.lower().startswith("date of birth")), None)
+    if dob is not None:
+        d = pd.to_numeric(r[dob], errors="coerce")
+        row["age"] = round(abs(float(d)) / 365.25, 1) if pd.notna(d) and d != 0 else np.nan
+    return row
+
+
+def _duke_patient(pid: str, pdir: Path, box: pd.Series | pd.DataFrame, out: Path, pat: re.Pattern,
+                  series_pattern: str, box_index_base: int) -> tuple[Path, Path] | str:
+    """Convert one patient's series and box to NIfTI under ``out/mri``; returns the two files or why not."""
+    files, why = _duke_series(pdir, pat, series_pattern)
+    if files is None:
+        return why
+    try:
+        vol, sp = _read_dicom_series(files)
+    except Exception as exc:
+        return f"DICOM read failed: {exc}"
+    mask = _duke_box_mask(box, vol.shape, box_index_base)
+    if not mask.any():
+        return f"annotation box outside the volume {vol.shape}"
+    integral = np.array_equal(vol, np.round(vol)) and vol.min() >= -32768 and vol.max() <= 32767
+    img_path, mask_path = out / "mri" / f"{pid}.nii.gz", out / "mri" / f"{pid}_mask.nii.gz"
+    write_nifti(img_path, vol.astype(np.int16 if integral else np.float32), sp)
+    write_nifti(mask_path, mask, sp)
+    return img_path, mask_path
+
+
+def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_fraction: float = 48 / 197,
                 seed: int = 0, series_pattern: str = r"1st|ph1|post.?1|pass.?1",
                 box_index_base: int = 1, progress: bool = False) -> Path:
     """Import Duke-Breast-Cancer-MRI (DICOM) as an MRI-only her2lib cohort with bounding-box masks.
@@ -278,30 +371,15 @@ def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, test_fractio
     pathlib.Path
         The manifest.
     """
-    import pydicom
     src, out = Path(src), Path(out_dir)
     _check_dirs(src, out)
-    clin_path, box_path = src / "Clinical_and_Other_Features.xlsx", src / "Annotation_Boxes.xlsx"
-    for p in (clin_path, box_path):
-        if not p.is_file():
-            raise DataError(f"{p}: Duke table not found; source_dir must hold Clinical_and_Other_Features.xlsx "
-                            "and Annotation_Boxes.xlsx next to the patient folders.")
-    clin = _read_duke_clinical(clin_path)
-    if "HER2" not in clin.columns:
-        raise DataError(f"{clin_path}: no 'HER2' column in the header row (found {list(clin.columns)[:12]}...).")
-    boxes = pd.read_excel(box_path)
-    boxes.columns = [str(c).strip() for c in boxes.columns]
-    need = ["Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice"]
-    if any(c not in boxes.columns for c in need):
-        raise DataError(f"{box_path}: needs columns {need} (found {list(boxes.columns)}).")
-    boxes = boxes.set_index(boxes["Patient ID"].astype(str).str.strip())
+    clin, boxes = _read_duke_tables(src)
     pdirs = {p.name: p for p in list(src.glob("Breast_MRI_*")) + list(src.glob("*/Breast_MRI_*")) if p.is_dir()}
     pat = re.compile(series_pattern, re.I)
     out.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     it: Any = clin.iterrows()
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(list(it), desc="Duke import")
     for _, r in it:
         pid = str(r["Patient ID"]).strip()
@@ -309,57 +387,13 @@ def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, test_fractio
         if np.isnan(her2):
             skipped.append({"patient_id": pid, "reason": f"HER2 = {r['HER2']!r} is not 0/1"})
             continue
-        if pid not in pdirs:
-            skipped.append({"patient_id": pid, "reason": "no DICOM folder"})
+        why = "no DICOM folder" if pid not in pdirs else "no annotation box" if pid not in boxes.index else None
+        done = why or _duke_patient(pid, pdirs[pid], boxes.loc[pid], out, pat, series_pattern, box_index_base)
+        if isinstance(done, str):
+            skipped.append({"patient_id": pid, "reason": done})
             continue
-        if pid not in boxes.index:
-            skipped.append({"patient_id": pid, "reason": "no annotation box"})
-            continue
-        series: dict[Path, list[Path]] = {}
-        for f in sorted(pdirs[pid].rglob("*.dcm")):
-            series.setdefault(f.parent, []).append(f)
-        cands = []
-        descs = []
-        for folder, files in series.items():
-            h = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
-            desc = str(getattr(h, "SeriesDescription", folder.name))
-            descs.append(desc)
-            if pat.search(desc) or pat.search(folder.name):
-                cands.append((int(getattr(h, "SeriesNumber", 0) or 0), str(folder), files))
-        if not cands:
-            skipped.append({"patient_id": pid, "reason": f"no series matches {series_pattern!r} (found {descs})"})
-            continue
-        files = sorted(cands)[0][2]
-        try:
-            vol, sp = _read_dicom_series(files)
-        except Exception as exc:
-            skipped.append({"patient_id": pid, "reason": f"DICOM read failed: {exc}"})
-            continue
-        b = boxes.loc[pid]
-        if isinstance(b, pd.DataFrame):
-            b = b.iloc[0]
-        o = int(box_index_base)
-        zs, ze = int(b["Start Slice"]) - o, int(b["End Slice"]) - o
-        ys, ye = int(b["Start Row"]) - o, int(b["End Row"]) - o
-        xs, xe = int(b["Start Column"]) - o, int(b["End Column"]) - o
-        mask = np.zeros(vol.shape, np.uint8)
-        mask[max(zs, 0):ze + 1, max(ys, 0):ye + 1, max(xs, 0):xe + 1] = 1
-        if not mask.any():
-            skipped.append({"patient_id": pid, "reason": f"annotation box outside the volume {vol.shape}"})
-            continue
-        integral = np.array_equal(vol, np.round(vol)) and vol.min() >= -32768 and vol.max() <= 32767
-        write_nifti(out / "mri" / f"{pid}.nii.gz", vol.astype(np.int16 if integral else np.float32), sp)
-        write_nifti(out / "mri" / f"{pid}_mask.nii.gz", mask, sp)
-        row: dict[str, Any] = {"patient_id": pid, "her2": int(her2), "mri_image": f"mri/{pid}.nii.gz",
-                               "mri_mask": f"mri/{pid}_mask.nii.gz"}
-        for c_src, c in (("ER", "er"), ("PR", "pr")):
-            if c_src in clin.columns:
-                row[c] = _binary(r[c_src])
-        dob = next((c for c in clin.columns if c.lower().startswith("date of birth")), None)
-        if dob is not None:
-            d = pd.to_numeric(r[dob], errors="coerce")
-            row["age"] = round(abs(float(d)) / 365.25, 1) if pd.notna(d) and d != 0 else np.nan
-        rows.append(row)
+        rows.append({"patient_id": pid, "her2": int(her2), "mri_image": f"mri/{pid}.nii.gz",
+                     "mri_mask": f"mri/{pid}_mask.nii.gz", **_duke_descriptors(r, clin)})
     if rows:
         rows = _derive_subtypes(pd.DataFrame(rows)).to_dict("records")
     params = {"source": "duke", "source_dir": str(src.resolve()), "test_fraction": test_fraction, "seed": seed,
@@ -367,62 +401,5 @@ def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, test_fractio
     return _finish(out, rows, skipped, test_fraction, seed, params)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Entry point of notebook 00
-# ----------------------------------------------------------------------------------------------------------
-def prepare_cohort(source: str = "synthetic", cohort_dir: str | os.PathLike = "data/synthetic/default",
-                   source_dir: str | os.PathLike | None = None, n_patients: int = 197, seed: int = 0,
-                   test_fraction: float = 48 / 197, progress: bool = True, **knobs: Any) -> Path:
-    """Build, import or locate the cohort; return its manifest (reuse it when built with the same parameters).
-
-    Parameters
-    ----------
-    source : {"synthetic", "manifest", "mama-mia", "duke"}
-        ``synthetic``: build with :func:`her2lib.synth.make_cohort` unless ``cohort_dir/synth_params.json``
-        records the same parameters and the manifest exists. ``manifest``: use ``cohort_dir/manifest.csv`` as is.
-        ``mama-mia`` / ``duke``: import from ``source_dir`` into ``cohort_dir`` (skipped when
-        ``import_params.json`` matches).
-    cohort_dir : path-like
-        The cohort folder (relative paths are relative to the repository root).
-    source_dir : path-like, optional
-        Root of the real data set (``mama-mia``, ``duke``).
-    n_patients, seed, **knobs
-        Synthetic cohort size, seed and :class:`her2lib.synth.SynthKnobs`.
-    test_fraction : float
-        Test fraction of the real-data split.
-    progress : bool
-        Show progress bars.
-
-    Returns
-    -------
-    pathlib.Path
-        ``cohort_dir / "manifest.csv"``.
-    """
-    from . import synth
-    from .contract import resolve_path as resolve
-    if source not in SOURCES:
-        import difflib
-        m = difflib.get_close_matches(str(source), SOURCES, n=1)
-        raise ParameterError(f"source={source!r} must be one of {SOURCES}" + (f"; did you mean {m[0]!r}?" if m else ""))
-    cdir = resolve(cohort_dir)
-    manifest = cdir / "manifest.csv"
-    if source == "synthetic":
-        params = synth.synth_params(n_patients, seed, **knobs)
-        rec = cdir / "synth_params.json"
-        if manifest.is_file() and rec.is_file() and json.loads(rec.read_text()) == params:
-            return manifest
-        return synth.make_cohort(cdir, n_patients=n_patients, seed=seed, progress=progress, **knobs)
-    if source == "manifest":
-        if not manifest.is_file():
-            raise DataError(f"{manifest}: not found; with source='manifest' cohort_dir must hold manifest.csv.")
-        return manifest
-    if not source_dir:
-        raise ParameterError(f"source={source!r} needs source_dir (the data set's root folder).")
-    fn: Callable[..., Path] = import_mama_mia if source == "mama-mia" else import_duke
-    rec = cdir / "import_params.json"
-    if manifest.is_file() and rec.is_file():
-        old = json.loads(rec.read_text())
-        if old.get("source") == source and old.get("source_dir") == str(Path(resolve(source_dir)).resolve()) \
-                and old.get("seed") == seed and old.get("test_fraction") == test_fraction:
-            return manifest
-    return fn(resolve(source_dir), cdir, test_fraction=test_fraction, seed=seed)
+#: The real-data importers by ``source`` name (notebook 00's ``source`` parameter).
+IMPORTERS: dict[str, Callable[..., Path]] = {"mama-mia": import_mama_mia, "duke": import_duke}

@@ -11,34 +11,36 @@ Required: ``patient_id, split (train|test), her2 (0|1)`` and at least one modali
 Optional descriptive columns: the ``column`` names of ``tables_1_3.json`` with its ``codes``, ``age`` (years),
 ``mri_size_mm`` (mm), ``her2_ihc`` (``0, 1+, 2+, 3+``) and ``fish`` (``positive, negative, not_done``).
 Missing optional columns or empty cells are allowed and reported (``df.attrs["missing"]``).
+
+Science layer: imports core modules only (the vocabulary comes from :mod:`her2lib.contract`). The cohort gallery
+figure is :func:`her2lib.figures.cohort.cohort_gallery`.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
+from PIL import Image
 
+from .contract import CONTINUOUS_COLUMNS, FISH_CODES, HER2_IHC_CODES, MODALITIES, REQUIRED_COLUMNS, SPLITS, table_spec
 from .errors import DataError
-from .io import atomic_path, save_figure
+from .io import atomic_path
+from .options import did_you_mean, look_up_option
 
-__all__ = ["DataError", "CohortWarning", "MODALITIES", "PATH_COLUMNS", "REQUIRED_COLUMNS", "table_spec",
-           "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti", "write_png",
-           "IMAGE_READER_VERSION", "load_cohort", "available_modalities", "stratified_split", "cohort_gallery"]
+__all__ = ["DataError", "CohortWarning", "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti",
+           "write_png", "IMAGE_READER_VERSION", "CHECK_FILES", "load_cohort", "available_modalities",
+           "stratified_split"]
 
-MODALITIES: dict[str, tuple[str, str]] = {"us": ("us_image", "us_mask"), "mri": ("mri_image", "mri_mask")}
-PATH_COLUMNS: tuple[str, ...] = ("us_image", "us_mask", "mri_image", "mri_mask")
-REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "split", "her2")
-HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
-FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
-CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")
-_SPEC_PATH = Path(__file__).resolve().parent / "resources" / "tables_1_3.json"
+#: The ``check_files`` levels of :func:`load_cohort`.
+CHECK_FILES: tuple[str, ...] = ("full", "header", "exists")
 
 #: Version of :func:`read_image`'s output; part of every ROI cache key (``her2lib.roi.cache_key``). Bump it
 #: whenever ``read_image`` returns different values or axes for the same file.
@@ -51,28 +53,8 @@ class CohortWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Tables 1-3 specification
+# Descriptive columns (Tables 1-3: :func:`her2lib.contract.table_spec`)
 # ----------------------------------------------------------------------------------------------------------
-_EMBEDDED_SPEC: dict[str, Any] | None = None
-
-
-def table_spec() -> dict[str, Any]:
-    """The paper's Tables 1-3 (``tables_1_3.json``): per-split counts, column names and level codes.
-
-    Returns
-    -------
-    dict
-        Keys ``n`` (``{"train": 149, "test": 48}``), ``categorical`` (list of ``{column, levels, codes, train,
-        test, ...}``) and ``continuous``.
-    """
-    global _EMBEDDED_SPEC
-    if _EMBEDDED_SPEC is None:
-        if not _SPEC_PATH.is_file():
-            raise DataError(f"{_SPEC_PATH}: the packaged copy of tables_1_3.json is missing; reinstall her2lib.")
-        _EMBEDDED_SPEC = json.loads(_SPEC_PATH.read_text(encoding="utf-8"))
-    return _EMBEDDED_SPEC
-
-
 def descriptive_columns() -> dict[str, list]:
     """Descriptive manifest columns and their allowed codes (``her2`` excluded; it is required).
 
@@ -130,7 +112,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
                         "manifest's folder) or rebuild the cohort.")
     try:
         if path.suffix.lower() == ".png":
-            from PIL import Image
             with Image.open(path) as im:
                 im.load()
                 if im.mode in ("RGB", "RGBA", "P", "LA"):
@@ -140,7 +121,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
                 raise ValueError(f"PNG has shape {arr.shape}, expected a 2-D grayscale image")
             return arr, (1.0, 1.0)
         if _is_nifti(path):
-            import nibabel as nib
             img = nib.load(str(path))
             arr = np.asarray(img.dataobj, dtype=np.float32)
             zooms = tuple(float(z) for z in img.header.get_zooms()[: arr.ndim])
@@ -151,7 +131,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
                 raise ValueError(f"NIfTI has shape {arr.shape}; expected a 2-D or 3-D image")
             arr = np.ascontiguousarray(arr.transpose(tuple(range(arr.ndim))[::-1]))
             return arr, tuple(zooms[: arr.ndim][::-1])
-        import SimpleITK as sitk
         img = sitk.ReadImage(str(path))
         arr = sitk.GetArrayFromImage(img)
         ncomp = img.GetNumberOfComponentsPerPixel()
@@ -191,7 +170,6 @@ def read_spacing_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[
     path = Path(path)
     if _is_nifti(path) and path.is_file():
         try:
-            import nibabel as nib
             img = nib.load(str(path))
             shape = tuple(int(s) for s in img.shape)
             zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
@@ -204,7 +182,7 @@ def read_spacing_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[
     return arr.shape, sp
 
 
-def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[float],
+def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[float], *,
                 dtype: Any = None) -> Path:
     """Atomically write a ``(z, y, x)`` (or ``(y, x)``) array as NIfTI with a diagonal affine.
 
@@ -220,7 +198,6 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[fl
     dtype : numpy dtype, optional
         On-disk type (default: the array's; bool -> uint8, int64 -> int32, float64 -> float32).
     """
-    import nibabel as nib
     array = np.asarray(array)
     if dtype is not None:
         array = array.astype(dtype)
@@ -245,7 +222,6 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[fl
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Atomically write a ``(y, x)`` ``uint8`` array as a grayscale PNG (deterministic bytes)."""
-    from PIL import Image
     array = np.asarray(array)
     if array.ndim != 2 or array.dtype != np.uint8:
         raise DataError(f"{path}: write_png needs a 2-D uint8 array, got {array.dtype} {array.shape}.")
@@ -293,12 +269,6 @@ def stratified_split(labels: Sequence[int] | np.ndarray, test_fraction: float = 
 # ----------------------------------------------------------------------------------------------------------
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and v.strip() == "")
-
-
-def _suggest(value: Any, allowed: Iterable[Any]) -> str:
-    allowed = [str(a) for a in allowed]
-    m = difflib.get_close_matches(str(value), allowed, n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def _norm_code(v: Any, codes: list) -> Any:
@@ -376,6 +346,183 @@ def _check_pair(pid: str, modality: str, img_path: Path, mask_path: Path, check:
     return problems
 
 
+def _read_manifest(manifest: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+    """The absolute manifest path (a folder means its ``manifest.csv``) and its table, every cell a string."""
+    manifest = Path(manifest)
+    if manifest.is_dir():
+        manifest = manifest / "manifest.csv"
+    manifest = manifest.resolve()
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: manifest not found; build the cohort (notebook 00_cohort or "
+                        "her2lib.synth.make_cohort) or point cohort_dir at a folder containing manifest.csv.")
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"{manifest}: cannot parse as CSV ({exc}); fix or regenerate the manifest.") from exc
+    return manifest, df
+
+
+def _check_columns(df: pd.DataFrame, manifest: Path, problems: list[str]) -> list[str]:
+    """Required and image columns; returns the modalities whose two columns are present."""
+    missing_req = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing_req:
+        raise DataError(f"{manifest}: required column(s) {missing_req} missing (found {list(df.columns)}); "
+                        "add them (patient_id, split = train|test, her2 = 0|1).",
+                        [f"{manifest}: missing required column {c!r}" for c in missing_req])
+    modal_present = [m for m, mod in MODALITIES.items() if all(c in df.columns for c in mod.columns)]
+    for mod in MODALITIES.values():
+        ci, cm = mod.columns
+        if (ci in df.columns) != (cm in df.columns):
+            problems.append(f"{manifest}: column {ci!r} and {cm!r} must come together; add the "
+                            "missing one (empty cells if the patient lacks the modality).")
+    if not modal_present:
+        problems.append(f"{manifest}: no image columns; add us_image+us_mask and/or mri_image+mri_mask.")
+    if len(df) == 0:
+        problems.append(f"{manifest}: the manifest has no patient rows; add one row per patient.")
+    return modal_present
+
+
+def _row_label(pids: pd.Series, i: int) -> str:
+    """How messages name row ``i``: its patient id, or ``row N`` (the CSV line) when the id is empty."""
+    return pids.iloc[i] or f"row {i + 2}"
+
+
+def _check_ids_split_labels(df: pd.DataFrame, manifest: Path, problems: list[str]) -> pd.Series:
+    """In place: strip patient ids, normalise ``split`` and make ``her2`` int64; returns the patient ids."""
+    pids = df["patient_id"].astype(str).str.strip()
+    df["patient_id"] = pids
+    for i, pid in enumerate(pids):
+        if pid == "":
+            problems.append(f"{manifest}: row {i + 2} has an empty patient_id; give every row a unique id.")
+    dup = pids[pids.duplicated(keep=False) & (pids != "")]
+    for pid in sorted(set(dup)):
+        rows = [int(r) + 2 for r in np.flatnonzero(pids.values == pid)]
+        problems.append(f"patient {pid}: appears {len(rows)} times in {manifest.name} (rows {rows}); patient ids "
+                        "must be unique; remove or rename the duplicates.")
+    split = df["split"].astype(str).str.strip().str.lower()
+    for i, s in enumerate(split):
+        if s not in SPLITS:
+            problems.append(f"patient {_row_label(pids, i)}: split {df['split'].iloc[i]!r} in {manifest.name} "
+                            f"must be 'train' or 'test'.{did_you_mean(s, SPLITS)}")
+    df["split"] = split
+    her2 = []
+    for i, v in enumerate(df["her2"]):
+        code = _norm_code(v, [0, 1])
+        if code is _INVALID:
+            problems.append(f"patient {_row_label(pids, i)}: her2 label {v!r} in {manifest.name} must be 0 "
+                            "(negative) or 1 (positive); map IHC 3+ or 2+/FISH+ to 1, else 0; drop patients "
+                            "without a label.")
+            her2.append(-1)
+        else:
+            her2.append(code)
+    df["her2"] = np.asarray(her2, dtype=np.int64)
+    return pids
+
+
+def _check_descriptive(df: pd.DataFrame, pids: pd.Series, manifest: Path,
+                       problems: list[str]) -> tuple[list[str], dict[str, int]]:
+    """In place: normalise the descriptive columns; returns the absent columns and the empty cells per column."""
+    spec = descriptive_columns()
+    missing_cols = [c for c in spec if c not in df.columns]
+    empty_counts: dict[str, int] = {}
+    for col, codes in spec.items():
+        if col not in df.columns:
+            continue
+        out: list[Any] = []
+        n_empty = 0
+        for i, v in enumerate(df[col].tolist()):
+            if _blank(v):
+                n_empty += 1
+                out.append(np.nan)
+                continue
+            if codes is None:
+                try:
+                    f = float(v)
+                except ValueError:
+                    f = np.nan
+                if not np.isfinite(f) or f <= 0:
+                    problems.append(f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} must be a "
+                                    "positive number (years / mm) or empty if unknown.")
+                out.append(f)
+                continue
+            code = _norm_code(v, codes)
+            if code is _INVALID:
+                problems.append(f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} is not one of "
+                                f"{codes}; use the codes of tables_1_3.json or leave it empty."
+                                f"{did_you_mean(v, codes)}")
+                out.append(np.nan)
+            else:
+                out.append(code)
+        if n_empty:
+            empty_counts[col] = n_empty
+        if codes is not None and all(isinstance(c, int) for c in codes) and n_empty == 0 and \
+                not any(o is np.nan for o in out):
+            df[col] = np.asarray(out, dtype=np.int64)
+        else:
+            df[col] = pd.Series(out, index=df.index, dtype=object if codes is not None else float)
+    return missing_cols, empty_counts
+
+
+def _check_files(df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_present: list[str], check_files: str,
+                 problems: list[str]) -> dict[str, list[str]]:
+    """In place: make the image paths absolute (``""`` where a patient lacks the modality) and check the files;
+    returns ``{modality: [patients without it]}``."""
+    root = manifest.parent
+    missing_modal: dict[str, list[str]] = {}
+    for m in modal_present:
+        ci, cm = MODALITIES[m].columns
+        lacking: list[str] = []
+        for col in (ci, cm):
+            df[col] = df[col].astype(str).str.strip()
+        for i in range(len(df)):
+            pid = _row_label(pids, i)
+            a, b = df[ci].iloc[i], df[cm].iloc[i]
+            if a == "" and b == "":
+                lacking.append(pid)
+                continue
+            if (a == "") != (b == ""):
+                which = ci if a == "" else cm
+                problems.append(f"patient {pid}: {which} is empty but its partner is not in {manifest.name}; "
+                                "give both the image and its mask, or leave both empty.")
+                continue
+            pa, pb = (root / a).resolve(), (root / b).resolve()
+            df.iloc[i, df.columns.get_loc(ci)] = str(pa)
+            df.iloc[i, df.columns.get_loc(cm)] = str(pb)
+            if check_files == "exists":
+                for p, what in ((pa, "image"), (pb, "mask")):
+                    if not p.is_file():
+                        problems.append(f"patient {pid}: {m} {what} file {p} does not exist; fix the path in "
+                                        "the manifest (relative to the manifest) or restore the file.")
+            else:
+                problems.extend(_check_pair(pid, m, pa, pb, check_files))
+        if lacking:
+            missing_modal[m] = lacking
+    for m, mod in MODALITIES.items():
+        if m not in modal_present:
+            missing_modal[m] = list(pids)
+            for col in mod.columns:
+                if col not in df.columns:
+                    df[col] = ""
+    return missing_modal
+
+
+def _warn_missing(df: pd.DataFrame, manifest: Path, missing_cols: list[str],
+                  missing_modal: dict[str, list[str]]) -> None:
+    """CohortWarnings (pointing at :func:`load_cohort`'s caller) for what is absent but does not stop a run."""
+    notes = []
+    if missing_cols:
+        notes.append(f"descriptive columns absent: {missing_cols}")
+    for m, lst in missing_modal.items():
+        if lst:
+            notes.append(f"{m}: {len(lst)}/{len(df)} patients without images")
+    if notes:
+        warnings.warn(f"{manifest}: " + "; ".join(notes) + " (analyses needing them will be skipped).",
+                      CohortWarning, stacklevel=3)
+    if df.loc[df["split"] == "train", "her2"].value_counts().reindex([0, 1], fill_value=0).min() < 2:
+        warnings.warn(f"{manifest}: the train split has fewer than 2 patients of one HER2 class; "
+                      "cross-validation cannot work.", CohortWarning, stacklevel=3)
+
+
 def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.DataFrame:
     """Read and validate a cohort manifest; never writes anything.
 
@@ -402,165 +549,26 @@ def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.Da
         Listing every problem found (``err.problems``): missing required columns, duplicate or empty patient
         ids, split not train/test, labels not 0/1, unknown codes, missing/corrupt files, shape or spacing
         mismatch, non-binary or empty masks, non-finite images.
+
+    Warns
+    -----
+    CohortWarning
+        Descriptive columns or a modality absent (for some or all patients), or a training split with fewer
+        than two patients of one HER2 class.
     """
-    if check_files not in ("full", "header", "exists"):
-        raise DataError(f"check_files={check_files!r} must be 'full', 'header' or 'exists'"
-                        f"{_suggest(check_files, ['full', 'header', 'exists'])}.")
-    manifest = Path(manifest)
-    if manifest.is_dir():
-        manifest = manifest / "manifest.csv"
-    manifest = manifest.resolve()
-    if not manifest.is_file():
-        raise DataError(f"{manifest}: manifest not found; build the cohort (notebook 00_cohort or "
-                        "her2lib.synth.make_cohort) or point cohort_dir at a folder containing manifest.csv.")
-    try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DataError(f"{manifest}: cannot parse as CSV ({exc}); fix or regenerate the manifest.") from exc
-    root = manifest.parent
+    look_up_option(check_files, CHECK_FILES, name="check_files", error=DataError)
+    manifest, df = _read_manifest(manifest)
     problems: list[str] = []
-    missing_req = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing_req:
-        raise DataError(f"{manifest}: required column(s) {missing_req} missing (found {list(df.columns)}); "
-                        "add them (patient_id, split = train|test, her2 = 0|1).",
-                        [f"{manifest}: missing required column {c!r}" for c in missing_req])
-    modal_present = [m for m, cols in MODALITIES.items() if all(c in df.columns for c in cols)]
-    for m, cols in MODALITIES.items():
-        if (cols[0] in df.columns) != (cols[1] in df.columns):
-            problems.append(f"{manifest}: column {cols[0]!r} and {cols[1]!r} must come together; add the "
-                            "missing one (empty cells if the patient lacks the modality).")
-    if not modal_present:
-        problems.append(f"{manifest}: no image columns; add us_image+us_mask and/or mri_image+mri_mask.")
-    if len(df) == 0:
-        problems.append(f"{manifest}: the manifest has no patient rows; add one row per patient.")
-
-    # identifiers, split, labels
-    pids = df["patient_id"].astype(str).str.strip()
-    df["patient_id"] = pids
-    for i, pid in enumerate(pids):
-        if pid == "":
-            problems.append(f"{manifest}: row {i + 2} has an empty patient_id; give every row a unique id.")
-    dup = pids[pids.duplicated(keep=False) & (pids != "")]
-    for pid in sorted(set(dup)):
-        rows = [int(r) + 2 for r in np.flatnonzero(pids.values == pid)]
-        problems.append(f"patient {pid}: appears {len(rows)} times in {manifest.name} (rows {rows}); patient ids "
-                        "must be unique; remove or rename the duplicates.")
-
-    def _label(i: int) -> str:
-        return pids.iloc[i] or f"row {i + 2}"
-
-    split = df["split"].astype(str).str.strip().str.lower()
-    for i, s in enumerate(split):
-        if s not in ("train", "test"):
-            problems.append(f"patient {_label(i)}: split {df['split'].iloc[i]!r} in {manifest.name} must be "
-                            f"'train' or 'test'{_suggest(s, ['train', 'test'])}.")
-    df["split"] = split
-    her2 = []
-    for i, v in enumerate(df["her2"]):
-        code = _norm_code(v, [0, 1])
-        if code is _INVALID:
-            problems.append(f"patient {_label(i)}: her2 label {v!r} in {manifest.name} must be 0 (negative) or "
-                            "1 (positive); map IHC 3+ or 2+/FISH+ to 1, else 0; drop patients without a label.")
-            her2.append(-1)
-        else:
-            her2.append(code)
-    df["her2"] = np.asarray(her2, dtype=np.int64)
-
-    # descriptive columns
-    spec = descriptive_columns()
-    missing_cols = [c for c in spec if c not in df.columns]
-    empty_counts: dict[str, int] = {}
-    for col, codes in spec.items():
-        if col not in df.columns:
-            continue
-        values = df[col].tolist()
-        out: list[Any] = []
-        n_empty = 0
-        for i, v in enumerate(values):
-            if _blank(v):
-                n_empty += 1
-                out.append(np.nan)
-                continue
-            if codes is None:
-                try:
-                    f = float(v)
-                except ValueError:
-                    f = np.nan
-                if not np.isfinite(f) or f <= 0:
-                    problems.append(f"patient {_label(i)}: {col} = {v!r} in {manifest.name} must be a positive "
-                                    "number (years / mm) or empty if unknown.")
-                out.append(f)
-                continue
-            code = _norm_code(v, codes)
-            if code is _INVALID:
-                problems.append(f"patient {_label(i)}: {col} = {v!r} in {manifest.name} is not one of {codes}"
-                                f"{_suggest(v, codes)}; use the codes of tables_1_3.json or leave it empty.")
-                out.append(np.nan)
-            else:
-                out.append(code)
-        if n_empty:
-            empty_counts[col] = n_empty
-        if codes is not None and all(isinstance(c, int) for c in codes) and n_empty == 0 and \
-                not any(o is np.nan for o in out):
-            df[col] = np.asarray(out, dtype=np.int64)
-        else:
-            df[col] = pd.Series(out, index=df.index, dtype=object if codes is not None else float)
-
-    # files
-    missing_modal: dict[str, list[str]] = {}
-    for m in modal_present:
-        ci, cm = MODALITIES[m]
-        lacking: list[str] = []
-        for col in (ci, cm):
-            df[col] = df[col].astype(str).str.strip()
-        for i in range(len(df)):
-            pid = _label(i)
-            a, b = df[ci].iloc[i], df[cm].iloc[i]
-            if a == "" and b == "":
-                lacking.append(pid)
-                continue
-            if (a == "") != (b == ""):
-                which = ci if a == "" else cm
-                problems.append(f"patient {pid}: {which} is empty but its partner is not in {manifest.name}; "
-                                "give both the image and its mask, or leave both empty.")
-                continue
-            pa, pb = (root / a).resolve(), (root / b).resolve()
-            df.iloc[i, df.columns.get_loc(ci)] = str(pa)
-            df.iloc[i, df.columns.get_loc(cm)] = str(pb)
-            if check_files == "exists":
-                for p, what in ((pa, "image"), (pb, "mask")):
-                    if not p.is_file():
-                        problems.append(f"patient {pid}: {m} {what} file {p} does not exist; fix the path in "
-                                        "the manifest (relative to the manifest) or restore the file.")
-            else:
-                problems.extend(_check_pair(pid, m, pa, pb, check_files))
-        if lacking:
-            missing_modal[m] = lacking
-    for m in MODALITIES:
-        if m not in modal_present:
-            missing_modal[m] = list(pids)
-            for col in MODALITIES[m]:
-                if col not in df.columns:
-                    df[col] = ""
-
+    modal_present = _check_columns(df, manifest, problems)
+    pids = _check_ids_split_labels(df, manifest, problems)
+    missing_cols, empty_counts = _check_descriptive(df, pids, manifest, problems)
+    missing_modal = _check_files(df, pids, manifest, modal_present, check_files, problems)
     if problems:
         head = f"{manifest}: {len(problems)} problem(s) found:\n  - " + "\n  - ".join(problems[:50])
         if len(problems) > 50:
             head += f"\n  ... and {len(problems) - 50} more (see err.problems)"
         raise DataError(head, problems)
-
-    notes = []
-    if missing_cols:
-        notes.append(f"descriptive columns absent: {missing_cols}")
-    for m, lst in missing_modal.items():
-        if lst:
-            notes.append(f"{m}: {len(lst)}/{len(df)} patients without images")
-    if notes:
-        warnings.warn(f"{manifest}: " + "; ".join(notes) + " (analyses needing them will be skipped).",
-                      CohortWarning, stacklevel=2)
-    if df.loc[df["split"] == "train", "her2"].value_counts().reindex([0, 1], fill_value=0).min() < 2:
-        warnings.warn(f"{manifest}: the train split has fewer than 2 patients of one HER2 class; "
-                      "cross-validation cannot work.", CohortWarning, stacklevel=2)
+    _warn_missing(df, manifest, missing_cols, missing_modal)
     df.attrs["manifest"] = str(manifest)
     df.attrs["missing"] = {"columns": missing_cols, "modalities": missing_modal, "values": empty_counts}
     return df
@@ -582,105 +590,11 @@ def available_modalities(df: pd.DataFrame, require_all: bool = True) -> list[str
         Subset of ``["us", "mri"]`` in that order.
     """
     out = []
-    for m, (ci, _) in MODALITIES.items():
+    for m, mod in MODALITIES.items():
+        ci = mod.image_column
         if ci not in df.columns:
             continue
         has = df[ci].astype(str).str.strip() != ""
         if (has.all() if require_all else has.any()) and len(df):
             out.append(m)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Gallery figure
-# ----------------------------------------------------------------------------------------------------------
-def _zoom_inset(ax, img: np.ndarray, mask: np.ndarray, spacing: Sequence[float], colour: str, aspect: float,
-                window_mm: float = 60.0) -> None:
-    """An inset of a ``window_mm`` square around the lesion (framed on the full slice), in the lower corner away
-    from the lesion."""
-    from matplotlib.patches import Rectangle
-
-    ys, xs = np.nonzero(mask)
-    half = [max(2, int(round(window_mm / 2 / s))) for s in spacing]
-    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
-    y0, y1 = max(0, cy - half[0]), min(img.shape[0], cy + half[0])
-    x0, x1 = max(0, cx - half[1]), min(img.shape[1], cx + half[1])
-    if (y1 - y0) * (x1 - x0) > 0.5 * img.size:  # the lesion already fills the image: no inset
-        return
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=0.6))
-    left = cx > img.shape[1] / 2  # lesion on the right: inset on the left
-    top = cy > img.shape[0] / 2  # lesion in the lower half: inset at the top
-    ins = ax.inset_axes([0.02 if left else 0.56, 0.56 if top else 0.02, 0.42, 0.42])
-    ins.imshow(img[y0:y1, x0:x1], cmap="gray", aspect=aspect, vmin=float(img.min()), vmax=float(img.max()))
-    ins.contour(mask[y0:y1, x0:x1], levels=[0.5], colors=[colour], linewidths=0.8)
-    ins.set_xticks([])
-    ins.set_yticks([])
-    for side in ins.spines.values():
-        side.set_edgecolor("yellow")
-        side.set_linewidth(0.6)
-
-
-def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, n_per_class: int = 3,
-                   seed: int = 0):
-    """Gallery of cases by HER2 status: US image and the MRI slice through the lesion (with a zoomed inset of a
-    60 mm window around the lesion), mask contours.
-
-    Parameters
-    ----------
-    df : pd.DataFrame
-        Output of :func:`load_cohort`.
-    path : path-like, optional
-        Where to save the figure (PNG, written atomically).
-    n_per_class : int
-        Patients shown per HER2 class (drawn with ``seed`` from the train split, else from all).
-    seed : int
-        Seed of the draw.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    import matplotlib
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    mods = available_modalities(df, require_all=False)
-    if not mods:
-        raise DataError("cohort_gallery: the cohort has no images to show.")
-    rng = np.random.default_rng(seed)
-    picks: list[tuple[int, pd.Series]] = []
-    for cls in (0, 1):
-        sub = df[df["her2"] == cls]
-        if len(sub) == 0:
-            continue
-        idx = rng.choice(len(sub), size=min(n_per_class, len(sub)), replace=False)
-        picks += [(cls, sub.iloc[int(j)]) for j in sorted(idx)]
-    ncol = len(picks)
-    fig, axes = plt.subplots(len(mods), ncol, figsize=(2.2 * ncol, 2.3 * len(mods)), squeeze=False)
-    for j, (cls, row) in enumerate(picks):
-        for i, m in enumerate(mods):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ci, cm = MODALITIES[m]
-            if not row[ci]:
-                ax.set_title(f"{row['patient_id']}\n(no {m})", fontsize=7)
-                continue
-            img, sp = read_image(row[ci])
-            mask, _ = read_image(row[cm])
-            aspect = 1.0
-            colour = "tab:red" if cls else "tab:cyan"
-            if img.ndim == 3:
-                z = int(np.argmax((mask > 0).sum(axis=(1, 2))))
-                img, mask = img[z], mask[z]
-                aspect = sp[1] / sp[2]
-            ax.imshow(img, cmap="gray", aspect=aspect)
-            ax.contour(mask > 0, levels=[0.5], colors=[colour], linewidths=0.8)
-            if m == "mri" and (mask > 0).any():
-                _zoom_inset(ax, img, mask > 0, sp[-2:], colour, aspect)
-            ax.set_title(f"{row['patient_id']} {m.upper()}\nHER2{'+' if cls else '-'}", fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path, dpi=110)
-    return fig

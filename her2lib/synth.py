@@ -43,27 +43,35 @@ But the paper has more HR-negative patients than non-luminal ones (train 51 vs 4
 35 vs 30), so 2 train / 5 test patients are ER-positive with ``hr = 0``. ER/PR-negative cells go first to the
 non-luminal patients, so every ``hr = 1`` patient is ER- or PR-positive and every non-luminal patient is ER- and
 PR-negative except one test patient (ER+ forced by the test split's 35 ER+ vs 30 HR+).
+
+Science layer: imports core modules and :mod:`her2lib.data` (image writers) only.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from scipy import ndimage, stats
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
 
-from .data import table_spec, write_nifti, write_png
+from .contract import MANIFEST_HEAD, SPLITS, table_spec
+from .data import write_nifti, write_png
 from .errors import ParameterError
 from .io import write_csv, write_json
+from .options import look_up_option
 
 __all__ = ["SynthKnobs", "make_cohort", "make_table", "split_counts", "scale_counts", "place_quantiles",
-           "oracle_auc", "oracle_auc_theory", "paper_count_table", "knobs_from", "render_us", "render_mri",
-           "render_mri_mask", "r_wilcox_p", "match_mann_whitney_p", "PAPER_MW_P"]
+           "oracle_auc", "oracle_auc_theory", "paper_count_table", "paper_count_agreement", "knobs_from", "render_us",
+           "render_mri", "render_mri_mask", "r_wilcox_p", "match_mann_whitney_p", "PAPER_MW_P"]
 
 SYNTH_VERSION = 3
 
@@ -115,13 +123,9 @@ def knobs_from(**knobs: Any) -> SynthKnobs:
     ParameterError
         Unknown knob (with a close match) or an invalid value.
     """
-    import difflib
-    names = set(SynthKnobs.__dataclass_fields__)
+    names = sorted(SynthKnobs.__dataclass_fields__)
     for k in knobs:
-        if k not in names:
-            m = difflib.get_close_matches(k, sorted(names), n=1)
-            raise ParameterError(f"unknown synthetic-cohort knob {k!r}" + (f"; did you mean {m[0]!r}?" if m else "")
-                                 + f" Valid knobs: {sorted(names)}.")
+        look_up_option(k, names, name="synthetic-cohort knob")
     kw = dict(knobs)
     for k in ("us_shape", "mri_shape"):
         if k in kw:
@@ -179,7 +183,7 @@ def split_counts(n_patients: int) -> dict[str, int]:
     return {"train": tr, "test": te}
 
 
-def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bool = True,
+def place_quantiles(values: np.ndarray, targets: dict[float, float], *, integer: bool = True,
                     bounds: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
     """Monotonically adjust ``values`` so that ``np.quantile(out, q) == targets[q]`` exactly.
 
@@ -248,7 +252,6 @@ def place_quantiles(values: np.ndarray, targets: dict[float, float], integer: bo
 
 
 def _parse_quartiles(text: str) -> dict[float, float]:
-    import re
     num = r"\s*([-+]?\d+(?:\.\d+)?)"
     found = [re.search(key + num, text, flags=re.I) for key in ("median", "Q1", "Q3")]
     if not all(found):
@@ -393,7 +396,6 @@ def _wilcox_p_sorted(a: np.ndarray, b: np.ndarray) -> float:
     x.sort()
     cnt = np.diff(np.flatnonzero(np.r_[True, x[1:] != x[:-1], True]))
     if na < 50 and nb < 50 and not (cnt > 1).any():
-        from scipy import stats
         return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
     w = 0.5 * float((np.searchsorted(b, a, "left") + np.searchsorted(b, a, "right")).sum())  # U of a
     n = na + nb
@@ -414,7 +416,7 @@ def _pinned(n: int, qs=(0.25, 0.5, 0.75)) -> set[int]:
     return out
 
 
-def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.random.Generator,
+def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.random.Generator, *,
                          bounds: tuple[float, float] = (-np.inf, np.inf), tol: float = 2.5e-4,
                          alpha: float = 0.05, max_steps: int = 5000) -> tuple[np.ndarray, np.ndarray]:
     """Move values of two groups by +-1 between their quartiles until R's Mann-Whitney P is ``target``.
@@ -446,7 +448,6 @@ def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.ra
     a, b : np.ndarray
         Adjusted values in the input order.
     """
-    from scipy import stats
     groups = [np.asarray(a, float), np.asarray(b, float)]
     orders = [np.argsort(g, kind="stable") for g in groups]
     s = [g[o].copy() for g, o in zip(groups, orders)]
@@ -491,12 +492,14 @@ def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.ra
             v[i] = old
     else:
         s = best[1]
-    out = []
-    for g, o, v in zip(groups, orders, s):
-        r = np.empty_like(g)
-        r[o] = v
-        out.append(r)
-    return out[0], out[1]
+    return _in_input_order(groups[0], orders[0], s[0]), _in_input_order(groups[1], orders[1], s[1])
+
+
+def _in_input_order(values: np.ndarray, order: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``sorted_values`` (``values[order]``, adjusted) put back in the order of ``values``."""
+    out = np.empty_like(values)
+    out[order] = sorted_values
+    return out
 
 
 def _match_paper_pvalues(parts: list[pd.DataFrame], seed: int) -> None:
@@ -563,13 +566,31 @@ def paper_count_table(df: pd.DataFrame) -> pd.DataFrame:
     for v in spec["categorical"]:
         if v["column"] not in df.columns:
             continue
-        for split in ("train", "test"):
+        for split in SPLITS:
             scaled = scale_counts(v[split], int(n_split.get(split, 0)))
             col = df.loc[df["split"] == split, v["column"]].astype(str)
             for lev, code, npap, nsc in zip(v["levels"], v["codes"], v[split], scaled):
                 rows.append({"column": v["column"], "level": lev, "code": code, "split": split,
                              "n_cohort": int((col == str(code)).sum()), "n_paper": npap, "n_paper_scaled": nsc})
     return pd.DataFrame(rows)
+
+
+def paper_count_agreement(counts: pd.DataFrame) -> pd.Series:
+    """Whether every level of each variable has the paper's (scaled) count.
+
+    Parameters
+    ----------
+    counts : pd.DataFrame
+        Output of :func:`paper_count_table`.
+
+    Returns
+    -------
+    pd.Series of bool
+        Indexed by ``column`` (sorted): True when ``n_cohort == n_paper_scaled`` for all its levels in both splits.
+        All True for the synthetic cohort; for a real cohort a description, not a check.
+    """
+    agrees = counts["n_cohort"] == counts["n_paper_scaled"]
+    return counts.assign(agrees=agrees).groupby("column")["agrees"].all()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -633,8 +654,125 @@ def _lesion_level(coords: list[np.ndarray], center: list[float], radii: list[flo
 # ----------------------------------------------------------------------------------------------------------
 # Ultrasound
 # ----------------------------------------------------------------------------------------------------------
+def _us_layers(rng: np.random.Generator, H: int, W: int, ppm: float, yy: np.ndarray) -> np.ndarray:
+    """Echogenicity of the tissue layers (skin, fat lobules, glandular tissue, striated muscle) with wavy
+    boundaries: the first draws of a patient's US generator."""
+    xs = np.arange(W, dtype=np.float32)
+    wave = lambda amp, per: amp * np.sin(2 * np.pi * xs / per + rng.uniform(0, 2 * np.pi))  # noqa: E731
+    skin_end = 0.035 * H + wave(0.006 * H, W * rng.uniform(0.8, 1.6))
+    fat_end = rng.uniform(0.16, 0.24) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
+    gland_end = rng.uniform(0.78, 0.86) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
+    tex = _field(rng, (H, W), (6 * ppm / 10, 14 * ppm / 10))
+    E = np.empty((H, W), np.float32)
+    skin, fat, gland = yy < skin_end, (yy >= skin_end) & (yy < fat_end), (yy >= fat_end) & (yy < gland_end)
+    muscle = yy >= gland_end
+    E[skin] = 0.9
+    lob = _field(rng, (H, W), 3 * ppm)
+    E[fat] = (0.28 + 0.12 * np.clip(np.abs(lob) < 0.25, 0, 1) * 2.0)[fat]  # fat lobules with echogenic septa
+    E[gland] = np.clip(0.62 + 0.16 * tex, 0.3, 1.0)[gland]
+    stria = 0.45 + 0.15 * np.sin(yy / (0.9 * ppm) + 2 * tex)
+    E[muscle] = stria[muscle]
+    return E
+
+
+def _us_lesion_geometry(row: dict, rng: np.random.Generator, H: int, W: int, ppm: float, yy: np.ndarray,
+                        xx: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Lesion size, aspect (orientation), position and boundary: ``(level, a, cx)``; lesion = ``level < 1``,
+    ``a`` its lateral half-axis (px), ``cx`` its centre column."""
+    size_px = min(float(row["mri_size_mm"]) * rng.uniform(0.85, 1.0) * ppm, 0.62 * W)
+    a = size_px / 2
+    aspect = rng.uniform(0.55, 0.8) if row["us_orientation"] == "parallel" else rng.uniform(1.1, 1.35)
+    b = a * aspect
+    if b > 0.3 * H:
+        a, b = a * 0.3 * H / b, 0.3 * H
+    cx = W / 2 + rng.uniform(-0.08, 0.08) * W
+    cy = float(np.clip(0.48 * H + rng.uniform(-0.06, 0.06) * H, b + 0.1 * H, H - b - 0.14 * H))
+    level = _lesion_level([yy, xx], [cy, cx], [b, a], rng, (H, W), row["us_shape"] == "irregular",
+                          row["us_margin"] == "circumscribed", (1.0, 1.0))
+    return level, a, cx
+
+
+def _us_lesion_echo(E: np.ndarray, row: dict, rng: np.random.Generator, level: np.ndarray, w_in: np.ndarray,
+                    a: float, t: float) -> np.ndarray:
+    """The lesion interior (echo pattern; heterogeneity grows with ``t``) and, for a not-circumscribed margin,
+    the echogenic halo, blended into ``E``."""
+    H, W = E.shape
+    # lesion interior echo; heterogeneity grows with t (blob scale ~ a/4, survives downsampling)
+    echo = {"hypoechoic": 0.2, "isoechoic": 0.55, "heterogeneous": 0.3, "complex_cystic_solid": 0.28}[
+        row["us_echo_pattern"]]
+    blob = _field(rng, (H, W), max(2.0, a / 4))
+    het = 0.03 + 0.22 * t + (0.15 if row["us_echo_pattern"] == "heterogeneous" else 0.0)
+    L = np.clip(echo * (1 + het * 2.2 * blob), 0.03, 1.0)
+    if row["us_echo_pattern"] == "complex_cystic_solid":
+        cyst = _field(rng, (H, W), max(2.0, a / 3)) > 0.4
+        L = np.where(cyst, 0.03, L)
+    if row["us_margin"] != "circumscribed":  # echogenic halo
+        halo = np.exp(-((level - 1.08) / 0.07) ** 2) * (0.25 + 0.2 * rng.random())
+        E = E + halo.astype(np.float32)
+    return E * (1 - w_in) + L * w_in
+
+
+def _us_posterior(E: np.ndarray, row: dict, mask: np.ndarray, w_in: np.ndarray, yy: np.ndarray, xx: np.ndarray,
+                  a: float, cx: float, t: float) -> np.ndarray:
+    """Posterior acoustic features in the column below the lesion (enhancement grows with ``t``); no draws."""
+    H = E.shape[0]
+    cols = mask.any(axis=0)
+    if not cols.any():
+        return E
+    bottom = np.where(cols, H - 1 - np.argmax(mask[::-1], axis=0), 0).astype(np.float32)
+    colw = ndimage.gaussian_filter1d(cols.astype(np.float32), max(1.0, a / 8))
+    below = np.clip((yy - bottom[None, :]) / (0.03 * H), 0, 1) * np.exp(
+        -np.clip(yy - bottom[None, :], 0, None) / (0.45 * H))
+    below = below * colw[None, :]
+    post = row["us_posterior"]
+    enh = 0.45 + 0.9 * t
+    gain_map = {"enhancement": enh, "none": 0.25 * (t - 0.5), "shadowing": -0.6 + 0.3 * t}
+    if post == "combined":
+        side = (xx < cx).astype(np.float32)
+        gain = side * enh + (1 - side) * (-0.55)
+    else:
+        gain = gain_map[post]
+    return E * (1 + gain * below * (1 - w_in))
+
+
+def _us_calcifications(E: np.ndarray, row: dict, rng: np.random.Generator, level: np.ndarray, yy: np.ndarray,
+                       xx: np.ndarray, a: float, t: float) -> np.ndarray:
+    """Echogenic foci inside the lesion when ``us_calcifications`` is present; number and size grow with ``t``."""
+    if row["us_calcifications"] != "present":
+        return E
+    inner = np.argwhere(level < 0.8)
+    if inner.size:
+        n_c = int(2 + round(10 * t) + rng.integers(0, 3))
+        r_c = max(1.0, a / 30 * (0.8 + 0.8 * t))
+        cluster = inner[rng.integers(0, len(inner))]
+        for _ in range(n_c):
+            p = inner[rng.integers(0, len(inner))] if rng.random() < 0.5 else \
+                cluster + rng.normal(0, a / 4, 2)
+            d2 = (yy - p[0]) ** 2 + (xx - p[1]) ** 2
+            E = E + 1.3 * np.exp(-d2 / (2 * r_c ** 2)).astype(np.float32) * (level < 1.0)
+    return E
+
+
+def _us_acquire(E: np.ndarray, rng: np.random.Generator, ppm: float, yy: np.ndarray) -> np.ndarray:
+    """Speckle (smoothed complex Gaussian -> Rayleigh amplitude), depth attenuation and log compression to an
+    8-bit B-mode image: the last draws of a patient's US generator."""
+    H, W = E.shape
+    sy, sx = max(0.6, 0.08 * ppm), max(0.8, 0.18 * ppm)
+    re_ = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
+    im = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
+    speckle = np.sqrt(re_ ** 2 + im ** 2)
+    speckle /= speckle.mean() + 1e-6
+    atten = np.exp(-0.6 * yy / H) * (1 + 0.35 * yy / H)  # attenuation partly compensated by TGC
+    I = np.clip(E, 0, None) * speckle * atten  # noqa: E741
+    img = np.log1p(6.0 * I) / np.log1p(6.0 * 2.2)
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8)
+
+
 def render_us(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray]:
     """Render one B-mode ultrasound image and lesion mask.
+
+    The generator is drawn in a fixed order (tissue layers, lesion geometry, lesion echo and halo, calcifications,
+    speckle), so equal arguments give identical images.
 
     Parameters
     ----------
@@ -654,88 +792,15 @@ def render_us(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.nd
     ppm = W / k.us_fov_mm
     t = float(_sig(row["_s_us"]))  # HER2-likeness of the US appearance, 0..1
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    # tissue layers with wavy boundaries
-    xs = np.arange(W, dtype=np.float32)
-    wave = lambda amp, per: amp * np.sin(2 * np.pi * xs / per + rng.uniform(0, 2 * np.pi))  # noqa: E731
-    skin_end = 0.035 * H + wave(0.006 * H, W * rng.uniform(0.8, 1.6))
-    fat_end = rng.uniform(0.16, 0.24) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
-    gland_end = rng.uniform(0.78, 0.86) * H + wave(0.03 * H, W * rng.uniform(0.5, 1.2))
-    tex = _field(rng, (H, W), (6 * ppm / 10, 14 * ppm / 10))
-    E = np.empty((H, W), np.float32)
-    skin, fat, gland = yy < skin_end, (yy >= skin_end) & (yy < fat_end), (yy >= fat_end) & (yy < gland_end)
-    muscle = yy >= gland_end
-    E[skin] = 0.9
-    lob = _field(rng, (H, W), 3 * ppm)
-    E[fat] = (0.28 + 0.12 * np.clip(np.abs(lob) < 0.25, 0, 1) * 2.0)[fat]  # fat lobules with echogenic septa
-    E[gland] = np.clip(0.62 + 0.16 * tex, 0.3, 1.0)[gland]
-    stria = 0.45 + 0.15 * np.sin(yy / (0.9 * ppm) + 2 * tex)
-    E[muscle] = stria[muscle]
-    # lesion geometry
-    size_px = min(float(row["mri_size_mm"]) * rng.uniform(0.85, 1.0) * ppm, 0.62 * W)
-    a = size_px / 2
-    aspect = rng.uniform(0.55, 0.8) if row["us_orientation"] == "parallel" else rng.uniform(1.1, 1.35)
-    b = a * aspect
-    if b > 0.3 * H:
-        a, b = a * 0.3 * H / b, 0.3 * H
-    cx = W / 2 + rng.uniform(-0.08, 0.08) * W
-    cy = float(np.clip(0.48 * H + rng.uniform(-0.06, 0.06) * H, b + 0.1 * H, H - b - 0.14 * H))
-    level = _lesion_level([yy, xx], [cy, cx], [b, a], rng, (H, W), row["us_shape"] == "irregular",
-                          row["us_margin"] == "circumscribed", (1.0, 1.0))
+    E = _us_layers(rng, H, W, ppm, yy)
+    level, a, cx = _us_lesion_geometry(row, rng, H, W, ppm, yy, xx)
     mask = level < 1.0
     edge = (0.8 if row["us_margin"] == "circumscribed" else 2.5 + 0.04 * a) / a
     w_in = _sig((1.0 - level) / edge).astype(np.float32)
-    # lesion interior echo; heterogeneity grows with t (blob scale ~ a/4, survives downsampling)
-    echo = {"hypoechoic": 0.2, "isoechoic": 0.55, "heterogeneous": 0.3, "complex_cystic_solid": 0.28}[
-        row["us_echo_pattern"]]
-    blob = _field(rng, (H, W), max(2.0, a / 4))
-    het = 0.03 + 0.22 * t + (0.15 if row["us_echo_pattern"] == "heterogeneous" else 0.0)
-    L = np.clip(echo * (1 + het * 2.2 * blob), 0.03, 1.0)
-    if row["us_echo_pattern"] == "complex_cystic_solid":
-        cyst = _field(rng, (H, W), max(2.0, a / 3)) > 0.4
-        L = np.where(cyst, 0.03, L)
-    if row["us_margin"] != "circumscribed":  # echogenic halo
-        halo = np.exp(-((level - 1.08) / 0.07) ** 2) * (0.25 + 0.2 * rng.random())
-        E = E + halo.astype(np.float32)
-    E = E * (1 - w_in) + L * w_in
-    # posterior acoustic features: column below the lesion
-    cols = mask.any(axis=0)
-    if cols.any():
-        bottom = np.where(cols, H - 1 - np.argmax(mask[::-1], axis=0), 0).astype(np.float32)
-        colw = ndimage.gaussian_filter1d(cols.astype(np.float32), max(1.0, a / 8))
-        below = np.clip((yy - bottom[None, :]) / (0.03 * H), 0, 1) * np.exp(
-            -np.clip(yy - bottom[None, :], 0, None) / (0.45 * H))
-        below = below * colw[None, :]
-        post = row["us_posterior"]
-        enh = 0.45 + 0.9 * t
-        gain_map = {"enhancement": enh, "none": 0.25 * (t - 0.5), "shadowing": -0.6 + 0.3 * t}
-        if post == "combined":
-            side = (xx < cx).astype(np.float32)
-            gain = side * enh + (1 - side) * (-0.55)
-        else:
-            gain = gain_map[post]
-        E = E * (1 + gain * below * (1 - w_in))
-    # calcifications: echogenic foci inside the lesion; number and size grow with t
-    if row["us_calcifications"] == "present":
-        inner = np.argwhere(level < 0.8)
-        if inner.size:
-            n_c = int(2 + round(10 * t) + rng.integers(0, 3))
-            r_c = max(1.0, a / 30 * (0.8 + 0.8 * t))
-            cluster = inner[rng.integers(0, len(inner))]
-            for _ in range(n_c):
-                p = inner[rng.integers(0, len(inner))] if rng.random() < 0.5 else \
-                    cluster + rng.normal(0, a / 4, 2)
-                d2 = (yy - p[0]) ** 2 + (xx - p[1]) ** 2
-                E = E + 1.3 * np.exp(-d2 / (2 * r_c ** 2)).astype(np.float32) * (level < 1.0)
-    # speckle: smoothed complex Gaussian -> Rayleigh amplitude
-    sy, sx = max(0.6, 0.08 * ppm), max(0.8, 0.18 * ppm)
-    re = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
-    im = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
-    speckle = np.sqrt(re ** 2 + im ** 2)
-    speckle /= speckle.mean() + 1e-6
-    atten = np.exp(-0.6 * yy / H) * (1 + 0.35 * yy / H)  # attenuation partly compensated by TGC
-    I = np.clip(E, 0, None) * speckle * atten
-    img = np.log1p(6.0 * I) / np.log1p(6.0 * 2.2)
-    img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    E = _us_lesion_echo(E, row, rng, level, w_in, a, t)
+    E = _us_posterior(E, row, mask, w_in, yy, xx, a, cx, t)
+    E = _us_calcifications(E, row, rng, level, yy, xx, a, t)
+    img = _us_acquire(E, rng, ppm, yy)
     return img, (mask.astype(np.uint8) * 255)
 
 
@@ -849,43 +914,16 @@ def render_mri_mask(row: dict, rng: np.random.Generator, k: SynthKnobs) -> np.nd
     return _mri_lesion(row, rng, k)["mask"].astype(np.uint8)
 
 
-def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray]:
-    """Render one fat-suppressed DCE post-contrast T1 volume (prone axial, both breasts) and its lesion mask.
+def _corr(mm: float, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A correlation length of ``mm`` millimetres in voxels per axis."""
+    sz, sy, sx = spacing
+    return (mm / sz, mm / sy, mm / sx)
 
-    Anatomy: air, both breasts (fat, fibroglandular tissue of random density, skin, nipples) on the chest wall
-    (retromammary fat, pectoralis, ribs), lungs, mediastinum, the enhancing heart and aorta, a vertebral body.
-    The index lesion lies inside the breast named by ``row["location"]`` (patient's left = image right) at a
-    random position (:func:`_mri_lesion`), so its place in the field of view varies.
 
-    Parameters
-    ----------
-    row : dict
-        One cohort row (MRI columns, ``location``, ``mri_size_mm``, latent ``_s_mri``).
-    rng : np.random.Generator
-        The patient's generator.
-    k : SynthKnobs
-        ``mri_shape`` (z, y, x) and ``mri_fov_mm``.
-
-    Returns
-    -------
-    volume : np.ndarray, int16, shape (Z, Y, X)
-        Signal in arbitrary units (0..~1200); axis y runs anterior (y=0) to posterior, axis x from the patient's
-        right to her left.
-    mask : np.ndarray, uint8, shape (Z, Y, X), values 0/1
-        The index lesion only (satellites and non-mass enhancement are not in the mask); never empty (a lesion
-        smaller than a voxel keeps the voxel at its centre). Equal to :func:`render_mri_mask`.
-    """
-    Z, Y, X = k.mri_shape
-    sz, sy, sx = k.mri_spacing
-    t = float(_sig(row["_s_mri"]))
-    les = _mri_lesion(row, rng, k)
-    an, lb, side, a, c, sub = les["anatomy"], les["breast"], les["side"], les["a"], les["center_mm"], les["sub"]
-    z1 = np.arange(Z, dtype=np.float32) * sz
-    y1 = np.arange(Y, dtype=np.float32) * sy
-    x1 = np.arange(X, dtype=np.float32) * sx
-    vox_mm = min(sy, sx)
-    corr = lambda mm: (mm / sz, mm / sy, mm / sx)  # noqa: E731
-    # --- thorax (elliptic cylinder along z): layers by depth under its boundary on the (y, x) grid
+def _mri_thorax(an: dict, z1: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    """The thorax (an elliptic cylinder along z; layers by depth under its boundary on the (y, x) grid) and the
+    enhancing heart, as a ``(Z, Y, X)`` float32 volume; no draws."""
+    Z, Y, X = z1.size, y1.size, x1.size
     rho = np.sqrt(((x1[None, :] - an["cx"]) / an["ax"]) ** 2 + ((y1[:, None] - an["cy"]) / an["ay"]) ** 2)
     depth_in = (1 - rho) * an["ay"]  # ~ distance inside the thorax boundary, mm
     thorax = np.full((Y, X), 0.02, np.float32)  # air
@@ -909,7 +947,16 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
     heart = (((z1[:, None, None] - hz) / 55) ** 2 + ((y1[None, :, None] - hy) / 42) ** 2
              + ((x1[None, None, :] - hx) / 55) ** 2) < 1
     V[heart & inner[None]] = 0.7
-    # --- breasts: fat, fibroglandular tissue, skin, nipples
+    return V
+
+
+def _mri_breasts(V: np.ndarray, les: dict, row: dict, rng: np.random.Generator, z1: np.ndarray, y1: np.ndarray,
+                 x1: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Both breasts (fat, fibroglandular tissue of random density, skin, nipples) on the chest wall: ``(V,
+    breast)`` with ``breast`` the boolean breast volume."""
+    an, lb, side = les["anatomy"], les["breast"], les["side"]
+    sz, sy, sx = spacing
+    Z, X = z1.size, x1.size
     surf = _chest_surface(an, x1)[None, :]  # (1, X)
     h = np.zeros((Z, X), np.float32)
     for b in an["breasts"]:
@@ -918,7 +965,7 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
     skin_y = surf - h  # (Z, X); = chest surface where there is no breast
     yb = y1[None, :, None]
     breast = (yb >= skin_y[:, None, :]) & (yb < surf[:, None, :]) & (h[:, None, :] > 0)
-    fgt = _field(rng, (Z, Y, X), corr(6)) + 0.8 * _field(rng, (Z, Y, X), corr(20)) > an["density"]
+    fgt = _field(rng, V.shape, _corr(6, spacing)) + 0.8 * _field(rng, V.shape, _corr(20, spacing)) > an["density"]
     V = np.where(breast, np.where(fgt, np.float32(0.32), np.float32(0.12)), V)
     les_half = (x1 * side > an["cx"] * side)[None, None, :]  # the lesion's half of the body
     skin_th = np.where(les_half, 2.0 * (1 + 1.5 * (row["mri_skin"] == "present")), 2.0)
@@ -930,7 +977,15 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
         V[(d2 < 25) & (yb >= apex - 6) & (yb < apex + 1)] = 0.4  # nipple
         if b is lb and row["mri_nipple"] == "present":  # retroareolar enhancement
             V[(d2 < 36) & (yb >= apex) & (yb < apex + 12)] = 0.6
-    # --- index lesion (drawn by _mri_lesion), satellites and non-mass enhancement, in the lesion's sub-box
+    return V, breast
+
+
+def _mri_lesion_signal(V: np.ndarray, les: dict, row: dict, rng: np.random.Generator, breast: np.ndarray, t: float,
+                       spacing: tuple[float, float, float]) -> np.ndarray:
+    """In place: the index lesion (drawn by :func:`_mri_lesion`; rim-like, heterogeneous enhancement growing with
+    ``t``), satellites and non-mass enhancement, in the lesion's sub-box; returns ``V``."""
+    a, c, sub = les["a"], les["center_mm"], les["sub"]
+    vox_mm = min(spacing[1], spacing[2])
     zz, yy, xx = les["grid"]
     level = les["level"]
     edge = (0.6 * vox_mm if row["mri_margin"] == "circumscribed" else 1.5 + 0.05 * a) / a
@@ -939,7 +994,7 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
     rim = 0.1 + 0.6 * t  # rim-like profile: the centre enhances less
     het = 0.06 + 0.25 * t + (0.18 if row["mri_enhancement"] == "heterogeneous" else 0.0)
     prof = 1.0 - rim * np.clip(1.0 - level, 0, 1) ** 1.5
-    blob = _field(rng, level.shape, corr(max(2.0, a / 3)))
+    blob = _field(rng, level.shape, _corr(max(2.0, a / 3), spacing))
     L = np.clip(peak * prof * (1 + het * 1.2 * blob), 0.05, 1.6)
     Vs = V[sub] * (1 - w_in) + L * w_in
     in_breast = breast[sub]
@@ -960,25 +1015,69 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
         along = np.tensordot(dirv, rel, axes=1)
         perp = np.sqrt(np.clip((rel ** 2).sum(0) - along ** 2, 0, None))
         seg = (along > 0) & (along < a + rng.uniform(12, 22)) & (perp < rng.uniform(3, 6))
-        clumps = _field(rng, level.shape, corr(2.0)) > 0.2
+        clumps = _field(rng, level.shape, _corr(2.0, spacing)) > 0.2
         Vs = np.where(seg & clumps & in_breast, np.maximum(Vs, 0.55 + 0.2 * t), Vs)
     V[sub] = Vs
-    # bias field, partial-volume blur, Rician-like noise
-    bias = 1.0 + 0.08 * _field(rng, (Z, Y, X), corr(40))
+    return V
+
+
+def _mri_acquire(V: np.ndarray, rng: np.random.Generator, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Bias field, partial-volume blur and Rician-like noise, scaled to int16: the last draws of a patient's MRI
+    generator."""
+    bias = 1.0 + 0.08 * _field(rng, V.shape, _corr(40, spacing))
     V = ndimage.gaussian_filter(V * bias, (0.35, 0.5, 0.5))
-    n1 = rng.standard_normal((Z, Y, X), dtype=np.float32) * 0.025
-    n2 = rng.standard_normal((Z, Y, X), dtype=np.float32) * 0.025
+    n1 = rng.standard_normal(V.shape, dtype=np.float32) * 0.025
+    n2 = rng.standard_normal(V.shape, dtype=np.float32) * 0.025
     V = np.sqrt((V + n1) ** 2 + n2 ** 2)
-    vol = np.clip(np.round(V * 750.0), 0, 32767).astype(np.int16)
+    return np.clip(np.round(V * 750.0), 0, 32767).astype(np.int16)
+
+
+def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.ndarray, np.ndarray]:
+    """Render one fat-suppressed DCE post-contrast T1 volume (prone axial, both breasts) and its lesion mask.
+
+    Anatomy: air, both breasts (fat, fibroglandular tissue of random density, skin, nipples) on the chest wall
+    (retromammary fat, pectoralis, ribs), lungs, mediastinum, the enhancing heart and aorta, a vertebral body.
+    The index lesion lies inside the breast named by ``row["location"]`` (patient's left = image right) at a
+    random position (:func:`_mri_lesion`), so its place in the field of view varies. The generator is drawn in a
+    fixed order (anatomy and lesion, breasts, lesion signal, acquisition), so equal arguments give identical
+    volumes.
+
+    Parameters
+    ----------
+    row : dict
+        One cohort row (MRI columns, ``location``, ``mri_size_mm``, latent ``_s_mri``).
+    rng : np.random.Generator
+        The patient's generator.
+    k : SynthKnobs
+        ``mri_shape`` (z, y, x) and ``mri_fov_mm``.
+
+    Returns
+    -------
+    volume : np.ndarray, int16, shape (Z, Y, X)
+        Signal in arbitrary units (0..~1200); axis y runs anterior (y=0) to posterior, axis x from the patient's
+        right to her left.
+    mask : np.ndarray, uint8, shape (Z, Y, X), values 0/1
+        The index lesion only (satellites and non-mass enhancement are not in the mask); never empty (a lesion
+        smaller than a voxel keeps the voxel at its centre). Equal to :func:`render_mri_mask`.
+    """
+    Z, Y, X = k.mri_shape
+    spacing = k.mri_spacing
+    sz, sy, sx = spacing
+    t = float(_sig(row["_s_mri"]))
+    les = _mri_lesion(row, rng, k)
+    z1 = np.arange(Z, dtype=np.float32) * sz
+    y1 = np.arange(Y, dtype=np.float32) * sy
+    x1 = np.arange(X, dtype=np.float32) * sx
+    V = _mri_thorax(les["anatomy"], z1, y1, x1)
+    V, breast = _mri_breasts(V, les, row, rng, z1, y1, x1, spacing)
+    V = _mri_lesion_signal(V, les, row, rng, breast, t, spacing)
+    vol = _mri_acquire(V, rng, spacing)
     return vol, les["mask"].astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Cohort
 # ----------------------------------------------------------------------------------------------------------
-_MANIFEST_HEAD = ["patient_id", "split", "her2", "us_image", "us_mask", "mri_image", "mri_mask"]
-
-
 def _render_patient(args: tuple) -> dict:
     row, index, seed, knobs_dict, out_dir = args
     k = SynthKnobs(**knobs_dict)
@@ -1005,7 +1104,7 @@ def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
             **{kk: list(v) if isinstance(v, tuple) else v for kk, v in d.items()}}
 
 
-def make_cohort(out_dir: str | os.PathLike, n_patients: int = 197, seed: int = 0, progress: bool = False,
+def make_cohort(out_dir: str | os.PathLike, *, n_patients: int = 197, seed: int = 0, progress: bool = False,
                 **knobs: Any) -> Path:
     """Build the synthetic cohort (images, masks, manifest) in ``out_dir``.
 
@@ -1040,26 +1139,23 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 197, seed: int = 0
     jobs = [(r, i, seed, kd, str(out)) for i, r in enumerate(rows)]
     it: Any
     if k.n_jobs > 1:
-        import multiprocessing as mp
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(k.n_jobs) as pool:
             it = pool.imap(_render_patient, jobs, chunksize=4)
             if progress:
-                from tqdm.auto import tqdm
                 it = tqdm(it, total=len(jobs), desc="synthetic cohort")
             paths = list(it)
     else:
         it = jobs
         if progress:
-            from tqdm.auto import tqdm
             it = tqdm(jobs, desc="synthetic cohort")
         paths = [_render_patient(j) for j in it]
     pdf = pd.DataFrame(paths)
     man = table.merge(pdf, on="patient_id", how="left")
     latent = man[["patient_id", "split", "her2", "_z", "_s_us", "_s_mri"]].rename(
         columns={"_z": "latent", "_s_us": "score_us", "_s_mri": "score_mri"})
-    desc = [c for c in man.columns if c not in _MANIFEST_HEAD and not c.startswith("_")]
-    man = man[_MANIFEST_HEAD + desc]
+    desc = [c for c in man.columns if c not in MANIFEST_HEAD and not c.startswith("_")]
+    man = man[list(MANIFEST_HEAD) + desc]
     write_csv(out / "synth_latent.csv", latent.round(6))
     write_json(out / "synth_params.json", synth_params(n_patients, seed, **knobs))
     manifest = out / "manifest.csv"
@@ -1076,8 +1172,7 @@ def oracle_auc_theory(her2_signal: float = 2.5, modality_noise: float = 1.0) -> 
         ``{"latent", "us", "mri", "fused"}``: ``Phi(her2_signal / sqrt(2 v))`` with ``v = 1``,
         ``1 + modality_noise**2`` (each modality) and ``1 + modality_noise**2 / 2`` (mean of both).
     """
-    from scipy.stats import norm
-    f = lambda v: float(norm.cdf(her2_signal / math.sqrt(2 * v)))  # noqa: E731
+    f = lambda v: float(stats.norm.cdf(her2_signal / math.sqrt(2 * v)))  # noqa: E731
     m = f(1 + modality_noise ** 2)
     return {"latent": f(1.0), "us": m, "mri": m, "fused": f(1 + modality_noise ** 2 / 2)}
 
@@ -1097,7 +1192,6 @@ def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[
     dict
         ``{"latent", "us", "mri", "fused"}`` AUCs (fused = mean of the two modality scores).
     """
-    from sklearn.metrics import roc_auc_score
     lat = pd.read_csv(Path(cohort_dir) / "synth_latent.csv")
     if split is not None:
         lat = lat[lat["split"] == split]

@@ -1,4 +1,5 @@
-"""Adapters on tiny fixture trees in the exact MAMA-MIA and Duke layouts (created here), and prepare_cohort."""
+"""Adapters on tiny fixture trees in the exact MAMA-MIA and Duke layouts (created here), and the prepare_cohort
+stage of notebook 00."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from her2lib import adapters
 from her2lib.data import CohortWarning, DataError, load_cohort, read_image, write_nifti
 from her2lib.errors import ParameterError
+from her2lib.stages.cohort import SOURCES, prepare_cohort
 
 
 def _snapshot(folder: Path) -> dict:
@@ -158,20 +160,29 @@ def test_duke_missing_tables(tmp_path):
 # ------------------------------------------------------------------ prepare_cohort
 def test_prepare_cohort_synthetic_reuses_and_rebuilds(tmp_path):
     knobs = dict(us_shape=(64, 64), mri_shape=(8, 16, 16))
-    man = adapters.prepare_cohort("synthetic", tmp_path / "c", n_patients=20, seed=0, progress=False, **knobs)
+    man = prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False, **knobs)
     stamp = man.stat().st_mtime_ns
-    assert adapters.prepare_cohort("synthetic", tmp_path / "c", n_patients=20, seed=0, progress=False,
-                                   **knobs).stat().st_mtime_ns == stamp  # reused
-    adapters.prepare_cohort("synthetic", tmp_path / "c", n_patients=20, seed=0, progress=False,
-                            **{**knobs, "her2_signal": 1.0})
+    assert prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False,
+                          **knobs).stat().st_mtime_ns == stamp  # reused
+    prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False,
+                   **{**knobs, "her2_signal": 1.0})
     assert json.loads((tmp_path / "c" / "synth_params.json").read_text())["her2_signal"] == 1.0
-    assert adapters.prepare_cohort("manifest", tmp_path / "c") == man
+    assert prepare_cohort(tmp_path / "c", source="manifest") == man
 
 
 def test_prepare_cohort_errors(tmp_path):
-    with pytest.raises(ParameterError, match="did you mean 'mama-mia'"):
-        adapters.prepare_cohort("mama_mia", tmp_path)
+    assert SOURCES == ("synthetic", "manifest", "mama-mia", "duke")
+    with pytest.raises(ParameterError, match="source='mama_mia' is not supported.*Did you mean 'mama-mia'"):
+        prepare_cohort(tmp_path, source="mama_mia")
     with pytest.raises(ParameterError, match="needs source_dir"):
-        adapters.prepare_cohort("duke", tmp_path)
+        prepare_cohort(tmp_path, source="duke")
     with pytest.raises(DataError, match="must hold manifest.csv"):
-        adapters.prepare_cohort("manifest", tmp_path)
+        prepare_cohort(tmp_path, source="manifest")
+
+
+def test_prepare_cohort_reuses_a_current_import(mama_tree, tmp_path):
+    man = prepare_cohort(tmp_path / "c", source="mama-mia", source_dir=mama_tree, seed=0)
+    stamp = man.stat().st_mtime_ns
+    assert prepare_cohort(tmp_path / "c", source="mama-mia", source_dir=mama_tree, seed=0).stat().st_mtime_ns == stamp
+    prepare_cohort(tmp_path / "c", source="mama-mia", source_dir=mama_tree, seed=1)
+    assert json.loads((tmp_path / "c" / "import_params.json").read_text())["seed"] == 1

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from her2lib import data, synth
+from her2lib.contract import PATH_COLUMNS
 from her2lib.data import CohortWarning, DataError, load_cohort, read_image, write_nifti, write_png
+from her2lib.figures.cohort import cohort_gallery
 
 TINY = dict(n_patients=20, seed=5, us_shape=(64, 80), mri_shape=(12, 24, 24))
 
@@ -103,7 +105,7 @@ def test_load_valid_cohort(cohort):
         df = load_cohort(cohort / "manifest.csv")
     assert _snapshot(cohort) == before  # loading never writes into the cohort folder
     assert len(df) == TINY["n_patients"] and df["her2"].dtype == np.int64
-    for col in data.PATH_COLUMNS:
+    for col in PATH_COLUMNS:
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in df[col])
     assert df.attrs["missing"] == {"columns": [], "modalities": {}, "values": {}}
     assert data.available_modalities(df) == ["us", "mri"]
@@ -113,7 +115,7 @@ def test_load_valid_cohort(cohort):
 
 
 def test_bad_check_files_option(cohort):
-    with pytest.raises(DataError, match="did you mean 'header'"):
+    with pytest.raises(DataError, match="check_files='headers' is not supported.*Did you mean 'header'"):
         load_cohort(cohort, check_files="headers")
 
 
@@ -146,9 +148,9 @@ def test_bad_split_and_label_and_code_all_reported(broken):
     with pytest.raises(DataError) as ei:
         load_cohort(_save(dst, man))
     msg = str(ei.value)
-    assert f"patient {pid[0]}: split 'tset'" in msg and "did you mean 'test'" in msg
+    assert f"patient {pid[0]}: split 'tset'" in msg and "Did you mean 'test'" in msg
     assert f"patient {pid[1]}: her2 label '2'" in msg and f"patient {pid[2]}: her2 label ''" in msg
-    assert f"patient {pid[3]}: us_margin = 'circumscribd'" in msg and "did you mean 'circumscribed'" in msg
+    assert f"patient {pid[3]}: us_margin = 'circumscribd'" in msg and "Did you mean 'circumscribed'" in msg
     assert len(ei.value.problems) == 4
 
 
@@ -267,6 +269,7 @@ def test_stratified_split():
 
 def test_gallery(cohort, tmp_path):
     df = load_cohort(cohort)
-    fig = data.cohort_gallery(df, tmp_path / "g.png", n_per_class=2)
+    fig = cohort_gallery(df, tmp_path / "g.png", n_per_class=2)
     assert (tmp_path / "g.png").stat().st_size > 1000
     assert len(fig.axes) == 2 * 4
+    assert fig.canvas.manager is None  # not a pyplot figure: a notebook shows the saved file, once

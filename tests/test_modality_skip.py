@@ -13,6 +13,7 @@ from her2lib.io import write_csv
 from her2lib.runner import notebook as nb
 from her2lib.runner import pipeline
 from her2lib.stages import RunDirs
+from her2lib.stages.cohort import cohort_tables
 
 
 def _cohort(n_train: int = 24, n_test: int = 8, us: bool = False, mri: bool = True) -> pd.DataFrame:
@@ -181,22 +182,26 @@ def test_preprocess_modalities_skips_absent(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ cohort tables
-def test_cohort_tables_leave_out_missing_columns(capsys):
+def test_cohort_tables_leave_out_missing_columns(run, capsys):
     df = synth.make_table(60, seed=0)
     df = df.drop(columns=["age"])
-    tables = stats.cohort_tables(df)
-    assert "Age" in capsys.readouterr().out
+    tables = cohort_tables(run, df)
+    assert tables.absent == ["Age"] and "for 1 variable(s) of Tables 1-3" in capsys.readouterr().out
     assert "age" not in set(tables["table1_clinical"]["variable"])
     assert "age" not in set(tables["tests"]["variable"])
     assert len(tables["table3_mri"]) > 0
+    assert stats.cohort_tables(df).absent == ["Age"] and capsys.readouterr().out == ""  # science prints nothing
 
 
-def test_cohort_tables_with_a_whole_table_missing(capsys):
+def test_cohort_tables_with_a_whole_table_missing(run, capsys):
     df = synth.make_table(60, seed=0)
     us_cols = [v.column for v in stats.paper_variables("table2_us")]
-    tables = stats.cohort_tables(df.drop(columns=us_cols))
-    assert "table2_us: none of its variables" in capsys.readouterr().out
+    tables = cohort_tables(run, df.drop(columns=us_cols))
+    assert tables.empty == ["table2_us", "table2_us_by_her2"]  # by split and by HER2 status
+    out = capsys.readouterr().out
+    assert "table2_us: none of its variables" in out and "table2_us_by_her2: none of its variables" in out
     assert len(tables["table2_us"]) == 0 and "P" in tables["table2_us"].columns
+    assert pd.read_csv(run.tables / "table2_us.csv").shape == (0, len(tables["table2_us"].columns))
     assert len(tables["table3_mri"]) > 0
 
 

@@ -11,14 +11,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from her2lib.contract import table_spec
 from her2lib.errors import DataError, ParameterError
-from her2lib.stats import (PAPER_PVALUES, TestResult, Variable, categorical_test, cohort_table, cohort_tables,
-                           compare_with_paper, write_cohort_tables,
-                           continuous_test, fisher_exact_rx2, paper_variables, table_tests)
-from her2lib.stats.tables import _paper_json
+from her2lib.stages import RunDirs
+from her2lib.stages.cohort import cohort_tables as cohort_tables_stage
+from her2lib.stats import (
+    PAPER_PVALUES,
+    CohortTables,
+    TestResult,
+    Variable,
+    categorical_test,
+    cohort_table,
+    cohort_tables,
+    compare_with_paper,
+    continuous_test,
+    fisher_exact_rx2,
+    paper_variables,
+    table_tests,
+)
+from her2lib.stats import tables as tables_module
 
 FIX = Path(__file__).parent / "fixtures"
-PAPER = _paper_json()
+PAPER = table_spec()
 
 
 def _paper_counts(col: str) -> np.ndarray:
@@ -250,7 +264,7 @@ def test_cohort_table_errors():
         cohort_table(bad, "split", "table1_clinical")
     with pytest.raises(DataError, match="exactly two groups"):
         cohort_table(df.assign(split=["a", "b", "c"] * 65 + ["a", "b"]), "split", "table1_clinical")
-    with pytest.raises(ParameterError, match="table must be one of"):
+    with pytest.raises(ParameterError, match="table='table4' is not supported"):
         paper_variables("table4")
 
 
@@ -270,15 +284,31 @@ def test_paper_variables_order():
     assert len(v) == 27 and isinstance(categorical_test([[1, 2], [3, 4]]), TestResult)
 
 
-def test_cohort_tables_and_write(tmp_path):
+def test_cohort_tables_and_write(tmp_path, capsys):
     df = _paper_cohort()
-    tabs = cohort_tables(df)
-    assert set(tabs) == {"table1_clinical", "table2_us", "table3_mri", "table1_clinical_by_her2",
-                         "table2_us_by_her2", "table3_mri_by_her2", "tests", "pvalues_vs_paper"}
+    run = RunDirs.from_out_dir(tmp_path / "run", tmp_path / "cohort")
+    tabs = cohort_tables_stage(run, df)
+    assert isinstance(tabs, CohortTables) and tabs.absent == [] and tabs.empty == []
+    assert capsys.readouterr().out == ""  # nothing to report for a complete cohort
+    assert list(tabs.tables) == ["table1_clinical", "table2_us", "table3_mri", "table1_clinical_by_her2",
+                                 "table2_us_by_her2", "table3_mri_by_her2", "tests", "pvalues_vs_paper"]
     cmp = tabs["pvalues_vs_paper"]
     assert len(cmp) == 27 and cmp.loc[~cmp.variable.isin(["age", "mri_size_mm"]), "match"].all()
-    paths = write_cohort_tables(tabs, tmp_path / "tables")
-    assert [p.name for p in paths][:3] == ["table1_clinical.csv", "table2_us.csv", "table3_mri.csv"]
-    back = pd.read_csv(tmp_path / "tables" / "table2_us.csv", keep_default_na=False)
+    assert sorted(p.name for p in run.tables.iterdir()) == sorted(f"{name}.csv" for name in tabs.tables)
+    back = pd.read_csv(run.tables / "table2_us.csv", keep_default_na=False)
     assert back.shape == tabs["table2_us"].shape
-    assert not list(tmp_path.joinpath("tables").glob(".*"))  # no temporary files left
+
+
+def test_cohort_tables_test_each_variable_once(monkeypatch):
+    """Every row of ``tests`` is one test run, and the tables are formatted from those same results."""
+    df = _paper_cohort()
+    calls = []
+    for name in ("categorical_test", "continuous_test"):
+        fn = getattr(tables_module, name)
+        monkeypatch.setattr(tables_module, name,
+                            lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    tabs = cohort_tables(df)
+    assert len(calls) == len(tabs["tests"]) == 2 * 27 - 1  # by split and by HER2 status (no HER2 row by HER2)
+    monkeypatch.undo()
+    for name in ("table1_clinical", "table3_mri"):  # the same tables as one cohort_table call each
+        assert tabs[name].equals(cohort_table(df, "split", name))

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from her2lib import roi, synth
-from her2lib.data import load_cohort, read_image, table_spec
+from her2lib.contract import table_spec
+from her2lib.data import load_cohort, read_image
 from her2lib.errors import ParameterError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -43,6 +44,16 @@ def test_every_categorical_count_matches_paper_197(table197):
             col = table197.loc[table197["split"] == split, var["column"]]
             got = [int((col.astype(str) == str(code)).sum()) for code in var["codes"]]
             assert got == var[split], (var["column"], split, got, var[split])
+
+
+def test_paper_count_agreement(table197):
+    agrees = synth.paper_count_agreement(synth.paper_count_table(table197))
+    assert agrees.all() and set(agrees.index) == {v["column"] for v in table_spec()["categorical"]}
+    off = table197.copy()
+    i = off.index[off["split"] == "train"][0]
+    off.loc[i, "location"] = "left" if off.loc[i, "location"] == "right" else "right"
+    agrees = synth.paper_count_agreement(synth.paper_count_table(off))
+    assert not agrees["location"] and agrees.drop("location").all()
 
 
 def test_continuous_quantiles_197(table197):
@@ -104,7 +115,7 @@ def test_place_quantiles_exact(n, integer):
 
 
 def test_unknown_knob_and_bad_values():
-    with pytest.raises(ParameterError, match="did you mean 'her2_signal'"):
+    with pytest.raises(ParameterError, match="Did you mean 'her2_signal'"):
         synth.make_table(40, her2_signa=1.0)
     with pytest.raises(ParameterError, match="n_patients"):
         synth.make_table(10)
@@ -273,7 +284,7 @@ def test_render_mri_mask_is_render_mri_mask():
     vol, mask = synth.render_mri(row, np.random.default_rng(5), k)
     np.testing.assert_array_equal(mask, synth.render_mri_mask(row, np.random.default_rng(5), k))
     les = synth._mri_lesion(row, np.random.default_rng(5), k)
-    an, (cz, cy, cx) = les["anatomy"], les["center_mm"]
+    an, (_, cy, cx) = les["anatomy"], les["center_mm"]
     assert cy < float(synth._chest_surface(an, np.array([cx]))[0])  # anterior of the chest wall: in the breast
     assert vol[mask > 0].mean() > 1.5 * vol[(mask == 0) & (vol > 50)].mean()  # an enhancing lesion
 

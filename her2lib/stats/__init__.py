@@ -22,39 +22,15 @@ categorical P value of the paper's Tables 1-3 (see ``tests/test_stats_*.py``).
 
 from .calibration import CalibrationResult, brier_score, calibration, calibration_curve
 from .decision import decision_curve
-from .roc import (
-                  AUCInterval,
-                  BinaryMetrics,
-                  DeLongResult,
-                  Estimate,
-                  UnpairedDeLongResult,
-                  auc,
-                  auc_ci,
-                  binary_metrics,
-                  delong_placements,
-                  delong_test,
-                  delong_test_unpaired,
-                  youden_threshold,
-)
-from .tables import (
-                  PAPER_PVALUES,
-                  TestResult,
-                  Variable,
-                  categorical_test,
-                  cohort_table,
-                  cohort_tables,
-                  compare_with_paper,
-                  continuous_test,
-                  fisher_exact_rx2,
-                  format_pvalue,
-                  paper_variables,
-                  table_tests,
-                  write_cohort_tables,
-)
+from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, UnpairedDeLongResult, auc, auc_ci,
+                  binary_metrics, delong_placements, delong_test, delong_test_unpaired, youden_threshold)
+from .tables import (PAPER_PVALUES, CohortTables, TestResult, Variable, categorical_test, cohort_table,
+                     cohort_tables, compare_with_paper, continuous_test, fisher_exact_rx2, format_pvalue,
+                     paper_variables, table_tests)
 
 __all__ = ["auc", "delong_test", "DeLongResult", "delong_test_unpaired", "UnpairedDeLongResult",
            "delong_placements", "auc_ci", "AUCInterval", "binary_metrics", "BinaryMetrics", "Estimate",
            "youden_threshold", "calibration", "CalibrationResult", "brier_score", "calibration_curve",
            "decision_curve", "categorical_test", "continuous_test",
-           "TestResult", "fisher_exact_rx2", "cohort_table", "cohort_tables", "write_cohort_tables", "table_tests",
+           "TestResult", "fisher_exact_rx2", "cohort_table", "cohort_tables", "CohortTables", "table_tests",
            "compare_with_paper", "paper_variables", "Variable", "PAPER_PVALUES", "format_pvalue"]

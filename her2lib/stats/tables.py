@@ -18,28 +18,33 @@ its variables (statsmodels ``multipletests``).
 The exact Fisher test is our own enumeration (scipy's ``fisher_exact`` on tables larger than 2x2 is a Monte Carlo
 estimate); it was checked against R 4.2 ``fisher.test`` to 1e-7 (``tests/fixtures/``). The continuous tests were
 checked against R 4.2 ``wilcox.test`` and ``t.test(var.equal = TRUE)`` to 1e-12.
+
+Science layer: pure functions and result objects (no files written, nothing printed; the stage
+:func:`her2lib.stages.cohort.cohort_tables` writes the tables and prints the notices).
 """
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import lru_cache
-from importlib import resources
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
 from scipy.special import gammaln
+from statsmodels.stats.multitest import multipletests
 
+from ..contract import PAPER_TABLES, table_spec
 from ..errors import DataError, ParameterError
+from ..options import close_match, look_up_option
 
 __all__ = ["TestResult", "categorical_test", "fisher_exact_rx2", "continuous_test", "Variable",
            "paper_variables", "PAPER_PVALUES", "table_tests", "cohort_table", "compare_with_paper",
-           "format_pvalue", "cohort_tables", "write_cohort_tables"]
+           "format_pvalue", "CohortTables", "cohort_tables"]
 
 CATEGORICAL_METHODS = ("chi2", "chi2_yates", "fisher")
 
@@ -227,12 +232,8 @@ def categorical_test(counts, method: Literal["chi2", "chi2_yates", "fisher"] | N
     >>> round(categorical_test([[134, 38], [7, 5], [5, 3], [3, 2]]).pvalue, 3)   # US echo pattern
     0.177
     """
-    if method is not None and method not in CATEGORICAL_METHODS:
-        import difflib
-        close = difflib.get_close_matches(str(method), CATEGORICAL_METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ParameterError(f"categorical_test method must be None or one of {CATEGORICAL_METHODS}; "
-                             f"got {method!r}.{hint}")
+    if method is not None:
+        look_up_option(method, CATEGORICAL_METHODS, name="categorical_test method")
     t = _as_counts(counts)
     dropped = int(np.sum(t.sum(axis=1) == 0))
     t = t[t.sum(axis=1) > 0]
@@ -383,7 +384,7 @@ def _mann_whitney_r(a, b) -> tuple[float, float, str]:
 CONTINUOUS_METHODS = ("student_t", "mann_whitney")
 
 
-def continuous_test(a, b, alpha: float = 0.05,
+def continuous_test(a, b, *, alpha: float = 0.05,
                     method: Literal["student_t", "mann_whitney"] | None = None) -> TestResult:
     """Compare a continuous variable between two groups with the paper's rule.
 
@@ -418,12 +419,8 @@ def continuous_test(a, b, alpha: float = 0.05,
     """
     if not (0 < alpha < 1):
         raise ParameterError(f"alpha must be in (0, 1); got {alpha!r}.")
-    if method is not None and method not in CONTINUOUS_METHODS:
-        import difflib
-        close = difflib.get_close_matches(str(method), CONTINUOUS_METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ParameterError(f"continuous_test method must be None or one of {CONTINUOUS_METHODS}; "
-                             f"got {method!r}.{hint}")
+    if method is not None:
+        look_up_option(method, CONTINUOUS_METHODS, name="continuous_test method")
     xa, xb = _clean(a, "a"), _clean(b, "b")
     na, ra = _shapiro_normal(xa, alpha)
     nb_, rb = _shapiro_normal(xb, alpha)
@@ -474,12 +471,6 @@ class Variable:
     unit: str = ""
 
 
-@lru_cache(maxsize=1)
-def _paper_json() -> dict:
-    text = resources.files("her2lib").joinpath("resources/tables_1_3.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
 def paper_variables(table: str | None = None) -> list[Variable]:
     """Variables of the paper's Tables 1-3, in the paper's row order (from ``her2lib/resources/tables_1_3.json``).
 
@@ -493,10 +484,9 @@ def paper_variables(table: str | None = None) -> list[Variable]:
     list of Variable
         Continuous variables (age, largest tumour size) are placed where the paper prints them.
     """
-    meta = _paper_json()
-    tables = ("table1_clinical", "table2_us", "table3_mri")
-    if table is not None and table not in tables:
-        raise ParameterError(f"table must be one of {tables} or None; got {table!r}.")
+    meta = table_spec()
+    if table is not None:
+        look_up_option(table, PAPER_TABLES, name="table")
     out: list[Variable] = []
     cont = {c["column"]: c for c in meta["continuous"]}
     for c in meta["categorical"]:
@@ -535,9 +525,8 @@ def _as_variables(df: pd.DataFrame, variables, by: str | None = None) -> list[Va
         out = [v for v in out if v.column != by]  # the grouping column itself is not compared
     missing = [v.column for v in out if v.column not in df.columns]
     if missing:
-        import difflib
-        hints = {m: difflib.get_close_matches(m, [str(c) for c in df.columns], n=1) for m in missing}
-        hint = "; ".join(f"{m!r} (did you mean {h[0]!r}?)" if h else repr(m) for m, h in hints.items())
+        hints = {m: close_match(m, df.columns) for m in missing}
+        hint = "; ".join(f"{m!r} (did you mean {h!r}?)" if h else repr(m) for m, h in hints.items())
         raise DataError(f"cohort has no column(s) {hint}; the manifest must carry the columns of "
                         "tables_1_3.json.", problems=[f"missing column {m}" for m in missing])
     return out
@@ -576,7 +565,7 @@ def _groups(df: pd.DataFrame, by: str, groups: Sequence | None) -> list:
     return groups
 
 
-def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str],
+def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str], *,
                 groups: Sequence | None = None, alpha: float = 0.05) -> pd.DataFrame:
     """Numeric test results for each variable of a cohort table (the machine-readable half of :func:`cohort_table`).
 
@@ -601,8 +590,6 @@ def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | 
         n_missing``; ``p_bonferroni`` is adjusted over the variables with a P value (statsmodels
         ``multipletests(method="bonferroni")``).
     """
-    from statsmodels.stats.multitest import multipletests
-
     groups = _groups(df, by, groups)
     vars_ = _as_variables(df, variables, by)
     rows = []
@@ -667,7 +654,7 @@ def _fmt_num(x: float, digits: int) -> str:
     return s
 
 
-def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str],
+def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str], *,
                  groups: Sequence | None = None, alpha: float = 0.05, pct_digits: int = 0,
                  num_digits: int = 2) -> pd.DataFrame:
     """A cohort table formatted like the paper's Tables 1-3.
@@ -701,7 +688,14 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
     """
     groups = _groups(df, by, groups)
     vars_ = _as_variables(df, variables, by)
-    tests = table_tests(df, by, vars_, groups=groups, alpha=alpha).set_index("variable")
+    tests = table_tests(df, by, vars_, groups=groups, alpha=alpha)
+    return _format_table(df, by, vars_, groups, tests, pct_digits=pct_digits, num_digits=num_digits)
+
+
+def _format_table(df: pd.DataFrame, by: str, vars_: list[Variable], groups: list, tests: pd.DataFrame, *,
+                  pct_digits: int = 0, num_digits: int = 2) -> pd.DataFrame:
+    """:func:`cohort_table` from the test results :func:`table_tests` gave for the same variables and groups."""
+    tests = tests.set_index("variable")
     n_g = [int((df[by] == g).sum()) for g in groups]
     heads = [_group_header(by, g, n) for g, n in zip(groups, n_g)]
     rows = []
@@ -736,7 +730,11 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
             code = v.codes[i] if v.codes else name
             rows.append({"variable": v.column, "level": _code_str(code), "Variables": f"  {name}",
                          heads[0]: cells[0], heads[1]: cells[1], "P": "", "Test": "", "P (Bonferroni)": ""})
-    return pd.DataFrame(rows, columns=["variable", "level", "Variables", *heads, "P", "Test", "P (Bonferroni)"])
+    return pd.DataFrame(rows, columns=_table_columns(heads))
+
+
+def _table_columns(heads: list[str]) -> list[str]:
+    return ["variable", "level", "Variables", *heads, "P", "Test", "P (Bonferroni)"]
 
 
 def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -771,11 +769,36 @@ def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-PAPER_TABLES = ("table1_clinical", "table2_us", "table3_mri")
+@dataclass(frozen=True)
+class CohortTables:
+    """All cohort tables of notebook 01 (:func:`cohort_tables`) and what the cohort could not fill.
+
+    Attributes
+    ----------
+    tables : dict of str to DataFrame
+        ``"table1_clinical"``, ``"table2_us"``, ``"table3_mri"`` (Train vs Test, as the paper);
+        ``"table1_clinical_by_her2"``, ``"table2_us_by_her2"``, ``"table3_mri_by_her2"`` (HER2-positive vs
+        HER2-negative; the HER2 row itself omitted); ``"tests"`` (numeric results of every table, with columns
+        ``table`` and ``by``); ``"pvalues_vs_paper"`` (:func:`compare_with_paper` for the train/test tables).
+    absent : list of str
+        Labels of the variables of Tables 1-3 whose column the cohort lacks (left out of the tables).
+    empty : list of str
+        Names (keys of ``tables``) of the tables left with no variable; such a table is empty, with its header
+        columns.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    absent: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
 
 
-def cohort_tables(df: pd.DataFrame, alpha: float = 0.05) -> dict[str, pd.DataFrame]:
+def cohort_tables(df: pd.DataFrame, *, alpha: float = 0.05) -> CohortTables:
     """All cohort tables of notebook 01: the paper's Tables 1-3 by split and by HER2 status, tests, paper check.
+
+    Each variable's test is computed once (per grouping) and serves both its table row and ``tests``.
 
     Parameters
     ----------
@@ -785,49 +808,28 @@ def cohort_tables(df: pd.DataFrame, alpha: float = 0.05) -> dict[str, pd.DataFra
 
     Returns
     -------
-    dict of str to DataFrame
-        ``"table1_clinical"``, ``"table2_us"``, ``"table3_mri"`` (Train vs Test, as the paper);
-        ``"table1_clinical_by_her2"``, ``"table2_us_by_her2"``, ``"table3_mri_by_her2"`` (HER2-positive vs
-        HER2-negative; the HER2 row itself omitted); ``"tests"`` (numeric results of every table, with columns
-        ``table`` and ``by``); ``"pvalues_vs_paper"`` (:func:`compare_with_paper` for the train/test tables).
-        Variables whose column the cohort lacks are left out with a printed notice (a table left with no
-        variable is empty, with its header columns).
+    CohortTables
+        The tables (``result.tables``, also ``result[name]``) and the variables and tables the cohort could not
+        fill (``absent``, ``empty``), for the caller to report.
     """
     out: dict[str, pd.DataFrame] = {}
     tests = []
+    empty: list[str] = []
     present = {name: [v for v in paper_variables(name) if v.column in df.columns] for name in PAPER_TABLES}
     absent = [v.label for name in PAPER_TABLES for v in paper_variables(name) if v.column not in df.columns]
-    if absent:
-        from ..stages import notice
-        notice(f"The cohort has no column for {len(absent)} variable(s) of Tables 1-3, left out of the tables: "
-               f"{', '.join(absent)}.")
     for by, suffix in (("split", ""), ("her2", "_by_her2")):
         for name in PAPER_TABLES:
             vars_ = [v for v in present[name] if v.column != by]
+            groups = _groups(df, by, None)
             if not vars_:
-                from ..stages import notice
-                notice(f"{name}: none of its variables is in the cohort; the table is empty.")
-                heads = [_group_header(by, g, int((df[by] == g).sum())) for g in _groups(df, by, None)]
-                out[name + suffix] = pd.DataFrame(columns=["variable", "level", "Variables", *heads, "P", "Test",
-                                                           "P (Bonferroni)"])
+                empty.append(name + suffix)
+                heads = [_group_header(by, g, int((df[by] == g).sum())) for g in groups]
+                out[name + suffix] = pd.DataFrame(columns=_table_columns(heads))
                 continue
-            out[name + suffix] = cohort_table(df, by, vars_, alpha=alpha)
-            tests.append(table_tests(df, by, vars_, alpha=alpha).assign(table=name, by=by))
+            res = table_tests(df, by, vars_, groups=groups, alpha=alpha)
+            out[name + suffix] = _format_table(df, by, vars_, groups, res)
+            tests.append(res.assign(table=name, by=by))
     allt = pd.concat(tests, ignore_index=True)
     out["tests"] = allt[["table", "by", *[c for c in allt.columns if c not in ("table", "by")]]]
     out["pvalues_vs_paper"] = compare_with_paper(allt[allt["by"] == "split"])
-    return out
-
-
-def write_cohort_tables(tables: dict[str, pd.DataFrame], tables_dir) -> list:
-    """Write each table of :func:`cohort_tables` to ``tables_dir / f"{name}.csv"`` atomically (UTF-8).
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written, in the dict's order.
-    """
-    from pathlib import Path
-
-    from ..io import write_csv
-    return [write_csv(Path(tables_dir) / f"{name}.csv", t) for name, t in tables.items()]
+    return CohortTables(out, absent, empty)
