@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "new_file_mode", "write_text", "write_json", "write_csv", "save_figure", "sha256_file", "hash_files"]
 

@@ -6,7 +6,8 @@ Core layer: imports only :mod:`her2lib.errors`.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Collection, Hashable, Iterable, Mapping, TypeVar
+from collections.abc import Collection, Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from .errors import ParameterError
 

@@ -9,9 +9,9 @@ import nbformat
 import pytest
 import yaml
 
+from her2lib.errors import ParameterError
 from her2lib.runner import notebook as her2nb
 from her2lib.runner import pipeline
-from her2lib.errors import ParameterError
 
 COMMON = '''profile: str = "default"  # profile name
 seed: int = 0  # random seed

@@ -15,8 +15,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..contract import REPO_ROOT
 from ..errors import ParameterError

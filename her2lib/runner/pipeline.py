@@ -24,11 +24,13 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
 from ..contract import REPO_ROOT, resolve_path
 from ..errors import Her2libError, ParameterError
@@ -161,10 +163,8 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
     NotebookFailed
         A notebook raised; earlier outputs are intact and ``provenance.json`` records the failure.
     """
-    # lazy: papermill pulls in nbclient/jupyter; profile checks and --help must not pay for it
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-    from tqdm.auto import tqdm
+    import papermill as pm  # lazy: papermill pulls in nbclient/jupyter; profile checks and --help do not need it
+    from papermill.exceptions import PapermillExecutionError  # lazy: as papermill
 
     prof = load_profile(profile, config_dir)
     out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
