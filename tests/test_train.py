@@ -121,7 +121,7 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
     paths = train.write_predictions(res, tmp_path / "pred", "us")
     back = pd.read_csv(paths[0])
     assert list(back.columns) == list(contract.PREDICTION_COLUMNS)
-    plot_learning_curves(res.history, tmp_path / "lc.png")
+    plot_learning_curves(res.history, path=tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 0
 
 

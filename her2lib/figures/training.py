@@ -16,7 +16,7 @@ from ..options import look_up_option
 __all__ = ["plot_learning_curves"]
 
 
-def plot_learning_curves(history: pd.DataFrame | None, path: str | os.PathLike | None = None, *, title: str = "",
+def plot_learning_curves(history: pd.DataFrame | None, *, path: str | os.PathLike | None = None, title: str = "",
                          selection: str = "inner") -> Figure | None:
     """Learning curves: training/selection-set loss and selection-set AUC per epoch, one line per fold.
 

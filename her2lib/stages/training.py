@@ -73,6 +73,6 @@ def train_modality(run: RunDirs, cohort: pd.DataFrame, modality: str, spec: Prep
                     selection=selection, inner_fraction=inner_fraction)
     write_predictions(result, run.predictions, prefix)
     write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
-    plot_learning_curves(result.history, run.figures / f"learning_curve_{modality}.png", title=mod.label,
+    plot_learning_curves(result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label,
                          selection=selection)
     return result
