@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.loss import SoftTargetCrossEntropy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from her2lib import models, roi, train  # noqa: E402
+from her2lib.data import load_cohort  # noqa: E402
+from her2lib.train import loop, runtime  # noqa: E402
 from her2lib.transforms import AugmentSpec, BatchAugmenter  # noqa: E402
 
 
@@ -40,11 +43,9 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _bare_epoch(model, opt, scaler, xb, yt, cfg, dev, n_steps, soft: bool) -> int:
-    from timm.loss import SoftTargetCrossEntropy
-
+def _bare_epoch(model, opt, scaler, xb, yt, training, dev, n_steps, soft: bool) -> int:
     loss_fn = SoftTargetCrossEntropy() if soft else torch.nn.CrossEntropyLoss()
-    amp = train._use_amp(cfg, dev)
+    amp = runtime._use_amp(training, dev)
     model.train()
     for _ in range(n_steps):
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
@@ -59,39 +60,41 @@ def _bare_epoch(model, opt, scaler, xb, yt, cfg, dev, n_steps, soft: bool) -> in
     return n_steps * len(xb)
 
 
-def bench(cfg, x: torch.Tensor, y: torch.Tensor, dev: torch.device, rounds: int, seed: int = 0) -> dict:
+def bench(cfg, training, x: torch.Tensor, y: torch.Tensor, *, dev: torch.device, rounds: int, seed: int = 0) -> dict:
     """Alternate real-loop epochs and bare-step epochs; return samples/s (medians) and their ratio."""
     torch.manual_seed(seed)
     model = models.build_model(cfg).to(dev)
-    if train._use_cl(cfg, dev):
-        model = model.to(memory_format=train._memory_format(cfg))
-    opt = train.make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(dev.type, enabled=train._use_amp(cfg, dev))
-    aug = BatchAugmenter(cfg.spatial_dims, cfg.input_shape[1:], AugmentSpec(), seed)
-    mixup = train.make_mixup(cfg)
-    n_steps = len(train._batches(len(x), cfg.batch_size, torch.Generator().manual_seed(0), mixup is not None))
-    xb = train._to_device(x[:cfg.batch_size].clone(), dev, train._use_cl(cfg, dev), cfg)
+    cl = runtime._use_cl(training, dev)
+    if cl:
+        model = model.to(memory_format=runtime._memory_format(cfg.spatial_dims))
+    opt = train.make_optimizer(model, training)
+    scaler = torch.amp.GradScaler(dev.type, enabled=runtime._use_amp(training, dev))
+    aug = BatchAugmenter(cfg.spatial_dims, cfg.input_shape[1:], spec=AugmentSpec(), seed=seed)
+    mixup = train.make_mixup(training, num_classes=cfg.num_classes)
+    bs = training.batch_size
+    n_steps = len(loop._batches(len(x), bs, torch.Generator().manual_seed(0), mixup is not None))
+    xb = runtime._to_device(x[:bs].clone(), dev, cl)
     if mixup is not None:
-        yt = torch.full((cfg.batch_size, 2), 0.5, device=dev)
+        yt = torch.full((bs, 2), 0.5, device=dev)
     else:
-        yt = y[:cfg.batch_size].to(dev)
+        yt = y[:bs].to(dev)
     # warm-up: one full epoch of each (allocator, MONAI grid caches, fused kernels)
-    _bare_epoch(model, opt, scaler, xb, yt, cfg, dev, n_steps, mixup is not None)
-    train.train_one_epoch(model, opt, scaler, x, y, cfg, dev, aug, mixup, torch.Generator().manual_seed(0),
-                          np.random.RandomState(0))
+    _bare_epoch(model, opt, scaler, xb, yt, training, dev, n_steps, mixup is not None)
+    train.train_one_epoch(model, opt, scaler, x, y, training=training, device=dev, aug=aug, mixup=mixup,
+                          gen=torch.Generator().manual_seed(0), np_rs=np.random.RandomState(0))
     real, bare = [], []
     for r in range(rounds):
         t = time.perf_counter()
-        _, n = train.train_one_epoch(model, opt, scaler, x, y, cfg, dev, aug, mixup,
-                                     torch.Generator().manual_seed(r), np.random.RandomState(r))
+        _, n = train.train_one_epoch(model, opt, scaler, x, y, training=training, device=dev, aug=aug, mixup=mixup,
+                                     gen=torch.Generator().manual_seed(r), np_rs=np.random.RandomState(r))
         _sync(dev)
         real.append(n / (time.perf_counter() - t))
         t = time.perf_counter()
-        n = _bare_epoch(model, opt, scaler, xb, yt, cfg, dev, n_steps, mixup is not None)
+        n = _bare_epoch(model, opt, scaler, xb, yt, training, dev, n_steps, mixup is not None)
         bare.append(n / (time.perf_counter() - t))
     r_med, b_med = statistics.median(real), statistics.median(bare)
     paired = statistics.median(a / b for a, b in zip(real, bare))
-    return {"model": cfg.kind, "input": "x".join(map(str, cfg.input_shape[1:])), "batch": cfg.batch_size,
+    return {"model": cfg.kind, "input": "x".join(map(str, cfg.input_shape[1:])), "batch": bs,
             "loop_samples_per_s": r_med, "bare_samples_per_s": b_med, "ratio": paired,
             "per_round_ratio": [a / b for a, b in zip(real, bare)], "real": real, "bare": bare}
 
@@ -99,8 +102,6 @@ def bench(cfg, x: torch.Tensor, y: torch.Tensor, dev: torch.device, rounds: int,
 def _inputs(args, modality: str, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Inputs from the real ROI cache (``--cohort``) or random arrays; also the cache-load seconds/sample."""
     if args.cohort:
-        from her2lib.data import load_cohort
-
         df = load_cohort(Path(args.cohort) / "manifest.csv", check_files="exists")
         df = df[df["split"] == "train"].head(n)
         spec = roi.PreprocessSpec(us_size=args.us_size, mri_size=args.mri_size)
@@ -138,8 +139,8 @@ def main(argv=None) -> int:
         if args.only and modality != args.only:
             continue
         x, y, load = _inputs(args, modality, cfg.image_size, args.n)
-        with train._deterministic(dev):
-            res = bench(cfg, x, y, dev, args.rounds)
+        with runtime._deterministic(dev):
+            res = bench(cfg, train.PAPER_TRAINING[cfg.kind], x, y, dev=dev, rounds=args.rounds)
         res["cache_load_s_per_sample"] = load
         rows.append(res)
         print(f"{res['model']:7s} {res['input']:>9s} batch {res['batch']}: real loop {res['loop_samples_per_s']:7.1f} "

@@ -7,25 +7,31 @@
   convolution has stride 1 by default (the paper's setting, we assume); ``conv1_t_stride=2`` makes CPU profiles
   affordable.
 
-The configs hold the paper's defaults (architecture *and* optimisation, so the ``config.json`` written beside the
-checkpoints describes the whole run); notebook profiles overlay them. The factories never download anything:
-weights come only from an optional local checkpoint file. Output index 1 of the logits is HER2-positive.
+The configs describe the architecture only (the paper's defaults; notebook profiles overlay them); how a model is
+trained (optimiser, schedule, Mixup, precision) is :class:`her2lib.train.TrainConfig`. ``config.json`` beside the
+checkpoints records both. The factories never download anything: weights come only from an optional local
+checkpoint file. Output index 1 of the logits is HER2-positive.
+
+Science layer.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from monai.networks.nets import resnet18
 from torch import nn
 
 from .errors import ParameterError
+from .options import did_you_mean, look_up_option
 
-__all__ = ["DLUSConfig", "DLMRIConfig", "build_dl_us", "build_dl_mri", "build_model", "config_from_dict"]
+__all__ = ["DLUSConfig", "DLMRIConfig", "ModelConfig", "build_dl_us", "build_dl_mri", "build_model", "config_to_dict",
+           "config_from_dict"]
 
 
 @dataclass
@@ -45,18 +51,6 @@ class DLUSConfig:
     checkpoint : str or None
         Optional LOCAL weights file (timm/ImageNet ConvNeXt V2 ``.pth``/``.safetensors`` or a state dict);
         the 3-channel stem is summed to 1 channel and the classifier re-initialised. Never downloaded.
-    lr, weight_decay, batch_size, epochs : AdamW learning rate 2e-5, weight decay 5e-2, batch 16, 300 epochs.
-    lr_schedule : {"cosine", "constant"}
-        The paper gives an *initial* learning rate, so it decays; the schedule is not named. "cosine": cosine
-        annealing to 0 over ``epochs`` (stepped once per epoch).
-    mixup : bool
-        timm Mixup on the training batches (paper: yes).
-    mixup_alpha, cutmix_alpha, label_smoothing : float
-        timm ``Mixup`` parameters.
-    amp : bool or None
-        Mixed precision with dynamic loss scaling; None = on for CUDA, off on CPU.
-    channels_last : bool or None
-        None = on for CUDA only.
     """
 
     variant: str = "convnextv2_tiny"
@@ -65,17 +59,6 @@ class DLUSConfig:
     num_classes: int = 2
     drop_path_rate: float = 0.1
     checkpoint: str | None = None
-    lr: float = 2e-5
-    weight_decay: float = 5e-2
-    batch_size: int = 16
-    epochs: int = 300
-    lr_schedule: str = "cosine"
-    mixup: bool = True
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 0.0
-    label_smoothing: float = 0.1
-    amp: bool | None = None
-    channels_last: bool | None = None
     kind: str = field(default="dl_us", init=False)
 
     @property
@@ -101,13 +84,6 @@ class DLMRIConfig:
     n_input_channels, num_classes : int
     checkpoint : str or None
         Optional LOCAL state-dict file (e.g. MedicalNet resnet_18); keys with other shapes are skipped (warned).
-    lr, weight_decay, batch_size, epochs : AdamW 4e-6, 1e-2, batch 16, 300 epochs.
-    lr_schedule : {"cosine", "constant"}
-        As :class:`DLUSConfig`.
-    mixup : bool
-        The paper mentions Mixup for US only; off by default.
-    amp, channels_last : bool or None
-        None = on for CUDA only.
     """
 
     image_size: int = 96
@@ -116,17 +92,6 @@ class DLMRIConfig:
     n_input_channels: int = 1
     num_classes: int = 2
     checkpoint: str | None = None
-    lr: float = 4e-6
-    weight_decay: float = 1e-2
-    batch_size: int = 16
-    epochs: int = 300
-    lr_schedule: str = "cosine"
-    mixup: bool = False
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 0.0
-    label_smoothing: float = 0.1
-    amp: bool | None = None
-    channels_last: bool | None = None
     kind: str = field(default="dl_mri", init=False)
 
     @property
@@ -145,11 +110,8 @@ ModelConfig = DLUSConfig | DLMRIConfig
 def _validate(cfg: ModelConfig) -> None:
     if cfg.num_classes != 2:
         raise ParameterError(f"num_classes={cfg.num_classes}: her2lib models have 2 logits (HER2-/HER2+).")
-    for name in ("lr", "batch_size", "epochs", "image_size"):
-        if getattr(cfg, name) <= 0:
-            raise ParameterError(f"{cfg.kind}: {name}={getattr(cfg, name)} must be > 0.")
-    if cfg.lr_schedule not in ("cosine", "constant"):
-        raise ParameterError(f"{cfg.kind}: lr_schedule={cfg.lr_schedule!r}; use 'cosine' or 'constant'.")
+    if cfg.image_size <= 0:
+        raise ParameterError(f"{cfg.kind}: image_size={cfg.image_size} must be > 0.")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise ParameterError(f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
                              "weights; give a local file or checkpoint=None (random initialisation).")
@@ -167,19 +129,12 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
     torch.nn.Module
         Maps ``(B, 1, H, W)`` float to ``(B, 2)`` logits.
     """
-    import timm
-
     cfg = cfg or DLUSConfig()
     _validate(cfg)
     if not cfg.variant.startswith("convnextv2_"):
         raise ParameterError(f"variant={cfg.variant!r}: DL-US is a ConvNeXt V2; use one of "
                              f"{timm.list_models('convnextv2_*')}.")
-    if cfg.variant not in timm.list_models("convnextv2_*"):
-        import difflib
-
-        close = difflib.get_close_matches(cfg.variant, timm.list_models("convnextv2_*"), n=1)
-        raise ParameterError(f"variant={cfg.variant!r} is not a timm ConvNeXt V2 model"
-                             + (f"; did you mean {close[0]!r}?" if close else "."))
+    look_up_option(cfg.variant, timm.list_models("convnextv2_*"), name="variant")
     kw: dict[str, Any] = dict(in_chans=cfg.in_chans, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
     if cfg.checkpoint is None:
         return timm.create_model(cfg.variant, pretrained=False, **kw)
@@ -201,8 +156,6 @@ def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
     torch.nn.Module
         Maps ``(B, 1, D, H, W)`` float to ``(B, 2)`` logits.
     """
-    from monai.networks.nets import resnet18
-
     cfg = cfg or DLMRIConfig()
     _validate(cfg)
     if cfg.conv1_t_stride < 1:
@@ -234,6 +187,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     raise ParameterError(f"build_model: expected DLUSConfig or DLMRIConfig, got {type(cfg).__name__}.")
 
 
+_CONFIGS = {"dl_us": DLUSConfig, "dl_mri": DLMRIConfig}
+
+
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     """Plain dict (JSON-ready) of a config, including its ``kind``."""
     return asdict(cfg)
@@ -243,14 +199,11 @@ def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """Inverse of :func:`config_to_dict` (unknown keys are an error, with the close match)."""
     d = dict(d)
     kind = d.pop("kind", None)
-    cls = {"dl_us": DLUSConfig, "dl_mri": DLMRIConfig}.get(kind)
-    if cls is None:
-        raise ParameterError(f"config kind={kind!r}: expected 'dl_us' or 'dl_mri'.")
-    names = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(d) - names)
+    cls = look_up_option(kind, _CONFIGS, name="config kind")
+    names = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(d) - set(names))
     if unknown:
-        import difflib
-
-        hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-        raise ParameterError(f"{kind} config: unknown keys {hints} (key: close match).")
+        hints = "; ".join(f"{u!r}{did_you_mean(u, names)}" for u in unknown)
+        raise ParameterError(f"{kind} config: unknown keys {hints} (architecture keys: {names}; training settings "
+                             "belong to her2lib.train.TrainConfig).")
     return cls(**d)

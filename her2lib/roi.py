@@ -12,10 +12,15 @@ patient of a cohort and keeps the results in a content-keyed on-disk cache (key 
 file bytes, every preprocessing parameter, :data:`ROI_CODE_VERSION`, the image reader's version
 :data:`her2lib.data.IMAGE_READER_VERSION` and the versions of the libraries that read, dilate and resample:
 numpy, scipy, torch, Pillow, nibabel, SimpleITK), so a re-run never recomputes and a changed parameter or library
-never reuses a stale entry. Every result records its crop box, the source array's shape and voxel spacing, and
-whether the border of the image cut the box (:class:`RoiBox`); :func:`box_table` turns them into one row per
-patient (box extents, the box's share of the image/slice, clipping) and :func:`clipping_summary` summarises them.
-:func:`plot_roi_examples` draws before/after examples.
+never reuses a stale entry. The SHA-256 of each source file is remembered in ``cache/roi/file_hashes.json``
+together with the file's size, modification time, change time and inode; a later call re-hashes only files
+whose stat differs, so the notebooks after 02 do not read every image again to find their cache entries. Every
+result records its crop box, the source array's shape and voxel spacing, and whether the border of the image cut
+the box (:class:`RoiBox`); :func:`box_table` turns them into one row per patient (box extents, the box's share of
+the image/slice, clipping) and :func:`clipping_summary` summarises them. The before/after figure is
+:func:`her2lib.figures.preprocess.plot_roi_examples`.
+
+Science layer.
 """
 
 from __future__ import annotations
@@ -23,23 +28,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from tqdm.auto import tqdm
 
+from . import data
+from .contract import modality as _modality
 from .errors import DataError, ParameterError
-from .io import atomic_path, save_figure, sha256_file
+from .io import atomic_path, sha256_file, write_json
+from .options import look_up_option
 
 __all__ = ["ROI_CODE_VERSION", "RoiResult", "RoiBox", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi",
-           "mri_roi", "cache_key", "library_versions", "preprocess_cohort", "box_table", "plot_roi_examples",
-           "preprocess_modalities", "roi_boxes", "box_summary", "clipping_summary"]
+           "mri_roi", "cache_key", "library_versions", "preprocess_cohort", "box_table", "roi_boxes", "box_summary",
+           "clipping_summary"]
 
 #: Bump whenever the preprocessing code changes its output; it is part of every cache key.
 #: roi-2 (2025): cache entries also record the source shape, spacing and per-axis clipping.
@@ -108,7 +121,7 @@ class RoiBox(tuple):
         return (RoiBox, (tuple(self), self.source_shape, self.spacing, self.clipped))
 
     @classmethod
-    def of(cls, res: RoiResult) -> "RoiBox":
+    def of(cls, res: RoiResult) -> RoiBox:
         """The box of a :class:`RoiResult`, with its shape, spacing and clipping."""
         return cls(res.box, res.source_shape, res.spacing, res.clipped)
 
@@ -122,7 +135,7 @@ def _size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, .
     return size
 
 
-def dilate_mask(mask: np.ndarray, margin: float, sampling: Sequence[float] | None = None,
+def dilate_mask(mask: np.ndarray, margin: float, *, sampling: Sequence[float] | None = None,
                 in_plane: bool = False) -> np.ndarray:
     """Dilate a binary mask outward by ``margin`` (Euclidean distance).
 
@@ -150,7 +163,7 @@ def dilate_mask(mask: np.ndarray, margin: float, sampling: Sequence[float] | Non
         samp = None if sampling is None else tuple(sampling)[1:]
         out = np.zeros_like(mask)
         for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-            out[z] = dilate_mask(mask[z], margin, samp)
+            out[z] = dilate_mask(mask[z], margin, sampling=samp)
         return out
     if not mask.any():
         return mask.copy()
@@ -211,7 +224,7 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, ndim: int, what: str) -> tu
     return image, mask
 
 
-def us_roi(image: np.ndarray, mask: np.ndarray, margin_px: float = 50,
+def us_roi(image: np.ndarray, mask: np.ndarray, *, margin_px: float = 50,
            size: int | Sequence[int] = (256, 256), spacing: Sequence[float] = (1.0, 1.0)) -> RoiResult:
     """Ultrasound ROI: dilate by ``margin_px`` pixels, crop the bounding box, z-score, resize.
 
@@ -242,7 +255,7 @@ def us_roi(image: np.ndarray, mask: np.ndarray, margin_px: float = 50,
                      _clip_flags(mask > 0, (margin_px, margin_px), (1.0, 1.0)))
 
 
-def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+def mri_roi(volume: np.ndarray, mask: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
             margin: float = 50, margin_unit: str = "px",
             size: int | Sequence[int] = (96, 96, 96)) -> RoiResult:
     """MRI ROI: dilate every slice in-plane by ``margin``, crop the bounding box, z-score, resize.
@@ -271,8 +284,7 @@ def mri_roi(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float] = (1.
     """
     volume, mask = _check_pair(volume, mask, 3, "mri_roi")
     size = _size_tuple(size, 3, "size")
-    if margin_unit not in ("px", "mm"):
-        raise ParameterError(f"margin_unit={margin_unit!r}: use 'px' (voxels) or 'mm'.")
+    look_up_option(margin_unit, ("px", "mm"), name="margin_unit")
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or any(not np.isfinite(s) or s <= 0 for s in spacing):
         raise ParameterError(f"spacing={spacing}: need three positive voxel sizes in mm, (z, y, x).")
@@ -312,7 +324,7 @@ class PreprocessSpec:
     mri_margin_unit: str = "px"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | str | os.PathLike) -> "PreprocessSpec":
+    def from_params(cls, params: dict[str, Any] | str | os.PathLike) -> PreprocessSpec:
         """Build from a dict (extra keys ignored) or from a JSON file such as ``params/02_preprocess.json``."""
         if not isinstance(params, dict):
             path = Path(params)
@@ -325,17 +337,15 @@ class PreprocessSpec:
 
     def params_for(self, modality: str) -> dict[str, Any]:
         """The parameters that shape one modality's arrays."""
+        _modality(modality)
         if modality == "us":
             return {"modality": "us", "size": int(self.us_size), "margin_px": float(self.us_margin_px)}
-        if modality == "mri":
-            return {"modality": "mri", "size": int(self.mri_size), "margin": float(self.mri_margin),
-                    "margin_unit": self.mri_margin_unit}
-        raise ParameterError(f"modality={modality!r}: use 'us' or 'mri'.")
+        return {"modality": "mri", "size": int(self.mri_size), "margin": float(self.mri_margin),
+                "margin_unit": self.mri_margin_unit}
 
 
 def _dist_version(name: str) -> str:
     """Installed version of distribution ``name`` (``"absent"`` when it is not installed)."""
-    from importlib import metadata
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -351,12 +361,21 @@ def library_versions() -> dict[str, str]:
         ``{"roi": ROI_CODE_VERSION, "read_image": her2lib.data.IMAGE_READER_VERSION, "numpy": ..., "scipy": ...,
         "torch": ..., "Pillow": ..., "nibabel": ..., "SimpleITK": ...}`` (see :data:`CACHE_LIBRARIES`).
     """
-    from . import data
     return {"roi": ROI_CODE_VERSION, "read_image": str(data.IMAGE_READER_VERSION),
             **{name: _dist_version(name) for name in CACHE_LIBRARIES}}
 
 
-def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any],
+def _key_from_digests(image_sha: str, mask_sha: str, params: dict[str, Any], versions: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    h.update(ROI_CODE_VERSION.encode())
+    h.update(image_sha.encode())
+    h.update(mask_sha.encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(json.dumps(versions, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any], *,
               versions: dict[str, str] | None = None) -> str:
     """SHA-256 over the image and mask file bytes, the parameters and the code/library versions (sorted JSON).
 
@@ -369,20 +388,60 @@ def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, param
         :func:`library_versions` (computed when omitted; pass it when keying many files).
     """
     versions = library_versions() if versions is None else versions
-    h = hashlib.sha256()
-    h.update(ROI_CODE_VERSION.encode())
-    h.update(sha256_file(image_path).encode())
-    h.update(sha256_file(mask_path).encode())
-    h.update(json.dumps(params, sort_keys=True).encode())
-    h.update(json.dumps(versions, sort_keys=True).encode())
-    return h.hexdigest()
+    return _key_from_digests(sha256_file(image_path), sha256_file(mask_path), params, versions)
+
+
+class _FileHashes:
+    """SHA-256 of source files, remembered in ``cache_dir/roi/file_hashes.json`` with each file's stat.
+
+    A remembered digest is used only while the file's size, modification time, change time and inode are those
+    recorded; any difference re-hashes the file. The change time cannot be set by a user, so a rewrite that
+    restores the old modification time is noticed too. As in git's "racily clean" rule, a digest taken less than
+    :attr:`RACY_NS` after the file's last change is not trusted (file times tick coarsely, so a same-size rewrite
+    within one tick would keep every stat field); such a file is hashed again until its digest is old enough.
+    """
+
+    FILE = "file_hashes.json"
+    RACY_NS = 200_000_000  # 0.2 s: far more than a file-system clock tick
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.FILE
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+                self.entries = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self.entries = {}  # unreadable index: every file is hashed again
+
+    @staticmethod
+    def _stat(path: str) -> list[int]:
+        st = os.stat(path)
+        return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)]
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        name = os.path.abspath(os.fspath(path))
+        stat = self._stat(name)
+        known = self.entries.get(name)
+        if (isinstance(known, list) and len(known) == 3 and known[0] == stat
+                and int(known[2]) - max(stat[1], stat[2]) >= self.RACY_NS):
+            return str(known[1])
+        hashed_at = time.time_ns()
+        digest = sha256_file(name)
+        self.entries[name] = [stat, digest, hashed_at]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            write_json(self.path, self.entries)
+            self.dirty = False
 
 
 def _compute(modality: str, image_path: str, mask_path: str, params: dict[str, Any]) -> RoiResult:
-    from .data import read_image  # imported late: data is another engineer's module
-
-    img, spacing = read_image(image_path)  # 2-D colour images arrive as luminance
-    msk, _ = read_image(mask_path)
+    img, spacing = data.read_image(image_path)  # 2-D colour images arrive as luminance
+    msk, _ = data.read_image(mask_path)
     if modality == "us":
         return us_roi(img, msk, margin_px=params["margin_px"], size=params["size"], spacing=spacing)
     return mri_roi(img, msk, spacing=spacing, margin=params["margin"], margin_unit=params["margin_unit"],
@@ -406,7 +465,40 @@ def _save_entry(path: Path, res: RoiResult) -> None:
                      spacing=np.asarray(res.spacing, dtype=np.float64), clipped=np.asarray(res.clipped, dtype=bool))
 
 
-def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike,
+def _check_columns(cohort, modality: str) -> tuple[str, str]:
+    """The modality's image and mask columns; a DataError when they are missing or some patients lack files."""
+    cols = _modality(modality).columns
+    missing = [c for c in ("patient_id",) + cols if c not in cohort.columns]
+    if missing:
+        raise DataError(f"preprocess_cohort: the cohort table lacks columns {missing}; load it with "
+                        "her2lib.data.load_cohort.")
+    blank = cohort.loc[(cohort[cols[0]].astype(str).str.strip() == "") | (cohort[cols[1]].astype(str).str.strip() == "")
+                       | cohort[cols[0]].isna() | cohort[cols[1]].isna(), "patient_id"].tolist()
+    if blank:
+        raise DataError(f"preprocess_cohort: {len(blank)} patient(s) have no {modality.upper()} image or mask "
+                        f"({', '.join(map(str, blank[:10]))}{' ...' if len(blank) > 10 else ''}) while others do. "
+                        f"her2lib trains a modality on complete cohorts only: add the missing files to the manifest, "
+                        f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it.")
+    return cols
+
+
+def _cached_roi(entry: Path, pid, modality: str, ipath: str, mpath: str, params: dict[str, Any]) -> RoiResult:
+    """The cache entry's ROI, or the ROI computed afresh (and cached) when the entry is absent or corrupt."""
+    if entry.exists():
+        try:
+            return _load_entry(entry)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            warnings.warn(f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); "
+                          "recomputing it.", RuntimeWarning, stacklevel=3)
+    try:
+        res = _compute(modality, ipath, mpath, params)
+    except DataError as exc:
+        raise DataError(f"patient {pid} ({ipath}, {mpath}): {exc}") from exc
+    _save_entry(entry, res)
+    return res
+
+
+def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike, *,
                       progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
     """Preprocess one modality for every patient of ``cohort``, through the on-disk cache.
 
@@ -418,7 +510,8 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
     modality : {"us", "mri"}
     spec : PreprocessSpec
     cache_dir : path
-        Cache folder (``run.cache``); entries live in ``cache_dir/roi/<modality>/<key>.npz``.
+        Cache folder (``run.cache``); entries live in ``cache_dir/roi/<modality>/<key>.npz``, the source files'
+        digests in ``cache_dir/roi/file_hashes.json``.
     progress : bool
         Show a tqdm progress bar.
 
@@ -432,52 +525,29 @@ def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: st
         Crop box per patient (a plain ``((start, stop), ...)`` tuple that also carries the source shape, spacing
         and clipping; see :class:`RoiBox`).
     """
-    from tqdm.auto import tqdm
-
     params = spec.params_for(modality)
     folder = Path(cache_dir) / "roi" / modality
     folder.mkdir(parents=True, exist_ok=True)
-    cols = (f"{modality}_image", f"{modality}_mask")
-    missing = [c for c in ("patient_id",) + cols if c not in cohort.columns]
-    if missing:
-        raise DataError(f"preprocess_cohort: the cohort table lacks columns {missing}; load it with "
-                        "her2lib.data.load_cohort.")
-    blank = cohort.loc[(cohort[cols[0]].astype(str).str.strip() == "") | (cohort[cols[1]].astype(str).str.strip() == "")
-                       | cohort[cols[0]].isna() | cohort[cols[1]].isna(), "patient_id"].tolist()
-    if blank:
-        raise DataError(f"preprocess_cohort: {len(blank)} patient(s) have no {modality.upper()} image or mask "
-                        f"({', '.join(map(str, blank[:10]))}{' ...' if len(blank) > 10 else ''}) while others do. "
-                        f"her2lib trains a modality on complete cohorts only: add the missing files to the manifest, "
-                        f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it.")
+    cols = _check_columns(cohort, modality)
     images, masks, boxes = [], [], []
     rows = list(cohort[["patient_id", *cols]].itertuples(index=False))
     versions = library_versions()
-    for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):
-        key = cache_key(ipath, mpath, params, versions)
-        entry = folder / f"{key}.npz"
-        res = None
-        if entry.exists():
-            try:
-                res = _load_entry(entry)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-                warnings.warn(f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); "
-                              "recomputing it.", RuntimeWarning, stacklevel=2)
-                res = None
-        if res is None:
-            try:
-                res = _compute(modality, ipath, mpath, params)
-            except DataError as exc:
-                raise DataError(f"patient {pid} ({ipath}, {mpath}): {exc}") from exc
-            _save_entry(entry, res)
-        images.append(res.image)
-        masks.append(res.mask)
-        boxes.append(RoiBox.of(res))
+    hashes = _FileHashes(folder.parent)
+    try:
+        for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):
+            key = _key_from_digests(hashes.sha256(ipath), hashes.sha256(mpath), params, versions)
+            res = _cached_roi(folder / f"{key}.npz", pid, modality, ipath, mpath, params)
+            images.append(res.image)
+            masks.append(res.mask)
+            boxes.append(RoiBox.of(res))
+    finally:
+        hashes.save()
     if not images:
         raise DataError("preprocess_cohort: the cohort table has no rows.")
     return np.stack(images), np.stack(masks), boxes
 
 
-def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> "pd.DataFrame":
+def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> pd.DataFrame:
     """One row per patient: the crop box of each modality, its share of the image and whether it was clipped.
 
     Parameters
@@ -498,8 +568,6 @@ def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> 
         ``mri_roi_share`` (in-plane box area / slice area) and ``mri_clipped`` (the field of view cut the
         in-plane margin).
     """
-    import pandas as pd
-
     if us_boxes is None and mri_boxes is None:
         raise DataError("box_table: no boxes of either modality; preprocess at least one.")
     for name, b in (("US", us_boxes), ("MRI", mri_boxes)):
@@ -533,41 +601,14 @@ def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> 
     return pd.DataFrame(rows)
 
 
-def preprocess_modalities(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike,
-                          progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, list]]:
-    """:func:`preprocess_cohort` for every modality the cohort has; a notice for one it lacks.
-
-    Parameters
-    ----------
-    cohort : pandas.DataFrame
-        From :func:`her2lib.data.load_cohort`.
-    spec : PreprocessSpec
-    cache_dir : path
-        ``run.cache``.
-    progress : bool
-
-    Returns
-    -------
-    dict
-        ``{"us": (images, masks, boxes), "mri": (...)}`` with only the modalities present (prints their shapes).
-    """
-    from .stages import modality_present
-
-    out = {}
-    for m in ("us", "mri"):
-        if modality_present(cohort, m, f"{m.upper()} preprocessing (and every later {m.upper()} step)"):
-            out[m] = preprocess_cohort(cohort, m, spec, cache_dir, progress=progress)
-            print(f"{m.upper()} inputs:", out[m][0].shape)
-    return out
-
-
-def roi_boxes(cohort, inputs: dict) -> "pd.DataFrame":
-    """:func:`box_table` from the output of :func:`preprocess_modalities` (columns of absent modalities left out)."""
+def roi_boxes(cohort, inputs: dict) -> pd.DataFrame:
+    """:func:`box_table` from ``{modality: preprocess_cohort(...)}`` for the modalities the cohort has (as the
+    preprocess stage returns them); columns of absent modalities are left out."""
     return box_table(cohort, inputs["us"][2] if "us" in inputs else None,
                      inputs["mri"][2] if "mri" in inputs else None)
 
 
-def box_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
+def box_summary(boxes: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max of the ROI columns of :func:`box_table`, present columns only.
 
     Extents in pixels / voxels (and mm for MRI), the box's share of the image / slice, and the clipping flags
@@ -578,7 +619,7 @@ def box_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
     return boxes[cols].astype(float).describe().loc[["mean", "min", "max"]]
 
 
-def clipping_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
+def clipping_summary(boxes: pd.DataFrame) -> pd.DataFrame:
     """Per modality: how much of the image the ROI box covers and how often the image border cut it.
 
     Parameters
@@ -593,8 +634,6 @@ def clipping_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
         Index ``us`` / ``mri`` (present modalities); columns ``n_patients, n_clipped, pct_clipped`` and
         ``share_median, share_q1, share_q3, share_min, share_max`` (box area / image area; in-plane for MRI).
     """
-    import pandas as pd
-
     rows = {}
     for m in ("us", "mri"):
         if f"{m}_roi_share" not in boxes.columns:
@@ -607,91 +646,3 @@ def clipping_summary(boxes: "pd.DataFrame") -> "pd.DataFrame":
         raise DataError("clipping_summary: the box table has no roi_share/clipped columns; build it from "
                         "preprocess_cohort boxes (roi.roi_boxes(cohort, inputs)).")
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-# ----------------------------------------------------------------------------------------------- figure
-
-
-def plot_roi_examples(cohort, spec: PreprocessSpec, cache_dir: str | os.PathLike, n: int = 3,
-                      path: str | os.PathLike | None = None, seed: int = 0):
-    """Figure: for ``n`` patients (HER2-positive and -negative mixed), the source US image and the MRI slice
-    through the lesion centre with the lesion outline and ROI box, and the preprocessed ROIs beside them.
-
-    Parameters
-    ----------
-    cohort : pandas.DataFrame
-        From :func:`her2lib.data.load_cohort`.
-    spec : PreprocessSpec
-    cache_dir : path
-        ``run.cache`` (ROIs are taken from / put into the cache).
-    n : int
-        Number of patients (rows of the figure).
-    path : path, optional
-        Where to save the PNG (atomically).
-    seed : int
-        Chooses the patients.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    from .data import read_image
-
-    rng = np.random.default_rng(seed)
-    order = []
-    for label in (1, 0):
-        ids = np.flatnonzero(cohort["her2"].to_numpy() == label)
-        order.append(list(rng.permutation(ids)))
-    pick = [i for pair in zip(*order) for i in pair][:n] or list(range(min(n, len(cohort))))
-    sub = cohort.iloc[pick]
-    from .data import available_modalities
-
-    mods = available_modalities(sub, require_all=True) or available_modalities(cohort, require_all=True)
-    if not mods:
-        raise DataError("plot_roi_examples: no modality with images for every shown patient.")
-    pre = {m: preprocess_cohort(sub, m, spec, cache_dir, progress=False) for m in mods}
-    fig, axes = plt.subplots(len(sub), 2 * len(mods), figsize=(6 * len(mods), 3 * len(sub)), squeeze=False)
-    for r, (_, row) in enumerate(sub.iterrows()):
-        c = 0
-        if "us" in pre:
-            us_x, us_m, us_b = pre["us"]
-            img, _ = read_image(row["us_image"])
-            msk, _ = read_image(row["us_mask"])
-            (y0, y1), (x0, x1) = us_b[r]
-            ax = axes[r, c]
-            ax.imshow(img, cmap="gray")
-            ax.contour(msk > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
-            ax.set_title(f"{row['patient_id']} US (HER2 {'+' if row['her2'] == 1 else '-'})", fontsize=9)
-            axes[r, c + 1].imshow(us_x[r, 0], cmap="gray")
-            axes[r, c + 1].contour(us_m[r, 0] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            axes[r, c + 1].set_title(f"US ROI {us_x.shape[-1]}x{us_x.shape[-2]}, z-scored", fontsize=9)
-            c += 2
-        if "mri" in pre:
-            mr_x, mr_m, mr_b = pre["mri"]
-            vol, _ = read_image(row["mri_image"])
-            vm, _ = read_image(row["mri_mask"])
-            (z0, z1), (y0, y1), (x0, x1) = mr_b[r]
-            zc = (z0 + z1) // 2
-            ax = axes[r, c]
-            ax.imshow(vol[zc], cmap="gray")
-            if (vm[zc] > 0).any():
-                ax.contour(vm[zc] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
-            ax.set_title(f"{row['patient_id'] + ' ' if c == 0 else ''}MRI slice z={zc}, ROI box", fontsize=9)
-            d = mr_x.shape[2] // 2
-            axes[r, c + 1].imshow(mr_x[r, 0, d], cmap="gray")
-            if (mr_m[r, 0, d] > 0).any():
-                axes[r, c + 1].contour(mr_m[r, 0, d] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            axes[r, c + 1].set_title(f"MRI ROI {mr_x.shape[2]}^3 (centre slice)", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("Lesion outline (yellow), dilated-mask bounding box (red) and the model inputs", fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path, dpi=110)
-    return fig

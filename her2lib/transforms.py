@@ -7,6 +7,8 @@ brightness/contrast adjustment. :func:`build_augmentation` composes the matching
 Determinism: the transforms own a NumPy ``RandomState`` that :meth:`BatchAugmenter.reseed` resets from a seed.
 The training loop reseeds from ``(seed, fold, epoch)`` at the start of every epoch, so an epoch's augmentation
 depends only on those three numbers (this is what makes an interrupted run resume to identical results).
+
+Science layer.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.data import set_track_meta
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import (
+    Compose,
+    RandAffine,
+    RandFlip,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
 
 from .errors import ParameterError
 
-__all__ = ["AugmentSpec", "build_augmentation", "BatchAugmenter"]
+__all__ = ["AugmentSpec", "DEFAULT_AUGMENT", "build_augmentation", "BatchAugmenter"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,11 @@ class AugmentSpec:
     contrast: float = 0.1
 
 
-def build_augmentation(spatial_dims: int, spatial_size, spec: AugmentSpec | None = None, seed: int = 0):
+#: The paper's augmentation (the default of the training functions).
+DEFAULT_AUGMENT = AugmentSpec()
+
+
+def build_augmentation(spatial_dims: int, spatial_size, *, spec: AugmentSpec | None = None, seed: int = 0):
     """MONAI ``Compose`` of the paper's augmentations for one channel-first sample.
 
     Parameters
@@ -80,9 +97,6 @@ def build_augmentation(spatial_dims: int, spatial_size, spec: AugmentSpec | None
     monai.transforms.Compose
         Maps a tensor ``(1, *spatial_size)`` to a tensor of the same shape.
     """
-    from monai.transforms import (Compose, RandAffine, RandFlip, RandGaussianNoise, RandGaussianSmooth,
-                                  RandScaleIntensity, RandShiftIntensity)
-
     spec = spec or AugmentSpec()
     if spatial_dims not in (2, 3):
         raise ParameterError(f"spatial_dims={spatial_dims}: use 2 (US) or 3 (MRI).")
@@ -125,19 +139,16 @@ class BatchAugmenter:
     not modified. MONAI meta-data tracking is switched off inside the call (plain tensors come back).
     """
 
-    def __init__(self, spatial_dims: int, spatial_size, spec: AugmentSpec | None = None, seed: int = 0):
+    def __init__(self, spatial_dims: int, spatial_size, *, spec: AugmentSpec | None = None, seed: int = 0):
         self.spatial_dims = spatial_dims
         self.spatial_size = tuple(int(s) for s in spatial_size)
-        self.transform = build_augmentation(spatial_dims, self.spatial_size, spec, seed)
+        self.transform = build_augmentation(spatial_dims, self.spatial_size, spec=spec, seed=seed)
 
     def reseed(self, seed: int) -> None:
         """Reset every transform's random state from ``seed``."""
         self.transform.set_random_state(seed=int(seed) % (2**32))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        from monai.data import set_track_meta
-        from monai.data.meta_obj import get_track_meta
-
         if batch.ndim != self.spatial_dims + 2 or tuple(batch.shape[2:]) != self.spatial_size:
             raise ParameterError(f"BatchAugmenter: got batch shape {tuple(batch.shape)}, expected "
                                  f"(B, C, {', '.join(map(str, self.spatial_size))}).")

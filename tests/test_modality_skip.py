@@ -69,21 +69,31 @@ def test_get_and_show_image_tolerate_skipped_steps(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ training
 def test_train_modality_skips_an_absent_modality_and_removes_stale_predictions(run, capsys):
+    from her2lib.figures.training import plot_learning_curves
+    from her2lib.stages.training import train_modality
+
     cohort = _cohort(us=False, mri=True)
     _write_preds(run.predictions, "us", cohort)  # left over from an earlier run in the same folder
+    write_csv(run.tables / "dl_us_folds.csv", pd.DataFrame({"fold": [0]}))
     spec = roi.PreprocessSpec(us_size=16, mri_size=8)
-    out = train.train_modality(run, cohort, "us", spec, object())
+    out = train_modality(run, cohort, "us", spec, object(), object())
     assert out is None
     assert "No ultrasound images in this cohort" in capsys.readouterr().out
     assert not (run.predictions / "us_oof.csv").exists() and not (run.predictions / "us_test.csv").exists()
+    assert not (run.tables / "dl_us_folds.csv").exists()
     assert not (run.models / "dl_us").exists()
     assert train.oof_performance(None) is None
-    assert train.plot_learning_curves(None) is None
+    assert plot_learning_curves(None) is None
 
 
-def test_train_modality_rejects_unknown_modality(run):
+def test_train_modality_rejects_unknown_modality_and_a_mismatched_config(run):
+    from her2lib import models
+    from her2lib.stages.training import train_modality
+
     with pytest.raises(ValueError, match="modality='ct' is not supported; choose one of \\['us', 'mri'\\]"):
-        train.train_modality(run, _cohort(), "ct", None, None)
+        train_modality(run, _cohort(), "ct", None, None, None)
+    with pytest.raises(ValueError, match="trains dl_mri, but the model configuration is DLUSConfig"):
+        train_modality(run, _cohort(), "mri", None, models.DLUSConfig(), train.PAPER_TRAINING["dl_mri"])
 
 
 # ------------------------------------------------------------------------------------------------ fusion
@@ -174,11 +184,17 @@ def test_box_table_with_one_modality():
         roi.box_table(cohort, None, None)
 
 
-def test_preprocess_modalities_skips_absent(tmp_path, capsys):
+def test_preprocess_modalities_skips_absent(run, capsys):
+    from her2lib.stages.preprocess import preprocess_modalities
+
     cohort = _cohort(us=False, mri=False)
-    assert roi.preprocess_modalities(cohort, roi.PreprocessSpec(), tmp_path) == {}
-    out = capsys.readouterr().out
-    assert "No ultrasound images" in out and "No MRI images" in out
+    write_csv(run.tables / "roi_boxes.csv", pd.DataFrame({"patient_id": ["P000"]}))  # an earlier run's
+    out = preprocess_modalities(run, cohort, roi.PreprocessSpec(), n_folds=4)
+    assert out.inputs == {} and out.boxes is None
+    assert (out.folds[cohort["split"] == "test"] == -1).all() and (run.predictions / "folds.csv").is_file()
+    assert not (run.tables / "roi_boxes.csv").exists()
+    printed = capsys.readouterr().out
+    assert "No ultrasound images" in printed and "No MRI images" in printed
 
 
 # ------------------------------------------------------------------------------------------------ cohort tables

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from her2lib import models
 from her2lib.errors import ParameterError
+from her2lib.train import PAPER_TRAINING
 from her2lib.transforms import AugmentSpec, BatchAugmenter
 
 
 def test_dl_us_shapes_and_paper_defaults():
-    cfg = models.DLUSConfig()
-    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.image_size) == (2e-5, 5e-2, 16, 300, 256)
-    assert cfg.mixup and cfg.variant == "convnextv2_tiny"
+    cfg, tc = models.DLUSConfig(), PAPER_TRAINING["dl_us"]
+    assert (tc.lr, tc.weight_decay, tc.batch_size, tc.epochs, cfg.image_size) == (2e-5, 5e-2, 16, 300, 256)
+    assert tc.mixup and cfg.variant == "convnextv2_tiny"
     m = models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", image_size=32)).eval()
     with torch.no_grad():
         assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
 
 
 def test_dl_mri_shapes_stride_and_paper_defaults():
-    cfg = models.DLMRIConfig()
-    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.image_size) == (4e-6, 1e-2, 16, 300, 96)
+    cfg, tc = models.DLMRIConfig(), PAPER_TRAINING["dl_mri"]
+    assert (tc.lr, tc.weight_decay, tc.batch_size, tc.epochs, cfg.image_size) == (4e-6, 1e-2, 16, 300, 96)
+    assert not tc.mixup
     m = models.build_dl_mri(models.DLMRIConfig(image_size=16, conv1_t_stride=2)).eval()
     assert m.conv1.stride == (2, 2, 2) and m.conv1.in_channels == 1
     with torch.no_grad():
@@ -30,7 +31,7 @@ def test_dl_mri_shapes_stride_and_paper_defaults():
 
 
 def test_unknown_variant_and_missing_checkpoint():
-    with pytest.raises(ParameterError, match="did you mean 'convnextv2_atto'"):
+    with pytest.raises(ParameterError, match="variant='convnextv2_ato' is not .*Did you mean 'convnextv2_atto'"):
         models.build_dl_us(models.DLUSConfig(variant="convnextv2_ato"))
     with pytest.raises(ParameterError, match="never downloads"):
         models.build_dl_mri(models.DLMRIConfig(checkpoint="/nonexistent/weights.pth"))
@@ -58,12 +59,16 @@ def test_config_roundtrip_and_unknown_key():
     d["conv1_stride"] = 2
     with pytest.raises(ParameterError, match="conv1_t_stride"):
         models.config_from_dict(d)
+    with pytest.raises(ParameterError, match="TrainConfig"):  # training settings are no architecture keys
+        models.config_from_dict({**models.config_to_dict(models.DLMRIConfig()), "lr": 1e-3})
+    with pytest.raises(ParameterError, match="config kind='dl_ct' is not supported"):
+        models.config_from_dict({"kind": "dl_ct"})
 
 
 @pytest.mark.parametrize("dims, size", [(2, (32, 32)), (3, (16, 16, 16))])
 def test_augmentation_seeded_and_shape_preserving(dims, size):
     x = torch.randn(4, 1, *size)
-    aug = BatchAugmenter(dims, size, AugmentSpec(), seed=0)
+    aug = BatchAugmenter(dims, size, spec=AugmentSpec(), seed=0)
     a1 = aug(x)
     aug.reseed(0)
     a2 = aug(x)

@@ -3,6 +3,9 @@ cache (reuse, invalidation on a changed parameter or file, corrupt entries)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 import warnings
 
 import numpy as np
@@ -52,7 +55,7 @@ def test_zscore_within_roi_and_constant_image():
     assert res.box == ((25, 56), (25, 56))
     big = roi.us_roi(img, mask, margin_px=10, size=(31, 31)).image
     assert abs(big.mean()) < 1e-4 and abs(big.std() - 1) < 1e-3
-    flat = roi.us_roi(np.full((40, 40), 7.0), _disk_mask((40, 40), (20, 20), 3), 5, size=16)
+    flat = roi.us_roi(np.full((40, 40), 7.0), _disk_mask((40, 40), (20, 20), 3), margin_px=5, size=16)
     assert np.all(flat.image == 0)
 
 
@@ -108,11 +111,11 @@ def test_mri_bad_parameters(kwargs, match):
 
 def test_empty_or_mismatched_mask_is_a_data_error():
     with pytest.raises(DataError, match="empty"):
-        roi.us_roi(np.zeros((20, 20)), np.zeros((20, 20)), 5, 8)
+        roi.us_roi(np.zeros((20, 20)), np.zeros((20, 20)), margin_px=5, size=8)
     with pytest.raises(DataError, match="mask shape"):
-        roi.us_roi(np.zeros((20, 20)), np.ones((20, 21)), 5, 8)
+        roi.us_roi(np.zeros((20, 20)), np.ones((20, 21)), margin_px=5, size=8)
     with pytest.raises(DataError, match="NaN"):
-        roi.us_roi(np.full((20, 20), np.nan), np.ones((20, 20)), 5, 8)
+        roi.us_roi(np.full((20, 20), np.nan), np.ones((20, 20)), margin_px=5, size=8)
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -224,7 +227,7 @@ def test_results_record_source_shape_spacing_and_clipping():
     assert res.clipped == (False, False, False)
     edge = roi.mri_roi(img, mask, spacing=(2.0, 0.5, 1.0), margin=31, margin_unit="mm", size=8)
     assert edge.box == ((4, 6), (0, 120), (29, 92)) and edge.clipped == (False, True, False)
-    us = roi.us_roi(np.ones((100, 120)) + np.arange(120), np.pad(np.ones((8, 8)), ((2, 90), (110, 2))), 50,
+    us = roi.us_roi(np.ones((100, 120)) + np.arange(120), np.pad(np.ones((8, 8)), ((2, 90), (110, 2))), margin_px=50,
                     size=(32, 48))
     assert us.source_shape == (100, 120) and us.spacing == (1.0, 1.0) and us.clipped == (True, True)
 
@@ -340,3 +343,57 @@ def test_colour_us_image_gives_the_same_roi_as_its_grey_png(tmp_path):
     b = roi._compute("us", str(tmp_path / "us.png"), str(tmp_path / "m.png"), params)
     np.testing.assert_array_equal(a.image, b.image)
     assert a.box == b.box
+
+
+# ----------------------------------------------------------------------------------------------- source-file digests
+def test_later_passes_do_not_rehash_unchanged_source_files(tiny_cohort, tmp_path, monkeypatch):
+    """The digests of the source files are kept with their stat, so notebooks 03/04/07 find their cache entries
+    without reading every image again; a changed file is hashed (and preprocessed) again."""
+    spec = roi.PreprocessSpec(us_size=16, us_margin_px=10)
+    time.sleep(2 * roi._FileHashes.RACY_NS / 1e9)  # digests of files written just now are not trusted
+    x1, _, _ = roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    assert len(json.loads((tmp_path / "c" / "roi" / "file_hashes.json").read_text())) == 6
+    hashed, computed = [], []
+    real_sha, real_compute = roi.sha256_file, roi._compute
+    monkeypatch.setattr(roi, "sha256_file", lambda p: hashed.append(p) or real_sha(p))
+    monkeypatch.setattr(roi, "_compute", lambda *a: computed.append(a) or real_compute(*a))
+    x2, _, _ = roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    assert hashed == [] and computed == [] and np.array_equal(x1, x2)
+
+    from her2lib.data import write_png
+    write_png(tiny_cohort.loc[0, "us_image"], np.zeros((60, 70), np.uint8) + 3)
+    roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    assert [str(p) for p in hashed] == [str(tiny_cohort.loc[0, "us_image"])] and len(computed) == 1
+    hashed.clear()
+    roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
+    assert hashed == [str(tiny_cohort.loc[0, "us_image"])]  # just rewritten: hashed again until its digest is old
+
+
+def test_file_digest_index_notices_a_rewrite_within_one_clock_tick(tmp_path, monkeypatch):
+    """A same-size rewrite that keeps every stat field (possible within one coarse file-system clock tick) is
+    noticed because a digest taken right after a change is not trusted."""
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"aaaa")
+    st = os.stat(f)
+    hashes = roi._FileHashes(tmp_path)
+    first = hashes.sha256(f)
+    f.write_bytes(b"bbbb")
+    monkeypatch.setattr(roi._FileHashes, "_stat", staticmethod(
+        lambda path: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]))  # the stat did not move
+    assert hashes.sha256(f) != first
+
+
+def test_file_digest_index_notices_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"aaaa")
+    time.sleep(2 * roi._FileHashes.RACY_NS / 1e9)
+    hashes = roi._FileHashes(tmp_path)
+    first = hashes.sha256(f)
+    hashes.save()
+    st = os.stat(f)
+    f.write_bytes(b"bbbb")  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old modification time
+    again = roi._FileHashes(tmp_path)
+    assert again.sha256(f) != first  # the change time gave it away
+    (tmp_path / roi._FileHashes.FILE).write_text("{not json")
+    assert roi._FileHashes(tmp_path).sha256(f) == again.sha256(f)  # an unreadable index only costs a re-hash

@@ -3,13 +3,25 @@ interruption, prediction files, fold-model loading."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from her2lib import models, train
-from her2lib.errors import DataError
+from her2lib import contract, models, train
+from her2lib.errors import DataError, ParameterError
+from her2lib.figures.training import plot_learning_curves
+
+US_TRAINING = train.PAPER_TRAINING["dl_us"]
+MRI_TRAINING = train.PAPER_TRAINING["dl_mri"]
+
+
+def _us(**kw) -> train.TrainConfig:
+    """The paper's DL-US training settings with ``kw`` changed."""
+    return replace(US_TRAINING, **kw)
 
 
 def _cohort(n_train=16, n_test=6, seed=0):
@@ -57,11 +69,11 @@ def test_folds_file_roundtrip_and_validation(tmp_path):
 def test_fit_fold_refuses_test_patients(tmp_path):
     df, rng = _cohort()
     x = torch.zeros(len(df), 1, 32, 32)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
     with pytest.raises(DataError, match="test-cohort patients .*P016"):
-        train.fit_fold(cfg, x, df, x[:2], df.iloc[:2], fold=0, out_dir=tmp_path)
+        train.fit_fold(cfg, _us(epochs=1), x, df, x[:2], df.iloc[:2], fold=0, out_dir=tmp_path)
     with pytest.raises(DataError, match="held-out"):
-        train.fit_fold(cfg, x[:16], df.iloc[:16], x, df, fold=0, out_dir=tmp_path)
+        train.fit_fold(cfg, _us(epochs=1), x[:16], df.iloc[:16], x, df, fold=0, out_dir=tmp_path)
 
 
 def _us_inputs(df, rng):
@@ -74,8 +86,9 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
     df, rng = _cohort()
     x = _us_inputs(df, rng)
     folds = train.assign_folds(df, n_folds=2, seed=0)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=3, lr=1e-3, batch_size=4)
-    ref = train.run_cv(df, x, cfg, folds, tmp_path / "ref", progress=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=3, lr=1e-3, batch_size=4)
+    ref = train.run_cv(df, x, cfg, tc, folds, tmp_path / "ref", progress=False)
 
     class Stop(Exception):
         pass
@@ -85,10 +98,10 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train.run_cv(df, x, cfg, folds, tmp_path / "run", progress=False, epoch_hook=interrupt)
+        train.run_cv(df, x, cfg, tc, folds, tmp_path / "run", progress=False, epoch_hook=interrupt)
     assert (tmp_path / "run" / "fold0.pt").exists() and (tmp_path / "run" / "fold1_state.pt").exists()
     seen = []
-    res = train.run_cv(df, x, cfg, folds, tmp_path / "run", progress=False,
+    res = train.run_cv(df, x, cfg, tc, folds, tmp_path / "run", progress=False,
                        epoch_hook=lambda f, e, r: seen.append((f, e)))
     assert seen == [(1, 1), (1, 2)]  # fold 0 reused, fold 1 resumed after epoch 0
     pd.testing.assert_frame_equal(res.oof, ref.oof)
@@ -107,23 +120,29 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
     assert not m0.training
     paths = train.write_predictions(res, tmp_path / "pred", "us")
     back = pd.read_csv(paths[0])
-    assert list(back.columns) == train.PREDICTION_COLUMNS
-    fig = train.plot_learning_curves(res.history, tmp_path / "lc.png")
+    assert list(back.columns) == list(contract.PREDICTION_COLUMNS)
+    plot_learning_curves(res.history, path=tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 0
-    import matplotlib.pyplot as plt
-    plt.close(fig)
 
 
 def test_changed_config_retrains(tmp_path):
     df, rng = _cohort(8, 2)
     x = _us_inputs(df, rng)
     folds = train.assign_folds(df, n_folds=2)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
-    train.run_cv(df, x, cfg, folds, tmp_path, progress=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=1, batch_size=4, mixup=False)
+    train.run_cv(df, x, cfg, tc, folds, tmp_path, progress=False)
     seen = []
-    cfg.lr = 1e-3
-    train.run_cv(df, x, cfg, folds, tmp_path, progress=False, epoch_hook=lambda f, e, r: seen.append(f))
-    assert seen == [0, 1]
+    train.run_cv(df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False,
+                 epoch_hook=lambda f, e, r: seen.append(f))
+    assert seen == [0, 1]  # a changed training setting retrains
+    seen.clear()
+    cfg.drop_path_rate = 0.2
+    train.run_cv(df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False,
+                 epoch_hook=lambda f, e, r: seen.append(f))
+    assert seen == [0, 1]  # so does a changed architecture
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["config"]["drop_path_rate"] == 0.2 and saved["training"]["lr"] == 1e-3  # both recorded
 
 
 def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
@@ -133,15 +152,16 @@ def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
     fitted = []
     real = train.fit_fold
 
-    def spy(cfg, xt, rt, xv, rv, **kw):
+    def spy(cfg, tc, xt, rt, xv, rv, **kw):
         assert not set(rt.patient_id) & set(rv.patient_id)  # training and held-out parts are disjoint
         fitted.extend(rt.patient_id)
         fitted.extend(rv.patient_id)
-        return real(cfg, xt, rt, xv, rv, **kw)
+        return real(cfg, tc, xt, rt, xv, rv, **kw)
 
-    monkeypatch.setattr(train, "fit_fold", spy)
-    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2, epochs=1, batch_size=4, lr=1e-3)
-    res = train.run_cv(df, x, cfg, folds, tmp_path, progress=False)
+    monkeypatch.setattr(train.cv, "fit_fold", spy)
+    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
+    res = train.run_cv(df, x, cfg, replace(MRI_TRAINING, epochs=1, batch_size=4, lr=1e-3), folds, tmp_path,
+                       progress=False)
     test_ids = set(df.patient_id[df.split == "test"])
     assert fitted and not (set(fitted) & test_ids)
     assert set(res.test.patient_id) == test_ids and res.test.p_her2.between(0, 1).all()
@@ -149,23 +169,26 @@ def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
 
 def test_run_cv_rejects_bad_inputs(tmp_path):
     df, rng = _cohort()
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=1)
     folds = train.assign_folds(df, 2)
     with pytest.raises(DataError, match="image_size=32"):
-        train.run_cv(df, np.zeros((len(df), 1, 16, 16), np.float32), cfg, folds, tmp_path)
+        train.run_cv(df, np.zeros((len(df), 1, 16, 16), np.float32), cfg, tc, folds, tmp_path)
     bad = folds.copy()
     bad.iloc[-1] = 0  # a test patient put into a fold
     with pytest.raises(DataError, match="-1 for test patients"):
-        train.run_cv(df, np.zeros((len(df), 1, 32, 32), np.float32), cfg, bad, tmp_path)
+        train.run_cv(df, np.zeros((len(df), 1, 32, 32), np.float32), cfg, tc, bad, tmp_path)
+    with pytest.raises(ParameterError, match="selection='inerr' is not supported.*Did you mean 'inner'"):
+        train.run_cv(df, np.zeros((len(df), 1, 32, 32), np.float32), cfg, tc, folds, tmp_path, selection="inerr")
 
 
 def test_mixed_precision_path_runs_on_cpu(tmp_path):
     """The CUDA code path (autocast float16 + GradScaler + channels_last), exercised on the CPU."""
     df, rng = _cohort(8, 4)
     x = _us_inputs(df, rng)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, amp=True,
-                            channels_last=True)
-    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path, progress=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=1, batch_size=4, amp=True, channels_last=True)
+    res = train.run_cv(df, x, cfg, tc, train.assign_folds(df, 2), tmp_path, progress=False)
     assert res.oof.p_her2.between(0, 1).all() and len(res.oof) == 8
 
 
@@ -198,13 +221,14 @@ def test_selection_set_and_heldout_fold(tmp_path, monkeypatch, selection):
     calls = []
     real = train.fit_fold
 
-    def spy(cfg, xt, rt, xv, rv, **kw):
+    def spy(cfg, tc, xt, rt, xv, rv, **kw):
         calls.append((kw["fold"], set(rt.patient_id), set(rv.patient_id)))
-        return real(cfg, xt, rt, xv, rv, **kw)
+        return real(cfg, tc, xt, rt, xv, rv, **kw)
 
-    monkeypatch.setattr(train, "fit_fold", spy)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=2, batch_size=4, mixup=False)
-    res = train.run_cv(df, x, cfg, folds, tmp_path, progress=False, selection=selection)
+    monkeypatch.setattr(train.cv, "fit_fold", spy)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    res = train.run_cv(df, x, cfg, _us(epochs=2, batch_size=4, mixup=False), folds, tmp_path, progress=False,
+                       selection=selection)
     for k, fit_ids, sel_ids in calls:
         heldout = set(df.patient_id[folds == k])
         assert not fit_ids & sel_ids and not fit_ids & heldout
@@ -219,8 +243,9 @@ def test_selection_set_and_heldout_fold(tmp_path, monkeypatch, selection):
 def test_best_epoch_is_one_based_everywhere(tmp_path):
     df, rng = _cohort(16, 4)
     x = _us_inputs(df, rng)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=3, batch_size=4, lr=1e-3, mixup=False)
-    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path, progress=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=3, batch_size=4, lr=1e-3, mixup=False)
+    res = train.run_cv(df, x, cfg, tc, train.assign_folds(df, 2), tmp_path, progress=False)
     assert sorted(res.history.epoch.unique()) == [1, 2, 3]
     for _, s in res.summary.iterrows():
         h = res.history[res.history.fold == s.fold]
@@ -236,38 +261,40 @@ def test_changed_heldout_label_is_not_reused(tmp_path):
     df, rng = _cohort(16, 2)
     x = _us_inputs(df, rng)
     folds = train.assign_folds(df, n_folds=2)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=1, batch_size=4, mixup=False)
     tr = df[(df.split == "train") & (folds == 0)]
     va = df[(df.split == "train") & (folds == 1)]
     xt, xv = torch.as_tensor(x[tr.index]), torch.as_tensor(x[va.index])
-    train.fit_fold(cfg, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False)
+    train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False)
     seen = []
-    train.fit_fold(cfg, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False,
+    train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False,
                    epoch_hook=lambda f, e, r: seen.append(e))
     assert seen == []  # identical inputs: reused
     va2 = va.copy()
     va2.iloc[0, va2.columns.get_loc("her2")] = 1 - va2.iloc[0]["her2"]
-    train.fit_fold(cfg, xt, tr, xv, va2, fold=0, out_dir=tmp_path / "f", progress=False,
+    train.fit_fold(cfg, tc, xt, tr, xv, va2, fold=0, out_dir=tmp_path / "f", progress=False,
                    epoch_hook=lambda f, e, r: seen.append(e))
     assert seen == [0]  # retrained
     # run_cv, inner selection: flipping one held-out label of fold 1 retrains fold 1 (fit/selection sets unchanged)
     out = tmp_path / "cv"
-    train.run_cv(df, x, cfg, folds, out, progress=False)
+    train.run_cv(df, x, cfg, tc, folds, out, progress=False)
     fixed = df.copy()
     pid = va.patient_id.iloc[0]
     fixed.loc[fixed.patient_id == pid, "her2"] = 1 - fixed.loc[fixed.patient_id == pid, "her2"]
     seen = []
-    train.run_cv(fixed, x, cfg, folds, out, progress=False, epoch_hook=lambda f, e, r: seen.append(f))
+    train.run_cv(fixed, x, cfg, tc, folds, out, progress=False, epoch_hook=lambda f, e, r: seen.append(f))
     assert 1 in seen
 
 
 def test_test_folds_hold_each_fold_model(tmp_path):
     df, rng = _cohort(16, 6)
     x = _us_inputs(df, rng)
-    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32, epochs=1, batch_size=4, mixup=False)
-    res = train.run_cv(df, x, cfg, train.assign_folds(df, 2), tmp_path / "m", progress=False)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    res = train.run_cv(df, x, cfg, _us(epochs=1, batch_size=4, mixup=False), train.assign_folds(df, 2),
+                       tmp_path / "m", progress=False)
     tf = res.test_folds
-    assert list(tf.columns) == train.TEST_FOLD_COLUMNS and len(tf) == 12
+    assert list(tf.columns) == list(contract.TEST_FOLD_COLUMNS) and len(tf) == 12
     mean = tf.groupby("patient_id").p_her2.mean()
     np.testing.assert_allclose(mean.loc[res.test.patient_id].to_numpy(), res.test.p_her2.to_numpy(), atol=1e-15)
     m1 = train.load_fold_model(tmp_path / "m", 1)
@@ -276,3 +303,47 @@ def test_test_folds_hold_each_fold_model(tmp_path):
                                train.predict_proba(m1, xt), atol=1e-12)
     paths = train.write_predictions(res, tmp_path / "pred", "us")
     assert paths[-1].name == "us_test_folds.csv"
+
+
+# ----------------------------------------------------------------------------------------- configuration, resume state
+def test_train_config_is_validated_and_holds_the_papers_settings():
+    assert (US_TRAINING.lr, US_TRAINING.weight_decay, US_TRAINING.mixup) == (2e-5, 5e-2, True)
+    assert (MRI_TRAINING.lr, MRI_TRAINING.weight_decay, MRI_TRAINING.mixup) == (4e-6, 1e-2, False)
+    assert US_TRAINING.batch_size == MRI_TRAINING.batch_size == 16 and US_TRAINING.epochs == 300
+    with pytest.raises(ParameterError, match="lr=0 must be > 0"):
+        train.TrainConfig(lr=0, weight_decay=0.01)
+    with pytest.raises(ParameterError, match="lr_schedule='cosin' is not supported.*Did you mean 'cosine'"):
+        train.TrainConfig(lr=1e-3, weight_decay=0.01, lr_schedule="cosin")
+    with pytest.raises(TypeError):
+        models.DLUSConfig(lr=1e-3)  # training settings are no longer part of the architecture
+
+
+def test_resume_restores_the_torch_rng_state(tmp_path, monkeypatch):
+    """The global torch RNG saved in the resume state is put back before training continues."""
+    df, rng = _cohort(16, 2)
+    x = _us_inputs(df, rng)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=3, batch_size=4, lr=1e-3, mixup=False)
+    tr, va = df[df.split == "train"].iloc[:12], df[df.split == "train"].iloc[12:]
+    xt, xv = torch.as_tensor(x[tr.index]), torch.as_tensor(x[va.index])
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(fold, epoch, row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path, progress=False, epoch_hook=interrupt)
+    saved = torch.load(tmp_path / "fold0_state.pt", weights_only=True)["torch_rng"]
+    seen = []
+    real = train.loop.BatchAugmenter  # built right after the resume state is restored
+
+    def spy(*a, **kw):
+        seen.append(torch.get_rng_state())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train.loop, "BatchAugmenter", spy)
+    torch.manual_seed(12345)  # whatever the caller did in between
+    train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path, progress=False)
+    assert len(seen) == 1 and torch.equal(seen[0], saved)

@@ -1,0 +1,78 @@
+"""Stage of notebooks 03/04: cross-validate one modality's model, write its predictions, fold table and
+learning curves, or skip it (with a notice) when the cohort lacks the modality.
+
+Stages layer: imports science and core modules only.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..contract import modality as _modality
+from ..contract import model as _model
+from ..contract import prediction_path
+from ..errors import ParameterError
+from ..figures.training import plot_learning_curves
+from ..io import write_csv
+from ..models import ModelConfig
+from ..roi import PreprocessSpec, preprocess_cohort
+from ..train import CVResult, TrainConfig, read_folds, run_cv, write_predictions
+from ..transforms import DEFAULT_AUGMENT, AugmentSpec
+from ._common import RunDirs, modality_present, notice, remove_stale
+
+__all__ = ["train_modality"]
+
+
+def train_modality(run: RunDirs, cohort: pd.DataFrame, modality: str, spec: PreprocessSpec, model_cfg: ModelConfig,
+                   training: TrainConfig, *, seed: int = 0, device: str = "auto",
+                   augment: AugmentSpec | None = DEFAULT_AUGMENT, resume: bool = True, checkpoint_every: int = 1,
+                   progress: bool = True, selection: str = "inner", inner_fraction: float = 0.2) -> CVResult | None:
+    """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
+
+    Parameters
+    ----------
+    run : RunDirs
+        Reads ``run.cache`` (ROIs of notebook 02) and ``run.predictions/folds.csv``; writes the fold models
+        under ``run.models/dl_<modality>``, ``run.predictions/<modality>_{oof,test,test_folds}.csv``,
+        ``run.tables/dl_<modality>_folds.csv`` and ``run.figures/learning_curve_<modality>.png``.
+    cohort : pandas.DataFrame
+        From :func:`her2lib.data.load_cohort`.
+    modality : {"us", "mri"}
+    spec : her2lib.roi.PreprocessSpec
+        The ROI settings of notebook 02.
+    model_cfg : DLUSConfig or DLMRIConfig
+        The architecture (its kind must be the modality's model).
+    training : TrainConfig
+        How it is trained.
+    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction
+        As :func:`her2lib.train.run_cv`.
+
+    Returns
+    -------
+    CVResult or None
+        None (after printing a notice and removing the files an earlier run in the same folder wrote for this
+        modality, so later notebooks cannot use them) when no patient has an image of ``modality``.
+    """
+    mod = _modality(modality)
+    prefix = _model(mod.model).prefix
+    outputs = [prediction_path(run.predictions, prefix, kind) for kind in ("oof", "test", "test_folds")]
+    outputs += [run.tables / f"{mod.model}_folds.csv", run.figures / f"learning_curve_{modality}.png"]
+    if not modality_present(cohort, modality, quiet=True):
+        notice(f"No {mod.name} images in this cohort: {mod.label} is skipped (nothing is trained, no predictions "
+               f"are written; the fusion and the later {mod.label} steps are skipped too).")
+        remove_stale(*outputs)
+        return None
+    if getattr(model_cfg, "kind", None) != mod.model:
+        raise ParameterError(f"train_modality: modality={modality!r} trains {mod.model}, but the model "
+                             f"configuration is {type(model_cfg).__name__}.")
+    x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
+    folds = read_folds(run.predictions / "folds.csv", cohort)
+    print("inputs:", x.shape)
+    result = run_cv(cohort, x, model_cfg, training, folds, run.models / mod.model, seed=seed, device=device,
+                    augment=augment, resume=resume, checkpoint_every=checkpoint_every, progress=progress,
+                    selection=selection, inner_fraction=inner_fraction)
+    write_predictions(result, run.predictions, prefix)
+    write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
+    plot_learning_curves(result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label,
+                         selection=selection)
+    return result

@@ -1,0 +1,47 @@
+"""Four-fold cross-validation of DL-US and DL-MRI (Methods: "Four-fold cross-validation is used for both
+training and evaluation"; "Stratified sampling was used to divide the dataset for cross-validation").
+
+Science layer. Modules: :mod:`~her2lib.train.config` (:class:`TrainConfig`: how a model is trained),
+:mod:`~her2lib.train.folds` (folds, inner split), :mod:`~her2lib.train.runtime` (device, precision, determinism,
+prediction, metrics), :mod:`~her2lib.train.optim` (optimiser, schedule, Mixup), :mod:`~her2lib.train.loop` (one
+fold: epochs, checkpoints, resume) and :mod:`~her2lib.train.cv` (cross-validation, prediction files, fold models).
+
+Protocol, without test-set leakage:
+
+* :func:`assign_folds` splits the TRAINING cohort into 4 folds stratified by HER2 (test rows get fold -1); both
+  models use the same folds so the fusion model can be fitted on out-of-fold (OOF) probabilities.
+* :func:`run_cv` trains one model per fold on the other three folds (:func:`fit_fold`) and keeps the epoch with
+  the best AUC on a **selection set** (ties: lower selection-set loss; accuracy, recall, F1 and loss are logged
+  too). Two labelled choices of selection set (``selection=``):
+
+  - ``"inner"`` (her2lib default): a stratified, seeded inner validation split (``inner_fraction`` of the fold's
+    training part, seed from ``(seed, fold)``). The model trains on the rest. The held-out fold is touched only
+    to predict it, so its OOF probabilities, and everything fitted on them later (Youden threshold, DL-US&MRI
+    fusion), are honest.
+  - ``"heldout"`` (the paper's protocol, labelled "paper" in the tables): the epoch is chosen on the held-out
+    fold itself, which then gets its OOF probabilities from that chosen model; OOF AUCs are optimistic.
+
+* Every fold model predicts the test cohort. ``CVResult.test_folds`` keeps each fold model's test probability
+  (``{prefix}_test_folds.csv``) and ``CVResult.test`` their mean (``{prefix}_test.csv``, used for the AUC). A
+  threshold or a fusion fitted on OOF probabilities (which are single-fold-model probabilities) is applied to
+  the single fold models' test probabilities, never to their less spread mean (see :mod:`her2lib.evaluate`).
+  The test cohort never enters :func:`fit_fold` (it raises if a test patient reaches it) and never chooses
+  anything.
+
+Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``, learning curves). For
+reproducibility and resuming see :mod:`her2lib.train.loop`.
+"""
+
+from . import config, cv, folds, loop, optim, runtime
+from .config import PAPER_TRAINING, TrainConfig
+from .cv import SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
+from .folds import assign_folds, inner_split, read_folds, write_folds
+from .loop import EpochHook, FoldResult, fit_fold, train_one_epoch
+from .optim import make_mixup, make_optimizer, make_scheduler
+from .runtime import epoch_metrics, predict_proba, resolve_device
+
+__all__ = ["TrainConfig", "PAPER_TRAINING", "assign_folds", "read_folds", "write_folds", "inner_split",
+           "resolve_device", "epoch_metrics", "predict_proba", "fit_fold", "train_one_epoch", "make_optimizer",
+           "make_scheduler", "make_mixup", "EpochHook", "FoldResult", "CVResult", "SELECTIONS", "run_cv",
+           "load_fold_model", "write_predictions", "oof_performance", "config", "cv", "folds", "loop", "optim",
+           "runtime"]

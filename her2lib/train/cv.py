@@ -1,0 +1,262 @@
+"""Cross-validation of one model: the fold models, their out-of-fold and test predictions, the prediction files,
+and loading a trained fold model back.
+
+Science layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..contract import DL_MODELS, MODELS, PREDICTION_COLUMNS, TEST_FOLD_COLUMNS, prediction_path
+from ..errors import DataError, ParameterError, UndefinedMetricWarning
+from ..io import write_csv, write_json
+from ..models import ModelConfig, build_model, config_from_dict, config_to_dict
+from ..options import look_up_option
+from ..transforms import DEFAULT_AUGMENT, AugmentSpec, _epoch_seed
+from .config import TrainConfig
+from .folds import _check_cohort, inner_split
+from .loop import EpochHook, FoldResult, fit_fold
+from .runtime import _memory_format, _use_cl, epoch_metrics, predict_proba, resolve_device
+
+__all__ = ["SELECTIONS", "CVResult", "run_cv", "load_fold_model", "write_predictions", "oof_performance"]
+
+#: epoch-selection protocols of :func:`run_cv` -> label written to the tables
+SELECTIONS = {"inner": "inner validation split of the fold's training part (her2lib default)",
+              "heldout": "held-out fold (paper protocol; OOF optimistic)"}
+
+
+@dataclass
+class CVResult:
+    """Predictions and logs of a cross-validated model.
+
+    Attributes
+    ----------
+    oof : pandas.DataFrame
+        One row per training patient: ``patient_id, split, fold, her2, p_her2`` (the fold model that did not
+        train on the patient's fold).
+    test : pandas.DataFrame
+        One row per test patient, ``fold = -1``, ``p_her2`` = mean of the fold models (for the AUC and curves).
+    history : pandas.DataFrame
+        Per fold and (1-based) epoch: ``train_loss`` and the selection set's ``val_loss, val_auc, val_accuracy,
+        val_recall, val_f1``, ``lr``.
+    summary : pandas.DataFrame
+        Per fold: the selection protocol, best epoch (1-based), its selection-set metrics, and the AUC of the
+        kept model on the held-out fold (``heldout_auc``).
+    test_folds : pandas.DataFrame
+        Every fold model's test probabilities, :data:`~her2lib.contract.TEST_FOLD_COLUMNS` (long format,
+        ``model_fold`` = fold of the model), sorted by patient then model fold.
+    selection : str
+        ``"inner"`` or ``"heldout"`` (:data:`SELECTIONS`).
+    """
+
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    history: pd.DataFrame
+    summary: pd.DataFrame
+    test_folds: pd.DataFrame | None = None
+    selection: str = "inner"
+
+
+def _checked_inputs(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig,
+                    folds: pd.Series) -> tuple[torch.Tensor, pd.Series, np.ndarray]:
+    """The inputs as a float32 tensor, the folds aligned with ``cohort`` and the training-row mask."""
+    _check_cohort(cohort, "run_cv")
+    x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+    if x.shape[0] != len(cohort) or tuple(x.shape[1:]) != tuple(model_cfg.input_shape):
+        raise DataError(f"run_cv: inputs have shape {tuple(x.shape)}; expected ({len(cohort)}, "
+                        f"{', '.join(map(str, model_cfg.input_shape))}). Fix: preprocess with the size of the "
+                        f"config (image_size={model_cfg.image_size}).")
+    if not torch.isfinite(x).all():
+        raise DataError("run_cv: inputs contain NaN/inf.")
+    folds = folds.loc[cohort.index].astype(int)
+    is_train = (cohort["split"] == "train").to_numpy()
+    if (folds[~is_train] != -1).any() or (folds[is_train] < 0).any():
+        raise DataError("run_cv: folds must be -1 for test patients and >= 0 for training patients; "
+                        "use her2lib.train.assign_folds.")
+    return x, folds, is_train
+
+
+def _fold_sets(rows: pd.DataFrame, is_train: np.ndarray, fvals: np.ndarray, k: int, *, selection: str,
+               inner_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Row indices of fold ``k``'s fit set, selection set and held-out fold, and the fingerprint extra."""
+    tr = np.flatnonzero(is_train & (fvals != k))
+    va = np.flatnonzero(is_train & (fvals == k))
+    if selection == "inner":
+        fit_i, sel_i = inner_split(rows.iloc[tr], inner_fraction, _epoch_seed(seed, k, 10**6, 3) % (2**32 - 1))
+        fit_idx, sel_idx = tr[fit_i], tr[sel_i]
+    else:
+        fit_idx, sel_idx = tr, va
+    extra = {"selection": selection, "inner_fraction": inner_fraction if selection == "inner" else None,
+             "heldout": rows.iloc[va]["patient_id"].tolist(), "heldout_her2": rows.iloc[va]["her2"].tolist()}
+    return fit_idx, sel_idx, va, extra
+
+
+def _fold_model(model_cfg: ModelConfig, training: TrainConfig, res: FoldResult, dev: torch.device) -> nn.Module:
+    model = build_model(model_cfg)
+    model.load_state_dict(res.state_dict)
+    model = model.to(dev)
+    if _use_cl(training, dev):
+        model = model.to(memory_format=_memory_format(model_cfg.spatial_dims))
+    return model
+
+
+def _summary_row(k: int, res: FoldResult, selection: str, n: tuple[int, int, int], part: pd.DataFrame) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        heldout_auc = epoch_metrics(part["her2"].to_numpy(), part["p_her2"].to_numpy())["auc"]
+    return {"fold": k, "selection": SELECTIONS[selection], "best_epoch": res.best_epoch,
+            "n_train": n[0], "n_select": n[1], "n_heldout": n[2],
+            **{c.replace("val_", "select_"): res.best_metrics.get(c)
+               for c in ("val_auc", "val_accuracy", "val_recall", "val_f1", "val_loss")},
+            "heldout_auc": heldout_auc}
+
+
+def _assemble(rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list,
+              test_fold_parts: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """OOF table, fold-mean test table and per-fold-model test table, sorted by patient."""
+    oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
+    test = rows.iloc[test_idx].copy()
+    test["fold"] = -1
+    test["p_her2"] = np.mean(test_probs, axis=0) if test_probs else np.zeros(0)
+    test = test.sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
+    test_folds = (pd.concat(test_fold_parts).sort_values(["patient_id", "model_fold"]).reset_index(drop=True)
+                  [list(TEST_FOLD_COLUMNS)] if test_fold_parts else pd.DataFrame(columns=list(TEST_FOLD_COLUMNS)))
+    return oof, test, test_folds
+
+
+def run_cv(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig, training: TrainConfig, folds: pd.Series,
+           out_dir: str | os.PathLike, *, seed: int = 0, device: str = "auto",
+           augment: AugmentSpec | None = DEFAULT_AUGMENT, resume: bool = True, checkpoint_every: int = 1,
+           progress: bool = True, epoch_hook: EpochHook | None = None, selection: str = "inner",
+           inner_fraction: float = 0.2) -> CVResult:
+    """Cross-validate one model on the training cohort and predict the test cohort.
+
+    Parameters
+    ----------
+    cohort : pandas.DataFrame
+        ``patient_id, split, her2`` (others ignored), one row per patient.
+    inputs : np.ndarray or torch.Tensor
+        float32 ``(n_patients, *model_cfg.input_shape)`` in ``cohort`` row order (from
+        :func:`her2lib.roi.preprocess_cohort`).
+    model_cfg : DLUSConfig or DLMRIConfig
+    training : TrainConfig
+    folds : pandas.Series
+        From :func:`assign_folds` / :func:`read_folds`, indexed like ``cohort``.
+    out_dir : path
+        Model folder (``run.models / "dl_us"`` or ``"dl_mri"``): ``config.json`` (model and training
+        configuration, seed, folds, augmentation, selection), ``fold{k}.pt``, ``metrics.csv``.
+    seed, device, augment, resume, checkpoint_every, progress, epoch_hook
+        See :func:`fit_fold`.
+    selection : {"inner", "heldout"}
+        Where each fold's epoch is chosen: ``"inner"`` (default) on a stratified inner validation split of the
+        fold's training part (:func:`inner_split`, ``inner_fraction`` of it, seed ``(seed, fold)``), so the
+        held-out fold's OOF probabilities are honest; ``"heldout"`` on the held-out fold itself (the paper's
+        protocol; optimistic OOF).
+    inner_fraction : float
+        Share of the fold's training part used as the inner selection set (``selection="inner"`` only).
+
+    Returns
+    -------
+    CVResult
+    """
+    look_up_option(selection, SELECTIONS, name="selection")
+    x, folds, is_train = _checked_inputs(cohort, inputs, model_cfg, folds)
+    fold_ids = [int(k) for k in sorted(folds[is_train].unique())]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", {"config": config_to_dict(model_cfg), "training": training.to_dict(),
+                                         "seed": seed, "folds": fold_ids,
+                                         "augment": asdict(augment) if augment else None,
+                                         "selection": selection, "selection_label": SELECTIONS[selection],
+                                         "inner_fraction": inner_fraction if selection == "inner" else None})
+    dev = resolve_device(device)
+    rows = cohort[["patient_id", "split", "her2"]].reset_index(drop=True)
+    fvals = folds.to_numpy()
+    oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
+    test_idx = np.flatnonzero(~is_train)
+    for k in fold_ids:
+        fit_idx, sel_idx, va, extra = _fold_sets(rows, is_train, fvals, k, selection=selection,
+                                                 inner_fraction=inner_fraction, seed=seed)
+        res = fit_fold(model_cfg, training, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx],
+                       fold=k, out_dir=out_dir, seed=seed, device=dev, augment=augment, resume=resume,
+                       checkpoint_every=checkpoint_every, progress=progress, epoch_hook=epoch_hook,
+                       fingerprint_extra=extra)
+        model = _fold_model(model_cfg, training, res, dev)
+        part = rows.iloc[va].copy()
+        part["fold"] = k
+        part["p_her2"] = predict_proba(model, x[va], training=training, device=dev)
+        oof_parts.append(part)
+        if len(test_idx):
+            pt = predict_proba(model, x[test_idx], training=training, device=dev)
+            test_probs.append(pt)
+            tf = rows.iloc[test_idx][["patient_id", "split", "her2"]].copy()
+            tf["model_fold"] = k
+            tf["p_her2"] = pt
+            test_fold_parts.append(tf)
+        hist.extend(res.history)
+        summ.append(_summary_row(k, res, selection, (len(fit_idx), len(sel_idx), len(va)), part))
+    oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts)
+    history = pd.DataFrame(hist)
+    write_csv(out_dir / "metrics.csv", history)
+    return CVResult(oof=oof, test=test, history=history, summary=pd.DataFrame(summ), test_folds=test_folds,
+                    selection=selection)
+
+
+def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu") -> nn.Module:
+    """The best model of one fold, in eval mode (for prediction and Grad-CAM).
+
+    Parameters
+    ----------
+    models_dir : path
+        A model folder written by :func:`run_cv` (``run.models / "dl_us"`` or ``"dl_mri"``), holding
+        ``config.json`` and ``fold{k}.pt``.
+    fold : int
+    device : str
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    models_dir = Path(models_dir)
+    cfg_path, ck_path = models_dir / "config.json", models_dir / f"fold{fold}.pt"
+    for p in (cfg_path, ck_path):
+        if not p.exists():
+            raise ParameterError(f"{p} does not exist; train the model first (notebooks 03/04) or check "
+                                 "models_dir / fold.")
+    cfg = config_from_dict(json.loads(cfg_path.read_text(encoding="utf-8"))["config"])
+    cfg.checkpoint = None  # the fold file holds all weights
+    model = build_model(cfg)
+    ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+    if not ck.get("complete"):
+        raise ParameterError(f"{ck_path}: fold {fold} did not finish training; re-run the training notebook.")
+    model.load_state_dict(ck["model"])
+    return model.to(resolve_device(device)).eval()
+
+
+def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, prefix: str) -> list[Path]:
+    """Write ``{prefix}_oof.csv``, ``{prefix}_test.csv`` (:data:`~her2lib.contract.PREDICTION_COLUMNS`; test =
+    mean of the fold models) and ``{prefix}_test_folds.csv`` (:data:`~her2lib.contract.TEST_FOLD_COLUMNS`, each
+    fold model's test probability). ``prefix`` is a deep-learning model's prefix, ``"us"`` or ``"mri"``."""
+    look_up_option(prefix, [MODELS[k].prefix for k in DL_MODELS], name="prefix")
+    out = [write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
+           write_csv(prediction_path(predictions_dir, prefix, "test"), result.test)]
+    if result.test_folds is not None:
+        out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), result.test_folds))
+    return out
+
+
+def oof_performance(result: CVResult | None, threshold: float = 0.5) -> dict[str, float] | None:
+    """:func:`epoch_metrics` of the out-of-fold predictions of ``result`` (None when training was skipped)."""
+    if result is None:
+        return None
+    return epoch_metrics(result.oof["her2"].to_numpy(), result.oof["p_her2"].to_numpy(), threshold)

@@ -1,0 +1,141 @@
+"""Cross-validation folds: the stratified four folds of the training cohort, their file, the inner selection split
+of one fold's training part, and the guard that keeps test patients out of every fit.
+
+Science layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+from ..contract import REQUIRED_COLUMNS, SPLITS
+from ..errors import DataError, ParameterError
+from ..io import write_csv
+
+__all__ = ["assign_folds", "write_folds", "read_folds", "inner_split"]
+
+
+def _check_cohort(df: pd.DataFrame, where: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{where}: the cohort table lacks columns {missing}.")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise DataError(f"{where}: split values {bad} are not 'train'/'test'.")
+    labels = set(pd.unique(df["her2"]))
+    if not labels <= {0, 1}:
+        raise DataError(f"{where}: her2 must be 0/1, found {sorted(map(str, labels))}.")
+    if df["patient_id"].duplicated().any():
+        dup = df.loc[df["patient_id"].duplicated(), "patient_id"].tolist()[:5]
+        raise DataError(f"{where}: duplicated patient_id {dup}.")
+
+
+def _guard_train_only(rows: pd.DataFrame, what: str) -> None:
+    if "split" not in rows.columns:
+        raise DataError(f"fit_fold: {what} rows need a 'split' column (the leakage guard checks it).")
+    test = rows.loc[rows["split"] != "train", "patient_id"].tolist()
+    if test:
+        raise DataError(f"fit_fold: test-cohort patients {test[:5]} reached the {what} data of a CV fold. The test "
+                        "cohort must never be used for fitting or model selection; pass only split == 'train' "
+                        "rows.")
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0) -> pd.Series:
+    """Stratified fold of every training patient; -1 for test patients.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Cohort with ``patient_id``, ``split`` and ``her2`` columns.
+    n_folds : int
+        Number of folds (paper: 4).
+    seed : int
+        Shuffling seed.
+
+    Returns
+    -------
+    pandas.Series
+        int, named ``fold``, indexed like ``df``. Stratified by ``her2``; independent of the row order (patients
+        are sorted by id before splitting).
+    """
+    _check_cohort(df, "assign_folds")
+    if n_folds < 2:
+        raise ParameterError(f"n_folds={n_folds}: need at least 2 folds.")
+    train = df[df["split"] == "train"].sort_values("patient_id")
+    counts = train["her2"].value_counts()
+    if len(counts) < 2 or counts.min() < n_folds:
+        raise DataError(f"assign_folds: the training cohort has HER2 counts {counts.to_dict()}; every class needs "
+                        f">= n_folds={n_folds} patients.")
+    folds = pd.Series(-1, index=df.index, name="fold", dtype=int)
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val) in enumerate(skf.split(np.zeros(len(train)), train["her2"].to_numpy())):
+        folds.loc[train.index[val]] = k
+    return folds
+
+
+def write_folds(path: str | os.PathLike, df: pd.DataFrame, folds: pd.Series) -> Path:
+    """Write ``patient_id, split, her2, fold`` to ``path`` (CSV, atomic)."""
+    out = df[["patient_id", "split", "her2"]].copy()
+    out["fold"] = folds.loc[df.index].astype(int)
+    return write_csv(path, out)
+
+
+def read_folds(path: str | os.PathLike, df: pd.DataFrame) -> pd.Series:
+    """Read a folds file (from :func:`write_folds`) and align it with ``df``'s rows.
+
+    Raises
+    ------
+    DataError
+        If a patient is missing, a test patient has a fold, or a split/label disagrees with ``df``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; run notebooks/02_preprocess.ipynb first (same out_dir).")
+    f = pd.read_csv(path, dtype={"patient_id": str})
+    m = df[["patient_id", "split", "her2"]].merge(f, on="patient_id", how="left", suffixes=("", "_file"))
+    problems = [f"patient {p}: not in {path}" for p in m.loc[m["fold"].isna(), "patient_id"]]
+    bad = m["fold"].notna() & ((m["split"] != m["split_file"]) | (m["her2"] != m["her2_file"]))
+    problems += [f"patient {p}: split/her2 differ from {path}" for p in m.loc[bad, "patient_id"]]
+    leak = m["fold"].notna() & (m["split"] == "test") & (m["fold"] != -1)
+    problems += [f"patient {p}: test patient with a CV fold" for p in m.loc[leak, "patient_id"]]
+    if problems:
+        raise DataError(f"{path} does not match the cohort ({len(problems)} problems); re-run 02_preprocess.",
+                        problems)
+    return pd.Series(m["fold"].astype(int).to_numpy(), index=df.index, name="fold")
+
+
+def inner_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of one fold's training part into a training set and an inner selection set.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        ``patient_id, her2`` of the fold's training part (in any order).
+    fraction : float
+        Share of patients in the selection set, in (0, 0.5].
+    seed : int
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        Positional indices into ``rows`` of the training set and of the selection set, each sorted. The split
+        depends on the patients, labels and seed only, not on the row order. Each class keeps at least one
+        patient on each side.
+    """
+    if not 0 < fraction <= 0.5:
+        raise ParameterError(f"inner_fraction={fraction!r}: use a share in (0, 0.5] (e.g. 0.2).")
+    counts = rows["her2"].value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        raise DataError(f"inner validation split: the fold's training part has HER2 counts {counts.to_dict()}; "
+                        "each class needs >= 2 patients. Use selection='heldout' or a larger cohort.")
+    order = np.argsort(rows["patient_id"].astype(str).to_numpy(), kind="stable")
+    y = rows["her2"].to_numpy()[order]
+    n_sel = max(int(round(fraction * len(rows))), 2)
+    sss = StratifiedShuffleSplit(n_splits=1, test_size=n_sel, random_state=seed)
+    tr, sel = next(sss.split(np.zeros(len(y)), y))
+    return np.sort(order[tr]), np.sort(order[sel])

@@ -1,0 +1,137 @@
+"""Where and how a model runs: device choice, mixed precision and memory layout, deterministic algorithms, the
+per-epoch metrics and batched prediction.
+
+Science layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from torch import nn
+
+from ..errors import ParameterError, UndefinedMetricWarning
+from .config import TrainConfig
+
+__all__ = ["resolve_device", "epoch_metrics", "predict_proba"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; otherwise ``torch.device(device)``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ParameterError(f"device={device!r}: use 'auto', 'cpu' or 'cuda[:N]' ({exc}).") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'.")
+    return dev
+
+
+def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, accuracy, recall (sensitivity) and F1 at ``threshold`` for labels ``y`` and probabilities ``p``.
+
+    AUC is NaN (with :class:`UndefinedMetricWarning`) when ``y`` has one class.
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    pred = (p >= threshold).astype(int)
+    if len(np.unique(y)) < 2:
+        warnings.warn("held-out fold has one class; AUC undefined (NaN).", UndefinedMetricWarning, stacklevel=2)
+        auc = float("nan")
+    else:
+        auc = float(roc_auc_score(y, p))
+    return {"auc": auc, "accuracy": float(accuracy_score(y, pred)),
+            "recall": float(recall_score(y, pred, zero_division=0)),
+            "f1": float(f1_score(y, pred, zero_division=0))}
+
+
+def _use_amp(training: TrainConfig, device: torch.device) -> bool:
+    return bool(training.amp) if training.amp is not None else device.type == "cuda"
+
+
+def _use_cl(training: TrainConfig, device: torch.device) -> bool:
+    return bool(training.channels_last) if training.channels_last is not None else device.type == "cuda"
+
+
+def _memory_format(spatial_dims: int) -> torch.memory_format:
+    """channels_last for 2-D models/batches, channels_last_3d for 3-D ones."""
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+def _to_device(x: torch.Tensor, device: torch.device, cl: bool) -> torch.Tensor:
+    """A batch ``(B, C, *spatial)`` on ``device``, in channels-last layout when ``cl``."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=_memory_format(x.ndim - 2)) if cl else x
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, *, training: TrainConfig | None = None,
+                  device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+    """Probability of HER2-positive (softmax of logit 1) for every sample.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Put in eval mode by this function.
+    x : torch.Tensor
+        ``(n, 1, H, W)`` or ``(n, 1, D, H, W)`` float32.
+    training : TrainConfig, optional
+        For the AMP / channels_last choices (off without it).
+    device : str or torch.device
+    batch_size : int
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(n,)``.
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    amp = training is not None and _use_amp(training, device)
+    cl = training is not None and _use_cl(training, device)
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = _to_device(torch.as_tensor(x[i:i + batch_size]), device, cl)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    """Deterministic algorithms during training, restored afterwards."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+@contextlib.contextmanager
+def _numpy_global_rng(rs: np.random.RandomState):
+    """Run a block that draws from NumPy's global RNG (timm Mixup does) on ``rs`` instead, leaving the caller's
+    global state untouched."""
+    saved = np.random.get_state()  # noqa: NPY002 (timm Mixup draws from the global RNG)
+    np.random.set_state(rs.get_state())  # noqa: NPY002
+    try:
+        yield
+    finally:
+        rs.set_state(np.random.get_state())  # noqa: NPY002
+        np.random.set_state(saved)  # noqa: NPY002
