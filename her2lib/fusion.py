@@ -51,10 +51,7 @@ import pandas as pd
 import statsmodels.api as sm
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
-# PREDICTION_COLUMNS and read_predictions: re-exported for train.py and gradcam.py until they import her2lib.contract
-from .contract import PREDICTION_COLUMNS as PREDICTION_COLUMNS
 from .contract import TEST_FOLD_COLUMNS, validate_predictions, validate_test_folds
-from .contract import read_predictions as read_predictions
 from .errors import DataError, ParameterError
 from .stats._common import as_binary_labels, as_probabilities, logistic_fit
 from .stats.roc import auc

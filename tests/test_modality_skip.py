@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from her2lib import evaluate, fusion, gradcam, roi, stages, stats, synth, train
+from her2lib import evaluate, roi, stages, stats, synth, train
 from her2lib.io import write_csv
 from her2lib.runner import notebook as nb
 from her2lib.runner import pipeline

@@ -1,6 +1,17 @@
 """Figures: every plot her2lib draws, one module per notebook's figures (science layer).
 
-Each function takes results (DataFrames, arrays, result objects) and a target path, draws with matplotlib's
-object API (never ``pyplot`` state the user's kernel shares beyond the figure it creates, never
-``matplotlib.use``), saves atomically through :func:`her2lib.io.save_figure` and returns the figure.
+* :mod:`.cohort` — the cohort gallery (notebook 00);
+* :mod:`.preprocess` — ROI examples before/after cropping (02);
+* :mod:`.training` — learning curves (03, 04);
+* :mod:`.evaluation` — Figure 3A (ROC), 3B (performance), calibration and decision curves (06);
+* :mod:`.gradcam` — Figure 4, Grad-CAM of DL-US and DL-MRI (07);
+* :mod:`._style` — the shared style and the colour of each model (Okabe-Ito, colour-blind safe).
+
+Each function takes results (tables, arrays, result objects), draws on a new matplotlib ``Figure`` (no pyplot
+state, never ``matplotlib.use``: the user's kernel keeps its backend), saves it atomically through
+:func:`her2lib.io.save_figure` when given a path, and returns the figure.
 """
+
+from . import cohort, evaluation, gradcam, preprocess, training
+
+__all__ = ["cohort", "preprocess", "training", "evaluation", "gradcam"]

@@ -9,7 +9,7 @@ import os
 import textwrap
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -141,7 +141,8 @@ def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = N
         raise ParameterError("plot_gradcam_us: no cases to plot.")
     checked = [_check_case(c, 2, "plot_gradcam_us") for c in cases]
     n = len(cases)
-    fig, axes = plt.subplots(2, n, figsize=(3.3 * n + 1.2, 7.2), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(3.3 * n + 1.2, 7.2), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
     for j, (case, (img, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
         win = _view_window(box, img.shape, sp, context)
         rect = tuple((a - w.start, b - w.start) for (a, b), w in zip(box, win))
@@ -198,7 +199,8 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
         raise ParameterError("plot_gradcam_mri: no cases to plot.")
     checked = [_check_case(c, 3, "plot_gradcam_mri") for c in cases]
     n = len(cases)
-    fig, axes = plt.subplots(n, 3, figsize=(10.5, 3.2 * n + 1.3), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(10.5, 3.2 * n + 1.3), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
     for i, (case, (vol, mask, cam, box, sp)) in enumerate(zip(cases, checked)):
         win = _view_window(box, vol.shape, sp, context)
         z = largest_lesion_slice(mask)
