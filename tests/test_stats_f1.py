@@ -3,7 +3,7 @@ false-positive rate): no collapse at FP = 0 / sensitivity = 1, exact and simulat
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ def _data(tp: int, fn: int, fp: int, tn: int):
     return y, s
 
 
-@lru_cache(maxsize=None)
+@cache
 def _f1_ci(tp: int, fp: int, m: int, n: int) -> tuple[float, float]:
     """The public function's F1 interval for these counts (seed 0, 2000 draws), cached per (TP, FP)."""
     y, s = _data(tp, m - tp, fp, n - fp)

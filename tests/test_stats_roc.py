@@ -13,8 +13,7 @@ import pytest
 from scipy import stats as st
 
 from her2lib.errors import DataError, ParameterError, UndefinedMetricWarning
-from her2lib.stats import (DeLongResult, auc, auc_ci, binary_metrics, delong_placements, delong_test,
-                           youden_threshold)
+from her2lib.stats import DeLongResult, auc, auc_ci, binary_metrics, delong_placements, delong_test, youden_threshold
 
 FIX = Path(__file__).parent / "fixtures"
 PROC = json.loads((FIX / "proc_reference.json").read_text())

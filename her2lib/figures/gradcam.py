@@ -9,10 +9,10 @@ import os
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from matplotlib.figure import Figure
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..errors import ParameterError

@@ -40,7 +40,7 @@ class RunDirs:
         return self.cohort_dir / "manifest.csv"
 
     @classmethod
-    def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> "RunDirs":
+    def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> RunDirs:
         root = resolve_path(out_dir)
         dirs = cls(root=root, figures=root / "figures", tables=root / "tables",
                    predictions=root / "predictions", models=root / "models", cache=root / "cache",

@@ -22,11 +22,35 @@ categorical P value of the paper's Tables 1-3 (see ``tests/test_stats_*.py``).
 
 from .calibration import CalibrationResult, brier_score, calibration, calibration_curve
 from .decision import decision_curve
-from .roc import (AUCInterval, BinaryMetrics, DeLongResult, Estimate, UnpairedDeLongResult, auc, auc_ci,
-                  binary_metrics, delong_placements, delong_test, delong_test_unpaired, youden_threshold)
-from .tables import (PAPER_PVALUES, CohortTables, TestResult, Variable, categorical_test, cohort_table,
-                     cohort_tables, compare_with_paper, continuous_test, fisher_exact_rx2, format_pvalue,
-                     paper_variables, table_tests)
+from .roc import (
+                  AUCInterval,
+                  BinaryMetrics,
+                  DeLongResult,
+                  Estimate,
+                  UnpairedDeLongResult,
+                  auc,
+                  auc_ci,
+                  binary_metrics,
+                  delong_placements,
+                  delong_test,
+                  delong_test_unpaired,
+                  youden_threshold,
+)
+from .tables import (
+                  PAPER_PVALUES,
+                  CohortTables,
+                  TestResult,
+                  Variable,
+                  categorical_test,
+                  cohort_table,
+                  cohort_tables,
+                  compare_with_paper,
+                  continuous_test,
+                  fisher_exact_rx2,
+                  format_pvalue,
+                  paper_variables,
+                  table_tests,
+)
 
 __all__ = ["auc", "delong_test", "DeLongResult", "delong_test_unpaired", "UnpairedDeLongResult",
            "delong_placements", "auc_ci", "AUCInterval", "binary_metrics", "BinaryMetrics", "Estimate",
