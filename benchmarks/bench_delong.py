@@ -72,8 +72,13 @@ def time_r(y, a, b, repeats: int, timeout: float) -> tuple[float, float] | None:
         script = Path(tmp) / "bench.R"
         script.write_text(R_SCRIPT)
         try:
-            out = subprocess.run(["Rscript", str(script), str(csv), str(repeats)], capture_output=True, text=True,
-                                 timeout=timeout, check=True).stdout.split()
+            out = subprocess.run(
+                ["Rscript", str(script), str(csv), str(repeats)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=True,
+            ).stdout.split()
         except subprocess.TimeoutExpired:
             return None
         return float(out[0]), float(out[1])
@@ -107,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 tr, zr = res
                 line += f" {tr:>9.3f} {tr / t:>8.1f}x {abs(z - zr):>9.1e}"
         print(line, flush=True)
-    print(f"time/(N log2 N) spread across sizes: max/min = {max(ratios) / min(ratios):.2f} "
-          "(about 1 = O(N log N); O(N^2) would grow 100x per decade)")
+    print(
+        f"time/(N log2 N) spread across sizes: max/min = {max(ratios) / min(ratios):.2f} "
+        "(about 1 = O(N log N); O(N^2) would grow 100x per decade)"
+    )
     return 0
 
 

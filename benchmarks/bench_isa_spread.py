@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-        "native": {}}
+CAPS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "native": {},
+}
 FILES = ("us_oof", "us_test", "mri_oof", "mri_test", "fusion_oof", "fusion_test")
 
 
@@ -54,8 +56,25 @@ def _prepare(base: Path, dest: Path) -> None:
 def _run(profile: str, out: Path, env_caps: dict) -> float:
     env = {**os.environ, **env_caps}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "her2lib.runner", "--profile", profile, "--out", str(out),
-                    "--only", "03", "04", "05", "06"], cwd=REPO, env=env, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "her2lib.runner",
+            "--profile",
+            profile,
+            "--out",
+            str(out),
+            "--only",
+            "03",
+            "04",
+            "05",
+            "06",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -98,13 +117,23 @@ def main() -> None:
             d = pd.read_csv(f, dtype={"patient_id": str})
             diff = float(np.max(np.abs(d["p_her2"].to_numpy() - ref["p_her2"].to_numpy())))
             line += f"  {v}: {'identical' if same else f'{diff:.3g}'}"
-            rows.append({"file": name, "variant": v, "max_abs_diff": diff, "identical": same,
-                         "auc_base": _auc(ref), "auc_variant": _auc(d)})
+            rows.append(
+                {
+                    "file": name,
+                    "variant": v,
+                    "max_abs_diff": diff,
+                    "identical": same,
+                    "auc_base": _auc(ref),
+                    "auc_variant": _auc(d),
+                }
+            )
         print(line)
     print("\nAUC (base -> variant):")
     for r in rows:
-        print(f"  {r['file']:12s} {r['variant']:6s} {r['auc_base']:.3f} -> {r['auc_variant']:.3f} "
-              f"({r['auc_variant'] - r['auc_base']:+.3f})")
+        print(
+            f"  {r['file']:12s} {r['variant']:6s} {r['auc_base']:.3f} -> {r['auc_variant']:.3f} "
+            f"({r['auc_variant'] - r['auc_base']:+.3f})"
+        )
     print("\nwall time of notebooks 03-06:", ", ".join(f"{v} {t:.0f} s" for v, t in times.items()))
     pd.DataFrame(rows).to_csv(args.out / "isa_spread.csv", index=False)
     print("table:", args.out / "isa_spread.csv")

@@ -80,13 +80,35 @@ def bench(cfg, training, x: torch.Tensor, y: torch.Tensor, *, dev: torch.device,
         yt = y[:bs].to(dev)
     # warm-up: one full epoch of each (allocator, MONAI grid caches, fused kernels)
     _bare_epoch(model, opt, scaler, xb, yt, training, dev, n_steps, mixup is not None)
-    train.train_one_epoch(model, opt, scaler, x, y, training=training, device=dev, aug=aug, mixup=mixup,
-                          gen=torch.Generator().manual_seed(0), np_rs=np.random.RandomState(0))
+    train.train_one_epoch(
+        model,
+        opt,
+        scaler,
+        x,
+        y,
+        training=training,
+        device=dev,
+        aug=aug,
+        mixup=mixup,
+        gen=torch.Generator().manual_seed(0),
+        np_rs=np.random.RandomState(0),
+    )
     real, bare = [], []
     for r in range(rounds):
         t = time.perf_counter()
-        _, n = train.train_one_epoch(model, opt, scaler, x, y, training=training, device=dev, aug=aug, mixup=mixup,
-                                     gen=torch.Generator().manual_seed(r), np_rs=np.random.RandomState(r))
+        _, n = train.train_one_epoch(
+            model,
+            opt,
+            scaler,
+            x,
+            y,
+            training=training,
+            device=dev,
+            aug=aug,
+            mixup=mixup,
+            gen=torch.Generator().manual_seed(r),
+            np_rs=np.random.RandomState(r),
+        )
         _sync(dev)
         real.append(n / (time.perf_counter() - t))
         t = time.perf_counter()
@@ -94,9 +116,17 @@ def bench(cfg, training, x: torch.Tensor, y: torch.Tensor, *, dev: torch.device,
         bare.append(n / (time.perf_counter() - t))
     r_med, b_med = statistics.median(real), statistics.median(bare)
     paired = statistics.median(a / b for a, b in zip(real, bare))
-    return {"model": cfg.kind, "input": "x".join(map(str, cfg.input_shape[1:])), "batch": bs,
-            "loop_samples_per_s": r_med, "bare_samples_per_s": b_med, "ratio": paired,
-            "per_round_ratio": [a / b for a, b in zip(real, bare)], "real": real, "bare": bare}
+    return {
+        "model": cfg.kind,
+        "input": "x".join(map(str, cfg.input_shape[1:])),
+        "batch": bs,
+        "loop_samples_per_s": r_med,
+        "bare_samples_per_s": b_med,
+        "ratio": paired,
+        "per_round_ratio": [a / b for a, b in zip(real, bare)],
+        "real": real,
+        "bare": bare,
+    }
 
 
 def _inputs(args, modality: str, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -133,8 +163,10 @@ def main(argv=None) -> int:
     dev = train.resolve_device(args.device)
     print(f"device={dev} torch={torch.__version__} threads={torch.get_num_threads()}")
     rows = []
-    todo = [("us", models.DLUSConfig(variant=args.us_variant, image_size=args.us_size)),
-            ("mri", models.DLMRIConfig(image_size=args.mri_size, conv1_t_stride=args.mri_stride))]
+    todo = [
+        ("us", models.DLUSConfig(variant=args.us_variant, image_size=args.us_size)),
+        ("mri", models.DLMRIConfig(image_size=args.mri_size, conv1_t_stride=args.mri_stride)),
+    ]
     for modality, cfg in todo:
         if args.only and modality != args.only:
             continue
@@ -143,10 +175,13 @@ def main(argv=None) -> int:
             res = bench(cfg, train.PAPER_TRAINING[cfg.kind], x, y, dev=dev, rounds=args.rounds)
         res["cache_load_s_per_sample"] = load
         rows.append(res)
-        print(f"{res['model']:7s} {res['input']:>9s} batch {res['batch']}: real loop {res['loop_samples_per_s']:7.1f} "
-              f"samples/s | bare step {res['bare_samples_per_s']:7.1f} samples/s | ratio {res['ratio']:.3f} "
-              f"(rounds: {', '.join(f'{r:.2f}' for r in res['per_round_ratio'])}) | one-off cache load "
-              f"{load * 1000:.1f} ms/sample", flush=True)
+        print(
+            f"{res['model']:7s} {res['input']:>9s} batch {res['batch']}: real loop {res['loop_samples_per_s']:7.1f} "
+            f"samples/s | bare step {res['bare_samples_per_s']:7.1f} samples/s | ratio {res['ratio']:.3f} "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in res['per_round_ratio'])}) | one-off cache load "
+            f"{load * 1000:.1f} ms/sample",
+            flush=True,
+        )
     ok = all(r["ratio"] >= 0.9 for r in rows)
     print("target ratio >= 0.9:", "met" if ok else "NOT met")
     return 0

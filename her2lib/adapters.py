@@ -46,8 +46,10 @@ def _check_dirs(src: Path, out: Path) -> None:
         raise DataError(f"{src}: source folder not found; set source_dir to the data set's root folder.")
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r or src_r in out_r.parents:
-        raise DataError(f"{out}: the output folder must be outside the source {src} (sources are never "
-                        "written to); choose another cohort_dir.")
+        raise DataError(
+            f"{out}: the output folder must be outside the source {src} (sources are never "
+            "written to); choose another cohort_dir."
+        )
 
 
 def _binary(v: Any) -> float:
@@ -56,8 +58,18 @@ def _binary(v: Any) -> float:
         return np.nan
     if isinstance(v, str):
         s = v.strip().lower()
-        table = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1,
-                 "false": 0, "true": 1}
+        table = {
+            "0": 0,
+            "1": 1,
+            "0.0": 0,
+            "1.0": 1,
+            "negative": 0,
+            "positive": 1,
+            "neg": 0,
+            "pos": 1,
+            "false": 0,
+            "true": 1,
+        }
         return float(table[s]) if s in table else np.nan
     try:
         f = float(v)
@@ -81,12 +93,13 @@ def _derive_subtypes(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: float, seed: int,
-            params: dict) -> Path:
+def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: float, seed: int, params: dict) -> Path:
     if not rows:
         write_csv(out / "import_report.csv", pd.DataFrame(skipped, columns=["patient_id", "reason"]))
-        raise DataError(f"{out}: no patient could be imported ({len(skipped)} skipped; reasons in "
-                        f"{out / 'import_report.csv'}); check source_dir and the data set layout.")
+        raise DataError(
+            f"{out}: no patient could be imported ({len(skipped)} skipped; reasons in "
+            f"{out / 'import_report.csv'}); check source_dir and the data set layout."
+        )
     df = pd.DataFrame(rows)
     df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)
     df["her2"] = df["her2"].astype(int)
@@ -128,16 +141,23 @@ def _read_mama_mia_clinical(xlsx: Path, datasets: list[str] | None) -> pd.DataFr
         raise DataError(f"{xlsx}: cannot read sheet 'dataset_info' ({exc}).") from exc
     clin.columns = [str(c).strip().lower() for c in clin.columns]
     if "patient_id" not in clin or "her2" not in clin:
-        raise DataError(f"{xlsx}: sheet dataset_info needs columns patient_id and her2 (found "
-                        f"{list(clin.columns)}).")
+        raise DataError(f"{xlsx}: sheet dataset_info needs columns patient_id and her2 (found {list(clin.columns)}).")
     if datasets is not None and "dataset" in clin:
         clin = clin[clin["dataset"].astype(str).isin(datasets)]
     return clin
 
 
-def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_fraction: float = 48 / 197,
-                    seed: int = 0, phase: int = 1, segmentation: str = "expert", copy_images: bool = False,
-                    datasets: list[str] | None = None) -> Path:
+def import_mama_mia(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    test_fraction: float = 48 / 197,
+    seed: int = 0,
+    phase: int = 1,
+    segmentation: str = "expert",
+    copy_images: bool = False,
+    datasets: list[str] | None = None,
+) -> Path:
     """Import MAMA-MIA (DCE-MRI, expert segmentations) as an MRI-only her2lib cohort.
 
     Parameters
@@ -182,9 +202,17 @@ def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_
         img = _find_ci(folder, f"{pid}_{phase:04d}.nii.gz") if folder else None
         seg = _find_ci(src / "segmentations" / segmentation, f"{pid}.nii.gz")
         if img is None or seg is None:
-            skipped.append({"patient_id": pid, "reason": "missing " + " and ".join(
-                w for w, p in ((f"image phase {phase}", img), (f"{segmentation} segmentation", seg))
-                if p is None)})
+            skipped.append(
+                {
+                    "patient_id": pid,
+                    "reason": "missing "
+                    + " and ".join(
+                        w
+                        for w, p in ((f"image phase {phase}", img), (f"{segmentation} segmentation", seg))
+                        if p is None
+                    ),
+                }
+            )
             continue
         if copy_images:
             dst_img, dst_seg = out / "mri" / f"{pid}.nii.gz", out / "mri" / f"{pid}_mask.nii.gz"
@@ -206,8 +234,16 @@ def import_mama_mia(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_
     if rows:
         df = _derive_subtypes(pd.DataFrame(rows))
         rows = df.to_dict("records")
-    params = {"source": "mama-mia", "source_dir": str(src.resolve()), "test_fraction": test_fraction, "seed": seed,
-              "phase": phase, "segmentation": segmentation, "copy_images": copy_images, "datasets": datasets}
+    params = {
+        "source": "mama-mia",
+        "source_dir": str(src.resolve()),
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "phase": phase,
+        "segmentation": segmentation,
+        "copy_images": copy_images,
+        "datasets": datasets,
+    }
     return _finish(out, rows, skipped, test_fraction, seed, params)
 
 
@@ -225,10 +261,12 @@ def _read_duke_clinical(path: Path) -> pd.DataFrame:
             head_row = i
             break
     if head_row is None:
-        raise DataError(f"{path}: no 'Patient ID' header cell in the first rows; expected the Duke "
-                        "Clinical_and_Other_Features.xlsx layout (3 header rows).")
+        raise DataError(
+            f"{path}: no 'Patient ID' header cell in the first rows; expected the Duke "
+            "Clinical_and_Other_Features.xlsx layout (3 header rows)."
+        )
     names = [str(v).strip() if pd.notna(v) else f"col{j}" for j, v in enumerate(raw.iloc[head_row])]
-    body = raw.iloc[head_row + 1:].copy()
+    body = raw.iloc[head_row + 1 :].copy()
     body.columns = names
     idcol = names[[n.lower() for n in names].index("patient id")]
     body = body[body[idcol].astype(str).str.strip().str.match(_DUKE_ID)]
@@ -243,9 +281,15 @@ def _read_dicom_series(files: list[Path]) -> tuple[np.ndarray, tuple[float, floa
         if "InstanceNumber" in d and d.InstanceNumber is not None:
             return float(d.InstanceNumber)
         return float(d.ImagePositionPatient[2])
+
     dss.sort(key=key)
-    arr = np.stack([d.pixel_array.astype(np.float32) * float(getattr(d, "RescaleSlope", 1) or 1)
-                    + float(getattr(d, "RescaleIntercept", 0) or 0) for d in dss])
+    arr = np.stack(
+        [
+            d.pixel_array.astype(np.float32) * float(getattr(d, "RescaleSlope", 1) or 1)
+            + float(getattr(d, "RescaleIntercept", 0) or 0)
+            for d in dss
+        ]
+    )
     dy, dx = (float(v) for v in dss[0].PixelSpacing)
     if len(dss) > 1 and "ImagePositionPatient" in dss[0]:
         p0, p1 = (np.asarray(d.ImagePositionPatient, float) for d in dss[:2])
@@ -263,8 +307,10 @@ def _read_duke_tables(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     clin_path, box_path = src / "Clinical_and_Other_Features.xlsx", src / "Annotation_Boxes.xlsx"
     for p in (clin_path, box_path):
         if not p.is_file():
-            raise DataError(f"{p}: Duke table not found; source_dir must hold Clinical_and_Other_Features.xlsx "
-                            "and Annotation_Boxes.xlsx next to the patient folders.")
+            raise DataError(
+                f"{p}: Duke table not found; source_dir must hold Clinical_and_Other_Features.xlsx "
+                "and Annotation_Boxes.xlsx next to the patient folders."
+            )
     clin = _read_duke_clinical(clin_path)
     if "HER2" not in clin.columns:
         raise DataError(f"{clin_path}: no 'HER2' column in the header row (found {list(clin.columns)[:12]}...).")
@@ -304,7 +350,7 @@ def _duke_box_mask(b: pd.Series | pd.DataFrame, shape: tuple[int, ...], box_inde
     ys, ye = int(b["Start Row"]) - o, int(b["End Row"]) - o
     xs, xe = int(b["Start Column"]) - o, int(b["End Column"]) - o
     mask = np.zeros(shape, np.uint8)
-    mask[max(zs, 0):ze + 1, max(ys, 0):ye + 1, max(xs, 0):xe + 1] = 1
+    mask[max(zs, 0) : ze + 1, max(ys, 0) : ye + 1, max(xs, 0) : xe + 1] = 1
     return mask
 
 
@@ -321,8 +367,15 @@ def _duke_descriptors(r: pd.Series, clin: pd.DataFrame) -> dict[str, Any]:
     return row
 
 
-def _duke_patient(pid: str, pdir: Path, box: pd.Series | pd.DataFrame, out: Path, pat: re.Pattern,
-                  series_pattern: str, box_index_base: int) -> tuple[Path, Path] | str:
+def _duke_patient(
+    pid: str,
+    pdir: Path,
+    box: pd.Series | pd.DataFrame,
+    out: Path,
+    pat: re.Pattern,
+    series_pattern: str,
+    box_index_base: int,
+) -> tuple[Path, Path] | str:
     """Convert one patient's series and box to NIfTI under ``out/mri``; returns the two files or why not."""
     files, why = _duke_series(pdir, pat, series_pattern)
     if files is None:
@@ -341,9 +394,16 @@ def _duke_patient(pid: str, pdir: Path, box: pd.Series | pd.DataFrame, out: Path
     return img_path, mask_path
 
 
-def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_fraction: float = 48 / 197,
-                seed: int = 0, series_pattern: str = r"1st|ph1|post.?1|pass.?1",
-                box_index_base: int = 1, progress: bool = False) -> Path:
+def import_duke(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    test_fraction: float = 48 / 197,
+    seed: int = 0,
+    series_pattern: str = r"1st|ph1|post.?1|pass.?1",
+    box_index_base: int = 1,
+    progress: bool = False,
+) -> Path:
     """Import Duke-Breast-Cancer-MRI (DICOM) as an MRI-only her2lib cohort with bounding-box masks.
 
     Parameters
@@ -392,12 +452,25 @@ def import_duke(src: str | os.PathLike, out_dir: str | os.PathLike, *, test_frac
         if isinstance(done, str):
             skipped.append({"patient_id": pid, "reason": done})
             continue
-        rows.append({"patient_id": pid, "her2": int(her2), "mri_image": f"mri/{pid}.nii.gz",
-                     "mri_mask": f"mri/{pid}_mask.nii.gz", **_duke_descriptors(r, clin)})
+        rows.append(
+            {
+                "patient_id": pid,
+                "her2": int(her2),
+                "mri_image": f"mri/{pid}.nii.gz",
+                "mri_mask": f"mri/{pid}_mask.nii.gz",
+                **_duke_descriptors(r, clin),
+            }
+        )
     if rows:
         rows = _derive_subtypes(pd.DataFrame(rows)).to_dict("records")
-    params = {"source": "duke", "source_dir": str(src.resolve()), "test_fraction": test_fraction, "seed": seed,
-              "series_pattern": series_pattern, "box_index_base": box_index_base}
+    params = {
+        "source": "duke",
+        "source_dir": str(src.resolve()),
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "series_pattern": series_pattern,
+        "box_index_base": box_index_base,
+    }
     return _finish(out, rows, skipped, test_fraction, seed, params)
 
 

@@ -28,11 +28,35 @@ import pandas as pd
 from .errors import DataError
 from .options import look_up_option
 
-__all__ = ["REPO_ROOT", "resolve_path", "MODALITIES", "Modality", "modality", "PATH_COLUMNS", "REQUIRED_COLUMNS",
-           "MANIFEST_HEAD", "SPLITS", "HER2_IHC_CODES", "FISH_CODES", "CONTINUOUS_COLUMNS", "ModelKey", "MODELS",
-           "model", "model_label", "DL_MODELS", "PAIRS", "PREDICTION_COLUMNS", "TEST_FOLD_COLUMNS",
-           "prediction_path", "validate_predictions", "read_predictions", "validate_test_folds",
-           "read_test_folds", "table_spec", "PAPER_TABLES"]
+__all__ = [
+    "REPO_ROOT",
+    "resolve_path",
+    "MODALITIES",
+    "Modality",
+    "modality",
+    "PATH_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "MANIFEST_HEAD",
+    "SPLITS",
+    "HER2_IHC_CODES",
+    "FISH_CODES",
+    "CONTINUOUS_COLUMNS",
+    "ModelKey",
+    "MODELS",
+    "model",
+    "model_label",
+    "DL_MODELS",
+    "PAIRS",
+    "PREDICTION_COLUMNS",
+    "TEST_FOLD_COLUMNS",
+    "prediction_path",
+    "validate_predictions",
+    "read_predictions",
+    "validate_test_folds",
+    "read_test_folds",
+    "table_spec",
+    "PAPER_TABLES",
+]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Paths
@@ -164,8 +188,10 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
     """
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; a prediction file needs the columns "
-                        f"{list(PREDICTION_COLUMNS)} (written by the 03/04/05 notebooks).")
+        raise DataError(
+            f"{source}: missing column(s) {missing}; a prediction file needs the columns "
+            f"{list(PREDICTION_COLUMNS)} (written by the 03/04/05 notebooks)."
+        )
     out = df.copy()
     out["patient_id"] = out["patient_id"].astype(str)
     problems: list[str] = []
@@ -178,8 +204,10 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
     if split is not None:
         other = out.loc[out["split"] != split, "patient_id"].tolist()
         if other:
-            problems.append(f"{source}: expected only split == {split!r} rows, but patients {other[:10]} are not; "
-                            "OOF files hold training patients, test files test patients.")
+            problems.append(
+                f"{source}: expected only split == {split!r} rows, but patients {other[:10]} are not; "
+                "OOF files hold training patients, test files test patients."
+            )
     her2 = pd.to_numeric(out["her2"], errors="coerce")
     bad_y = out.loc[~her2.isin([0, 1]), "patient_id"].tolist()
     if bad_y:
@@ -219,14 +247,17 @@ def read_predictions(path: str | os.PathLike, split: str | None = None) -> pd.Da
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"prediction file {path} not found; run the notebook that writes it first "
-                        "(03_train_us -> us_*.csv, 04_train_mri -> mri_*.csv, 05_fusion -> fusion_*.csv).")
+        raise DataError(
+            f"prediction file {path} not found; run the notebook that writes it first "
+            "(03_train_us -> us_*.csv, 04_train_mri -> mri_*.csv, 05_fusion -> fusion_*.csv)."
+        )
     df = pd.read_csv(path, dtype={"patient_id": str})
     return validate_predictions(df, source=str(path), split=split)
 
 
-def validate_test_folds(df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None,
-                        atol: float = 1e-9) -> pd.DataFrame:
+def validate_test_folds(
+    df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None, atol: float = 1e-9
+) -> pd.DataFrame:
     """Check a per-fold-model test prediction table and return a clean copy sorted by patient and model fold.
 
     Parameters
@@ -247,60 +278,76 @@ def validate_test_folds(df: pd.DataFrame, source: str = "test_folds", test: pd.D
     """
     missing = [c for c in TEST_FOLD_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(f"{source}: missing column(s) {missing}; a per-fold test file needs the columns "
-                        f"{list(TEST_FOLD_COLUMNS)} (written by the 03/04/05 notebooks).")
+        raise DataError(
+            f"{source}: missing column(s) {missing}; a per-fold test file needs the columns "
+            f"{list(TEST_FOLD_COLUMNS)} (written by the 03/04/05 notebooks)."
+        )
     out = df.copy()
     out["patient_id"] = out["patient_id"].astype(str)
     problems: list[str] = []
     if len(out) == 0:
         problems.append(f"{source}: no rows.")
     if (out["split"] != "test").any():
-        problems.append(f"{source}: only test patients belong here (patients "
-                        f"{out.loc[out['split'] != 'test', 'patient_id'].tolist()[:10]}).")
+        problems.append(
+            f"{source}: only test patients belong here (patients "
+            f"{out.loc[out['split'] != 'test', 'patient_id'].tolist()[:10]})."
+        )
     her2 = pd.to_numeric(out["her2"], errors="coerce")
     p = pd.to_numeric(out["p_her2"], errors="coerce")
     mf = pd.to_numeric(out["model_fold"], errors="coerce")
     if not her2.isin([0, 1]).all():
-        problems.append(f"{source}: her2 must be 0 or 1 (patients {out.loc[~her2.isin([0, 1]), 'patient_id'].tolist()[:10]}).")
+        problems.append(
+            f"{source}: her2 must be 0 or 1 (patients {out.loc[~her2.isin([0, 1]), 'patient_id'].tolist()[:10]})."
+        )
     bad_p = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
     if bad_p.any():
-        problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients "
-                        f"{out.loc[bad_p, 'patient_id'].tolist()[:10]}).")
+        problems.append(
+            f"{source}: p_her2 must be a finite probability in [0, 1] (patients "
+            f"{out.loc[bad_p, 'patient_id'].tolist()[:10]})."
+        )
     if mf.isna().any() or (mf < 0).any() or (mf != np.round(mf)).any():
         problems.append(f"{source}: model_fold must be an integer >= 0.")
     if not problems:
         out["her2"], out["p_her2"], out["model_fold"] = her2.astype(int), p.astype(float), mf.astype(int)
         dup = out.duplicated(["patient_id", "model_fold"])
         if dup.any():
-            problems.append(f"{source}: patients {sorted(set(out.loc[dup, 'patient_id']))[:10]} appear twice for "
-                            "one model fold.")
+            problems.append(
+                f"{source}: patients {sorted(set(out.loc[dup, 'patient_id']))[:10]} appear twice for one model fold."
+            )
         sets = out.groupby("patient_id")["model_fold"].apply(frozenset)
         if sets.nunique() > 1:
             ref = sets.mode().iloc[0]
             odd = sets[sets != ref].index.tolist()
-            problems.append(f"{source}: patients {odd[:10]} lack predictions of some fold models (expected folds "
-                            f"{sorted(ref)}).")
+            problems.append(
+                f"{source}: patients {odd[:10]} lack predictions of some fold models (expected folds {sorted(ref)})."
+            )
         if out.groupby("patient_id")["her2"].nunique().max() > 1:
             problems.append(f"{source}: a patient has different her2 labels across fold models.")
     if not problems and test is not None:
         mean = out.groupby("patient_id").agg(her2=("her2", "first"), p=("p_her2", "mean"))
         t = test.set_index("patient_id")
         if set(mean.index) != set(t.index):
-            problems.append(f"{source}: patients differ from the fold-mean test file (only here: "
-                            f"{sorted(set(mean.index) - set(t.index))[:10]}, only there: "
-                            f"{sorted(set(t.index) - set(mean.index))[:10]}).")
+            problems.append(
+                f"{source}: patients differ from the fold-mean test file (only here: "
+                f"{sorted(set(mean.index) - set(t.index))[:10]}, only there: "
+                f"{sorted(set(t.index) - set(mean.index))[:10]})."
+            )
         else:
             t = t.loc[mean.index]
             if (t["her2"].to_numpy() != mean["her2"].to_numpy()).any():
                 problems.append(f"{source}: her2 labels differ from the fold-mean test file.")
             off = np.abs(t["p_her2"].to_numpy() - mean["p"].to_numpy()) > atol
             if off.any():
-                problems.append(f"{source}: the mean over fold models differs from p_her2 of the fold-mean test file "
-                                f"for patients {mean.index[off].tolist()[:10]}; the files come from different runs. "
-                                "Re-run the training notebook.")
+                problems.append(
+                    f"{source}: the mean over fold models differs from p_her2 of the fold-mean test file "
+                    f"for patients {mean.index[off].tolist()[:10]}; the files come from different runs. "
+                    "Re-run the training notebook."
+                )
     if problems:
         raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
-    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[list(TEST_FOLD_COLUMNS)]
+    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[
+        list(TEST_FOLD_COLUMNS)
+    ]
 
 
 def read_test_folds(path: str | os.PathLike, test: pd.DataFrame | None = None) -> pd.DataFrame | None:
@@ -323,8 +370,10 @@ PAPER_TABLES: tuple[str, ...] = ("table1_clinical", "table2_us", "table3_mri")
 def _load_table_spec() -> dict[str, Any]:
     res = resources.files("her2lib").joinpath("resources/tables_1_3.json")
     if not res.is_file():
-        raise DataError("her2lib/resources/tables_1_3.json: the packaged copy of the paper's Tables 1-3 is missing; "
-                        "reinstall her2lib (make install).")
+        raise DataError(
+            "her2lib/resources/tables_1_3.json: the packaged copy of the paper's Tables 1-3 is missing; "
+            "reinstall her2lib (make install)."
+        )
     return json.loads(res.read_text(encoding="utf-8"))
 
 

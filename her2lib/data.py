@@ -35,9 +35,20 @@ from .errors import DataError
 from .io import atomic_path
 from .options import did_you_mean, look_up_option
 
-__all__ = ["DataError", "CohortWarning", "descriptive_columns", "read_image", "read_spacing_shape", "write_nifti",
-           "write_png", "IMAGE_READER_VERSION", "CHECK_FILES", "load_cohort", "available_modalities",
-           "stratified_split"]
+__all__ = [
+    "DataError",
+    "CohortWarning",
+    "descriptive_columns",
+    "read_image",
+    "read_spacing_shape",
+    "write_nifti",
+    "write_png",
+    "IMAGE_READER_VERSION",
+    "CHECK_FILES",
+    "load_cohort",
+    "available_modalities",
+    "stratified_split",
+]
 
 #: The ``check_files`` levels of :func:`load_cohort`.
 CHECK_FILES: tuple[str, ...] = ("full", "header", "exists")
@@ -108,8 +119,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: image file not found; check the path in the manifest (relative to the "
-                        "manifest's folder) or rebuild the cohort.")
+        raise DataError(
+            f"{path}: image file not found; check the path in the manifest (relative to the "
+            "manifest's folder) or rebuild the cohort."
+        )
     try:
         if path.suffix.lower() == ".png":
             with Image.open(path) as im:
@@ -136,15 +149,19 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
         ncomp = img.GetNumberOfComponentsPerPixel()
         if ncomp > 1:
             if img.GetDimension() != 2 or ncomp not in (2, 3, 4):
-                raise ValueError(f"{img.GetDimension()}-D image with {ncomp} components per pixel; expected "
-                                 "a single-channel image (or a 2-D RGB/RGBA/grey+alpha one)")
+                raise ValueError(
+                    f"{img.GetDimension()}-D image with {ncomp} components per pixel; expected "
+                    "a single-channel image (or a 2-D RGB/RGBA/grey+alpha one)"
+                )
             arr = _luminance(arr)
         return arr.astype(np.float32), tuple(float(s) for s in img.GetSpacing())[::-1]
     except DataError:
         raise
     except Exception as exc:  # any decoder failure
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or "
-                        "not an image; re-export or rebuild it.") from exc
+        raise DataError(
+            f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or "
+            "not an image; re-export or rebuild it."
+        ) from exc
 
 
 def _luminance(arr: np.ndarray) -> np.ndarray:
@@ -182,8 +199,7 @@ def read_spacing_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[
     return arr.shape, sp
 
 
-def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[float], *,
-                dtype: Any = None) -> Path:
+def write_nifti(path: str | os.PathLike, array: np.ndarray, spacing: Sequence[float], *, dtype: Any = None) -> Path:
     """Atomically write a ``(z, y, x)`` (or ``(y, x)``) array as NIfTI with a diagonal affine.
 
     Parameters
@@ -233,8 +249,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 # Splits
 # ----------------------------------------------------------------------------------------------------------
-def stratified_split(labels: Sequence[int] | np.ndarray, test_fraction: float = 48 / 197,
-                     seed: int = 0) -> np.ndarray:
+def stratified_split(labels: Sequence[int] | np.ndarray, test_fraction: float = 48 / 197, seed: int = 0) -> np.ndarray:
     """Seeded train/test split stratified by label.
 
     Parameters
@@ -294,8 +309,10 @@ def _check_pair(pid: str, modality: str, img_path: Path, mask_path: Path, check:
     fix_rebuild = "re-export the file or rebuild the cohort"
     for p, what in ((img_path, "image"), (mask_path, "mask")):
         if not p.is_file():
-            problems.append(f"patient {pid}: {modality} {what} file {p} does not exist; fix the path in the "
-                            "manifest (paths are relative to the manifest) or restore the file.")
+            problems.append(
+                f"patient {pid}: {modality} {what} file {p} does not exist; fix the path in the "
+                "manifest (paths are relative to the manifest) or restore the file."
+            )
     if problems:
         return problems
     expected_ndim = 2 if modality == "us" else 3
@@ -321,28 +338,37 @@ def _check_pair(pid: str, modality: str, img_path: Path, mask_path: Path, check:
             return problems
         ishape, mshape = img.shape, mask.shape
     if len(ishape) != expected_ndim:
-        problems.append(f"patient {pid}: {modality} image {img_path} has shape {tuple(ishape)}; expected a "
-                        f"{expected_ndim}-D image; {fix_rebuild}.")
+        problems.append(
+            f"patient {pid}: {modality} image {img_path} has shape {tuple(ishape)}; expected a "
+            f"{expected_ndim}-D image; {fix_rebuild}."
+        )
     if tuple(ishape) != tuple(mshape):
-        problems.append(f"patient {pid}: {modality} mask {mask_path} has shape {tuple(mshape)} but the image "
-                        f"{img_path} has {tuple(ishape)}; the mask must be on the image grid; resample the "
-                        "mask onto the image or re-export both.")
+        problems.append(
+            f"patient {pid}: {modality} mask {mask_path} has shape {tuple(mshape)} but the image "
+            f"{img_path} has {tuple(ishape)}; the mask must be on the image grid; resample the "
+            "mask onto the image or re-export both."
+        )
     elif not np.allclose(np.asarray(isp, float), np.asarray(msp, float), rtol=1e-3, atol=1e-4):
-        problems.append(f"patient {pid}: {modality} mask {mask_path} spacing {tuple(np.round(msp, 4))} mm "
-                        f"differs from image {img_path} spacing {tuple(np.round(isp, 4))} mm; resample the "
-                        "mask onto the image grid.")
+        problems.append(
+            f"patient {pid}: {modality} mask {mask_path} spacing {tuple(np.round(msp, 4))} mm "
+            f"differs from image {img_path} spacing {tuple(np.round(isp, 4))} mm; resample the "
+            "mask onto the image grid."
+        )
     if img is not None and not np.isfinite(img).all():
-        problems.append(f"patient {pid}: {modality} image {img_path} contains NaN or infinite values; "
-                        f"{fix_rebuild}.")
+        problems.append(f"patient {pid}: {modality} image {img_path} contains NaN or infinite values; {fix_rebuild}.")
     if mask is not None:
         vals = np.unique(mask)
         if not (set(vals.tolist()) <= {0.0, 1.0} or set(vals.tolist()) <= {0.0, 255.0}):
             shown = ", ".join(f"{v:g}" for v in vals[:6]) + (" ..." if vals.size > 6 else "")
-            problems.append(f"patient {pid}: {modality} mask {mask_path} is not binary (values {shown}); "
-                            "save it with values 0/1 (or 0/255 for PNG).")
+            problems.append(
+                f"patient {pid}: {modality} mask {mask_path} is not binary (values {shown}); "
+                "save it with values 0/1 (or 0/255 for PNG)."
+            )
         elif not (mask > 0).any():
-            problems.append(f"patient {pid}: {modality} mask {mask_path} is empty (no lesion voxel); "
-                            "segment the lesion or drop this modality for the patient (empty path cells).")
+            problems.append(
+                f"patient {pid}: {modality} mask {mask_path} is empty (no lesion voxel); "
+                "segment the lesion or drop this modality for the patient (empty path cells)."
+            )
     return problems
 
 
@@ -353,8 +379,10 @@ def _read_manifest(manifest: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
         manifest = manifest / "manifest.csv"
     manifest = manifest.resolve()
     if not manifest.is_file():
-        raise DataError(f"{manifest}: manifest not found; build the cohort (notebook 00_cohort or "
-                        "her2lib.synth.make_cohort) or point cohort_dir at a folder containing manifest.csv.")
+        raise DataError(
+            f"{manifest}: manifest not found; build the cohort (notebook 00_cohort or "
+            "her2lib.synth.make_cohort) or point cohort_dir at a folder containing manifest.csv."
+        )
     try:
         df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except Exception as exc:
@@ -366,15 +394,19 @@ def _check_columns(df: pd.DataFrame, manifest: Path, problems: list[str]) -> lis
     """Required and image columns; returns the modalities whose two columns are present."""
     missing_req = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing_req:
-        raise DataError(f"{manifest}: required column(s) {missing_req} missing (found {list(df.columns)}); "
-                        "add them (patient_id, split = train|test, her2 = 0|1).",
-                        [f"{manifest}: missing required column {c!r}" for c in missing_req])
+        raise DataError(
+            f"{manifest}: required column(s) {missing_req} missing (found {list(df.columns)}); "
+            "add them (patient_id, split = train|test, her2 = 0|1).",
+            [f"{manifest}: missing required column {c!r}" for c in missing_req],
+        )
     modal_present = [m for m, mod in MODALITIES.items() if all(c in df.columns for c in mod.columns)]
     for mod in MODALITIES.values():
         ci, cm = mod.columns
         if (ci in df.columns) != (cm in df.columns):
-            problems.append(f"{manifest}: column {ci!r} and {cm!r} must come together; add the "
-                            "missing one (empty cells if the patient lacks the modality).")
+            problems.append(
+                f"{manifest}: column {ci!r} and {cm!r} must come together; add the "
+                "missing one (empty cells if the patient lacks the modality)."
+            )
     if not modal_present:
         problems.append(f"{manifest}: no image columns; add us_image+us_mask and/or mri_image+mri_mask.")
     if len(df) == 0:
@@ -397,21 +429,27 @@ def _check_ids_split_labels(df: pd.DataFrame, manifest: Path, problems: list[str
     dup = pids[pids.duplicated(keep=False) & (pids != "")]
     for pid in sorted(set(dup)):
         rows = [int(r) + 2 for r in np.flatnonzero(pids.values == pid)]
-        problems.append(f"patient {pid}: appears {len(rows)} times in {manifest.name} (rows {rows}); patient ids "
-                        "must be unique; remove or rename the duplicates.")
+        problems.append(
+            f"patient {pid}: appears {len(rows)} times in {manifest.name} (rows {rows}); patient ids "
+            "must be unique; remove or rename the duplicates."
+        )
     split = df["split"].astype(str).str.strip().str.lower()
     for i, s in enumerate(split):
         if s not in SPLITS:
-            problems.append(f"patient {_row_label(pids, i)}: split {df['split'].iloc[i]!r} in {manifest.name} "
-                            f"must be 'train' or 'test'.{did_you_mean(s, SPLITS)}")
+            problems.append(
+                f"patient {_row_label(pids, i)}: split {df['split'].iloc[i]!r} in {manifest.name} "
+                f"must be 'train' or 'test'.{did_you_mean(s, SPLITS)}"
+            )
     df["split"] = split
     her2 = []
     for i, v in enumerate(df["her2"]):
         code = _norm_code(v, [0, 1])
         if code is _INVALID:
-            problems.append(f"patient {_row_label(pids, i)}: her2 label {v!r} in {manifest.name} must be 0 "
-                            "(negative) or 1 (positive); map IHC 3+ or 2+/FISH+ to 1, else 0; drop patients "
-                            "without a label.")
+            problems.append(
+                f"patient {_row_label(pids, i)}: her2 label {v!r} in {manifest.name} must be 0 "
+                "(negative) or 1 (positive); map IHC 3+ or 2+/FISH+ to 1, else 0; drop patients "
+                "without a label."
+            )
             her2.append(-1)
         else:
             her2.append(code)
@@ -419,8 +457,9 @@ def _check_ids_split_labels(df: pd.DataFrame, manifest: Path, problems: list[str
     return pids
 
 
-def _check_descriptive(df: pd.DataFrame, pids: pd.Series, manifest: Path,
-                       problems: list[str]) -> tuple[list[str], dict[str, int]]:
+def _check_descriptive(
+    df: pd.DataFrame, pids: pd.Series, manifest: Path, problems: list[str]
+) -> tuple[list[str], dict[str, int]]:
     """In place: normalise the descriptive columns; returns the absent columns and the empty cells per column."""
     spec = descriptive_columns()
     missing_cols = [c for c in spec if c not in df.columns]
@@ -441,30 +480,39 @@ def _check_descriptive(df: pd.DataFrame, pids: pd.Series, manifest: Path,
                 except ValueError:
                     f = np.nan
                 if not np.isfinite(f) or f <= 0:
-                    problems.append(f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} must be a "
-                                    "positive number (years / mm) or empty if unknown.")
+                    problems.append(
+                        f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} must be a "
+                        "positive number (years / mm) or empty if unknown."
+                    )
                 out.append(f)
                 continue
             code = _norm_code(v, codes)
             if code is _INVALID:
-                problems.append(f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} is not one of "
-                                f"{codes}; use the codes of tables_1_3.json or leave it empty."
-                                f"{did_you_mean(v, codes)}")
+                problems.append(
+                    f"patient {_row_label(pids, i)}: {col} = {v!r} in {manifest.name} is not one of "
+                    f"{codes}; use the codes of tables_1_3.json or leave it empty."
+                    f"{did_you_mean(v, codes)}"
+                )
                 out.append(np.nan)
             else:
                 out.append(code)
         if n_empty:
             empty_counts[col] = n_empty
-        if codes is not None and all(isinstance(c, int) for c in codes) and n_empty == 0 and \
-                not any(o is np.nan for o in out):
+        if (
+            codes is not None
+            and all(isinstance(c, int) for c in codes)
+            and n_empty == 0
+            and not any(o is np.nan for o in out)
+        ):
             df[col] = np.asarray(out, dtype=np.int64)
         else:
             df[col] = pd.Series(out, index=df.index, dtype=object if codes is not None else float)
     return missing_cols, empty_counts
 
 
-def _check_files(df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_present: list[str], check_files: str,
-                 problems: list[str]) -> dict[str, list[str]]:
+def _check_files(
+    df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_present: list[str], check_files: str, problems: list[str]
+) -> dict[str, list[str]]:
     """In place: make the image paths absolute (``""`` where a patient lacks the modality) and check the files;
     returns ``{modality: [patients without it]}``."""
     root = manifest.parent
@@ -482,8 +530,10 @@ def _check_files(df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_presen
                 continue
             if (a == "") != (b == ""):
                 which = ci if a == "" else cm
-                problems.append(f"patient {pid}: {which} is empty but its partner is not in {manifest.name}; "
-                                "give both the image and its mask, or leave both empty.")
+                problems.append(
+                    f"patient {pid}: {which} is empty but its partner is not in {manifest.name}; "
+                    "give both the image and its mask, or leave both empty."
+                )
                 continue
             pa, pb = (root / a).resolve(), (root / b).resolve()
             df.iloc[i, df.columns.get_loc(ci)] = str(pa)
@@ -491,8 +541,10 @@ def _check_files(df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_presen
             if check_files == "exists":
                 for p, what in ((pa, "image"), (pb, "mask")):
                     if not p.is_file():
-                        problems.append(f"patient {pid}: {m} {what} file {p} does not exist; fix the path in "
-                                        "the manifest (relative to the manifest) or restore the file.")
+                        problems.append(
+                            f"patient {pid}: {m} {what} file {p} does not exist; fix the path in "
+                            "the manifest (relative to the manifest) or restore the file."
+                        )
             else:
                 problems.extend(_check_pair(pid, m, pa, pb, check_files))
         if lacking:
@@ -506,8 +558,9 @@ def _check_files(df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_presen
     return missing_modal
 
 
-def _warn_missing(df: pd.DataFrame, manifest: Path, missing_cols: list[str],
-                  missing_modal: dict[str, list[str]]) -> None:
+def _warn_missing(
+    df: pd.DataFrame, manifest: Path, missing_cols: list[str], missing_modal: dict[str, list[str]]
+) -> None:
     """CohortWarnings (pointing at :func:`load_cohort`'s caller) for what is absent but does not stop a run."""
     notes = []
     if missing_cols:
@@ -516,11 +569,17 @@ def _warn_missing(df: pd.DataFrame, manifest: Path, missing_cols: list[str],
         if lst:
             notes.append(f"{m}: {len(lst)}/{len(df)} patients without images")
     if notes:
-        warnings.warn(f"{manifest}: " + "; ".join(notes) + " (analyses needing them will be skipped).",
-                      CohortWarning, stacklevel=3)
+        warnings.warn(
+            f"{manifest}: " + "; ".join(notes) + " (analyses needing them will be skipped).",
+            CohortWarning,
+            stacklevel=3,
+        )
     if df.loc[df["split"] == "train", "her2"].value_counts().reindex([0, 1], fill_value=0).min() < 2:
-        warnings.warn(f"{manifest}: the train split has fewer than 2 patients of one HER2 class; "
-                      "cross-validation cannot work.", CohortWarning, stacklevel=3)
+        warnings.warn(
+            f"{manifest}: the train split has fewer than 2 patients of one HER2 class; cross-validation cannot work.",
+            CohortWarning,
+            stacklevel=3,
+        )
 
 
 def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.DataFrame:

@@ -61,19 +61,49 @@ from .stats import roc as _roc
 from .stats._common import as_binary_labels, as_probabilities, clopper_pearson
 from .stats.roc import AUC_CI_METHODS
 
-__all__ = ["ModelPredictions", "available_models", "load_predictions", "operating_point_metrics",
-           "fold_model_table", "THRESHOLD_RULES", "calibration_summary", "roc_points", "performance_table",
-           "delong_table", "results_paragraph", "DELONG_COLUMNS", "EvaluationResult", "evaluate_models"]
+__all__ = [
+    "ModelPredictions",
+    "available_models",
+    "load_predictions",
+    "operating_point_metrics",
+    "fold_model_table",
+    "THRESHOLD_RULES",
+    "calibration_summary",
+    "roc_points",
+    "performance_table",
+    "delong_table",
+    "results_paragraph",
+    "DELONG_COLUMNS",
+    "EvaluationResult",
+    "evaluate_models",
+]
 
-DELONG_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "diff", "diff_ci_low", "diff_ci_high", "diff_ci_level",
-                  "z", "p_value", "n_pos", "n_neg", "method"]
-_CI_NAMES = {"exact-binomial": "exact binomial (as the paper / MedCalc)", "delong": "DeLong (pROC ci.auc)",
-             "bootstrap": "stratified bootstrap"}
+DELONG_COLUMNS = [
+    "model_a",
+    "model_b",
+    "auc_a",
+    "auc_b",
+    "diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "diff_ci_level",
+    "z",
+    "p_value",
+    "n_pos",
+    "n_neg",
+    "method",
+]
+_CI_NAMES = {
+    "exact-binomial": "exact binomial (as the paper / MedCalc)",
+    "delong": "DeLong (pROC ci.auc)",
+    "bootstrap": "stratified bootstrap",
+}
 THRESHOLD_RULES = {
     "per-fold": "Youden's J on training-cohort OOF predictions, applied to each fold model's test predictions "
-                "(confusion counts averaged over the fold models); HER2+ if p >= threshold",
+    "(confusion counts averaged over the fold models); HER2+ if p >= threshold",
     "fold-mean": "Youden's J on training-cohort OOF predictions, applied to the fold-mean test predictions (no "
-                 "per-fold-model file; a less spread scale than the OOF predictions); HER2+ if p >= threshold"}
+    "per-fold-model file; a less spread scale than the OOF predictions); HER2+ if p >= threshold",
+}
 
 
 @dataclass(frozen=True)
@@ -125,9 +155,12 @@ def available_models(predictions_dir: str | os.PathLike) -> list[str]:
         Subset of ``["dl_us", "dl_mri", "dl_us_mri"]`` (a single-modality cohort skips DL-US or DL-MRI, and then
         the fusion).
     """
-    return [k for k, m in MODELS.items()
-            if prediction_path(predictions_dir, m.prefix, "oof").is_file()
-            and prediction_path(predictions_dir, m.prefix, "test").is_file()]
+    return [
+        k
+        for k, m in MODELS.items()
+        if prediction_path(predictions_dir, m.prefix, "oof").is_file()
+        and prediction_path(predictions_dir, m.prefix, "test").is_file()
+    ]
 
 
 def _selection_label(models_dir: Path | None, key: str) -> str:
@@ -143,8 +176,12 @@ def _selection_label(models_dir: Path | None, key: str) -> str:
     return labels[0] if len(labels) == 1 else "; ".join(labels)
 
 
-def load_predictions(predictions_dir: str | os.PathLike, models: Sequence[str] = tuple(MODELS), *,
-                     models_dir: str | os.PathLike | None = None) -> dict[str, ModelPredictions]:
+def load_predictions(
+    predictions_dir: str | os.PathLike,
+    models: Sequence[str] = tuple(MODELS),
+    *,
+    models_dir: str | os.PathLike | None = None,
+) -> dict[str, ModelPredictions]:
     """Read ``{us,mri,fusion}_{oof,test}.csv`` (and ``_test_folds.csv`` where present) and check the models
     describe the same test patients.
 
@@ -175,9 +212,14 @@ def load_predictions(predictions_dir: str | os.PathLike, models: Sequence[str] =
         oof = read_predictions(prediction_path(predictions_dir, prefixes[key], "oof"), "train")
         test = read_predictions(prediction_path(predictions_dir, prefixes[key], "test"), "test")
         folds = read_test_folds(prediction_path(predictions_dir, prefixes[key], "test_folds"), test)
-        out[key] = ModelPredictions(key, model_label(key), oof.sort_values("patient_id").reset_index(drop=True),
-                                    test.sort_values("patient_id").reset_index(drop=True), folds,
-                                    _selection_label(Path(models_dir) if models_dir else None, key))
+        out[key] = ModelPredictions(
+            key,
+            model_label(key),
+            oof.sort_values("patient_id").reset_index(drop=True),
+            test.sort_values("patient_id").reset_index(drop=True),
+            folds,
+            _selection_label(Path(models_dir) if models_dir else None, key),
+        )
     _check_same_patients(out)
     return out
 
@@ -192,13 +234,17 @@ def _check_same_patients(preds: Mapping[str, ModelPredictions]) -> None:
             a, b = getattr(ref, part), getattr(preds[key], part)
             ids_a, ids_b = set(a.patient_id), set(b.patient_id)
             if ids_a != ids_b:
-                raise DataError(f"{ref.label} and {preds[key].label} {part} predictions cover different patients: "
-                                f"only in {ref.label}: {sorted(ids_a - ids_b)[:10]}, only in {preds[key].label}: "
-                                f"{sorted(ids_b - ids_a)[:10]}. Re-run the notebooks on one cohort.")
+                raise DataError(
+                    f"{ref.label} and {preds[key].label} {part} predictions cover different patients: "
+                    f"only in {ref.label}: {sorted(ids_a - ids_b)[:10]}, only in {preds[key].label}: "
+                    f"{sorted(ids_b - ids_a)[:10]}. Re-run the notebooks on one cohort."
+                )
             diff = a.merge(b, on="patient_id").query("her2_x != her2_y").patient_id.tolist()
             if diff:
-                raise DataError(f"{ref.label} and {preds[key].label} {part} predictions disagree on HER2 status "
-                                f"for patients {diff[:10]}.")
+                raise DataError(
+                    f"{ref.label} and {preds[key].label} {part} predictions disagree on HER2 status "
+                    f"for patients {diff[:10]}."
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,12 +264,21 @@ def calibration_summary(y_true, y_prob, *, level: float = 0.95) -> dict:
         ``calibration_ci_level`` and ``calibration_method``. NaN where a fit does not exist (one class, separation).
     """
     r = calibration(y_true, y_prob, level=level)
-    return {"n_patients": r.n, "brier": r.brier, "brier_reference": r.brier_reference,
-            "mean_predicted_overall": r.mean_predicted, "observed_rate": r.observed_rate,
-            "calibration_intercept": r.intercept, "calibration_intercept_ci_low": r.intercept_ci[0],
-            "calibration_intercept_ci_high": r.intercept_ci[1], "calibration_slope": r.slope,
-            "calibration_slope_ci_low": r.slope_ci[0], "calibration_slope_ci_high": r.slope_ci[1],
-            "calibration_ci_level": r.intercept_ci[2], "calibration_method": r.method}
+    return {
+        "n_patients": r.n,
+        "brier": r.brier,
+        "brier_reference": r.brier_reference,
+        "mean_predicted_overall": r.mean_predicted,
+        "observed_rate": r.observed_rate,
+        "calibration_intercept": r.intercept,
+        "calibration_intercept_ci_low": r.intercept_ci[0],
+        "calibration_intercept_ci_high": r.intercept_ci[1],
+        "calibration_slope": r.slope,
+        "calibration_slope_ci_low": r.slope_ci[0],
+        "calibration_slope_ci_high": r.slope_ci[1],
+        "calibration_ci_level": r.intercept_ci[2],
+        "calibration_method": r.method,
+    }
 
 
 def roc_points(y_true, y_prob) -> pd.DataFrame:
@@ -248,8 +303,9 @@ def roc_points(y_true, y_prob) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------------------------
-def operating_point_metrics(y, p_models, threshold: float, *, level: float = 0.95, n_boot: int = 2000,
-                            seed: int = 0) -> dict:
+def operating_point_metrics(
+    y, p_models, threshold: float, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Threshold metrics of fold models at one threshold, averaged over the fold models.
 
     Parameters
@@ -277,11 +333,11 @@ def operating_point_metrics(y, p_models, threshold: float, *, level: float = 0.9
         P = P[:, None]
     y = as_binary_labels(y, "y").astype(int)
     if P.ndim != 2 or P.shape[0] != y.size or P.shape[1] < 1:
-        raise ParameterError(f"p_models must have shape (n_patients, n_models) with n_patients = {y.size}; got "
-                             f"{P.shape}.")
+        raise ParameterError(
+            f"p_models must have shape (n_patients, n_models) with n_patients = {y.size}; got {P.shape}."
+        )
     if P.shape[1] == 1:
-        return {**binary_metrics(y, P[:, 0], threshold, level=level, n_boot=n_boot, seed=seed).to_row(),
-                "n_models": 1}
+        return {**binary_metrics(y, P[:, 0], threshold, level=level, n_boot=n_boot, seed=seed).to_row(), "n_models": 1}
     pos = y == 1
     calls = P >= float(threshold)
     m, n = int(pos.sum()), int((~pos).sum())
@@ -307,8 +363,9 @@ def operating_point_metrics(y, p_models, threshold: float, *, level: float = 0.9
     return row
 
 
-def _f1_interval(tp: float, fp: float, tn: float, fn: float, *, level: float, n_boot: int,
-                 seed: int) -> tuple[float, float, float]:
+def _f1_interval(
+    tp: float, fp: float, tn: float, fn: float, *, level: float, n_boot: int, seed: int
+) -> tuple[float, float, float]:
     """F1 and its interval from (possibly averaged) confusion counts, by the method of
     :func:`her2lib.stats.binary_metrics`."""
     den = 2 * tp + fp + fn
@@ -318,8 +375,14 @@ def _f1_interval(tp: float, fp: float, tn: float, fn: float, *, level: float, n_
     return 2 * tp / den, lo, hi
 
 
-def performance_table(preds: Mapping[str, ModelPredictions], *, ci_method: str = "delong",
-                      level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def performance_table(
+    preds: Mapping[str, ModelPredictions],
+    *,
+    ci_method: str = "delong",
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Figure 3B / Table: one row per model with the test-cohort AUC (95% CI) and threshold metrics.
 
     Parameters
@@ -350,24 +413,40 @@ def performance_table(preds: Mapping[str, ModelPredictions], *, ci_method: str =
         yo, po = mp.oof["her2"].to_numpy(), mp.oof["p_her2"].to_numpy()
         thr = youden_threshold(yo, po)
         if np.isnan(thr):
-            raise DataError(f"{mp.label}: Youden's threshold is undefined on the training OOF predictions (a "
-                            "single class); the training cohort needs both HER2 classes.")
+            raise DataError(
+                f"{mp.label}: Youden's threshold is undefined on the training OOF predictions (a "
+                "single class); the training cohort needs both HER2 classes."
+            )
         head = auc_ci(y, p, method=ci_method, level=level, n_boot=n_boot, seed=seed)
         dl = auc_ci(y, p, method="delong", level=level)
         eb = auc_ci(y, p, method="exact-binomial", level=level)
         bm = operating_point_metrics(y, mp.test_matrix(), thr, level=level, n_boot=n_boot, seed=seed)
-        row = {"model": key, "label": mp.label, "selection": mp.selection, "n_test": int(y.size),
-               "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()), "auc": head.auc, "auc_ci_low": head.ci[0],
-               "auc_ci_high": head.ci[1], "auc_ci_level": level, "auc_ci_method": _CI_NAMES[ci_method],
-               "auc_delong_ci_low": dl.ci[0], "auc_delong_ci_high": dl.ci[1],
-               "auc_exact_binomial_ci_low": eb.ci[0], "auc_exact_binomial_ci_high": eb.ci[1], "threshold": thr,
-               "threshold_rule": THRESHOLD_RULES["per-fold" if mp.test_folds is not None else "fold-mean"],
-               "n_models": bm["n_models"]}
+        row = {
+            "model": key,
+            "label": mp.label,
+            "selection": mp.selection,
+            "n_test": int(y.size),
+            "n_pos": int(y.sum()),
+            "n_neg": int(y.size - y.sum()),
+            "auc": head.auc,
+            "auc_ci_low": head.ci[0],
+            "auc_ci_high": head.ci[1],
+            "auc_ci_level": level,
+            "auc_ci_method": _CI_NAMES[ci_method],
+            "auc_delong_ci_low": dl.ci[0],
+            "auc_delong_ci_high": dl.ci[1],
+            "auc_exact_binomial_ci_low": eb.ci[0],
+            "auc_exact_binomial_ci_high": eb.ci[1],
+            "threshold": thr,
+            "threshold_rule": THRESHOLD_RULES["per-fold" if mp.test_folds is not None else "fold-mean"],
+            "n_models": bm["n_models"],
+        }
         for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
             row[name] = bm[name]
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bm[f"{name}_ci_low"], bm[f"{name}_ci_high"]
-        row.update(tp=bm["tp"], fp=bm["fp"], tn=bm["tn"], fn=bm["fn"], auc_train_oof=auc(yo, po),
-                   brier=brier_score(y, p))
+        row.update(
+            tp=bm["tp"], fp=bm["fp"], tn=bm["tn"], fn=bm["fn"], auc_train_oof=auc(yo, po), brier=brier_score(y, p)
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -390,15 +469,25 @@ def fold_model_table(preds: Mapping[str, ModelPredictions]) -> pd.DataFrame:
         P = mp.test_matrix()
         for j, k in enumerate(sorted(mp.test_folds["model_fold"].unique())):
             call = P[:, j] >= thr
-            rows.append({"model": key, "label": mp.label, "model_fold": int(k), "auc": auc(y, P[:, j]),
-                         "threshold": thr, "sensitivity": float(call[y == 1].mean()) if (y == 1).any() else np.nan,
-                         "specificity": float((~call[y == 0]).mean()) if (y == 0).any() else np.nan})
-    return pd.DataFrame(rows, columns=["model", "label", "model_fold", "auc", "threshold", "sensitivity",
-                                       "specificity"])
+            rows.append(
+                {
+                    "model": key,
+                    "label": mp.label,
+                    "model_fold": int(k),
+                    "auc": auc(y, P[:, j]),
+                    "threshold": thr,
+                    "sensitivity": float(call[y == 1].mean()) if (y == 1).any() else np.nan,
+                    "specificity": float((~call[y == 0]).mean()) if (y == 0).any() else np.nan,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["model", "label", "model_fold", "auc", "threshold", "sensitivity", "specificity"]
+    )
 
 
-def delong_table(preds: Mapping[str, ModelPredictions], *, level: float = 0.95,
-                 pairs: Sequence[tuple[str, str]] = PAIRS) -> pd.DataFrame:
+def delong_table(
+    preds: Mapping[str, ModelPredictions], *, level: float = 0.95, pairs: Sequence[tuple[str, str]] = PAIRS
+) -> pd.DataFrame:
     """Paired DeLong tests on the test cohort (paper: fusion vs US, fusion vs MRI, US vs MRI).
 
     Returns
@@ -415,10 +504,23 @@ def delong_table(preds: Mapping[str, ModelPredictions], *, level: float = 0.95,
         if ta.patient_id.tolist() != tb.patient_id.tolist():
             raise DataError(f"{preds[a].label} and {preds[b].label} test predictions are not aligned by patient.")
         r = delong_test(ta["her2"].to_numpy(), ta["p_her2"].to_numpy(), tb["p_her2"].to_numpy(), level=level)
-        rows.append({"model_a": preds[a].label, "model_b": preds[b].label, "auc_a": r.auc_a, "auc_b": r.auc_b,
-                     "diff": r.diff, "diff_ci_low": r.diff_ci[0], "diff_ci_high": r.diff_ci[1],
-                     "diff_ci_level": r.diff_ci[2], "z": r.z, "p_value": r.pvalue, "n_pos": r.n_pos,
-                     "n_neg": r.n_neg, "method": r.method})
+        rows.append(
+            {
+                "model_a": preds[a].label,
+                "model_b": preds[b].label,
+                "auc_a": r.auc_a,
+                "auc_b": r.auc_b,
+                "diff": r.diff,
+                "diff_ci_low": r.diff_ci[0],
+                "diff_ci_high": r.diff_ci[1],
+                "diff_ci_level": r.diff_ci[2],
+                "z": r.z,
+                "p_value": r.pvalue,
+                "n_pos": r.n_pos,
+                "n_neg": r.n_neg,
+                "method": r.method,
+            }
+        )
     return pd.DataFrame(rows, columns=DELONG_COLUMNS)
 
 
@@ -436,8 +538,9 @@ def _fmt_p(p: float) -> str:
     return "P < 0.0001" if p < 1e-4 else f"P = {p:.4f}"
 
 
-def results_paragraph(performance: pd.DataFrame, delong: pd.DataFrame | None = None,
-                      protocols: pd.DataFrame | None = None) -> str:
+def results_paragraph(
+    performance: pd.DataFrame, delong: pd.DataFrame | None = None, protocols: pd.DataFrame | None = None
+) -> str:
     """The Results text in the paper's style, generated from :func:`performance_table` (and
     :func:`delong_table`, the fusion protocol table of :func:`her2lib.fusion.fuse`).
 
@@ -449,8 +552,19 @@ def results_paragraph(performance: pd.DataFrame, delong: pd.DataFrame | None = N
     str
         Markdown text (one paragraph per model, then the comparisons and the method statement).
     """
-    need = {"label", "auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity", "specificity", "ppv", "npv",
-            "f1", "threshold"}
+    need = {
+        "label",
+        "auc",
+        "auc_ci_low",
+        "auc_ci_high",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "f1",
+        "threshold",
+    }
     missing = need - set(performance.columns)
     if missing:
         raise ParameterError(f"performance table lacks columns {sorted(missing)}; use evaluate.performance_table.")
@@ -459,45 +573,58 @@ def results_paragraph(performance: pd.DataFrame, delong: pd.DataFrame | None = N
         lvl = int(round(100 * float(r.get("auc_ci_level", 0.95))))
         eb = ""
         if "auc_exact_binomial_ci_low" in r and not str(r.get("auc_ci_method", "")).startswith("exact"):
-            eb = (f"; exact binomial as the paper/MedCalc: {_f3(r['auc_exact_binomial_ci_low'])}\u2013"
-                  f"{_f3(r['auc_exact_binomial_ci_high'])}")
-        parts.append(f"In the test cohort, {r['label']} achieved an AUC of {_f3(r['auc'])} ({lvl}% CI: "
-                     f"{_f3(r['auc_ci_low'])}\u2013{_f3(r['auc_ci_high'])}{eb}), with an accuracy of "
-                     f"{_f3(r['accuracy'])}, "
-                     f"sensitivity of {_pct(r['sensitivity'])}, specificity of {_pct(r['specificity'])}, PPV of "
-                     f"{_f3(r['ppv'])}, NPV of {_f3(r['npv'])}, and an F1 score of {_f3(r['f1'])} "
-                     f"(threshold {r['threshold']:.3f}).")
+            eb = (
+                f"; exact binomial as the paper/MedCalc: {_f3(r['auc_exact_binomial_ci_low'])}\u2013"
+                f"{_f3(r['auc_exact_binomial_ci_high'])}"
+            )
+        parts.append(
+            f"In the test cohort, {r['label']} achieved an AUC of {_f3(r['auc'])} ({lvl}% CI: "
+            f"{_f3(r['auc_ci_low'])}\u2013{_f3(r['auc_ci_high'])}{eb}), with an accuracy of "
+            f"{_f3(r['accuracy'])}, "
+            f"sensitivity of {_pct(r['sensitivity'])}, specificity of {_pct(r['specificity'])}, PPV of "
+            f"{_f3(r['ppv'])}, NPV of {_f3(r['npv'])}, and an F1 score of {_f3(r['f1'])} "
+            f"(threshold {r['threshold']:.3f})."
+        )
     if delong is not None and len(delong):
         cmp = []
         for _, d in delong.iterrows():
             sig = "significant" if d["p_value"] < 0.05 else "not statistically significant"
             better = "higher" if d["diff"] > 0 else "lower" if d["diff"] < 0 else "the same"
-            cmp.append(f"{d['model_a']} vs {d['model_b']}: AUC {_f3(d['auc_a'])} vs {_f3(d['auc_b'])} "
-                       f"({better}; difference {d['diff']:+.3f}, 95% CI {d['diff_ci_low']:+.3f} to "
-                       f"{d['diff_ci_high']:+.3f}, Z = {d['z']:.2f}, {_fmt_p(d['p_value'])}; {sig})")
+            cmp.append(
+                f"{d['model_a']} vs {d['model_b']}: AUC {_f3(d['auc_a'])} vs {_f3(d['auc_b'])} "
+                f"({better}; difference {d['diff']:+.3f}, 95% CI {d['diff_ci_low']:+.3f} to "
+                f"{d['diff_ci_high']:+.3f}, Z = {d['z']:.2f}, {_fmt_p(d['p_value'])}; {sig})"
+            )
         parts.append("Model performance was compared with the DeLong test: " + "; ".join(cmp) + ".")
     if protocols is not None and len(protocols) == 2 and "auc_diff_vs_leakage_free" in protocols:
         free = protocols.iloc[0]
         paper = protocols.iloc[1]
         lvl = int(round(100 * float(paper.get("ci_level", 0.95))))
-        parts.append(f"DL-US&MRI was fitted on the training cohort's out-of-fold predictions and applied to the "
-                     f"test cohort ({free.get('applied_to', '')}). Refitting it in the test cohort, as the paper did, "
-                     f"gives a test AUC of {_f3(paper['auc'])} instead of {_f3(free['auc'])} (difference "
-                     f"{paper['auc_diff_vs_leakage_free']:+.3f}, {lvl}% bootstrap CI "
-                     f"{paper['auc_diff_ci_low']:+.3f} to {paper['auc_diff_ci_high']:+.3f}).")
+        parts.append(
+            f"DL-US&MRI was fitted on the training cohort's out-of-fold predictions and applied to the "
+            f"test cohort ({free.get('applied_to', '')}). Refitting it in the test cohort, as the paper did, "
+            f"gives a test AUC of {_f3(paper['auc'])} instead of {_f3(free['auc'])} (difference "
+            f"{paper['auc_diff_vs_leakage_free']:+.3f}, {lvl}% bootstrap CI "
+            f"{paper['auc_diff_ci_low']:+.3f} to {paper['auc_diff_ci_high']:+.3f})."
+        )
     method = str(performance["auc_ci_method"].iloc[0]) if "auc_ci_method" in performance else "see table"
     rule = str(performance["threshold_rule"].iloc[0]) if "threshold_rule" in performance else ""
     per_fold = rule == THRESHOLD_RULES["per-fold"]
-    how = ("it was applied to each of the fold models' test predictions, and the metrics are those of one fold "
-           "model averaged over the fold models (the kind of prediction the threshold was chosen on)" if per_fold
-           else "it was applied to the fold-mean test predictions")
+    how = (
+        "it was applied to each of the fold models' test predictions, and the metrics are those of one fold "
+        "model averaged over the fold models (the kind of prediction the threshold was chosen on)"
+        if per_fold
+        else "it was applied to the fold-mean test predictions"
+    )
     sel = ""
     if "selection" in performance and str(performance["selection"].iloc[0]):
         sel = f" Training epochs were chosen on: {'; '.join(sorted(set(map(str, performance['selection']))))}."
-    parts.append(f"AUC confidence intervals: {method}; the exact binomial intervals (as the paper / MedCalc) are "
-                 "given beside them in performance.csv. Thresholds were chosen by Youden's J on the training "
-                 f"cohort's out-of-fold predictions (never on the test cohort); {how}. A patient was called "
-                 f"HER2-positive when the predicted probability was at or above the threshold.{sel}")
+    parts.append(
+        f"AUC confidence intervals: {method}; the exact binomial intervals (as the paper / MedCalc) are "
+        "given beside them in performance.csv. Thresholds were chosen by Youden's J on the training "
+        f"cohort's out-of-fold predictions (never on the test cohort); {how}. A patient was called "
+        f"HER2-positive when the predicted probability was at or above the threshold.{sel}"
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -518,9 +645,16 @@ class EvaluationResult:
     files: tuple[Path, ...] = ()
 
 
-def evaluate_models(preds: Mapping[str, ModelPredictions], *, ci_method: str = "delong", level: float = 0.95,
-                    n_bins: int = 5, n_boot: int = 2000, seed: int = 0,
-                    protocols: pd.DataFrame | None = None) -> EvaluationResult:
+def evaluate_models(
+    preds: Mapping[str, ModelPredictions],
+    *,
+    ci_method: str = "delong",
+    level: float = 0.95,
+    n_bins: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    protocols: pd.DataFrame | None = None,
+) -> EvaluationResult:
     """Every table of ``06_evaluation`` and the Results text, for the models in ``preds``.
 
     Parameters
@@ -548,10 +682,17 @@ def evaluate_models(preds: Mapping[str, ModelPredictions], *, ci_method: str = "
     cal_rows, dec_rows = [], []
     for key, mp in preds.items():
         y, p = mp.test["her2"].to_numpy(), mp.test["p_her2"].to_numpy()
-        cal_rows.append(calibration_curve(y, p, n_bins=n_bins).assign(model=key,
-                                                                      **calibration_summary(y, p, level=level)))
+        cal_rows.append(
+            calibration_curve(y, p, n_bins=n_bins).assign(model=key, **calibration_summary(y, p, level=level))
+        )
         dec_rows.append(decision_curve(y, p).assign(model=key))
     cal = pd.concat(cal_rows, ignore_index=True)
     dec = pd.concat(dec_rows, ignore_index=True)
-    return EvaluationResult(performance=perf, delong=dl, calibration=cal, decision=dec,
-                            text=results_paragraph(perf, dl, protocols), fold_models=fold_tab)
+    return EvaluationResult(
+        performance=perf,
+        delong=dl,
+        calibration=cal,
+        decision=dec,
+        text=results_paragraph(perf, dl, protocols),
+        fold_models=fold_tab,
+    )

@@ -56,8 +56,17 @@ from .errors import DataError, ParameterError
 from .stats._common import as_binary_labels, as_probabilities, logistic_fit
 from .stats.roc import auc
 
-__all__ = ["EPS", "logit", "join_modalities", "FusionModel", "fit_fusion", "cross_fit_oof", "FusionResult",
-           "protocol_difference_ci", "fuse"]
+__all__ = [
+    "EPS",
+    "logit",
+    "join_modalities",
+    "FusionModel",
+    "fit_fusion",
+    "cross_fit_oof",
+    "FusionResult",
+    "protocol_difference_ci",
+    "fuse",
+]
 
 EPS = 1e-6
 _TERMS = ("intercept", "logit_p_us", "logit_p_mri")
@@ -86,8 +95,14 @@ def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     return np.log(q) - np.log1p(-q)
 
 
-def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, *, us_source: str = "DL-US predictions",
-                    mri_source: str = "DL-MRI predictions", check_input: bool = True) -> pd.DataFrame:
+def join_modalities(
+    us: pd.DataFrame,
+    mri: pd.DataFrame,
+    *,
+    us_source: str = "DL-US predictions",
+    mri_source: str = "DL-MRI predictions",
+    check_input: bool = True,
+) -> pd.DataFrame:
     """Join DL-US and DL-MRI predictions patient by patient.
 
     Parameters
@@ -125,14 +140,26 @@ def join_modalities(us: pd.DataFrame, mri: pd.DataFrame, *, us_source: str = "DL
     for col in ("her2", "split", "fold"):
         diff = sorted(both.loc[both[f"{col}_us"] != both[f"{col}_mri"], "patient_id"])
         if diff:
-            problems.append(f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} "
-                            f"(n={len(diff)}).")
+            problems.append(
+                f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} (n={len(diff)})."
+            )
     if problems:
-        raise DataError("DL-US and DL-MRI predictions do not describe the same patients: " + " ".join(problems)
-                        + " Re-run 03_train_us and 04_train_mri on the same cohort and fold assignment.", problems)
-    out = pd.DataFrame({"patient_id": both["patient_id"], "split": both["split_us"],
-                        "fold": both["fold_us"].astype(int), "her2": both["her2_us"].astype(int),
-                        "p_us": both["p_her2_us"].astype(float), "p_mri": both["p_her2_mri"].astype(float)})
+        raise DataError(
+            "DL-US and DL-MRI predictions do not describe the same patients: "
+            + " ".join(problems)
+            + " Re-run 03_train_us and 04_train_mri on the same cohort and fold assignment.",
+            problems,
+        )
+    out = pd.DataFrame(
+        {
+            "patient_id": both["patient_id"],
+            "split": both["split_us"],
+            "fold": both["fold_us"].astype(int),
+            "her2": both["her2_us"].astype(int),
+            "p_us": both["p_her2_us"].astype(float),
+            "p_mri": both["p_her2_mri"].astype(float),
+        }
+    )
     return out.sort_values("patient_id", kind="mergesort").reset_index(drop=True)
 
 
@@ -190,10 +217,23 @@ class FusionModel:
         """Coefficient table: one row per term with coefficient, SE, CI, odds ratio per unit logit and P."""
         rows = []
         for i, term in enumerate(self.terms):
-            rows.append({"fit_on": self.fit_on, "term": term, "coef": self.params[i], "se": self.bse[i],
-                         "ci_low": self.ci_low[i], "ci_high": self.ci_high[i], "ci_level": self.level,
-                         "odds_ratio": float(np.exp(self.params[i])), "p_value": self.pvalues[i],
-                         "n": self.n, "n_pos": self.n_pos, "n_neg": self.n_neg, "method": self.method})
+            rows.append(
+                {
+                    "fit_on": self.fit_on,
+                    "term": term,
+                    "coef": self.params[i],
+                    "se": self.bse[i],
+                    "ci_low": self.ci_low[i],
+                    "ci_high": self.ci_high[i],
+                    "ci_level": self.level,
+                    "odds_ratio": float(np.exp(self.params[i])),
+                    "p_value": self.pvalues[i],
+                    "n": self.n,
+                    "n_pos": self.n_pos,
+                    "n_neg": self.n_neg,
+                    "method": self.method,
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -203,8 +243,15 @@ def _check_pair(p_us, p_mri) -> tuple[np.ndarray, np.ndarray]:
     return a, as_probabilities(p_mri, a.shape[0], "p_mri", against="p_us")
 
 
-def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y_true: np.ndarray, *, fit_on: str = "train OOF",
-               level: float = 0.95, eps: float = EPS) -> FusionModel:
+def fit_fusion(
+    p_us: np.ndarray,
+    p_mri: np.ndarray,
+    y_true: np.ndarray,
+    *,
+    fit_on: str = "train OOF",
+    level: float = 0.95,
+    eps: float = EPS,
+) -> FusionModel:
     """Fit the DL-US&MRI logistic regression by maximum likelihood (statsmodels ``Logit``).
 
     Parameters
@@ -241,8 +288,10 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y_true: np.ndarray, *, fit_o
     p_mri = as_probabilities(p_mri, y.shape[0], "p_mri")
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos < 2 or n_neg < 2:
-        raise DataError(f"fusion fit on {fit_on}: needs at least 2 HER2-positive and 2 HER2-negative patients; "
-                        f"got {n_pos} and {n_neg}. Use a larger cohort (profile) for fusion.")
+        raise DataError(
+            f"fusion fit on {fit_on}: needs at least 2 HER2-positive and 2 HER2-negative patients; "
+            f"got {n_pos} and {n_neg}. Use a larger cohort (profile) for fusion."
+        )
     if not 0 < level < 1:
         raise ParameterError(f"level must lie in (0, 1); got {level!r}.")
     X = np.column_stack([np.ones_like(p_us), logit(p_us, eps), logit(p_mri, eps)])
@@ -259,26 +308,51 @@ def fit_fusion(p_us: np.ndarray, p_mri: np.ndarray, y_true: np.ndarray, *, fit_o
         ok = bool(np.all(np.isfinite(res.bse))) and float(np.max(np.abs(params))) < 50
     if ok:
         ci = np.asarray(res.conf_int(alpha=1 - level), dtype=float)
-        return FusionModel(params=tuple(map(float, res.params)), bse=tuple(map(float, res.bse)),
-                           ci_low=tuple(map(float, ci[:, 0])), ci_high=tuple(map(float, ci[:, 1])),
-                           pvalues=tuple(map(float, res.pvalues)), level=level, fit_on=fit_on, n=int(y.size),
-                           n_pos=n_pos, n_neg=n_neg, method="logit MLE (statsmodels)", eps=eps)
+        return FusionModel(
+            params=tuple(map(float, res.params)),
+            bse=tuple(map(float, res.bse)),
+            ci_low=tuple(map(float, ci[:, 0])),
+            ci_high=tuple(map(float, ci[:, 1])),
+            pvalues=tuple(map(float, res.pvalues)),
+            level=level,
+            fit_on=fit_on,
+            n=int(y.size),
+            n_pos=n_pos,
+            n_neg=n_neg,
+            method="logit MLE (statsmodels)",
+            eps=eps,
+        )
     return _penalised_fit(X, y, fit_on=fit_on, level=level, n_pos=n_pos, n_neg=n_neg, eps=eps)
 
 
-def _penalised_fit(X: np.ndarray, y: np.ndarray, *, fit_on: str, level: float, n_pos: int, n_neg: int,
-                   eps: float) -> FusionModel:
+def _penalised_fit(
+    X: np.ndarray, y: np.ndarray, *, fit_on: str, level: float, n_pos: int, n_neg: int, eps: float
+) -> FusionModel:
     """The fallback of :func:`fit_fusion` when the MLE does not exist: weak L2 penalty, no CIs, a warning."""
-    warnings.warn(f"fusion fit on {fit_on}: the maximum-likelihood logistic regression does not exist "
-                  "(perfect separation or no convergence); using a weakly L2-penalised fit without CIs.",
-                  UserWarning, stacklevel=3)
+    warnings.warn(
+        f"fusion fit on {fit_on}: the maximum-likelihood logistic regression does not exist "
+        "(perfect separation or no convergence); using a weakly L2-penalised fit without CIs.",
+        UserWarning,
+        stacklevel=3,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pen = sm.GLM(y, X, family=sm.families.Binomial()).fit_regularized(alpha=1.0 / y.size, L1_wt=0.0)
     nan3 = (float("nan"),) * 3
-    return FusionModel(params=tuple(map(float, pen.params)), bse=nan3, ci_low=nan3, ci_high=nan3, pvalues=nan3,
-                       level=level, fit_on=fit_on, n=int(y.size), n_pos=n_pos, n_neg=n_neg,
-                       method="L2-penalised logit (separation)", eps=eps)
+    return FusionModel(
+        params=tuple(map(float, pen.params)),
+        bse=nan3,
+        ci_low=nan3,
+        ci_high=nan3,
+        pvalues=nan3,
+        level=level,
+        fit_on=fit_on,
+        n=int(y.size),
+        n_pos=n_pos,
+        n_neg=n_neg,
+        method="L2-penalised logit (separation)",
+        eps=eps,
+    )
 
 
 def cross_fit_oof(train: pd.DataFrame, *, level: float = 0.95, eps: float = EPS) -> pd.DataFrame:
@@ -298,19 +372,34 @@ def cross_fit_oof(train: pd.DataFrame, *, level: float = 0.95, eps: float = EPS)
         Columns ``patient_id, split, fold, her2, p_her2`` in the order of ``train``.
     """
     if (train["split"] != "train").any():
-        raise DataError("cross_fit_oof: only training-cohort (OOF) rows may be used; found test rows "
-                        f"{train.loc[train['split'] != 'train', 'patient_id'].tolist()[:10]}.")
+        raise DataError(
+            "cross_fit_oof: only training-cohort (OOF) rows may be used; found test rows "
+            f"{train.loc[train['split'] != 'train', 'patient_id'].tolist()[:10]}."
+        )
     folds = sorted(train["fold"].unique())
     if len(folds) < 2:
         raise DataError(f"cross_fit_oof: needs at least 2 folds in the OOF predictions; found {folds}.")
     p = np.full(len(train), np.nan)
     for k in folds:
         held = (train["fold"] == k).to_numpy()
-        fit = fit_fusion(train.loc[~held, "p_us"], train.loc[~held, "p_mri"], train.loc[~held, "her2"],
-                         fit_on=f"train OOF folds != {k}", level=level, eps=eps)
+        fit = fit_fusion(
+            train.loc[~held, "p_us"],
+            train.loc[~held, "p_mri"],
+            train.loc[~held, "her2"],
+            fit_on=f"train OOF folds != {k}",
+            level=level,
+            eps=eps,
+        )
         p[held] = fit.predict(train.loc[held, "p_us"], train.loc[held, "p_mri"])
-    return pd.DataFrame({"patient_id": train["patient_id"].to_numpy(), "split": "train",
-                         "fold": train["fold"].to_numpy(), "her2": train["her2"].to_numpy(), "p_her2": p})
+    return pd.DataFrame(
+        {
+            "patient_id": train["patient_id"].to_numpy(),
+            "split": "train",
+            "fold": train["fold"].to_numpy(),
+            "her2": train["her2"].to_numpy(),
+            "p_her2": p,
+        }
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,8 +442,15 @@ class FusionResult:
 
 
 def _pred_frame(df: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"patient_id": df["patient_id"].to_numpy(), "split": df["split"].to_numpy(),
-                         "fold": df["fold"].to_numpy(), "her2": df["her2"].to_numpy(), "p_her2": p})
+    return pd.DataFrame(
+        {
+            "patient_id": df["patient_id"].to_numpy(),
+            "split": df["split"].to_numpy(),
+            "fold": df["fold"].to_numpy(),
+            "her2": df["her2"].to_numpy(),
+            "p_her2": p,
+        }
+    )
 
 
 def _join_test_folds(us: pd.DataFrame, mri: pd.DataFrame) -> pd.DataFrame:
@@ -362,12 +458,16 @@ def _join_test_folds(us: pd.DataFrame, mri: pd.DataFrame) -> pd.DataFrame:
     m = us.merge(mri, on=["patient_id", "model_fold"], how="outer", suffixes=("_us", "_mri"), indicator=True)
     bad = m.loc[m["_merge"] != "both", ["patient_id", "model_fold"]]
     if len(bad):
-        raise DataError("us_test_folds and mri_test_folds do not hold the same (patient, fold model) pairs: "
-                        f"{bad.head(10).to_records(index=False).tolist()}. Train DL-US and DL-MRI with the same folds "
-                        "(notebooks 03 and 04 on one folds.csv).")
+        raise DataError(
+            "us_test_folds and mri_test_folds do not hold the same (patient, fold model) pairs: "
+            f"{bad.head(10).to_records(index=False).tolist()}. Train DL-US and DL-MRI with the same folds "
+            "(notebooks 03 and 04 on one folds.csv)."
+        )
     if (m["her2_us"] != m["her2_mri"]).any():
-        raise DataError("us_test_folds and mri_test_folds disagree on HER2 status for patients "
-                        f"{sorted(set(m.loc[m['her2_us'] != m['her2_mri'], 'patient_id']))[:10]}.")
+        raise DataError(
+            "us_test_folds and mri_test_folds disagree on HER2 status for patients "
+            f"{sorted(set(m.loc[m['her2_us'] != m['her2_mri'], 'patient_id']))[:10]}."
+        )
     return m.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)
 
 
@@ -381,9 +481,16 @@ def _refit(X: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> np.ndarray | Non
     return fit[0]
 
 
-def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.ndarray, np.ndarray], *,
-                           level: float = 0.95, n_boot: int = 1000, seed: int = 0,
-                           eps: float = EPS) -> tuple[float, float, int]:
+def protocol_difference_ci(
+    y: np.ndarray,
+    p_free: np.ndarray,
+    x_paper: tuple[np.ndarray, np.ndarray],
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    eps: float = EPS,
+) -> tuple[float, float, int]:
     """Stratified bootstrap interval of ``AUC(paper protocol) - AUC(leakage-free)`` on the test cohort.
 
     Each resample draws HER2-positive and HER2-negative test patients with replacement (sizes kept), refits the
@@ -418,10 +525,20 @@ def protocol_difference_ci(y: np.ndarray, p_free: np.ndarray, x_paper: tuple[np.
     return float(lo), float(hi), penalised
 
 
-def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri_test: pd.DataFrame, *,
-         level: float = 0.95, eps: float = EPS, us_test_folds: pd.DataFrame | None = None,
-         mri_test_folds: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
-         check_input: bool = True) -> FusionResult:
+def fuse(
+    us_oof: pd.DataFrame,
+    mri_oof: pd.DataFrame,
+    us_test: pd.DataFrame,
+    mri_test: pd.DataFrame,
+    *,
+    level: float = 0.95,
+    eps: float = EPS,
+    us_test_folds: pd.DataFrame | None = None,
+    mri_test_folds: pd.DataFrame | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    check_input: bool = True,
+) -> FusionResult:
     """Run the leakage-free fusion and the paper's protocol.
 
     Parameters
@@ -464,66 +581,150 @@ def fuse(us_oof: pd.DataFrame, mri_oof: pd.DataFrame, us_test: pd.DataFrame, mri
     if overlap:
         raise DataError(f"patients {overlap[:10]} appear in both the OOF (train) and the test predictions.")
     if check_input and us_test_folds is not None and mri_test_folds is not None:
-        us_test_folds = validate_test_folds(us_test_folds, "us_test_folds",
-                                            test=test.rename(columns={"p_us": "p_her2"}))
-        mri_test_folds = validate_test_folds(mri_test_folds, "mri_test_folds",
-                                             test=test.rename(columns={"p_mri": "p_her2"}))
+        us_test_folds = validate_test_folds(
+            us_test_folds, "us_test_folds", test=test.rename(columns={"p_us": "p_her2"})
+        )
+        mri_test_folds = validate_test_folds(
+            mri_test_folds, "mri_test_folds", test=test.rename(columns={"p_mri": "p_her2"})
+        )
 
     model = fit_fusion(train["p_us"], train["p_mri"], train["her2"], fit_on="train OOF", level=level, eps=eps)
     oof = cross_fit_oof(train, level=level, eps=eps)
     test_pred, test_folds, applied_to = _apply_leakage_free(model, test, us_test_folds, mri_test_folds)
-    paper_model = fit_fusion(test["p_us"], test["p_mri"], test["her2"], fit_on="test (paper protocol)",
-                             level=level, eps=eps)
+    paper_model = fit_fusion(
+        test["p_us"], test["p_mri"], test["her2"], fit_on="test (paper protocol)", level=level, eps=eps
+    )
     paper_pred = _pred_frame(test, paper_model.predict(test["p_us"], test["p_mri"]))
-    protocols = _protocol_table(model, paper_model, test, oof, test_pred, paper_pred, applied_to=applied_to,
-                                level=level, n_boot=n_boot, seed=seed, eps=eps)
-    coefs = pd.concat([model.to_frame().assign(protocol="leakage-free (her2lib default)"),
-                       paper_model.to_frame().assign(protocol="paper (fit in the test cohort)")],
-                      ignore_index=True)
+    protocols = _protocol_table(
+        model,
+        paper_model,
+        test,
+        oof,
+        test_pred,
+        paper_pred,
+        applied_to=applied_to,
+        level=level,
+        n_boot=n_boot,
+        seed=seed,
+        eps=eps,
+    )
+    coefs = pd.concat(
+        [
+            model.to_frame().assign(protocol="leakage-free (her2lib default)"),
+            paper_model.to_frame().assign(protocol="paper (fit in the test cohort)"),
+        ],
+        ignore_index=True,
+    )
     coefs = coefs[["protocol"] + [c for c in coefs.columns if c != "protocol"]]
-    return FusionResult(model=model, paper_model=paper_model, oof=oof, test=test_pred, paper_test=paper_pred,
-                        protocols=protocols, coefficients=coefs, test_folds=test_folds)
+    return FusionResult(
+        model=model,
+        paper_model=paper_model,
+        oof=oof,
+        test=test_pred,
+        paper_test=paper_pred,
+        protocols=protocols,
+        coefficients=coefs,
+        test_folds=test_folds,
+    )
 
 
-def _apply_leakage_free(model: FusionModel, test: pd.DataFrame, us_test_folds: pd.DataFrame | None,
-                        mri_test_folds: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+def _apply_leakage_free(
+    model: FusionModel, test: pd.DataFrame, us_test_folds: pd.DataFrame | None, mri_test_folds: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """The leakage-free model on the test cohort: per fold model pair then averaged when both per-fold tables
     exist, else on the fold-mean inputs. Returns ``(test predictions, per-fold predictions or None, applied_to)``."""
     if us_test_folds is None or mri_test_folds is None:
-        return (_pred_frame(test, model.predict(test["p_us"], test["p_mri"])), None,
-                "fold-mean test predictions (no per-fold files; scale differs from OOF)")
+        return (
+            _pred_frame(test, model.predict(test["p_us"], test["p_mri"])),
+            None,
+            "fold-mean test predictions (no per-fold files; scale differs from OOF)",
+        )
     tf = _join_test_folds(us_test_folds, mri_test_folds)
     fused = model.predict(tf["p_her2_us"].to_numpy(), tf["p_her2_mri"].to_numpy())
-    test_folds = pd.DataFrame({"patient_id": tf["patient_id"], "split": "test", "her2": tf["her2_us"],
-                               "model_fold": tf["model_fold"], "p_her2": fused})[list(TEST_FOLD_COLUMNS)]
+    test_folds = pd.DataFrame(
+        {
+            "patient_id": tf["patient_id"],
+            "split": "test",
+            "her2": tf["her2_us"],
+            "model_fold": tf["model_fold"],
+            "p_her2": fused,
+        }
+    )[list(TEST_FOLD_COLUMNS)]
     mean = test_folds.groupby("patient_id")["p_her2"].mean()
-    return (_pred_frame(test, mean.loc[test["patient_id"]].to_numpy()), test_folds,
-            "each fold model's test predictions, fused then averaged")
+    return (
+        _pred_frame(test, mean.loc[test["patient_id"]].to_numpy()),
+        test_folds,
+        "each fold model's test predictions, fused then averaged",
+    )
 
 
-def _protocol_table(model: FusionModel, paper_model: FusionModel, test: pd.DataFrame, oof: pd.DataFrame,
-                    test_pred: pd.DataFrame, paper_pred: pd.DataFrame, *, applied_to: str, level: float,
-                    n_boot: int, seed: int, eps: float) -> pd.DataFrame:
+def _protocol_table(
+    model: FusionModel,
+    paper_model: FusionModel,
+    test: pd.DataFrame,
+    oof: pd.DataFrame,
+    test_pred: pd.DataFrame,
+    paper_pred: pd.DataFrame,
+    *,
+    applied_to: str,
+    level: float,
+    n_boot: int,
+    seed: int,
+    eps: float,
+) -> pd.DataFrame:
     """One row per protocol: fitted on, applied to, evaluated on, test AUC, and the AUC difference paper minus
     leakage-free with its bootstrap interval."""
     y_test = test["her2"].to_numpy()
     auc_free = float(auc(y_test, test_pred["p_her2"].to_numpy()))
     auc_paper = float(auc(y_test, paper_pred["p_her2"].to_numpy()))
     auc_oof = float(auc(oof["her2"].to_numpy(), oof["p_her2"].to_numpy()))
-    lo, hi, n_pen = protocol_difference_ci(y_test, test_pred["p_her2"].to_numpy(),
-                                          (test["p_us"].to_numpy(), test["p_mri"].to_numpy()), level=level,
-                                          n_boot=n_boot, seed=seed, eps=eps)
-    boot = (f"percentile, stratified bootstrap of test patients ({n_boot} resamples, seed {seed}), paper fit refitted "
-            f"per resample ({n_pen} with a weak L2 penalty: no MLE)")
+    lo, hi, n_pen = protocol_difference_ci(
+        y_test,
+        test_pred["p_her2"].to_numpy(),
+        (test["p_us"].to_numpy(), test["p_mri"].to_numpy()),
+        level=level,
+        n_boot=n_boot,
+        seed=seed,
+        eps=eps,
+    )
+    boot = (
+        f"percentile, stratified bootstrap of test patients ({n_boot} resamples, seed {seed}), paper fit refitted "
+        f"per resample ({n_pen} with a weak L2 penalty: no MLE)"
+    )
     nan = float("nan")
-    return pd.DataFrame([
-        {"protocol": "leakage-free (her2lib default)", "fit_on": "train OOF", "n_fit": model.n,
-         "applied_to": applied_to, "evaluated_on": "test", "n_eval": len(test), "auc": auc_free,
-         "auc_diff_vs_leakage_free": 0.0, "auc_diff_ci_low": nan, "auc_diff_ci_high": nan, "ci_level": level,
-         "ci_method": "", "auc_train_oof_crossfit": auc_oof, "method": model.method},
-        {"protocol": "paper (fit in the test cohort)", "fit_on": "test (fold-mean predictions)",
-         "n_fit": paper_model.n, "applied_to": "the same test patients", "evaluated_on": "test (same patients)",
-         "n_eval": len(test), "auc": auc_paper, "auc_diff_vs_leakage_free": auc_paper - auc_free,
-         "auc_diff_ci_low": lo, "auc_diff_ci_high": hi, "ci_level": level, "ci_method": boot,
-         "auc_train_oof_crossfit": nan, "method": paper_model.method},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "protocol": "leakage-free (her2lib default)",
+                "fit_on": "train OOF",
+                "n_fit": model.n,
+                "applied_to": applied_to,
+                "evaluated_on": "test",
+                "n_eval": len(test),
+                "auc": auc_free,
+                "auc_diff_vs_leakage_free": 0.0,
+                "auc_diff_ci_low": nan,
+                "auc_diff_ci_high": nan,
+                "ci_level": level,
+                "ci_method": "",
+                "auc_train_oof_crossfit": auc_oof,
+                "method": model.method,
+            },
+            {
+                "protocol": "paper (fit in the test cohort)",
+                "fit_on": "test (fold-mean predictions)",
+                "n_fit": paper_model.n,
+                "applied_to": "the same test patients",
+                "evaluated_on": "test (same patients)",
+                "n_eval": len(test),
+                "auc": auc_paper,
+                "auc_diff_vs_leakage_free": auc_paper - auc_free,
+                "auc_diff_ci_low": lo,
+                "auc_diff_ci_high": hi,
+                "ci_level": level,
+                "ci_method": boot,
+                "auc_train_oof_crossfit": nan,
+                "method": paper_model.method,
+            },
+        ]
+    )

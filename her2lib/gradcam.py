@@ -53,9 +53,25 @@ from .contract import DL_MODELS
 from .errors import ParameterError
 from .options import did_you_mean
 
-__all__ = ["GradCAMResult", "grad_cam", "find_layer", "energy_fraction", "mask_fraction", "energy_matrix",
-           "LocalisationTestResult", "localisation_test", "lesion_centre", "largest_lesion_slice", "cam_to_source",
-           "select_cases", "TARGET_LAYERS", "cohort_cams", "ENERGY_COLUMNS", "energy_table", "energy_summary"]
+__all__ = [
+    "GradCAMResult",
+    "grad_cam",
+    "find_layer",
+    "energy_fraction",
+    "mask_fraction",
+    "energy_matrix",
+    "LocalisationTestResult",
+    "localisation_test",
+    "lesion_centre",
+    "largest_lesion_slice",
+    "cam_to_source",
+    "select_cases",
+    "TARGET_LAYERS",
+    "cohort_cams",
+    "ENERGY_COLUMNS",
+    "energy_table",
+    "energy_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -103,13 +119,16 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     while parent and parent not in modules:
         parent = parent.rpartition(".")[0]
     prefix = f"{parent}." if parent else ""
-    level = [n for n in modules if n.startswith(prefix) and n and "." not in n[len(prefix):]]
-    raise ParameterError(f"model has no layer {name!r}.{did_you_mean(name, modules)} Layers at that level: "
-                         f"{level}; see model.named_modules().")
+    level = [n for n in modules if n.startswith(prefix) and n and "." not in n[len(prefix) :]]
+    raise ParameterError(
+        f"model has no layer {name!r}.{did_you_mean(name, modules)} Layers at that level: "
+        f"{level}; see model.named_modules()."
+    )
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Module | str, *,
-             class_index: int | None = 1) -> GradCAMResult:
+def grad_cam(
+    model: nn.Module, x: torch.Tensor | np.ndarray, target_layer: nn.Module | str, *, class_index: int | None = 1
+) -> GradCAMResult:
     """Grad-CAM of one input for one output logit.
 
     Parameters
@@ -148,9 +167,11 @@ def _batch_of_one(model: nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tenso
     """The input as a float32 batch of one on the model's device, a leaf that requires grad."""
     xt = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if xt.ndim not in (3, 4):
-        raise ParameterError(f"grad_cam needs one unbatched channel-first input, (C, H, W) for a 2-D model or "
-                             f"(C, D, H, W) for a 3-D model (it adds the batch dimension of 1 itself); got shape "
-                             f"{tuple(xt.shape)}.")
+        raise ParameterError(
+            f"grad_cam needs one unbatched channel-first input, (C, H, W) for a 2-D model or "
+            f"(C, D, H, W) for a 3-D model (it adds the batch dimension of 1 itself); got shape "
+            f"{tuple(xt.shape)}."
+        )
     xt = xt.unsqueeze(0)
     if not torch.isfinite(xt).all():
         raise ParameterError("grad_cam: the input contains NaN or infinite values.")
@@ -184,18 +205,23 @@ def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Modul
             if logits.ndim == 1:
                 logits = logits.unsqueeze(0)
             if logits.ndim != 2 or logits.shape[0] != 1:
-                raise ParameterError(f"grad_cam: the model must return logits (1, n_classes); got "
-                                     f"{tuple(logits.shape)}.")
+                raise ParameterError(
+                    f"grad_cam: the model must return logits (1, n_classes); got {tuple(logits.shape)}."
+                )
             n_out = logits.shape[1]
             if class_index is None:
                 class_index = 0 if n_out == 1 else int(logits.argmax(1).item())
             if not 0 <= class_index < n_out:
-                raise ParameterError(f"class_index {class_index} is out of range for a model with {n_out} "
-                                     "output(s); use 1 (HER2-positive) for the two-logit DL models, 0 for a "
-                                     "single-logit model.")
+                raise ParameterError(
+                    f"class_index {class_index} is out of range for a model with {n_out} "
+                    "output(s); use 1 (HER2-positive) for the two-logit DL models, 0 for a "
+                    "single-logit model."
+                )
             if "act" not in store:
-                raise ParameterError("grad_cam: the target layer was not called in the forward pass; pick a "
-                                     "layer the model uses (see model.named_modules()).")
+                raise ParameterError(
+                    "grad_cam: the target layer was not called in the forward pass; pick a "
+                    "layer the model uses (see model.named_modules())."
+                )
             target = logits[0, class_index]
             model.zero_grad(set_to_none=True)
             target.backward()
@@ -205,18 +231,20 @@ def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Modul
     return logits, target, class_index, store
 
 
-def _cam_from(store: dict, xt: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-              class_index: int) -> GradCAMResult:
+def _cam_from(
+    store: dict, xt: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, class_index: int
+) -> GradCAMResult:
     """``ReLU(sum_k alpha_k A_k)``, upsampled to the input and max-normalised, with the target's probability."""
     act = store["act"].detach()
     grad = store.get("grad")
     if grad is None:
-        raise ParameterError("grad_cam: no gradient reached the target layer; the target logit does not "
-                             "depend on it.")
+        raise ParameterError("grad_cam: no gradient reached the target layer; the target logit does not depend on it.")
     grad = grad.detach()
     if act.ndim != xt.ndim:
-        raise ParameterError(f"grad_cam: the target layer output has shape {tuple(act.shape)}; expected "
-                             f"channel-first (1, K, *spatial) with {xt.ndim - 2} spatial dimension(s).")
+        raise ParameterError(
+            f"grad_cam: the target layer output has shape {tuple(act.shape)}; expected "
+            f"channel-first (1, K, *spatial) with {xt.ndim - 2} spatial dimension(s)."
+        )
     spatial = tuple(range(2, act.ndim))
     weights = grad.mean(dim=spatial, keepdim=True)  # alpha_k
     cam = F.relu((weights * act).sum(dim=1, keepdim=True))  # (1, 1, *s)
@@ -229,9 +257,14 @@ def _cam_from(store: dict, xt: torch.Tensor, logits: torch.Tensor, target: torch
             prob = float(torch.sigmoid(logits[0, 0]))
         else:
             prob = float(torch.softmax(logits.detach(), dim=1)[0, class_index])
-    return GradCAMResult(cam=norm.cpu().numpy().astype(np.float32),
-                         cam_lowres=cam[0, 0].cpu().numpy().astype(np.float32), max_raw=max_raw,
-                         logit=float(target.detach()), probability=prob, class_index=int(class_index))
+    return GradCAMResult(
+        cam=norm.cpu().numpy().astype(np.float32),
+        cam_lowres=cam[0, 0].cpu().numpy().astype(np.float32),
+        max_raw=max_raw,
+        logit=float(target.detach()),
+        probability=prob,
+        class_index=int(class_index),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,8 +274,10 @@ def _check_cam_mask(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     cam = np.asarray(cam, dtype=float)
     mask = np.asarray(mask)
     if cam.shape != mask.shape:
-        raise ParameterError(f"cam {cam.shape} and mask {mask.shape} must have the same shape; resample the "
-                             "mask to the ROI (roi.us_roi / roi.mri_roi return both).")
+        raise ParameterError(
+            f"cam {cam.shape} and mask {mask.shape} must have the same shape; resample the "
+            "mask to the ROI (roi.us_roi / roi.mri_roi return both)."
+        )
     if not np.all(np.isfinite(cam)) or (cam < 0).any():
         raise ParameterError("cam must be finite and non-negative (a Grad-CAM map after ReLU).")
     return cam, mask > 0
@@ -266,8 +301,9 @@ def energy_fraction(cam: np.ndarray, mask: np.ndarray) -> float:
     cam, m = _check_cam_mask(cam, mask)
     total = cam.sum()
     if total <= 0:
-        warnings.warn("energy_fraction: the map is all zero (no positive evidence); returning NaN.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "energy_fraction: the map is all zero (no positive evidence); returning NaN.", RuntimeWarning, stacklevel=2
+        )
         return float("nan")
     return float(cam[m].sum() / total)
 
@@ -287,11 +323,14 @@ def _check_stack(cams: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.nda
     if masks.ndim == cams.ndim + 1 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if cams.ndim not in (3, 4):
-        raise ParameterError(f"{what}: cams must be (n_patients, H, W) or (n_patients, D, H, W); got shape "
-                             f"{cams.shape}.")
+        raise ParameterError(
+            f"{what}: cams must be (n_patients, H, W) or (n_patients, D, H, W); got shape {cams.shape}."
+        )
     if cams.shape != masks.shape:
-        raise ParameterError(f"{what}: cams {cams.shape} and masks {masks.shape} differ; pass the ROI-frame "
-                             "masks that preprocess_cohort returns with the ROI images (one per map).")
+        raise ParameterError(
+            f"{what}: cams {cams.shape} and masks {masks.shape} differ; pass the ROI-frame "
+            "masks that preprocess_cohort returns with the ROI images (one per map)."
+        )
     if len(cams) == 0:
         raise ParameterError(f"{what}: no maps (n_patients = 0).")
     if not np.isfinite(cams).all() or (cams < 0).any():
@@ -299,8 +338,10 @@ def _check_stack(cams: np.ndarray, masks: np.ndarray, what: str) -> tuple[np.nda
     masks = masks > 0
     empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
     if empty.size:
-        raise ParameterError(f"{what}: the lesion masks at positions {empty[:10].tolist()} are empty; every "
-                             "patient needs a lesion mask in the ROI frame.")
+        raise ParameterError(
+            f"{what}: the lesion masks at positions {empty[:10].tolist()} are empty; every "
+            "patient needs a lesion mask in the ROI frame."
+        )
     return cams, masks
 
 
@@ -313,9 +354,9 @@ def _energy_matrix(cams: np.ndarray, masks: np.ndarray, chunk: int = 16) -> np.n
     total = c.sum(axis=1, dtype=np.float64)
     out = np.empty((n, n), np.float64)
     for a in range(0, n, chunk):
-        ca = c[a:a + chunk].astype(np.float64)
+        ca = c[a : a + chunk].astype(np.float64)
         for b in range(0, n, chunk):
-            out[a:a + chunk, b:b + chunk] = ca @ m[b:b + chunk].astype(np.float64).T
+            out[a : a + chunk, b : b + chunk] = ca @ m[b : b + chunk].astype(np.float64).T
     with np.errstate(invalid="ignore", divide="ignore"):
         out /= total[:, None]
     out[total <= 0] = np.nan
@@ -353,11 +394,13 @@ def _own_and_others(cams: np.ndarray, masks: np.ndarray):
     return nonzero, e, own, others
 
 
-_LOCALISATION_METHOD = ("mask-permutation test against the centre prior: statistic = mean over patients of the "
-                        "share of each map's energy inside its own lesion mask; null = the same maps scored with "
-                        "randomly re-assigned lesion masks of the same patients, all in the common ROI frame "
-                        "(uniform random permutations of the patient-mask assignment, or all n! when n! <= B); "
-                        "one-sided P = (1 + #{null >= observed}) / (1 + B) (exact: #{null >= observed} / n!)")
+_LOCALISATION_METHOD = (
+    "mask-permutation test against the centre prior: statistic = mean over patients of the "
+    "share of each map's energy inside its own lesion mask; null = the same maps scored with "
+    "randomly re-assigned lesion masks of the same patients, all in the common ROI frame "
+    "(uniform random permutations of the patient-mask assignment, or all n! when n! <= B); "
+    "one-sided P = (1 + #{null >= observed}) / (1 + B) (exact: #{null >= observed} / n!)"
+)
 
 
 @dataclass(frozen=True)
@@ -410,14 +453,24 @@ class LocalisationTestResult:
     def to_row(self) -> dict:
         """Flat dict for a results table: ``mean_energy_own, mean_energy_others, enrichment_over_centre_prior,
         permutation_p, n_patients, n_zero_maps, n_permutations, exact, seed, alternative, method``."""
-        return dict(mean_energy_own=self.statistic, mean_energy_others=self.others_mean,
-                    enrichment_over_centre_prior=self.enrichment, permutation_p=self.pvalue,
-                    n_patients=self.n_patients, n_zero_maps=self.n_zero_maps, n_permutations=self.n_permutations,
-                    exact=self.exact, seed=self.seed, alternative=self.alternative, method=self.method)
+        return dict(
+            mean_energy_own=self.statistic,
+            mean_energy_others=self.others_mean,
+            enrichment_over_centre_prior=self.enrichment,
+            permutation_p=self.pvalue,
+            n_patients=self.n_patients,
+            n_zero_maps=self.n_zero_maps,
+            n_permutations=self.n_permutations,
+            exact=self.exact,
+            seed=self.seed,
+            alternative=self.alternative,
+            method=self.method,
+        )
 
 
-def localisation_test(cams: np.ndarray, masks: np.ndarray, *, n_permutations: int = 9999,
-                      seed: int | np.random.Generator | None = 0) -> LocalisationTestResult:
+def localisation_test(
+    cams: np.ndarray, masks: np.ndarray, *, n_permutations: int = 9999, seed: int | np.random.Generator | None = 0
+) -> LocalisationTestResult:
     """Do the maps find *their own* lesion, beyond the ROI's centre prior? A mask-permutation test.
 
     The ROI is the bounding box of the dilated lesion mask, so the lesion always sits near the ROI's centre and
@@ -481,8 +534,10 @@ def localisation_test(cams: np.ndarray, masks: np.ndarray, *, n_permutations: in
     1.0
     """
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-        raise ParameterError(f"localisation_test: n_permutations must be a positive integer; got "
-                             f"{n_permutations!r} (9999 is the default).")
+        raise ParameterError(
+            f"localisation_test: n_permutations must be a positive integer; got "
+            f"{n_permutations!r} (9999 is the default)."
+        )
     cams, masks = _check_stack(cams, masks, "localisation_test")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     seed_val = int(seed) if isinstance(seed, (int, np.integer)) else None
@@ -502,9 +557,19 @@ def localisation_test(cams: np.ndarray, masks: np.ndarray, *, n_permutations: in
             null = e[np.arange(n)[None, :], perms].mean(axis=1)
             p = float((1 + np.count_nonzero(null >= stat - tol)) / (1 + len(null)))
     enrich = stat / others_mean if n and others_mean > 0 else float("nan")
-    return LocalisationTestResult(statistic=stat, others_mean=others_mean, enrichment=float(enrich), pvalue=p,
-                                  n_patients=int(n), n_zero_maps=int((~nonzero).sum()), n_permutations=n_used,
-                                  exact=exact, seed=seed_val, energy_own=own, energy_others=others)
+    return LocalisationTestResult(
+        statistic=stat,
+        others_mean=others_mean,
+        enrichment=float(enrich),
+        pvalue=p,
+        n_patients=int(n),
+        n_zero_maps=int((~nonzero).sum()),
+        n_permutations=n_used,
+        exact=exact,
+        seed=seed_val,
+        energy_own=own,
+        energy_others=others,
+    )
 
 
 def lesion_centre(mask: np.ndarray) -> tuple[int, ...]:
@@ -581,16 +646,20 @@ def cam_to_source(cam: np.ndarray, box: Sequence[Sequence[int]], source_shape: S
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"cam_to_source: box must be ((start, stop), ...) per axis; got {box!r}.") from exc
     if cam.ndim not in (2, 3) or len(box) != cam.ndim or len(shape) != cam.ndim:
-        raise ParameterError(f"cam_to_source: map {cam.shape}, box {box} and source shape {shape} must have the "
-                             "same number of axes (2 for US, 3 for MRI; the box is RoiResult.box).")
+        raise ParameterError(
+            f"cam_to_source: map {cam.shape}, box {box} and source shape {shape} must have the "
+            "same number of axes (2 for US, 3 for MRI; the box is RoiResult.box)."
+        )
     if not np.isfinite(cam).all():
         raise ParameterError("cam_to_source: the map contains NaN or infinite values.")
     lengths = tuple(b - a for a, b in box)
     if any(n < 1 for n in lengths):
         raise ParameterError(f"cam_to_source: box {box} is empty along an axis (stop <= start).")
     if any(b <= 0 or a >= s for (a, b), s in zip(box, shape)):
-        raise ParameterError(f"cam_to_source: box {box} does not overlap the source image of shape {shape}; "
-                             "the box and the image must come from the same patient and modality.")
+        raise ParameterError(
+            f"cam_to_source: box {box} does not overlap the source image of shape {shape}; "
+            "the box and the image must come from the same patient and modality."
+        )
     t = torch.from_numpy(np.ascontiguousarray(cam))[None, None]
     if lengths == cam.shape:
         up = cam
@@ -627,13 +696,22 @@ def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
         smallest patient_id), i.e. a typical rather than the most extreme case.
     """
     if threshold is None or np.isnan(threshold):
-        raise ParameterError(f"threshold must be a number (+-inf allowed: Youden's J may pick everyone positive or "
-                             f"negative); got {threshold!r}.")
+        raise ParameterError(
+            f"threshold must be a number (+-inf allowed: Youden's J may pick everyone positive or "
+            f"negative); got {threshold!r}."
+        )
     df = test[["patient_id", "her2", "p_her2"]].copy()
     pred = (df["p_her2"] >= threshold).astype(int)
-    df["outcome"] = np.select([(pred == 1) & (df["her2"] == 1), (pred == 1) & (df["her2"] == 0),
-                               (pred == 0) & (df["her2"] == 0), (pred == 0) & (df["her2"] == 1)],
-                              ["TP", "FP", "TN", "FN"], default="?")
+    df["outcome"] = np.select(
+        [
+            (pred == 1) & (df["her2"] == 1),
+            (pred == 1) & (df["her2"] == 0),
+            (pred == 0) & (df["her2"] == 0),
+            (pred == 0) & (df["her2"] == 1),
+        ],
+        ["TP", "FP", "TN", "FN"],
+        default="?",
+    )
     rows = []
     for outcome in ("TP", "FP", "TN", "FN"):
         sub = df[df["outcome"] == outcome].copy()
@@ -645,8 +723,6 @@ def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Cohort level (07_gradcam)
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,8 +731,15 @@ def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
 TARGET_LAYERS: dict[str, str] = dict(zip(DL_MODELS, ("stages.3", "layer4")))
 
 
-def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: str, *, class_index: int = 1,
-                progress: bool = True, desc: str = "Grad-CAM") -> np.ndarray:
+def cohort_cams(
+    models: Sequence[nn.Module],
+    images: np.ndarray,
+    target_layer: str,
+    *,
+    class_index: int = 1,
+    progress: bool = True,
+    desc: str = "Grad-CAM",
+) -> np.ndarray:
     """Fold-ensemble Grad-CAM of every image: the mean of the fold models' max-normalised maps.
 
     This is **not** the Grad-CAM of the ensemble's averaged prediction (the fold models have separate target
@@ -702,8 +785,15 @@ def cohort_cams(models: Sequence[nn.Module], images: np.ndarray, target_layer: s
 
 
 #: Columns of :func:`energy_table` (``tables/gradcam_energy.csv``).
-ENERGY_COLUMNS = ("model", "patient_id", "energy_own_mask", "energy_other_masks_mean",
-                  "enrichment_over_centre_prior", "lesion_fraction", "naive_enrichment_vs_uniform")
+ENERGY_COLUMNS = (
+    "model",
+    "patient_id",
+    "energy_own_mask",
+    "energy_other_masks_mean",
+    "enrichment_over_centre_prior",
+    "lesion_fraction",
+    "naive_enrichment_vs_uniform",
+)
 
 
 def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray, *, model: str) -> pd.DataFrame:
@@ -747,14 +837,21 @@ def energy_table(patient_ids: Sequence[str], cams: np.ndarray, masks: np.ndarray
     frac = masks.reshape(len(masks), -1).mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         enrich = np.where(others > 0, own / others, np.nan)
-    return pd.DataFrame({"model": model, "patient_id": [str(p) for p in patient_ids], "energy_own_mask": own,
-                         "energy_other_masks_mean": others, "enrichment_over_centre_prior": enrich,
-                         "lesion_fraction": frac, "naive_enrichment_vs_uniform": own / frac},
-                        columns=list(ENERGY_COLUMNS))
+    return pd.DataFrame(
+        {
+            "model": model,
+            "patient_id": [str(p) for p in patient_ids],
+            "energy_own_mask": own,
+            "energy_other_masks_mean": others,
+            "enrichment_over_centre_prior": enrich,
+            "lesion_fraction": frac,
+            "naive_enrichment_vs_uniform": own / frac,
+        },
+        columns=list(ENERGY_COLUMNS),
+    )
 
 
-def energy_summary(energy: pd.DataFrame, tests: Mapping[str, LocalisationTestResult] | None = None
-                   ) -> pd.DataFrame:
+def energy_summary(energy: pd.DataFrame, tests: Mapping[str, LocalisationTestResult] | None = None) -> pd.DataFrame:
     """Per model: the energy in the own lesion against the centre prior, and the mask-permutation test.
 
     Parameters
@@ -779,27 +876,45 @@ def energy_summary(energy: pd.DataFrame, tests: Mapping[str, LocalisationTestRes
     if missing:
         raise ParameterError(f"energy_summary: the energy table lacks {missing}; build it with energy_table.")
     tests = dict(tests or {})
-    blank = {k: v for k, v in LocalisationTestResult(np.nan, np.nan, np.nan, np.nan, 0, 0, 0, False, None,
-                                                     np.empty(0), np.empty(0)).to_row().items()
-             if k not in ("n_patients", "n_zero_maps")}
+    blank = {
+        k: v
+        for k, v in LocalisationTestResult(
+            np.nan, np.nan, np.nan, np.nan, 0, 0, 0, False, None, np.empty(0), np.empty(0)
+        )
+        .to_row()
+        .items()
+        if k not in ("n_patients", "n_zero_maps")
+    }
     rows = []
     for model, g_all in energy.groupby("model", sort=False):
         g = g_all.dropna(subset=["energy_own_mask"])
-        q1, med, q3 = (np.quantile(g["energy_own_mask"], [0.25, 0.5, 0.75]) if len(g) else (np.nan,) * 3)
-        row = {"model": model, "n": int(len(g)), "n_zero_maps": int(len(g_all) - len(g)),
-               "energy_own_median": float(med), "energy_own_q1": float(q1), "energy_own_q3": float(q3),
-               "energy_others_median": float(g["energy_other_masks_mean"].median()),
-               "enrichment_over_centre_prior_median": float(g["enrichment_over_centre_prior"].median()),
-               "n_own_above_others": int((g["energy_own_mask"] > g["energy_other_masks_mean"]).sum())}
+        q1, med, q3 = np.quantile(g["energy_own_mask"], [0.25, 0.5, 0.75]) if len(g) else (np.nan,) * 3
+        row = {
+            "model": model,
+            "n": int(len(g)),
+            "n_zero_maps": int(len(g_all) - len(g)),
+            "energy_own_median": float(med),
+            "energy_own_q1": float(q1),
+            "energy_own_q3": float(q3),
+            "energy_others_median": float(g["energy_other_masks_mean"].median()),
+            "enrichment_over_centre_prior_median": float(g["enrichment_over_centre_prior"].median()),
+            "n_own_above_others": int((g["energy_own_mask"] > g["energy_other_masks_mean"]).sum()),
+        }
         test = tests.get(model)
         if test is not None and test.n_patients != len(g):
-            raise ParameterError(f"energy_summary: the {model} test covers {test.n_patients} maps but the "
-                                 f"energy table has {len(g)} non-zero maps for it; run both on the same maps.")
+            raise ParameterError(
+                f"energy_summary: the {model} test covers {test.n_patients} maps but the "
+                f"energy table has {len(g)} non-zero maps for it; run both on the same maps."
+            )
         t = test.to_row() if test is not None else dict(blank)
         t.pop("n_patients", None)
         t.pop("n_zero_maps", None)
         row.update(t)
-        row.update({"lesion_fraction_median": float(g_all["lesion_fraction"].median()),
-                    "naive_enrichment_vs_uniform_median": float(g["naive_enrichment_vs_uniform"].median())})
+        row.update(
+            {
+                "lesion_fraction_median": float(g_all["lesion_fraction"].median()),
+                "naive_enrichment_vs_uniform_median": float(g["naive_enrichment_vs_uniform"].median()),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -20,7 +20,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "new_file_mode", "write_text", "write_json", "write_csv", "save_figure", "sha256_file", "hash_files"]
+__all__ = [
+    "atomic_path",
+    "new_file_mode",
+    "write_text",
+    "write_json",
+    "write_csv",
+    "save_figure",
+    "sha256_file",
+    "hash_files",
+]
 
 
 def new_file_mode() -> int:

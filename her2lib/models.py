@@ -30,8 +30,16 @@ from torch import nn
 from .errors import ParameterError
 from .options import did_you_mean, look_up_option
 
-__all__ = ["DLUSConfig", "DLMRIConfig", "ModelConfig", "build_dl_us", "build_dl_mri", "build_model", "config_to_dict",
-           "config_from_dict"]
+__all__ = [
+    "DLUSConfig",
+    "DLMRIConfig",
+    "ModelConfig",
+    "build_dl_us",
+    "build_dl_mri",
+    "build_model",
+    "config_to_dict",
+    "config_from_dict",
+]
 
 
 @dataclass
@@ -113,8 +121,10 @@ def _validate(cfg: ModelConfig) -> None:
     if cfg.image_size <= 0:
         raise ParameterError(f"{cfg.kind}: image_size={cfg.image_size} must be > 0.")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
-        raise ParameterError(f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
-                             "weights; give a local file or checkpoint=None (random initialisation).")
+        raise ParameterError(
+            f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
+            "weights; give a local file or checkpoint=None (random initialisation)."
+        )
 
 
 def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
@@ -132,16 +142,20 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
     cfg = cfg or DLUSConfig()
     _validate(cfg)
     if not cfg.variant.startswith("convnextv2_"):
-        raise ParameterError(f"variant={cfg.variant!r}: DL-US is a ConvNeXt V2; use one of "
-                             f"{timm.list_models('convnextv2_*')}.")
+        raise ParameterError(
+            f"variant={cfg.variant!r}: DL-US is a ConvNeXt V2; use one of {timm.list_models('convnextv2_*')}."
+        )
     look_up_option(cfg.variant, timm.list_models("convnextv2_*"), name="variant")
     kw: dict[str, Any] = dict(in_chans=cfg.in_chans, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
     if cfg.checkpoint is None:
         return timm.create_model(cfg.variant, pretrained=False, **kw)
     # Local file only: timm adapts the stem to in_chans and drops the mismatched classifier.
-    return timm.create_model(cfg.variant, pretrained=True,
-                             pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve()), hf_hub_id=None,
-                                                         url=None), **kw)
+    return timm.create_model(
+        cfg.variant,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve()), hf_hub_id=None, url=None),
+        **kw,
+    )
 
 
 def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
@@ -160,8 +174,14 @@ def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
     _validate(cfg)
     if cfg.conv1_t_stride < 1:
         raise ParameterError(f"conv1_t_stride={cfg.conv1_t_stride} must be >= 1.")
-    model = resnet18(spatial_dims=3, n_input_channels=cfg.n_input_channels, num_classes=cfg.num_classes,
-                     conv1_t_size=cfg.conv1_t_size, conv1_t_stride=cfg.conv1_t_stride, pretrained=False)
+    model = resnet18(
+        spatial_dims=3,
+        n_input_channels=cfg.n_input_channels,
+        num_classes=cfg.num_classes,
+        conv1_t_size=cfg.conv1_t_size,
+        conv1_t_stride=cfg.conv1_t_stride,
+        pretrained=False,
+    )
     if cfg.checkpoint is not None:
         state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
@@ -172,8 +192,12 @@ def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
         if not keep:
             raise ParameterError(f"checkpoint {cfg.checkpoint}: no tensor matches the 3D ResNet18's names/shapes.")
         if skipped:
-            warnings.warn(f"checkpoint {cfg.checkpoint}: skipped {len(skipped)} tensors with other names/shapes "
-                          f"(e.g. {skipped[:3]}).", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {cfg.checkpoint}: skipped {len(skipped)} tensors with other names/shapes "
+                f"(e.g. {skipped[:3]}).",
+                UserWarning,
+                stacklevel=2,
+            )
         model.load_state_dict(keep, strict=False)
     return model
 
@@ -204,6 +228,8 @@ def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     unknown = sorted(set(d) - set(names))
     if unknown:
         hints = "; ".join(f"{u!r}{did_you_mean(u, names)}" for u in unknown)
-        raise ParameterError(f"{kind} config: unknown keys {hints} (architecture keys: {names}; training settings "
-                             "belong to her2lib.train.TrainConfig).")
+        raise ParameterError(
+            f"{kind} config: unknown keys {hints} (architecture keys: {names}; training settings "
+            "belong to her2lib.train.TrainConfig)."
+        )
     return cls(**d)

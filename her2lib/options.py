@@ -39,8 +39,14 @@ def did_you_mean(value: Any, options: Iterable[Any]) -> str:
     return f" Did you mean {match!r}?" if match is not None else ""
 
 
-def look_up_option(value: Any, supported: Collection[K] | Mapping[K, Any], *, name: str,
-                   default: Any = _MISSING, error: type[Exception] = ParameterError) -> Any:
+def look_up_option(
+    value: Any,
+    supported: Collection[K] | Mapping[K, Any],
+    *,
+    name: str,
+    default: Any = _MISSING,
+    error: type[Exception] = ParameterError,
+) -> Any:
     """Return ``value`` if it is one of ``supported`` (for a mapping: ``supported[value]``), else raise.
 
     Parameters

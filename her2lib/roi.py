@@ -50,9 +50,23 @@ from .errors import DataError, ParameterError
 from .io import atomic_path, sha256_file, write_json
 from .options import look_up_option
 
-__all__ = ["ROI_CODE_VERSION", "RoiResult", "RoiBox", "PreprocessSpec", "dilate_mask", "roi_box", "us_roi",
-           "mri_roi", "cache_key", "library_versions", "preprocess_cohort", "box_table", "roi_boxes", "box_summary",
-           "clipping_summary"]
+__all__ = [
+    "ROI_CODE_VERSION",
+    "RoiResult",
+    "RoiBox",
+    "PreprocessSpec",
+    "dilate_mask",
+    "roi_box",
+    "us_roi",
+    "mri_roi",
+    "cache_key",
+    "library_versions",
+    "preprocess_cohort",
+    "box_table",
+    "roi_boxes",
+    "box_summary",
+    "clipping_summary",
+]
 
 #: Bump whenever the preprocessing code changes its output; it is part of every cache key.
 #: roi-2 (2025): cache entries also record the source shape, spacing and per-axis clipping.
@@ -135,8 +149,9 @@ def _size_tuple(size: int | Sequence[int], ndim: int, name: str) -> tuple[int, .
     return size
 
 
-def dilate_mask(mask: np.ndarray, margin: float, *, sampling: Sequence[float] | None = None,
-                in_plane: bool = False) -> np.ndarray:
+def dilate_mask(
+    mask: np.ndarray, margin: float, *, sampling: Sequence[float] | None = None, in_plane: bool = False
+) -> np.ndarray:
     """Dilate a binary mask outward by ``margin`` (Euclidean distance).
 
     Parameters
@@ -215,8 +230,10 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, ndim: int, what: str) -> tu
     if image.ndim != ndim:
         raise DataError(f"{what}: image has shape {image.shape}; expected {ndim} dimensions.")
     if mask.shape != image.shape:
-        raise DataError(f"{what}: mask shape {mask.shape} differs from image shape {image.shape}; "
-                        "fix: export the mask on the image's grid.")
+        raise DataError(
+            f"{what}: mask shape {mask.shape} differs from image shape {image.shape}; "
+            "fix: export the mask on the image's grid."
+        )
     if not np.isfinite(image).all():
         raise DataError(f"{what}: image contains NaN or infinite values.")
     if not (mask > 0).any():
@@ -224,8 +241,14 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, ndim: int, what: str) -> tu
     return image, mask
 
 
-def us_roi(image: np.ndarray, mask: np.ndarray, *, margin_px: float = 50,
-           size: int | Sequence[int] = (256, 256), spacing: Sequence[float] = (1.0, 1.0)) -> RoiResult:
+def us_roi(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    margin_px: float = 50,
+    size: int | Sequence[int] = (256, 256),
+    spacing: Sequence[float] = (1.0, 1.0),
+) -> RoiResult:
     """Ultrasound ROI: dilate by ``margin_px`` pixels, crop the bounding box, z-score, resize.
 
     Parameters
@@ -251,13 +274,25 @@ def us_roi(image: np.ndarray, mask: np.ndarray, *, margin_px: float = 50,
     size = _size_tuple(size, 2, "size")
     box = roi_box(dilate_mask(mask, margin_px))
     res = _crop_norm_resize(image, mask, box, size)
-    return RoiResult(res.image, res.mask, box, tuple(image.shape), tuple(float(s) for s in spacing),
-                     _clip_flags(mask > 0, (margin_px, margin_px), (1.0, 1.0)))
+    return RoiResult(
+        res.image,
+        res.mask,
+        box,
+        tuple(image.shape),
+        tuple(float(s) for s in spacing),
+        _clip_flags(mask > 0, (margin_px, margin_px), (1.0, 1.0)),
+    )
 
 
-def mri_roi(volume: np.ndarray, mask: np.ndarray, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-            margin: float = 50, margin_unit: str = "px",
-            size: int | Sequence[int] = (96, 96, 96)) -> RoiResult:
+def mri_roi(
+    volume: np.ndarray,
+    mask: np.ndarray,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    margin: float = 50,
+    margin_unit: str = "px",
+    size: int | Sequence[int] = (96, 96, 96),
+) -> RoiResult:
     """MRI ROI: dilate every slice in-plane by ``margin``, crop the bounding box, z-score, resize.
 
     Parameters
@@ -329,8 +364,9 @@ class PreprocessSpec:
         if not isinstance(params, dict):
             path = Path(params)
             if not path.exists():
-                raise ParameterError(f"{path} does not exist; run notebooks/02_preprocess.ipynb first "
-                                     "(with the same out_dir).")
+                raise ParameterError(
+                    f"{path} does not exist; run notebooks/02_preprocess.ipynb first (with the same out_dir)."
+                )
             params = json.loads(path.read_text(encoding="utf-8"))
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: params[k] for k in names if k in params})
@@ -340,8 +376,12 @@ class PreprocessSpec:
         _modality(modality)
         if modality == "us":
             return {"modality": "us", "size": int(self.us_size), "margin_px": float(self.us_margin_px)}
-        return {"modality": "mri", "size": int(self.mri_size), "margin": float(self.mri_margin),
-                "margin_unit": self.mri_margin_unit}
+        return {
+            "modality": "mri",
+            "size": int(self.mri_size),
+            "margin": float(self.mri_margin),
+            "margin_unit": self.mri_margin_unit,
+        }
 
 
 def _dist_version(name: str) -> str:
@@ -361,8 +401,11 @@ def library_versions() -> dict[str, str]:
         ``{"roi": ROI_CODE_VERSION, "read_image": her2lib.data.IMAGE_READER_VERSION, "numpy": ..., "scipy": ...,
         "torch": ..., "Pillow": ..., "nibabel": ..., "SimpleITK": ...}`` (see :data:`CACHE_LIBRARIES`).
     """
-    return {"roi": ROI_CODE_VERSION, "read_image": str(data.IMAGE_READER_VERSION),
-            **{name: _dist_version(name) for name in CACHE_LIBRARIES}}
+    return {
+        "roi": ROI_CODE_VERSION,
+        "read_image": str(data.IMAGE_READER_VERSION),
+        **{name: _dist_version(name) for name in CACHE_LIBRARIES},
+    }
 
 
 def _key_from_digests(image_sha: str, mask_sha: str, params: dict[str, Any], versions: dict[str, str]) -> str:
@@ -375,8 +418,13 @@ def _key_from_digests(image_sha: str, mask_sha: str, params: dict[str, Any], ver
     return h.hexdigest()
 
 
-def cache_key(image_path: str | os.PathLike, mask_path: str | os.PathLike, params: dict[str, Any], *,
-              versions: dict[str, str] | None = None) -> str:
+def cache_key(
+    image_path: str | os.PathLike,
+    mask_path: str | os.PathLike,
+    params: dict[str, Any],
+    *,
+    versions: dict[str, str] | None = None,
+) -> str:
     """SHA-256 over the image and mask file bytes, the parameters and the code/library versions (sorted JSON).
 
     Parameters
@@ -424,8 +472,12 @@ class _FileHashes:
         name = os.path.abspath(os.fspath(path))
         stat = self._stat(name)
         known = self.entries.get(name)
-        if (isinstance(known, list) and len(known) == 3 and known[0] == stat
-                and int(known[2]) - max(stat[1], stat[2]) >= self.RACY_NS):
+        if (
+            isinstance(known, list)
+            and len(known) == 3
+            and known[0] == stat
+            and int(known[2]) - max(stat[1], stat[2]) >= self.RACY_NS
+        ):
             return str(known[1])
         hashed_at = time.time_ns()
         digest = sha256_file(name)
@@ -444,25 +496,36 @@ def _compute(modality: str, image_path: str, mask_path: str, params: dict[str, A
     msk, _ = data.read_image(mask_path)
     if modality == "us":
         return us_roi(img, msk, margin_px=params["margin_px"], size=params["size"], spacing=spacing)
-    return mri_roi(img, msk, spacing=spacing, margin=params["margin"], margin_unit=params["margin_unit"],
-                   size=params["size"])
+    return mri_roi(
+        img, msk, spacing=spacing, margin=params["margin"], margin_unit=params["margin_unit"], size=params["size"]
+    )
 
 
 def _load_entry(path: Path) -> RoiResult:
     with np.load(path, allow_pickle=False) as z:
         box = tuple((int(a), int(b)) for a, b in z["box"])
-        return RoiResult(image=z["image"].astype(np.float32), mask=z["mask"].astype(np.uint8), box=box,
-                         source_shape=tuple(int(v) for v in z["source_shape"]),
-                         spacing=tuple(float(v) for v in z["spacing"]),
-                         clipped=tuple(bool(v) for v in z["clipped"]))
+        return RoiResult(
+            image=z["image"].astype(np.float32),
+            mask=z["mask"].astype(np.uint8),
+            box=box,
+            source_shape=tuple(int(v) for v in z["source_shape"]),
+            spacing=tuple(float(v) for v in z["spacing"]),
+            clipped=tuple(bool(v) for v in z["clipped"]),
+        )
 
 
 def _save_entry(path: Path, res: RoiResult) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, image=res.image, mask=res.mask, box=np.asarray(res.box, dtype=np.int64),
-                     source_shape=np.asarray(res.source_shape, dtype=np.int64),
-                     spacing=np.asarray(res.spacing, dtype=np.float64), clipped=np.asarray(res.clipped, dtype=bool))
+            np.savez(
+                f,
+                image=res.image,
+                mask=res.mask,
+                box=np.asarray(res.box, dtype=np.int64),
+                source_shape=np.asarray(res.source_shape, dtype=np.int64),
+                spacing=np.asarray(res.spacing, dtype=np.float64),
+                clipped=np.asarray(res.clipped, dtype=bool),
+            )
 
 
 def _check_columns(cohort, modality: str) -> tuple[str, str]:
@@ -470,15 +533,23 @@ def _check_columns(cohort, modality: str) -> tuple[str, str]:
     cols = _modality(modality).columns
     missing = [c for c in ("patient_id",) + cols if c not in cohort.columns]
     if missing:
-        raise DataError(f"preprocess_cohort: the cohort table lacks columns {missing}; load it with "
-                        "her2lib.data.load_cohort.")
-    blank = cohort.loc[(cohort[cols[0]].astype(str).str.strip() == "") | (cohort[cols[1]].astype(str).str.strip() == "")
-                       | cohort[cols[0]].isna() | cohort[cols[1]].isna(), "patient_id"].tolist()
+        raise DataError(
+            f"preprocess_cohort: the cohort table lacks columns {missing}; load it with her2lib.data.load_cohort."
+        )
+    blank = cohort.loc[
+        (cohort[cols[0]].astype(str).str.strip() == "")
+        | (cohort[cols[1]].astype(str).str.strip() == "")
+        | cohort[cols[0]].isna()
+        | cohort[cols[1]].isna(),
+        "patient_id",
+    ].tolist()
     if blank:
-        raise DataError(f"preprocess_cohort: {len(blank)} patient(s) have no {modality.upper()} image or mask "
-                        f"({', '.join(map(str, blank[:10]))}{' ...' if len(blank) > 10 else ''}) while others do. "
-                        f"her2lib trains a modality on complete cohorts only: add the missing files to the manifest, "
-                        f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it.")
+        raise DataError(
+            f"preprocess_cohort: {len(blank)} patient(s) have no {modality.upper()} image or mask "
+            f"({', '.join(map(str, blank[:10]))}{' ...' if len(blank) > 10 else ''}) while others do. "
+            f"her2lib trains a modality on complete cohorts only: add the missing files to the manifest, "
+            f"or drop those patients (or the whole {modality.upper()} columns) from a copy of it."
+        )
     return cols
 
 
@@ -488,8 +559,11 @@ def _cached_roi(entry: Path, pid, modality: str, ipath: str, mpath: str, params:
         try:
             return _load_entry(entry)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            warnings.warn(f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); "
-                          "recomputing it.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); recomputing it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     try:
         res = _compute(modality, ipath, mpath, params)
     except DataError as exc:
@@ -498,8 +572,9 @@ def _cached_roi(entry: Path, pid, modality: str, ipath: str, mpath: str, params:
     return res
 
 
-def preprocess_cohort(cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike, *,
-                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
+def preprocess_cohort(
+    cohort, modality: str, spec: PreprocessSpec, cache_dir: str | os.PathLike, *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list]:
     """Preprocess one modality for every patient of ``cohort``, through the on-disk cache.
 
     Parameters
@@ -579,24 +654,45 @@ def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> 
         if us_boxes is not None:
             b = us_boxes[i]
             (uy0, uy1), (ux0, ux1) = b
-            row.update({"us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0,
-                        "us_w_px": ux1 - ux0})
+            row.update(
+                {"us_y0": uy0, "us_y1": uy1, "us_x0": ux0, "us_x1": ux1, "us_h_px": uy1 - uy0, "us_w_px": ux1 - ux0}
+            )
             shape = getattr(b, "source_shape", ())
             if len(shape) == 2:
-                row.update({"us_roi_share": (uy1 - uy0) * (ux1 - ux0) / (shape[0] * shape[1]),
-                            "us_clipped": any(getattr(b, "clipped", ()))})
+                row.update(
+                    {
+                        "us_roi_share": (uy1 - uy0) * (ux1 - ux0) / (shape[0] * shape[1]),
+                        "us_clipped": any(getattr(b, "clipped", ())),
+                    }
+                )
         if mri_boxes is not None:
             b = mri_boxes[i]
             (mz0, mz1), (my0, my1), (mx0, mx1) = b
-            row.update({"mri_z0": mz0, "mri_z1": mz1, "mri_y0": my0, "mri_y1": my1, "mri_x0": mx0, "mri_x1": mx1,
-                        "mri_d_vox": mz1 - mz0, "mri_h_vox": my1 - my0, "mri_w_vox": mx1 - mx0})
+            row.update(
+                {
+                    "mri_z0": mz0,
+                    "mri_z1": mz1,
+                    "mri_y0": my0,
+                    "mri_y1": my1,
+                    "mri_x0": mx0,
+                    "mri_x1": mx1,
+                    "mri_d_vox": mz1 - mz0,
+                    "mri_h_vox": my1 - my0,
+                    "mri_w_vox": mx1 - mx0,
+                }
+            )
             shape, sp = getattr(b, "source_shape", ()), getattr(b, "spacing", ())
             if len(sp) == 3:
-                row.update({"mri_d_mm": (mz1 - mz0) * sp[0], "mri_h_mm": (my1 - my0) * sp[1],
-                            "mri_w_mm": (mx1 - mx0) * sp[2]})
+                row.update(
+                    {"mri_d_mm": (mz1 - mz0) * sp[0], "mri_h_mm": (my1 - my0) * sp[1], "mri_w_mm": (mx1 - mx0) * sp[2]}
+                )
             if len(shape) == 3:
-                row.update({"mri_roi_share": (my1 - my0) * (mx1 - mx0) / (shape[1] * shape[2]),
-                            "mri_clipped": any(getattr(b, "clipped", ()))})
+                row.update(
+                    {
+                        "mri_roi_share": (my1 - my0) * (mx1 - mx0) / (shape[1] * shape[2]),
+                        "mri_clipped": any(getattr(b, "clipped", ())),
+                    }
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -604,8 +700,7 @@ def box_table(cohort, us_boxes: Sequence | None, mri_boxes: Sequence | None) -> 
 def roi_boxes(cohort, inputs: dict) -> pd.DataFrame:
     """:func:`box_table` from ``{modality: preprocess_cohort(...)}`` for the modalities the cohort has (as the
     preprocess stage returns them); columns of absent modalities are left out."""
-    return box_table(cohort, inputs["us"][2] if "us" in inputs else None,
-                     inputs["mri"][2] if "mri" in inputs else None)
+    return box_table(cohort, inputs["us"][2] if "us" in inputs else None, inputs["mri"][2] if "mri" in inputs else None)
 
 
 def box_summary(boxes: pd.DataFrame) -> pd.DataFrame:
@@ -614,8 +709,24 @@ def box_summary(boxes: pd.DataFrame) -> pd.DataFrame:
     Extents in pixels / voxels (and mm for MRI), the box's share of the image / slice, and the clipping flags
     (as 0/1: their mean is the fraction of patients whose box the image border cut).
     """
-    cols = [c for c in ("us_h_px", "us_w_px", "us_roi_share", "us_clipped", "mri_d_vox", "mri_h_vox", "mri_w_vox",
-                        "mri_d_mm", "mri_h_mm", "mri_w_mm", "mri_roi_share", "mri_clipped") if c in boxes.columns]
+    cols = [
+        c
+        for c in (
+            "us_h_px",
+            "us_w_px",
+            "us_roi_share",
+            "us_clipped",
+            "mri_d_vox",
+            "mri_h_vox",
+            "mri_w_vox",
+            "mri_d_mm",
+            "mri_h_mm",
+            "mri_w_mm",
+            "mri_roi_share",
+            "mri_clipped",
+        )
+        if c in boxes.columns
+    ]
     return boxes[cols].astype(float).describe().loc[["mean", "min", "max"]]
 
 
@@ -639,10 +750,19 @@ def clipping_summary(boxes: pd.DataFrame) -> pd.DataFrame:
         if f"{m}_roi_share" not in boxes.columns:
             continue
         sh, cl = boxes[f"{m}_roi_share"].astype(float), boxes[f"{m}_clipped"].astype(bool)
-        rows[m] = {"n_patients": len(sh), "n_clipped": int(cl.sum()), "pct_clipped": 100.0 * float(cl.mean()),
-                   "share_median": float(sh.median()), "share_q1": float(sh.quantile(0.25)),
-                   "share_q3": float(sh.quantile(0.75)), "share_min": float(sh.min()), "share_max": float(sh.max())}
+        rows[m] = {
+            "n_patients": len(sh),
+            "n_clipped": int(cl.sum()),
+            "pct_clipped": 100.0 * float(cl.mean()),
+            "share_median": float(sh.median()),
+            "share_q1": float(sh.quantile(0.25)),
+            "share_q3": float(sh.quantile(0.75)),
+            "share_min": float(sh.min()),
+            "share_max": float(sh.max()),
+        }
     if not rows:
-        raise DataError("clipping_summary: the box table has no roi_share/clipped columns; build it from "
-                        "preprocess_cohort boxes (roi.roi_boxes(cohort, inputs)).")
+        raise DataError(
+            "clipping_summary: the box table has no roi_share/clipped columns; build it from "
+            "preprocess_cohort boxes (roi.roi_boxes(cohort, inputs))."
+        )
     return pd.DataFrame.from_dict(rows, orient="index")

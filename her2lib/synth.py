@@ -69,9 +69,25 @@ from .errors import ParameterError
 from .io import write_csv, write_json
 from .options import look_up_option
 
-__all__ = ["SynthKnobs", "make_cohort", "make_table", "split_counts", "scale_counts", "place_quantiles",
-           "oracle_auc", "oracle_auc_theory", "paper_count_table", "paper_count_agreement", "knobs_from", "render_us",
-           "render_mri", "render_mri_mask", "r_wilcox_p", "match_mann_whitney_p", "PAPER_MW_P"]
+__all__ = [
+    "SynthKnobs",
+    "make_cohort",
+    "make_table",
+    "split_counts",
+    "scale_counts",
+    "place_quantiles",
+    "oracle_auc",
+    "oracle_auc_theory",
+    "paper_count_table",
+    "paper_count_agreement",
+    "knobs_from",
+    "render_us",
+    "render_mri",
+    "render_mri_mask",
+    "r_wilcox_p",
+    "match_mann_whitney_p",
+    "PAPER_MW_P",
+]
 
 SYNTH_VERSION = 3
 
@@ -183,8 +199,13 @@ def split_counts(n_patients: int) -> dict[str, int]:
     return {"train": tr, "test": te}
 
 
-def place_quantiles(values: np.ndarray, targets: dict[float, float], *, integer: bool = True,
-                    bounds: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
+def place_quantiles(
+    values: np.ndarray,
+    targets: dict[float, float],
+    *,
+    integer: bool = True,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+) -> np.ndarray:
     """Monotonically adjust ``values`` so that ``np.quantile(out, q) == targets[q]`` exactly.
 
     Parameters
@@ -291,7 +312,7 @@ def _assign_exact(priority: np.ndarray, levels_in_order: list, counts_in_order: 
     out = np.empty(priority.size, dtype=object)
     start = 0
     for lev, c in zip(levels_in_order, counts_in_order):
-        out[order[start:start + c]] = lev
+        out[order[start : start + c]] = lev
         start += c
     return out
 
@@ -311,8 +332,11 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     df["her2"] = _assign_exact(tie(), [1, 0], [c[1], c[0]]).astype(int)
     her2 = df["her2"].to_numpy()
     z = np.where(her2 == 1, k.her2_signal / 2, -k.her2_signal / 2) + rng.standard_normal(n)
-    s = {"z": z, "us": z + k.modality_noise * rng.standard_normal(n),
-         "mri": z + k.modality_noise * rng.standard_normal(n)}
+    s = {
+        "z": z,
+        "us": z + k.modality_noise * rng.standard_normal(n),
+        "mri": z + k.modality_noise * rng.standard_normal(n),
+    }
     # molecular subtypes (priorities: big integer = hard preference, tie() = random within)
     c = counts("her2_nonluminal")
     df["her2_nonluminal"] = _assign_exact(10 * her2 + tie(), [1, 0], [c[1], c[0]]).astype(int)
@@ -341,8 +365,11 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     # continuous
     cont = {v["column"]: _parse_quartiles(v[split]) for v in spec["continuous"]}
     age = np.clip(rng.normal(cont["age"][0.5], (cont["age"][0.75] - cont["age"][0.25]) / 1.35, n), *_CONT_BOUNDS["age"])
-    df["age"] = place_quantiles(age, cont["age"], bounds=_CONT_BOUNDS["age"]).astype(int) if n >= 4 else \
-        np.round(age).astype(int)
+    df["age"] = (
+        place_quantiles(age, cont["age"], bounds=_CONT_BOUNDS["age"]).astype(int)
+        if n >= 4
+        else np.round(age).astype(int)
+    )
     t = cont["mri_size_mm"]
     size = np.exp(rng.normal(np.log(t[0.5]), np.log(t[0.75] / t[0.25]) / 1.35, n)) + 0.3 * s["mri"]
     size = np.clip(size, *_CONT_BOUNDS["mri_size_mm"])
@@ -350,8 +377,7 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     df["mri_size_mm"] = [int(v) if float(v).is_integer() else float(v) for v in size]
     # HER2 IHC / FISH consistent with her2
     u = rng.random(n)
-    ihc = np.where(her2 == 1, np.where(u < 0.75, "3+", "2+"),
-                   np.where(u < 0.35, "0", np.where(u < 0.75, "1+", "2+")))
+    ihc = np.where(her2 == 1, np.where(u < 0.75, "3+", "2+"), np.where(u < 0.35, "0", np.where(u < 0.75, "1+", "2+")))
     df["her2_ihc"] = ihc
     df["fish"] = np.where(ihc == "2+", np.where(her2 == 1, "positive", "negative"), "not_done")
     df["split"] = split
@@ -399,7 +425,7 @@ def _wilcox_p_sorted(a: np.ndarray, b: np.ndarray) -> float:
         return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue)
     w = 0.5 * float((np.searchsorted(b, a, "left") + np.searchsorted(b, a, "right")).sum())  # U of a
     n = na + nb
-    sigma = math.sqrt(na * nb / 12 * ((n + 1) - float((cnt ** 3 - cnt).sum()) / (n * (n - 1))))
+    sigma = math.sqrt(na * nb / 12 * ((n + 1) - float((cnt**3 - cnt).sum()) / (n * (n - 1))))
     d = w - na * nb / 2
     if sigma == 0:
         return 1.0
@@ -416,9 +442,17 @@ def _pinned(n: int, qs=(0.25, 0.5, 0.75)) -> set[int]:
     return out
 
 
-def match_mann_whitney_p(a: np.ndarray, b: np.ndarray, target: float, rng: np.random.Generator, *,
-                         bounds: tuple[float, float] = (-np.inf, np.inf), tol: float = 2.5e-4,
-                         alpha: float = 0.05, max_steps: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+def match_mann_whitney_p(
+    a: np.ndarray,
+    b: np.ndarray,
+    target: float,
+    rng: np.random.Generator,
+    *,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
+    tol: float = 2.5e-4,
+    alpha: float = 0.05,
+    max_steps: int = 5000,
+) -> tuple[np.ndarray, np.ndarray]:
     """Move values of two groups by +-1 between their quartiles until R's Mann-Whitney P is ``target``.
 
     The order statistics that define each group's quartiles (``numpy.quantile``, linear method) are never moved,
@@ -509,8 +543,9 @@ def _match_paper_pvalues(parts: list[pd.DataFrame], seed: int) -> None:
         return
     for j, (col, target) in enumerate(PAPER_MW_P.items()):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3, j]))
-        a, b = match_mann_whitney_p(tr[col].to_numpy(float), te[col].to_numpy(float), target, rng,
-                                    bounds=_CONT_BOUNDS[col])
+        a, b = match_mann_whitney_p(
+            tr[col].to_numpy(float), te[col].to_numpy(float), target, rng, bounds=_CONT_BOUNDS[col]
+        )
         for df, v in ((tr, a), (te, b)):
             df[col] = v.astype(int) if col == "age" else [int(x) if float(x).is_integer() else float(x) for x in v]
 
@@ -570,8 +605,17 @@ def paper_count_table(df: pd.DataFrame) -> pd.DataFrame:
             scaled = scale_counts(v[split], int(n_split.get(split, 0)))
             col = df.loc[df["split"] == split, v["column"]].astype(str)
             for lev, code, npap, nsc in zip(v["levels"], v["codes"], v[split], scaled):
-                rows.append({"column": v["column"], "level": lev, "code": code, "split": split,
-                             "n_cohort": int((col == str(code)).sum()), "n_paper": npap, "n_paper_scaled": nsc})
+                rows.append(
+                    {
+                        "column": v["column"],
+                        "level": lev,
+                        "code": code,
+                        "split": split,
+                        "n_cohort": int((col == str(code)).sum()),
+                        "n_paper": npap,
+                        "n_paper_scaled": nsc,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -637,9 +681,16 @@ def _sig(x: np.ndarray | float) -> Any:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
-def _lesion_level(coords: list[np.ndarray], center: list[float], radii: list[float], rng: np.random.Generator,
-                  shape: tuple, irregular: bool, circumscribed: bool,
-                  spacing: tuple[float, ...]) -> np.ndarray:
+def _lesion_level(
+    coords: list[np.ndarray],
+    center: list[float],
+    radii: list[float],
+    rng: np.random.Generator,
+    shape: tuple,
+    irregular: bool,
+    circumscribed: bool,
+    spacing: tuple[float, ...],
+) -> np.ndarray:
     """Normalised radius minus boundary perturbation: lesion = level < 1 (coords/radii in units of spacing)."""
     rho = np.sqrt(sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, center, radii)))
     rmin = min(radii)
@@ -675,8 +726,9 @@ def _us_layers(rng: np.random.Generator, H: int, W: int, ppm: float, yy: np.ndar
     return E
 
 
-def _us_lesion_geometry(row: dict, rng: np.random.Generator, H: int, W: int, ppm: float, yy: np.ndarray,
-                        xx: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _us_lesion_geometry(
+    row: dict, rng: np.random.Generator, H: int, W: int, ppm: float, yy: np.ndarray, xx: np.ndarray
+) -> tuple[np.ndarray, float, float]:
     """Lesion size, aspect (orientation), position and boundary: ``(level, a, cx)``; lesion = ``level < 1``,
     ``a`` its lateral half-axis (px), ``cx`` its centre column."""
     size_px = min(float(row["mri_size_mm"]) * rng.uniform(0.85, 1.0) * ppm, 0.62 * W)
@@ -687,19 +739,29 @@ def _us_lesion_geometry(row: dict, rng: np.random.Generator, H: int, W: int, ppm
         a, b = a * 0.3 * H / b, 0.3 * H
     cx = W / 2 + rng.uniform(-0.08, 0.08) * W
     cy = float(np.clip(0.48 * H + rng.uniform(-0.06, 0.06) * H, b + 0.1 * H, H - b - 0.14 * H))
-    level = _lesion_level([yy, xx], [cy, cx], [b, a], rng, (H, W), row["us_shape"] == "irregular",
-                          row["us_margin"] == "circumscribed", (1.0, 1.0))
+    level = _lesion_level(
+        [yy, xx],
+        [cy, cx],
+        [b, a],
+        rng,
+        (H, W),
+        row["us_shape"] == "irregular",
+        row["us_margin"] == "circumscribed",
+        (1.0, 1.0),
+    )
     return level, a, cx
 
 
-def _us_lesion_echo(E: np.ndarray, row: dict, rng: np.random.Generator, level: np.ndarray, w_in: np.ndarray,
-                    a: float, t: float) -> np.ndarray:
+def _us_lesion_echo(
+    E: np.ndarray, row: dict, rng: np.random.Generator, level: np.ndarray, w_in: np.ndarray, a: float, t: float
+) -> np.ndarray:
     """The lesion interior (echo pattern; heterogeneity grows with ``t``) and, for a not-circumscribed margin,
     the echogenic halo, blended into ``E``."""
     H, W = E.shape
     # lesion interior echo; heterogeneity grows with t (blob scale ~ a/4, survives downsampling)
     echo = {"hypoechoic": 0.2, "isoechoic": 0.55, "heterogeneous": 0.3, "complex_cystic_solid": 0.28}[
-        row["us_echo_pattern"]]
+        row["us_echo_pattern"]
+    ]
     blob = _field(rng, (H, W), max(2.0, a / 4))
     het = 0.03 + 0.22 * t + (0.15 if row["us_echo_pattern"] == "heterogeneous" else 0.0)
     L = np.clip(echo * (1 + het * 2.2 * blob), 0.03, 1.0)
@@ -707,13 +769,22 @@ def _us_lesion_echo(E: np.ndarray, row: dict, rng: np.random.Generator, level: n
         cyst = _field(rng, (H, W), max(2.0, a / 3)) > 0.4
         L = np.where(cyst, 0.03, L)
     if row["us_margin"] != "circumscribed":  # echogenic halo
-        halo = np.exp(-((level - 1.08) / 0.07) ** 2) * (0.25 + 0.2 * rng.random())
+        halo = np.exp(-(((level - 1.08) / 0.07) ** 2)) * (0.25 + 0.2 * rng.random())
         E = E + halo.astype(np.float32)
     return E * (1 - w_in) + L * w_in
 
 
-def _us_posterior(E: np.ndarray, row: dict, mask: np.ndarray, w_in: np.ndarray, yy: np.ndarray, xx: np.ndarray,
-                  a: float, cx: float, t: float) -> np.ndarray:
+def _us_posterior(
+    E: np.ndarray,
+    row: dict,
+    mask: np.ndarray,
+    w_in: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    a: float,
+    cx: float,
+    t: float,
+) -> np.ndarray:
     """Posterior acoustic features in the column below the lesion (enhancement grows with ``t``); no draws."""
     H = E.shape[0]
     cols = mask.any(axis=0)
@@ -722,7 +793,8 @@ def _us_posterior(E: np.ndarray, row: dict, mask: np.ndarray, w_in: np.ndarray, 
     bottom = np.where(cols, H - 1 - np.argmax(mask[::-1], axis=0), 0).astype(np.float32)
     colw = ndimage.gaussian_filter1d(cols.astype(np.float32), max(1.0, a / 8))
     below = np.clip((yy - bottom[None, :]) / (0.03 * H), 0, 1) * np.exp(
-        -np.clip(yy - bottom[None, :], 0, None) / (0.45 * H))
+        -np.clip(yy - bottom[None, :], 0, None) / (0.45 * H)
+    )
     below = below * colw[None, :]
     post = row["us_posterior"]
     enh = 0.45 + 0.9 * t
@@ -735,8 +807,16 @@ def _us_posterior(E: np.ndarray, row: dict, mask: np.ndarray, w_in: np.ndarray, 
     return E * (1 + gain * below * (1 - w_in))
 
 
-def _us_calcifications(E: np.ndarray, row: dict, rng: np.random.Generator, level: np.ndarray, yy: np.ndarray,
-                       xx: np.ndarray, a: float, t: float) -> np.ndarray:
+def _us_calcifications(
+    E: np.ndarray,
+    row: dict,
+    rng: np.random.Generator,
+    level: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    a: float,
+    t: float,
+) -> np.ndarray:
     """Echogenic foci inside the lesion when ``us_calcifications`` is present; number and size grow with ``t``."""
     if row["us_calcifications"] != "present":
         return E
@@ -746,10 +826,9 @@ def _us_calcifications(E: np.ndarray, row: dict, rng: np.random.Generator, level
         r_c = max(1.0, a / 30 * (0.8 + 0.8 * t))
         cluster = inner[rng.integers(0, len(inner))]
         for _ in range(n_c):
-            p = inner[rng.integers(0, len(inner))] if rng.random() < 0.5 else \
-                cluster + rng.normal(0, a / 4, 2)
+            p = inner[rng.integers(0, len(inner))] if rng.random() < 0.5 else cluster + rng.normal(0, a / 4, 2)
             d2 = (yy - p[0]) ** 2 + (xx - p[1]) ** 2
-            E = E + 1.3 * np.exp(-d2 / (2 * r_c ** 2)).astype(np.float32) * (level < 1.0)
+            E = E + 1.3 * np.exp(-d2 / (2 * r_c**2)).astype(np.float32) * (level < 1.0)
     return E
 
 
@@ -760,7 +839,7 @@ def _us_acquire(E: np.ndarray, rng: np.random.Generator, ppm: float, yy: np.ndar
     sy, sx = max(0.6, 0.08 * ppm), max(0.8, 0.18 * ppm)
     re_ = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
     im = ndimage.gaussian_filter(rng.standard_normal((H, W)).astype(np.float32), (sy, sx))
-    speckle = np.sqrt(re_ ** 2 + im ** 2)
+    speckle = np.sqrt(re_**2 + im**2)
     speckle /= speckle.mean() + 1e-6
     atten = np.exp(-0.6 * yy / H) * (1 + 0.35 * yy / H)  # attenuation partly compensated by TGC
     I = np.clip(E, 0, None) * speckle * atten  # noqa: E741
@@ -822,25 +901,37 @@ def _mri_anatomy(rng: np.random.Generator, k: SynthKnobs, row: dict) -> dict:
     d_max = float(row["mri_size_mm"])
     breasts = []
     for side in (-1, 1):  # -1: patient's right (image left), +1: patient's left (image right)
-        breasts.append({
-            "side": side,
-            "x": cx + side * rng.uniform(0.215, 0.245) * fx,
-            "z": fz / 2 + rng.uniform(-0.04, 0.04) * fz,
-            "w": rng.uniform(58.0, 72.0),  # half-width along x, mm
-            "hz": rng.uniform(60.0, 80.0),  # half-extent along z, mm
-            "depth": max(rng.uniform(60.0, 110.0), 1.25 * d_max + 15.0),  # nipple to chest wall, mm
-        })
-    return {"cx": cx, "cy": front + ay, "ax": ax, "ay": ay, "breasts": breasts,
-            "fat_mm": rng.uniform(6.0, 12.0), "muscle_mm": rng.uniform(10.0, 16.0),
-            "density": rng.uniform(0.0, 0.9),
-            "heart": (fz / 2 + rng.uniform(-0.06, 0.06) * fz, front + rng.uniform(55.0, 70.0),
-                      cx + rng.uniform(0.03, 0.08) * fx)}
+        breasts.append(
+            {
+                "side": side,
+                "x": cx + side * rng.uniform(0.215, 0.245) * fx,
+                "z": fz / 2 + rng.uniform(-0.04, 0.04) * fz,
+                "w": rng.uniform(58.0, 72.0),  # half-width along x, mm
+                "hz": rng.uniform(60.0, 80.0),  # half-extent along z, mm
+                "depth": max(rng.uniform(60.0, 110.0), 1.25 * d_max + 15.0),  # nipple to chest wall, mm
+            }
+        )
+    return {
+        "cx": cx,
+        "cy": front + ay,
+        "ax": ax,
+        "ay": ay,
+        "breasts": breasts,
+        "fat_mm": rng.uniform(6.0, 12.0),
+        "muscle_mm": rng.uniform(10.0, 16.0),
+        "density": rng.uniform(0.0, 0.9),
+        "heart": (
+            fz / 2 + rng.uniform(-0.06, 0.06) * fz,
+            front + rng.uniform(55.0, 70.0),
+            cx + rng.uniform(0.03, 0.08) * fx,
+        ),
+    }
 
 
 def _chest_surface(an: dict, x: np.ndarray) -> np.ndarray:
     """Anterior thorax boundary y(x) in mm (inf where x is lateral of the thorax)."""
     u = (x - an["cx"]) / an["ax"]
-    return np.where(np.abs(u) < 1, an["cy"] - an["ay"] * np.sqrt(np.clip(1 - u ** 2, 0, None)), np.inf)
+    return np.where(np.abs(u) < 1, an["cy"] - an["ay"] * np.sqrt(np.clip(1 - u**2, 0, None)), np.inf)
 
 
 def _breast_height(b: dict, z: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -884,22 +975,41 @@ def _mri_lesion(row: dict, rng: np.random.Generator, k: SynthKnobs) -> dict:
     c = [float(np.clip(czl, radii[0], fz - radii[0])), cyl, float(cxl)]
     # the lesion, its satellites and non-mass enhancement live in a sub-box around the lesion
     reach = 1.35 * a + 30.0
-    sub = tuple(slice(max(0, int(math.floor((ci - reach) / s))), min(n, int(math.ceil((ci + reach) / s)) + 1))
-                for ci, s, n in zip(c, (sz, sy, sx), (Z, Y, X)))
-    zz, yy, xx = np.meshgrid(*(np.arange(n, dtype=np.float32)[sl] * s for n, sl, s in zip((Z, Y, X), sub,
-                                                                                          (sz, sy, sx))),
-                             indexing="ij")
+    sub = tuple(
+        slice(max(0, int(math.floor((ci - reach) / s))), min(n, int(math.ceil((ci + reach) / s)) + 1))
+        for ci, s, n in zip(c, (sz, sy, sx), (Z, Y, X))
+    )
+    zz, yy, xx = np.meshgrid(
+        *(np.arange(n, dtype=np.float32)[sl] * s for n, sl, s in zip((Z, Y, X), sub, (sz, sy, sx))), indexing="ij"
+    )
     ang = rng.uniform(0, np.pi)
     ry = (yy - c[1]) * np.cos(ang) - (xx - c[2]) * np.sin(ang) + c[1]
     rx = (yy - c[1]) * np.sin(ang) + (xx - c[2]) * np.cos(ang) + c[2]
-    level = _lesion_level([zz, ry, rx], c, radii, rng, zz.shape, row["mri_shape"] == "irregular",
-                          row["mri_margin"] == "circumscribed", (sz, sy, sx))
+    level = _lesion_level(
+        [zz, ry, rx],
+        c,
+        radii,
+        rng,
+        zz.shape,
+        row["mri_shape"] == "irregular",
+        row["mri_margin"] == "circumscribed",
+        (sz, sy, sx),
+    )
     mask = np.zeros((Z, Y, X), bool)
     mask[sub] = level < 1.0
     if not mask.any():  # lesion smaller than a voxel: keep the voxel at its centre
         mask[tuple(min(n - 1, int(round(ci / s))) for ci, s, n in zip(c, (sz, sy, sx), (Z, Y, X)))] = True
-    return {"anatomy": an, "breast": lb, "side": side, "a": a, "center_mm": c, "sub": sub,
-            "grid": (zz, yy, xx), "level": level, "mask": mask}
+    return {
+        "anatomy": an,
+        "breast": lb,
+        "side": side,
+        "a": a,
+        "center_mm": c,
+        "sub": sub,
+        "grid": (zz, yy, xx),
+        "level": level,
+        "mask": mask,
+    }
 
 
 def render_mri_mask(row: dict, rng: np.random.Generator, k: SynthKnobs) -> np.ndarray:
@@ -940,18 +1050,29 @@ def _mri_thorax(an: dict, z1: np.ndarray, y1: np.ndarray, x1: np.ndarray) -> np.
     hz, hy, hx = an["heart"]
     dx, dy = x1[None, :] - an["cx"], y1[:, None] - hy
     thorax[inner & ((dx / 32) ** 2 + ((dy + 5) / 60) ** 2 < 1)] = 0.2  # mediastinum
-    thorax[inner & ((dx - 22) ** 2 + (dy - 75) ** 2 < 12 ** 2)] = 0.8  # descending aorta
-    thorax[inner & (dx ** 2 + ((dy - 112) / 0.8) ** 2 < 22 ** 2)] = 0.2  # vertebral body
+    thorax[inner & ((dx - 22) ** 2 + (dy - 75) ** 2 < 12**2)] = 0.8  # descending aorta
+    thorax[inner & (dx**2 + ((dy - 112) / 0.8) ** 2 < 22**2)] = 0.2  # vertebral body
     thorax[(depth_in >= 0) & (depth_in < 1.8)] = 0.35  # skin
     V = np.broadcast_to(thorax, (Z, Y, X)).copy()
-    heart = (((z1[:, None, None] - hz) / 55) ** 2 + ((y1[None, :, None] - hy) / 42) ** 2
-             + ((x1[None, None, :] - hx) / 55) ** 2) < 1
+    heart = (
+        ((z1[:, None, None] - hz) / 55) ** 2
+        + ((y1[None, :, None] - hy) / 42) ** 2
+        + ((x1[None, None, :] - hx) / 55) ** 2
+    ) < 1
     V[heart & inner[None]] = 0.7
     return V
 
 
-def _mri_breasts(V: np.ndarray, les: dict, row: dict, rng: np.random.Generator, z1: np.ndarray, y1: np.ndarray,
-                 x1: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _mri_breasts(
+    V: np.ndarray,
+    les: dict,
+    row: dict,
+    rng: np.random.Generator,
+    z1: np.ndarray,
+    y1: np.ndarray,
+    x1: np.ndarray,
+    spacing: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray]:
     """Both breasts (fat, fibroglandular tissue of random density, skin, nipples) on the chest wall: ``(V,
     breast)`` with ``breast`` the boolean breast volume."""
     an, lb, side = les["anatomy"], les["breast"], les["side"]
@@ -980,8 +1101,15 @@ def _mri_breasts(V: np.ndarray, les: dict, row: dict, rng: np.random.Generator, 
     return V, breast
 
 
-def _mri_lesion_signal(V: np.ndarray, les: dict, row: dict, rng: np.random.Generator, breast: np.ndarray, t: float,
-                       spacing: tuple[float, float, float]) -> np.ndarray:
+def _mri_lesion_signal(
+    V: np.ndarray,
+    les: dict,
+    row: dict,
+    rng: np.random.Generator,
+    breast: np.ndarray,
+    t: float,
+    spacing: tuple[float, float, float],
+) -> np.ndarray:
     """In place: the index lesion (drawn by :func:`_mri_lesion`; rim-like, heterogeneous enhancement growing with
     ``t``), satellites and non-mass enhancement, in the lesion's sub-box; returns ``V``."""
     a, c, sub = les["a"], les["center_mm"], les["sub"]
@@ -1013,7 +1141,7 @@ def _mri_lesion_signal(V: np.ndarray, les: dict, row: dict, rng: np.random.Gener
         dirv /= np.linalg.norm(dirv)
         rel = np.stack([zz - c[0], yy - c[1], xx - c[2]])
         along = np.tensordot(dirv, rel, axes=1)
-        perp = np.sqrt(np.clip((rel ** 2).sum(0) - along ** 2, 0, None))
+        perp = np.sqrt(np.clip((rel**2).sum(0) - along**2, 0, None))
         seg = (along > 0) & (along < a + rng.uniform(12, 22)) & (perp < rng.uniform(3, 6))
         clumps = _field(rng, level.shape, _corr(2.0, spacing)) > 0.2
         Vs = np.where(seg & clumps & in_breast, np.maximum(Vs, 0.55 + 0.2 * t), Vs)
@@ -1028,7 +1156,7 @@ def _mri_acquire(V: np.ndarray, rng: np.random.Generator, spacing: tuple[float, 
     V = ndimage.gaussian_filter(V * bias, (0.35, 0.5, 0.5))
     n1 = rng.standard_normal(V.shape, dtype=np.float32) * 0.025
     n2 = rng.standard_normal(V.shape, dtype=np.float32) * 0.025
-    V = np.sqrt((V + n1) ** 2 + n2 ** 2)
+    V = np.sqrt((V + n1) ** 2 + n2**2)
     return np.clip(np.round(V * 750.0), 0, 32767).astype(np.int16)
 
 
@@ -1091,8 +1219,13 @@ def _render_patient(args: tuple) -> dict:
     vol, vmask = render_mri(row, rng_mri, k)
     write_nifti(out / "mri" / f"{pid}.nii.gz", vol, k.mri_spacing)
     write_nifti(out / "mri" / f"{pid}_mask.nii.gz", vmask, k.mri_spacing)
-    return {"patient_id": pid, "us_image": f"us/{pid}.png", "us_mask": f"us/{pid}_mask.png",
-            "mri_image": f"mri/{pid}.nii.gz", "mri_mask": f"mri/{pid}_mask.nii.gz"}
+    return {
+        "patient_id": pid,
+        "us_image": f"us/{pid}.png",
+        "us_mask": f"us/{pid}_mask.png",
+        "mri_image": f"mri/{pid}.nii.gz",
+        "mri_mask": f"mri/{pid}_mask.nii.gz",
+    }
 
 
 def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
@@ -1100,12 +1233,17 @@ def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
     k = knobs_from(**knobs)
     d = asdict(k)
     d.pop("n_jobs")  # does not change the output
-    return {"synth_version": SYNTH_VERSION, "n_patients": int(n_patients), "seed": int(seed),
-            **{kk: list(v) if isinstance(v, tuple) else v for kk, v in d.items()}}
+    return {
+        "synth_version": SYNTH_VERSION,
+        "n_patients": int(n_patients),
+        "seed": int(seed),
+        **{kk: list(v) if isinstance(v, tuple) else v for kk, v in d.items()},
+    }
 
 
-def make_cohort(out_dir: str | os.PathLike, *, n_patients: int = 197, seed: int = 0, progress: bool = False,
-                **knobs: Any) -> Path:
+def make_cohort(
+    out_dir: str | os.PathLike, *, n_patients: int = 197, seed: int = 0, progress: bool = False, **knobs: Any
+) -> Path:
     """Build the synthetic cohort (images, masks, manifest) in ``out_dir``.
 
     Parameters
@@ -1153,7 +1291,8 @@ def make_cohort(out_dir: str | os.PathLike, *, n_patients: int = 197, seed: int 
     pdf = pd.DataFrame(paths)
     man = table.merge(pdf, on="patient_id", how="left")
     latent = man[["patient_id", "split", "her2", "_z", "_s_us", "_s_mri"]].rename(
-        columns={"_z": "latent", "_s_us": "score_us", "_s_mri": "score_mri"})
+        columns={"_z": "latent", "_s_us": "score_us", "_s_mri": "score_mri"}
+    )
     desc = [c for c in man.columns if c not in MANIFEST_HEAD and not c.startswith("_")]
     man = man[list(MANIFEST_HEAD) + desc]
     write_csv(out / "synth_latent.csv", latent.round(6))
@@ -1173,8 +1312,8 @@ def oracle_auc_theory(her2_signal: float = 2.5, modality_noise: float = 1.0) -> 
         ``1 + modality_noise**2`` (each modality) and ``1 + modality_noise**2 / 2`` (mean of both).
     """
     f = lambda v: float(stats.norm.cdf(her2_signal / math.sqrt(2 * v)))  # noqa: E731
-    m = f(1 + modality_noise ** 2)
-    return {"latent": f(1.0), "us": m, "mri": m, "fused": f(1 + modality_noise ** 2 / 2)}
+    m = f(1 + modality_noise**2)
+    return {"latent": f(1.0), "us": m, "mri": m, "fused": f(1 + modality_noise**2 / 2)}
 
 
 def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[str, float]:
@@ -1196,6 +1335,9 @@ def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[
     if split is not None:
         lat = lat[lat["split"] == split]
     y = lat["her2"].to_numpy()
-    return {"latent": float(roc_auc_score(y, lat["latent"])), "us": float(roc_auc_score(y, lat["score_us"])),
-            "mri": float(roc_auc_score(y, lat["score_mri"])),
-            "fused": float(roc_auc_score(y, lat["score_us"] + lat["score_mri"]))}
+    return {
+        "latent": float(roc_auc_score(y, lat["latent"])),
+        "us": float(roc_auc_score(y, lat["score_us"])),
+        "mri": float(roc_auc_score(y, lat["score_mri"])),
+        "fused": float(roc_auc_score(y, lat["score_us"] + lat["score_mri"])),
+    }

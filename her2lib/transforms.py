@@ -110,9 +110,15 @@ def build_augmentation(spatial_dims: int, spatial_size, *, spec: AugmentSpec | N
     blur_kw = {k: sigma for k in ("sigma_x", "sigma_y", "sigma_z")[:spatial_dims]}
     ts = [RandFlip(prob=spec.flip_prob, spatial_axis=a) for a in axes]
     ts += [
-        RandAffine(prob=spec.affine_prob, scale_range=[spec.scale] * spatial_dims,
-                   translate_range=[spec.translate * s for s in spatial_size], mode="bilinear",
-                   padding_mode="zeros", cache_grid=True, spatial_size=spatial_size),
+        RandAffine(
+            prob=spec.affine_prob,
+            scale_range=[spec.scale] * spatial_dims,
+            translate_range=[spec.translate * s for s in spatial_size],
+            mode="bilinear",
+            padding_mode="zeros",
+            cache_grid=True,
+            spatial_size=spatial_size,
+        ),
         RandGaussianNoise(prob=spec.noise_prob, mean=0.0, std=spec.noise_std),
         RandGaussianSmooth(prob=spec.blur_prob, **blur_kw),
         RandShiftIntensity(offsets=spec.brightness, prob=spec.intensity_prob),
@@ -150,8 +156,10 @@ class BatchAugmenter:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != self.spatial_dims + 2 or tuple(batch.shape[2:]) != self.spatial_size:
-            raise ParameterError(f"BatchAugmenter: got batch shape {tuple(batch.shape)}, expected "
-                                 f"(B, C, {', '.join(map(str, self.spatial_size))}).")
+            raise ParameterError(
+                f"BatchAugmenter: got batch shape {tuple(batch.shape)}, expected "
+                f"(B, C, {', '.join(map(str, self.spatial_size))})."
+            )
         track = get_track_meta()
         set_track_meta(False)
         try:

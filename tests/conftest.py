@@ -7,8 +7,14 @@ import pandas as pd
 import pytest
 
 
-def simulate_fold_models(n_train: int = 20000, n_test: int = 20000, n_folds: int = 4, seed: int = 0,
-                         sep: dict | None = None, noise: float = 1.0) -> dict[str, pd.DataFrame]:
+def simulate_fold_models(
+    n_train: int = 20000,
+    n_test: int = 20000,
+    n_folds: int = 4,
+    seed: int = 0,
+    sep: dict | None = None,
+    noise: float = 1.0,
+) -> dict[str, pd.DataFrame]:
     """Prediction files of a cross-validated DL-US and DL-MRI as her2lib writes them, from a known truth.
 
     Each patient has a latent HER2 score ``s``; ``P(HER2+) = sigmoid(1.5 s - 0.5)``. Fold model k of modality m
@@ -26,14 +32,28 @@ def simulate_fold_models(n_train: int = 20000, n_test: int = 20000, n_folds: int
     out = {}
     for mod, a in sep.items():
         p = 1 / (1 + np.exp(-(a * s[:, None] + noise * rng.normal(size=(n, n_folds)))))
-        out[f"{mod}_oof"] = pd.DataFrame({"patient_id": ids[:n_train], "split": "train", "fold": fold,
-                                          "her2": y[:n_train], "p_her2": p[np.arange(n_train), fold]})
+        out[f"{mod}_oof"] = pd.DataFrame(
+            {
+                "patient_id": ids[:n_train],
+                "split": "train",
+                "fold": fold,
+                "her2": y[:n_train],
+                "p_her2": p[np.arange(n_train), fold],
+            }
+        )
         pt = p[n_train:]
-        out[f"{mod}_test"] = pd.DataFrame({"patient_id": ids[n_train:], "split": "test", "fold": -1,
-                                           "her2": y[n_train:], "p_her2": pt.mean(axis=1)})
-        out[f"{mod}_test_folds"] = pd.DataFrame({
-            "patient_id": np.repeat(ids[n_train:], n_folds), "split": "test", "her2": np.repeat(y[n_train:], n_folds),
-            "model_fold": np.tile(np.arange(n_folds), n_test), "p_her2": pt.ravel()})
+        out[f"{mod}_test"] = pd.DataFrame(
+            {"patient_id": ids[n_train:], "split": "test", "fold": -1, "her2": y[n_train:], "p_her2": pt.mean(axis=1)}
+        )
+        out[f"{mod}_test_folds"] = pd.DataFrame(
+            {
+                "patient_id": np.repeat(ids[n_train:], n_folds),
+                "split": "test",
+                "her2": np.repeat(y[n_train:], n_folds),
+                "model_fold": np.tile(np.arange(n_folds), n_test),
+                "p_her2": pt.ravel(),
+            }
+        )
     return out
 
 

@@ -29,8 +29,17 @@ def mama_tree(tmp_path) -> Path:
     her2 = [0, 1, 0, 1, 0, 1, 0, 1, None, 1]
     rows = []
     for pid, h in zip(ids, her2):
-        rows.append({"patient_id": pid, "dataset": pid.split("_")[0], "age": 40 + len(rows), "er": len(rows) % 2,
-                     "pr": 0, "her2": h, "hr": np.nan})
+        rows.append(
+            {
+                "patient_id": pid,
+                "dataset": pid.split("_")[0],
+                "age": 40 + len(rows),
+                "er": len(rows) % 2,
+                "pr": 0,
+                "her2": h,
+                "hr": np.nan,
+            }
+        )
         if pid == "NACT_01":
             continue  # no images: must be skipped and reported
         vol = rng.integers(0, 500, size=(6, 10, 12)).astype(np.int16)
@@ -48,8 +57,7 @@ def mama_tree(tmp_path) -> Path:
 @pytest.mark.parametrize("copy_images", [False, True])
 def test_import_mama_mia(mama_tree, tmp_path, copy_images):
     before = _snapshot(mama_tree)
-    man = adapters.import_mama_mia(mama_tree, tmp_path / "cohort", seed=0, copy_images=copy_images,
-                                   test_fraction=0.25)
+    man = adapters.import_mama_mia(mama_tree, tmp_path / "cohort", seed=0, copy_images=copy_images, test_fraction=0.25)
     assert _snapshot(mama_tree) == before  # the source is never touched
     with pytest.warns(CohortWarning, match="us: 8/8 patients without images"):
         df = load_cohort(man)
@@ -81,6 +89,7 @@ def test_mama_mia_errors(mama_tree, tmp_path):
 def _write_dicom(path: Path, arr: np.ndarray, pid: str, desc: str, series_no: int, inst: int, z: float) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -102,6 +111,7 @@ def _write_dicom(path: Path, arr: np.ndarray, pid: str, desc: str, series_no: in
 @pytest.fixture()
 def duke_tree(tmp_path) -> Path:
     import openpyxl
+
     src = tmp_path / "duke"
     pids = [f"Breast_MRI_{i:03d}" for i in range(1, 7)]
     her2 = [0, 1, 0, 1, 1, "NA"]
@@ -127,8 +137,9 @@ def duke_tree(tmp_path) -> Path:
                 continue  # no post-contrast series: skipped
             for k in range(4):  # write slices in reverse order to test the sorting
                 arr = rng.integers(0, 50, size=(8, 9)) + off + 10 * k
-                _write_dicom(study / f"{sno}.000000-{desc}-{sno}1" / f"1-{4 - k:02d}.dcm", arr, pid, desc, sno,
-                             k + 1, 1.5 * k)
+                _write_dicom(
+                    study / f"{sno}.000000-{desc}-{sno}1" / f"1-{4 - k:02d}.dcm", arr, pid, desc, sno, k + 1, 1.5 * k
+                )
     return src
 
 
@@ -162,10 +173,15 @@ def test_prepare_cohort_synthetic_reuses_and_rebuilds(tmp_path):
     knobs = dict(us_shape=(64, 64), mri_shape=(8, 16, 16))
     man = prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False, **knobs)
     stamp = man.stat().st_mtime_ns
-    assert prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False,
-                          **knobs).stat().st_mtime_ns == stamp  # reused
-    prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False,
-                   **{**knobs, "her2_signal": 1.0})
+    assert (
+        prepare_cohort(tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False, **knobs)
+        .stat()
+        .st_mtime_ns
+        == stamp
+    )  # reused
+    prepare_cohort(
+        tmp_path / "c", source="synthetic", n_patients=20, seed=0, progress=False, **{**knobs, "her2_signal": 1.0}
+    )
     assert json.loads((tmp_path / "c" / "synth_params.json").read_text())["her2_signal"] == 1.0
     assert prepare_cohort(tmp_path / "c", source="manifest") == man
 

@@ -138,14 +138,18 @@ def test_layer_names():
 
 
 # ------------------------------------------------------------------------------------------------ the package
-@pytest.mark.parametrize("path,module,is_package", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "path,module,is_package", list(_modules()), ids=lambda v: str(v) if isinstance(v, str) else None
+)
 def test_imports_point_one_way_and_sit_at_the_top(path, module, is_package):
     source = path.read_text(encoding="utf-8")
     problems = []
     for imported, line, at_top in her2lib_imports(source, module, is_package):
         if wrong_way(module, imported):
-            problems.append(f"{path.name}:{line} {module} ({layer_of(module)}) imports {imported} "
-                            f"({layer_of(imported)}): imports must point runner -> stages -> science -> core")
+            problems.append(
+                f"{path.name}:{line} {module} ({layer_of(module)}) imports {imported} "
+                f"({layer_of(imported)}): imports must point runner -> stages -> science -> core"
+            )
         if not at_top:
             problems.append(f"{path.name}:{line} function-level import of {imported}: move it to the top")
     for line in lazy_imports_without_reason(source):
@@ -154,7 +158,41 @@ def test_imports_point_one_way_and_sit_at_the_top(path, module, is_package):
 
 
 def test_library_never_switches_the_matplotlib_backend():
-    offenders = [f"{p.name}:{i}" for p, _, _ in _modules()
-                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-                 if ".use(" in line and "matplotlib" in line or "mpl.use(" in line or "plt.switch_backend" in line]
+    offenders = [
+        f"{p.name}:{i}"
+        for p, _, _ in _modules()
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if ".use(" in line and "matplotlib" in line or "mpl.use(" in line or "plt.switch_backend" in line
+    ]
     assert not offenders, f"library code changes the user's matplotlib backend: {offenders}"
+
+
+def function_lengths(source: str) -> list[tuple[str, int, int]]:
+    """``(name, first line, body lines without the docstring)`` of every function in ``source``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            first = body[0]
+            is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            start = (body[1].lineno if len(body) > 1 else first.end_lineno) if is_doc else first.lineno
+            out.append((node.name, node.lineno, node.end_lineno - start + 1))
+    return out
+
+
+MAX_FUNCTION_LINES = 80  # after `ruff format`, docstring excluded
+
+
+def test_length_checker_counts_the_body_without_the_docstring():
+    src = 'def f():\n    """Doc.\n\n    More.\n    """\n    a = 1\n    return a\n\ndef g():\n    return 1\n'
+    assert function_lengths(src) == [("f", 1, 2), ("g", 9, 1)]
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} {name} ({n} lines)"
+        for p, _, _ in _modules()
+        for name, line, n in function_lengths(p.read_text(encoding="utf-8"))
+        if n > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"split these at their own section comments: {long}"

@@ -21,8 +21,10 @@ def test_look_up_option_returns_the_value_or_the_mapped_value():
 def test_look_up_option_names_the_parameter_the_choices_and_the_closest_one():
     with pytest.raises(ParameterError) as err:
         look_up_option("delnog", ("delong", "exact-binomial", "bootstrap"), name="ci_method")
-    assert str(err.value) == ("ci_method='delnog' is not supported; choose one of ['delong', 'exact-binomial', "
-                              "'bootstrap']. Did you mean 'delong'?")
+    assert str(err.value) == (
+        "ci_method='delnog' is not supported; choose one of ['delong', 'exact-binomial', "
+        "'bootstrap']. Did you mean 'delong'?"
+    )
     with pytest.raises(ParameterError, match=r"choose one of \['a', 'b'\]\.$"):  # nothing close: no hint
         look_up_option("zzz", ("a", "b"), name="x")
     with pytest.raises(ParameterError):  # None is not silently accepted without a default

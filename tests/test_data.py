@@ -72,8 +72,9 @@ def test_colour_images_of_every_format_read_as_luminance(tmp_path, ext):
     if ext in ("mha", "nrrd"):
         sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / f"c.{ext}"))
     else:
-        Image.fromarray(rgb).save(tmp_path / f"c.{ext}", quality=100) if ext == "jpg" else \
-            Image.fromarray(rgb).save(tmp_path / f"c.{ext}")
+        Image.fromarray(rgb).save(tmp_path / f"c.{ext}", quality=100) if ext == "jpg" else Image.fromarray(rgb).save(
+            tmp_path / f"c.{ext}"
+        )
     arr, sp = read_image(tmp_path / f"c.{ext}")
     assert arr.shape == (20, 30) and arr.dtype == np.float32 and sp == (1.0, 1.0)
     if ext == "jpg":  # lossy, and ITK's JPEG decoder is not Pillow's: the same picture, not the same bytes

@@ -13,11 +13,22 @@ from her2lib.runner import pipeline
 pytestmark = pytest.mark.e2e
 
 EXPECTED = [
-    "tables/table1_clinical.csv", "tables/table2_us.csv", "tables/table3_mri.csv",
-    "tables/performance.csv", "tables/delong.csv",
-    "figures/roc.png", "figures/performance.png", "figures/gradcam_us.png", "figures/gradcam_mri.png",
-    "predictions/us_oof.csv", "predictions/us_test.csv", "predictions/mri_oof.csv", "predictions/mri_test.csv",
-    "predictions/fusion_test.csv", "provenance.json", "index.html",
+    "tables/table1_clinical.csv",
+    "tables/table2_us.csv",
+    "tables/table3_mri.csv",
+    "tables/performance.csv",
+    "tables/delong.csv",
+    "figures/roc.png",
+    "figures/performance.png",
+    "figures/gradcam_us.png",
+    "figures/gradcam_mri.png",
+    "predictions/us_oof.csv",
+    "predictions/us_test.csv",
+    "predictions/mri_oof.csv",
+    "predictions/mri_test.csv",
+    "predictions/fusion_test.csv",
+    "provenance.json",
+    "index.html",
 ]
 
 

@@ -26,7 +26,10 @@ def test_every_dependency_is_pinned_exactly_and_environment_yml_agrees():
 
 def test_lock_file_agrees_with_the_direct_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lock = dict(_norm(l) for l in (ROOT / "requirements-lock.txt").read_text().splitlines()
-                if "==" in l and not l.startswith("#"))
+    lock = dict(
+        _norm(l)
+        for l in (ROOT / "requirements-lock.txt").read_text().splitlines()
+        if "==" in l and not l.startswith("#")
+    )
     for name, version in map(_norm, project["dependencies"]):
         assert lock.get(name) == version, f"{name}: pyproject {version}, lock {lock.get(name)}"

@@ -33,10 +33,18 @@ def _write(preds: dict, tmp_path, name: str = "out") -> RunDirs:
 
 def _mp(key, oof_y, oof_p, y, p):
     n_o, n_t = len(oof_y), len(y)
-    oof = pd.DataFrame({"patient_id": [f"T{i}" for i in range(n_o)], "split": "train",
-                        "fold": np.arange(n_o) % 4, "her2": oof_y, "p_her2": oof_p})
-    test = pd.DataFrame({"patient_id": [f"S{i}" for i in range(n_t)], "split": "test", "fold": -1,
-                         "her2": y, "p_her2": p})
+    oof = pd.DataFrame(
+        {
+            "patient_id": [f"T{i}" for i in range(n_o)],
+            "split": "train",
+            "fold": np.arange(n_o) % 4,
+            "her2": oof_y,
+            "p_her2": oof_p,
+        }
+    )
+    test = pd.DataFrame(
+        {"patient_id": [f"S{i}" for i in range(n_t)], "split": "test", "fold": -1, "her2": y, "p_her2": p}
+    )
     return ModelPredictions(key, {"dl_us": "DL-US", "dl_mri": "DL-MRI"}.get(key, key), oof, test)
 
 
@@ -49,7 +57,7 @@ def test_brier_and_calibration_hand_values():
     assert cc["mean_predicted"].tolist() == pytest.approx([0.2, 0.7])
     assert cc["observed"].tolist() == [0.0, 1.0]
     # Clopper-Pearson for 0/2: upper = 1 - 0.025 ** (1/2)
-    assert cc["observed_ci_high"].iloc[0] == pytest.approx(1 - 0.025 ** 0.5)
+    assert cc["observed_ci_high"].iloc[0] == pytest.approx(1 - 0.025**0.5)
     cu = calibration_curve(y, p, n_bins=4, strategy="uniform")
     assert cu["n"].tolist() == [1, 1, 1, 1]
     s = calibration_summary(y, p)
@@ -116,14 +124,32 @@ def test_performance_threshold_from_oof_only():
 
 def test_paper_sentence_reproduced():
     """Feeding the paper's numbers gives the paper's sentence (modulo the threshold note)."""
-    perf = pd.DataFrame([{"model": "dl_us", "label": "DL-US", "auc": 0.842, "auc_ci_low": 0.708,
-                          "auc_ci_high": 0.931, "auc_ci_level": 0.95, "accuracy": 0.833, "sensitivity": 0.895,
-                          "specificity": 0.793, "ppv": 0.739, "npv": 0.920, "f1": 0.810, "threshold": 0.5,
-                          "auc_ci_method": "exact binomial (as the paper / MedCalc)"}])
+    perf = pd.DataFrame(
+        [
+            {
+                "model": "dl_us",
+                "label": "DL-US",
+                "auc": 0.842,
+                "auc_ci_low": 0.708,
+                "auc_ci_high": 0.931,
+                "auc_ci_level": 0.95,
+                "accuracy": 0.833,
+                "sensitivity": 0.895,
+                "specificity": 0.793,
+                "ppv": 0.739,
+                "npv": 0.920,
+                "f1": 0.810,
+                "threshold": 0.5,
+                "auc_ci_method": "exact binomial (as the paper / MedCalc)",
+            }
+        ]
+    )
     text = results_paragraph(perf)
-    assert ("In the test cohort, DL-US achieved an AUC of 0.842 (95% CI: 0.708\u20130.931), with an accuracy of "
-            "0.833, sensitivity of 89.5%, specificity of 79.3%, PPV of 0.739, NPV of 0.920, and an F1 score of "
-            "0.810") in text
+    assert (
+        "In the test cohort, DL-US achieved an AUC of 0.842 (95% CI: 0.708\u20130.931), with an accuracy of "
+        "0.833, sensitivity of 89.5%, specificity of 79.3%, PPV of 0.739, NPV of 0.920, and an F1 score of "
+        "0.810"
+    ) in text
     assert "exact binomial" in text and "out-of-fold" in text
     with pytest.raises(ParameterError, match="lacks columns"):
         results_paragraph(perf.drop(columns="f1"))
@@ -133,8 +159,9 @@ def test_delong_table_matches_stats():
     res = make_predictions(seed=1)
     from her2lib.stats import delong_test
 
-    preds = {k: ModelPredictions(k, k, res[f"{p}_oof"], res[f"{p}_test"]) for k, p in
-             (("dl_us", "us"), ("dl_mri", "mri"))}
+    preds = {
+        k: ModelPredictions(k, k, res[f"{p}_oof"], res[f"{p}_test"]) for k, p in (("dl_us", "us"), ("dl_mri", "mri"))
+    }
     tab = delong_table(preds)
     assert len(tab) == 1  # only the US-vs-MRI pair is available
     t = res["us_test"]
@@ -165,8 +192,11 @@ def test_run_evaluation_end_to_end(tmp_path):
     assert perf["label"].tolist() == ["DL-US", "DL-MRI", "DL-US&MRI"]
     assert (perf.auc_ci_low <= perf.auc).all() and (perf.auc <= perf.auc_ci_high).all()
     dl = pd.read_csv(run.tables / "delong.csv")
-    assert dl[["model_a", "model_b"]].values.tolist() == [["DL-US&MRI", "DL-US"], ["DL-US&MRI", "DL-MRI"],
-                                                          ["DL-US", "DL-MRI"]]
+    assert dl[["model_a", "model_b"]].values.tolist() == [
+        ["DL-US&MRI", "DL-US"],
+        ["DL-US&MRI", "DL-MRI"],
+        ["DL-US", "DL-MRI"],
+    ]
     for f in ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png"):
         assert (run.figures / f).stat().st_size > 1000
         assert run.figures / f in res.files

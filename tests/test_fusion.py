@@ -19,8 +19,9 @@ from her2lib.stages import fusion as fusion_stage
 from her2lib.stages.fusion import run_fusion
 
 
-def make_predictions(n_train: int = 149, n_test: int = 48, seed: int = 0, sep_us: float = 1.2,
-                     sep_mri: float = 0.9) -> dict[str, pd.DataFrame]:
+def make_predictions(
+    n_train: int = 149, n_test: int = 48, seed: int = 0, sep_us: float = 1.2, sep_mri: float = 0.9
+) -> dict[str, pd.DataFrame]:
     """Synthetic DL-US / DL-MRI prediction tables with the her2lib prediction-file columns."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
@@ -113,7 +114,9 @@ def test_fuse_outputs_and_protocol_difference(preds):
     assert (res.oof.split == "train").all() and set(res.oof.fold) == {0, 1, 2, 3}
     p = res.protocols.set_index("fit_on")
     assert p.loc["train OOF", "auc"] == pytest.approx(auc(res.test.her2, res.test.p_her2))
-    assert p.loc["test (fold-mean predictions)", "auc"] == pytest.approx(auc(res.paper_test.her2, res.paper_test.p_her2))
+    assert p.loc["test (fold-mean predictions)", "auc"] == pytest.approx(
+        auc(res.paper_test.her2, res.paper_test.p_her2)
+    )
     d = p.loc["test (fold-mean predictions)", "auc_diff_vs_leakage_free"]
     assert d == pytest.approx(p.loc["test (fold-mean predictions)", "auc"] - p.loc["train OOF", "auc"])
     # one difference on 48 patients comes with a bootstrap interval, and the method is named
@@ -144,8 +147,15 @@ def test_mismatch_errors(preds):
 
 
 def test_validate_predictions_problems(tmp_path):
-    df = pd.DataFrame({"patient_id": ["A", "A", "B"], "split": ["train", "train", "test"], "fold": [0, 0, 1],
-                       "her2": [0, 2, 1], "p_her2": [0.1, 1.5, np.nan]})
+    df = pd.DataFrame(
+        {
+            "patient_id": ["A", "A", "B"],
+            "split": ["train", "train", "test"],
+            "fold": [0, 0, 1],
+            "her2": [0, 2, 1],
+            "p_her2": [0.1, 1.5, np.nan],
+        }
+    )
     with pytest.raises(DataError) as e:
         validate_predictions(df, "x.csv")
     msgs = " ".join(e.value.problems)
@@ -166,7 +176,7 @@ def test_separation_falls_back_with_warning():
     assert m.method.startswith("L2-penalised")
     assert np.isnan(m.ci_low).all()
     p = m.predict(p_us, p_mri)
-    assert (p[y == 1].min() > p[y == 0].max())  # still ranks correctly
+    assert p[y == 1].min() > p[y == 0].max()  # still ranks correctly
     with pytest.raises(DataError, match="at least 2 HER2-positive"):
         fit_fusion([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0, 0, 1])
     with pytest.raises(DataError, match="p_mri has 1 values but y_true has 2"):
@@ -217,12 +227,25 @@ def test_run_fusion_validates_each_prediction_file_once(tmp_path, monkeypatch):
                 monkeypatch.setattr(module, name, counted)
     res = run_fusion(run, n_boot=10)
     assert sorted(map(lambda s: s.rsplit("/", 1)[-1], calls["validate_predictions"])) == [
-        "mri_oof.csv", "mri_test.csv", "us_oof.csv", "us_test.csv"]
+        "mri_oof.csv",
+        "mri_test.csv",
+        "us_oof.csv",
+        "us_test.csv",
+    ]
     assert sorted(map(lambda s: s.rsplit("/", 1)[-1], calls["validate_test_folds"])) == [
-        "mri_test_folds.csv", "us_test_folds.csv"]
+        "mri_test_folds.csv",
+        "us_test_folds.csv",
+    ]
     monkeypatch.undo()
-    mem = fuse(d["us_oof"], d["mri_oof"], d["us_test"], d["mri_test"], us_test_folds=d["us_test_folds"],
-               mri_test_folds=d["mri_test_folds"], n_boot=10)
+    mem = fuse(
+        d["us_oof"],
+        d["mri_oof"],
+        d["us_test"],
+        d["mri_test"],
+        us_test_folds=d["us_test_folds"],
+        mri_test_folds=d["mri_test_folds"],
+        n_boot=10,
+    )
     pd.testing.assert_frame_equal(res.protocols, mem.protocols)
     np.testing.assert_array_equal(res.test.p_her2, mem.test.p_her2)
 
@@ -239,8 +262,15 @@ def test_fusion_fitted_and_applied_on_one_scale(fold_model_sim):
     fold model's test probabilities stays calibrated (recalibration slope 1 +- 0.1 on 4 x 20000 predictions; seeds 0-2 gave 0.996-1.058);
     applied to the less spread fold-mean probabilities (her2lib 0.1) it is not (slope > 1.25; seeds 0-2: 1.59-1.71)."""
     d = fold_model_sim
-    res = fuse(d["us_oof"], d["mri_oof"], d["us_test"], d["mri_test"], us_test_folds=d["us_test_folds"],
-               mri_test_folds=d["mri_test_folds"], n_boot=10)
+    res = fuse(
+        d["us_oof"],
+        d["mri_oof"],
+        d["us_test"],
+        d["mri_test"],
+        us_test_folds=d["us_test_folds"],
+        mri_test_folds=d["mri_test_folds"],
+        n_boot=10,
+    )
     tf = res.test_folds
     assert len(tf) == 4 * 20000 and set(tf.model_fold) == {0, 1, 2, 3}
     assert _calibration_slope(tf.her2, tf.p_her2) == pytest.approx(1.0, abs=0.1)
@@ -255,9 +285,15 @@ def test_fusion_fitted_and_applied_on_one_scale(fold_model_sim):
 
 def test_test_folds_validation(preds):
     d = make_predictions(n_train=40, n_test=8)
-    tf = pd.DataFrame({"patient_id": np.repeat(d["us_test"].patient_id, 2), "split": "test",
-                       "her2": np.repeat(d["us_test"].her2, 2), "model_fold": np.tile([0, 1], 8),
-                       "p_her2": np.repeat(d["us_test"].p_her2, 2)})
+    tf = pd.DataFrame(
+        {
+            "patient_id": np.repeat(d["us_test"].patient_id, 2),
+            "split": "test",
+            "her2": np.repeat(d["us_test"].her2, 2),
+            "model_fold": np.tile([0, 1], 8),
+            "p_her2": np.repeat(d["us_test"].p_her2, 2),
+        }
+    )
     assert len(validate_test_folds(tf, "t.csv", test=d["us_test"])) == 16
     bad = tf.copy()
     bad.loc[bad.index[0], "p_her2"] = 0.999  # no longer the mean of the fold-mean file

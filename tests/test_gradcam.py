@@ -121,7 +121,8 @@ def test_2d_matches_grad_cam_package(convnext):
         assert np.corrcoef(ours.cam.ravel(), ref.ravel())[0, 1] > 0.99
         assert np.abs(ours.cam - ref).max() < 0.08
         assert np.unravel_index(ours.cam.argmax(), ours.cam.shape) == pytest.approx(
-            np.unravel_index(ref.argmax(), ref.shape), abs=3)
+            np.unravel_index(ref.argmax(), ref.shape), abs=3
+        )
         checked += 1
     assert checked >= 2
     assert not convnext.training
@@ -196,8 +197,13 @@ def test_lesion_centre_and_case_selection():
     m[1:4, 2:5, 6:9] = 1
     assert lesion_centre(m) == (2, 3, 7)
     assert lesion_centre(np.zeros((4, 6))) == (2, 3)
-    test = pd.DataFrame({"patient_id": [f"P{i}" for i in range(8)], "her2": [1, 1, 1, 0, 0, 0, 1, 0],
-                         "p_her2": [0.9, 0.7, 0.8, 0.1, 0.2, 0.6, 0.3, 0.05]})
+    test = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(8)],
+            "her2": [1, 1, 1, 0, 0, 0, 1, 0],
+            "p_her2": [0.9, 0.7, 0.8, 0.1, 0.2, 0.6, 0.3, 0.05],
+        }
+    )
     sel = select_cases(test, threshold=0.5)
     assert sel["outcome"].tolist() == ["TP", "FP", "TN", "FN"]
     assert sel["patient_id"].tolist() == ["P2", "P5", "P3", "P6"]  # TP median 0.8 -> P2; TN median 0.1 -> P3
@@ -257,8 +263,9 @@ def _centre_map(grid, roi_shape):
     g = np.zeros(grid, np.float32)
     g[tuple(slice(s // 2 - 1, s // 2 + 1) if s % 2 == 0 else slice(s // 2, s // 2 + 1) for s in grid)] = 1.0
     mode = "bilinear" if len(grid) == 2 else "trilinear"
-    up = torch.nn.functional.interpolate(torch.from_numpy(g)[None, None], size=roi_shape, mode=mode,
-                                         align_corners=False)[0, 0].numpy()
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(g)[None, None], size=roi_shape, mode=mode, align_corners=False
+    )[0, 0].numpy()
     return up / up.max()
 
 
@@ -340,8 +347,19 @@ def test_localisation_test_hand_values_and_determinism():
     assert not mc.exact and mc.n_permutations == 5 and mc.pvalue in {k / 6 for k in range(1, 7)}
     assert res.seed == 3 and "centre prior" in res.method and res.alternative == "greater"
     row = res.to_row()
-    assert set(row) == {"mean_energy_own", "mean_energy_others", "enrichment_over_centre_prior", "permutation_p",
-                        "n_patients", "n_zero_maps", "n_permutations", "exact", "seed", "alternative", "method"}
+    assert set(row) == {
+        "mean_energy_own",
+        "mean_energy_others",
+        "enrichment_over_centre_prior",
+        "permutation_p",
+        "n_patients",
+        "n_zero_maps",
+        "n_permutations",
+        "exact",
+        "seed",
+        "alternative",
+        "method",
+    }
     assert isinstance(res, LocalisationTestResult)
     # deterministic for a seed (and a Generator with the same seed gives the same null)
     rng = np.random.default_rng(5)
@@ -359,7 +377,7 @@ def test_localisation_test_zero_maps_small_n_and_errors():
 
     masks = np.zeros((4, 6, 6), bool)
     for i in range(4):
-        masks[i, i:i + 2, 1:3] = True
+        masks[i, i : i + 2, 1:3] = True
     cams = masks.astype(float)
     cams[2] = 0  # no positive evidence
     res = localisation_test(cams, masks, n_permutations=99, seed=0)
@@ -381,7 +399,7 @@ def test_energy_table_and_summary_columns():
 
     masks = np.zeros((4, 6, 6), np.uint8)
     for i in range(4):
-        masks[i, i:i + 2, 1:3] = 1
+        masks[i, i : i + 2, 1:3] = 1
     cams = np.clip(masks.astype(float) + 0.1, 0, 1)
     cams[3] = 0
     tab = energy_table(["A", "B", "C", "D"], cams, masks[:, None], model="dl_us")
@@ -390,8 +408,9 @@ def test_energy_table_and_summary_columns():
     assert tab.iloc[3][["energy_own_mask", "energy_other_masks_mean"]].isna().all()
     np.testing.assert_allclose(tab["lesion_fraction"], 4 / 36)
     np.testing.assert_allclose(tab["naive_enrichment_vs_uniform"], tab["energy_own_mask"] / (4 / 36))
-    np.testing.assert_allclose(tab["enrichment_over_centre_prior"],
-                               tab["energy_own_mask"] / tab["energy_other_masks_mean"])
+    np.testing.assert_allclose(
+        tab["enrichment_over_centre_prior"], tab["energy_own_mask"] / tab["energy_other_masks_mean"]
+    )
     test = localisation_test(cams, masks, n_permutations=99, seed=0)
     summ = energy_summary(tab, {"dl_us": test})
     row = summ.iloc[0]
@@ -402,8 +421,9 @@ def test_energy_table_and_summary_columns():
     assert "wilcoxon_p" not in summ.columns and "naive_enrichment_vs_uniform_median" in summ.columns
     assert np.isnan(energy_summary(tab).iloc[0]["permutation_p"])  # no test given
     with pytest.raises(ParameterError, match="same maps"):
-        energy_summary(tab, {"dl_us": localisation_test(np.r_[cams, cams[:1]], np.r_[masks, masks[:1]],
-                                                        n_permutations=9)})
+        energy_summary(
+            tab, {"dl_us": localisation_test(np.r_[cams, cams[:1]], np.r_[masks, masks[:1]], n_permutations=9)}
+        )
 
 
 # ------------------------------------------------------------------------------------- back to the source image
@@ -435,7 +455,7 @@ def test_cam_to_source_inverts_the_roi_resize_of_a_linear_ramp():
 
 def _blob(shape, centre, sigma):
     grids = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
-    return np.exp(-sum((g - c) ** 2 for g, c in zip(grids, centre)) / (2 * sigma ** 2)).astype(np.float32)
+    return np.exp(-sum((g - c) ** 2 for g, c in zip(grids, centre)) / (2 * sigma**2)).astype(np.float32)
 
 
 def _centroid(w):
@@ -532,12 +552,41 @@ def test_figures_in_source_geometry(tmp_path):
     mask3[5:8, 10:20, 10:20] = 1
     box3 = ((5, 8), (4, 26), (4, 26))
     cam3 = cam_to_source(rng.uniform(size=(8, 8, 8)), box3, mask3.shape)
-    cases2 = [dict(image=rng.normal(size=mask2.shape), cam=cam2, mask=mask2, box=box2, patient_id="P1", her2=1,
-                   p_her2=0.8, outcome="TP"),
-              dict(image=rng.normal(size=mask2.shape), cam=cam2, mask=mask2, box=box2, patient_id="P3", her2=0,
-                   p_her2=0.1, outcome="TN")]
-    cases3 = [dict(image=rng.normal(size=mask3.shape), cam=cam3, mask=mask3, box=box3, spacing=(3.0, 1.4, 1.4),
-                   patient_id="P2", her2=0, p_her2=0.2, outcome="TN")]
+    cases2 = [
+        dict(
+            image=rng.normal(size=mask2.shape),
+            cam=cam2,
+            mask=mask2,
+            box=box2,
+            patient_id="P1",
+            her2=1,
+            p_her2=0.8,
+            outcome="TP",
+        ),
+        dict(
+            image=rng.normal(size=mask2.shape),
+            cam=cam2,
+            mask=mask2,
+            box=box2,
+            patient_id="P3",
+            her2=0,
+            p_her2=0.1,
+            outcome="TN",
+        ),
+    ]
+    cases3 = [
+        dict(
+            image=rng.normal(size=mask3.shape),
+            cam=cam3,
+            mask=mask3,
+            box=box3,
+            spacing=(3.0, 1.4, 1.4),
+            patient_id="P2",
+            her2=0,
+            p_her2=0.2,
+            outcome="TN",
+        )
+    ]
     f2 = plot_gradcam_us(cases2, tmp_path / "us.png", layer="stages.3", note="Cases chosen at x.")
     f3 = plot_gradcam_mri(cases3, tmp_path / "mri.png", layer="layer4")
     for f in (f2, f3):
@@ -559,6 +608,7 @@ def test_figures_in_source_geometry(tmp_path):
     with pytest.raises(ParameterError, match="cam_to_source"):
         plot_gradcam_us([bad])
 
+
 # --------------------------------------------------------------------------------------- cohort level (07)
 def _tiny_run(root):
     """A tiny run folder: synthetic cohort, ROI settings, one random-weight fold model per modality, predictions.
@@ -576,11 +626,15 @@ def _tiny_run(root):
 
     man = synth.make_cohort(root / "cohort", n_patients=20, seed=0, us_shape=(64, 72), mri_shape=(12, 32, 32))
     run = stages.RunDirs.from_out_dir(root / "out", root / "cohort")
-    write_json(run.params / "02_preprocess.json", {"us_size": 64, "us_margin_px": 8, "mri_size": 32,
-                                                   "mri_margin": 4, "mri_margin_unit": "px"})
+    write_json(
+        run.params / "02_preprocess.json",
+        {"us_size": 64, "us_margin_px": 8, "mri_size": 32, "mri_margin": 4, "mri_margin_unit": "px"},
+    )
     torch.manual_seed(0)
-    for key, cfg in (("dl_us", DLUSConfig(variant="convnextv2_atto", image_size=64)),
-                     ("dl_mri", DLMRIConfig(image_size=32))):
+    for key, cfg in (
+        ("dl_us", DLUSConfig(variant="convnextv2_atto", image_size=64)),
+        ("dl_mri", DLMRIConfig(image_size=32)),
+    ):
         d = run.models / key
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / "config.json", {"config": asdict(cfg)})
@@ -590,8 +644,9 @@ def _tiny_run(root):
     rng = np.random.default_rng(0)
     for mod in ("us", "mri"):
         p = 1 / (1 + np.exp(-(1.5 * (2 * df.her2 - 1) + rng.normal(size=len(df)))))
-        pr = pd.DataFrame({"patient_id": df.patient_id, "split": df.split, "fold": folds.to_numpy(),
-                           "her2": df.her2, "p_her2": p})
+        pr = pd.DataFrame(
+            {"patient_id": df.patient_id, "split": df.split, "fold": folds.to_numpy(), "her2": df.her2, "p_her2": p}
+        )
         pr[pr.split == "train"].to_csv(run.predictions / f"{mod}_oof.csv", index=False)
         pr[pr.split == "test"].to_csv(run.predictions / f"{mod}_test.csv", index=False)
     return run
@@ -607,6 +662,7 @@ def test_run_gradcam_end_to_end(tmp_path):
         assert (run.figures / f).stat().st_size > 1000
     energy = pd.read_csv(run.tables / "gradcam_energy.csv")
     from her2lib.gradcam import ENERGY_COLUMNS
+
     assert tuple(energy.columns) == ENERGY_COLUMNS
     assert set(energy.model) == {"dl_us", "dl_mri"}
     assert ((energy.lesion_fraction > 0) & (energy.lesion_fraction < 1)).all()

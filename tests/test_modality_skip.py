@@ -18,9 +18,13 @@ from her2lib.stages.cohort import cohort_tables
 
 def _cohort(n_train: int = 24, n_test: int = 8, us: bool = False, mri: bool = True) -> pd.DataFrame:
     n = n_train + n_test
-    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
-                       "split": ["train"] * n_train + ["test"] * n_test,
-                       "her2": [i % 2 for i in range(n)]})
+    df = pd.DataFrame(
+        {
+            "patient_id": [f"P{i:03d}" for i in range(n)],
+            "split": ["train"] * n_train + ["test"] * n_test,
+            "her2": [i % 2 for i in range(n)],
+        }
+    )
     for m, have in (("us", us), ("mri", mri)):
         df[f"{m}_image"] = [f"/x/{m}{i}.img" if have else "" for i in range(n)]
         df[f"{m}_mask"] = [f"/x/{m}{i}.msk" if have else "" for i in range(n)]
@@ -226,8 +230,14 @@ def test_cohort_tables_with_a_whole_table_missing(run, capsys):
 def test_mri_only_cohort_runs_end_to_end(tmp_path):
     prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())
     knobs = prof["notebooks"]["00_cohort"]
-    full = synth.make_cohort(tmp_path / "full", n_patients=knobs["n_patients"], seed=0,
-                             us_shape=knobs["us_shape"], mri_shape=knobs["mri_shape"], n_jobs=knobs["n_jobs"])
+    full = synth.make_cohort(
+        tmp_path / "full",
+        n_patients=knobs["n_patients"],
+        seed=0,
+        us_shape=knobs["us_shape"],
+        mri_shape=knobs["mri_shape"],
+        n_jobs=knobs["n_jobs"],
+    )
     man = pd.read_csv(full, dtype=str, keep_default_na=False)
     for col in ("mri_image", "mri_mask"):
         man[col] = "../full/" + man[col]

@@ -46,6 +46,7 @@ def test_local_checkpoints_load(tmp_path):
 
     # an "ImageNet-like" 3-channel, 1000-class ConvNeXt V2 file: stem adapted, head re-initialised
     import timm
+
     rgb = timm.create_model("convnextv2_atto", pretrained=False, num_classes=1000)
     torch.save(rgb.state_dict(), tmp_path / "atto.pth")
     us = models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", checkpoint=str(tmp_path / "atto.pth")))

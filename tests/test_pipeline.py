@@ -13,11 +13,11 @@ from her2lib.errors import ParameterError
 from her2lib.runner import notebook as her2nb
 from her2lib.runner import pipeline
 
-COMMON = '''profile: str = "default"  # profile name
+COMMON = """profile: str = "default"  # profile name
 seed: int = 0  # random seed
 out_dir: str = "reports/default"  # output folder
 cohort_dir: str = "data/synthetic/default"  # cohort folder
-'''
+"""
 
 
 def _notebook(path: Path, params: str, body: list[str]) -> None:
@@ -35,21 +35,33 @@ def toy(tmp_path):
     """Three tiny notebooks (00 writes a table from its parameter, 01 may fail, 02 reads 00's table)."""
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
-    _notebook(nbdir / "00_alpha.ipynb", 'x: int = 1  # a number\nrewrite: str = ""  # new cohort image content\n', [
-        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '00_alpha.ipynb')!r}, globals())",
-        "from her2lib.io import write_text\nwrite_text(run.tables / 'alpha.csv', f'x\\n{x}\\n')",
-        "if rewrite:\n    write_text(run.cohort_dir / 'img.txt', rewrite)",
-    ])
-    _notebook(nbdir / "01_beta.ipynb", 'fail: bool = False  # raise on purpose\n', [
-        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '01_beta.ipynb')!r}, globals())",
-        "if fail:\n    raise RuntimeError('deliberate failure in beta')",
-        "from her2lib.io import write_text\nwrite_text(run.tables / 'beta.csv', 'ok\\n1\\n')",
-    ])
-    _notebook(nbdir / "02_gamma.ipynb", '', [
-        f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '02_gamma.ipynb')!r}, globals())",
-        "import pandas as pd\nx = int(pd.read_csv(run.tables / 'alpha.csv')['x'][0])\n"
-        "from her2lib.io import write_text\nwrite_text(run.tables / 'gamma.csv', f'twice\\n{2 * x}\\n')",
-    ])
+    _notebook(
+        nbdir / "00_alpha.ipynb",
+        'x: int = 1  # a number\nrewrite: str = ""  # new cohort image content\n',
+        [
+            f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '00_alpha.ipynb')!r}, globals())",
+            "from her2lib.io import write_text\nwrite_text(run.tables / 'alpha.csv', f'x\\n{x}\\n')",
+            "if rewrite:\n    write_text(run.cohort_dir / 'img.txt', rewrite)",
+        ],
+    )
+    _notebook(
+        nbdir / "01_beta.ipynb",
+        "fail: bool = False  # raise on purpose\n",
+        [
+            f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '01_beta.ipynb')!r}, globals())",
+            "if fail:\n    raise RuntimeError('deliberate failure in beta')",
+            "from her2lib.io import write_text\nwrite_text(run.tables / 'beta.csv', 'ok\\n1\\n')",
+        ],
+    )
+    _notebook(
+        nbdir / "02_gamma.ipynb",
+        "",
+        [
+            f"from her2lib.runner import notebook as nb\nrun = nb.setup({str(nbdir / '02_gamma.ipynb')!r}, globals())",
+            "import pandas as pd\nx = int(pd.read_csv(run.tables / 'alpha.csv')['x'][0])\n"
+            "from her2lib.io import write_text\nwrite_text(run.tables / 'gamma.csv', f'twice\\n{2 * x}\\n')",
+        ],
+    )
     cfg = tmp_path / "configs"
     cfg.mkdir()
     cohort = tmp_path / "cohort"
@@ -58,8 +70,10 @@ def toy(tmp_path):
     (cohort / "manifest.csv").write_text("patient_id,us_image\nP001,img.txt\n")
 
     def profile(name="toy", common=None, notebooks=None):
-        data = {"common": {"profile": name, "seed": 0, "cohort_dir": str(cohort), **(common or {})},
-                "notebooks": notebooks or {}}
+        data = {
+            "common": {"profile": name, "seed": 0, "cohort_dir": str(cohort), **(common or {})},
+            "notebooks": notebooks or {},
+        }
         (cfg / f"{name}.yaml").write_text(yaml.safe_dump(data))
         return name
 

@@ -17,8 +17,8 @@ from her2lib.errors import DataError, ParameterError
 
 
 def _disk_mask(shape, center, radius):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    return ((yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2).astype(np.uint8)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2).astype(np.uint8)
 
 
 def test_us_box_is_mask_box_plus_margin():
@@ -65,14 +65,20 @@ def test_resized_mask_is_binary_and_covers_lesion():
     res = roi.us_roi(img, mask, margin_px=50, size=60)
     assert set(np.unique(res.mask)) == {0, 1}
     frac = res.mask.mean()
-    assert frac == pytest.approx(np.pi * 20 ** 2 / (141 * 141), rel=0.1)
+    assert frac == pytest.approx(np.pi * 20**2 / (141 * 141), rel=0.1)
 
 
 def test_mri_in_plane_margin_px_keeps_lesion_slices():
     mask = np.zeros((20, 100, 100), np.uint8)
     mask[8:12, 40:50, 45:55] = 1
-    res = roi.mri_roi(np.random.default_rng(0).normal(size=mask.shape), mask, spacing=(3.0, 0.5, 0.5),
-                      margin=20, margin_unit="px", size=16)
+    res = roi.mri_roi(
+        np.random.default_rng(0).normal(size=mask.shape),
+        mask,
+        spacing=(3.0, 0.5, 0.5),
+        margin=20,
+        margin_unit="px",
+        size=16,
+    )
     assert res.box == ((8, 12), (20, 70), (25, 75))
     assert res.image.shape == (1, 16, 16, 16)
 
@@ -81,11 +87,23 @@ def test_mri_margin_mm_with_anisotropic_spacing():
     mask = np.zeros((10, 120, 120), np.uint8)
     mask[4:6, 60, 60] = 1
     # y spacing 0.5 mm, x spacing 1.0 mm: 10 mm = 20 voxels along y, 10 voxels along x
-    res = roi.mri_roi(np.random.default_rng(0).normal(size=mask.shape), mask, spacing=(2.0, 0.5, 1.0),
-                      margin=10, margin_unit="mm", size=8)
+    res = roi.mri_roi(
+        np.random.default_rng(0).normal(size=mask.shape),
+        mask,
+        spacing=(2.0, 0.5, 1.0),
+        margin=10,
+        margin_unit="mm",
+        size=8,
+    )
     assert res.box == ((4, 6), (40, 81), (50, 71))
-    px = roi.mri_roi(np.random.default_rng(0).normal(size=mask.shape), mask, spacing=(2.0, 0.5, 1.0),
-                     margin=10, margin_unit="px", size=8)
+    px = roi.mri_roi(
+        np.random.default_rng(0).normal(size=mask.shape),
+        mask,
+        spacing=(2.0, 0.5, 1.0),
+        margin=10,
+        margin_unit="px",
+        size=8,
+    )
     assert px.box == ((4, 6), (50, 71), (50, 71))
 
 
@@ -97,11 +115,14 @@ def test_mri_box_clipped_at_borders():
     assert res.clipped == (False, True, True)  # z has no margin: the lesion's slices are never "clipped"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(margin_unit="cm"), "margin_unit"),
-    (dict(spacing=(1.0, 0.0, 1.0)), "spacing"),
-    (dict(size=(8, 8)), "size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(margin_unit="cm"), "margin_unit"),
+        (dict(spacing=(1.0, 0.0, 1.0)), "spacing"),
+        (dict(size=(8, 8)), "size"),
+    ],
+)
 def test_mri_bad_parameters(kwargs, match):
     mask = np.zeros((6, 30, 30), np.uint8)
     mask[2, 10, 10] = 1
@@ -138,9 +159,17 @@ def tiny_cohort(tmp_path):
         write_png(p["usm.png"], um)
         write_nifti(p["mri.nii.gz"], vol, (3.0, 0.8, 0.8))
         write_nifti(p["mrim.nii.gz"], vm, (3.0, 0.8, 0.8))
-        rows.append({"patient_id": f"P{i}", "split": "train", "her2": i % 2, "us_image": str(p["us.png"]),
-                     "us_mask": str(p["usm.png"]), "mri_image": str(p["mri.nii.gz"]),
-                     "mri_mask": str(p["mrim.nii.gz"])})
+        rows.append(
+            {
+                "patient_id": f"P{i}",
+                "split": "train",
+                "her2": i % 2,
+                "us_image": str(p["us.png"]),
+                "us_mask": str(p["usm.png"]),
+                "mri_image": str(p["mri.nii.gz"]),
+                "mri_mask": str(p["mrim.nii.gz"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -165,6 +194,7 @@ def test_cache_reuses_and_invalidates(tiny_cohort, tmp_path, monkeypatch):
 
     # a changed source file never reuses a stale entry
     from her2lib.data import write_png
+
     write_png(tiny_cohort.loc[0, "us_image"], np.zeros((60, 70), np.uint8) + 3)
     calls.clear()
     roi.preprocess_cohort(tiny_cohort, "us", spec, cache, progress=False)
@@ -196,6 +226,7 @@ def test_corrupt_cache_entry_warns_and_recomputes(tiny_cohort, tmp_path):
 
 def test_preprocess_names_patient_on_bad_mask(tiny_cohort, tmp_path):
     from her2lib.data import write_png
+
     write_png(tiny_cohort.loc[1, "us_mask"], np.zeros((60, 70), np.uint8))
     with pytest.raises(DataError, match="patient P1"):
         roi.preprocess_cohort(tiny_cohort, "us", roi.PreprocessSpec(us_size=8), tmp_path / "c", progress=False)
@@ -203,6 +234,7 @@ def test_preprocess_names_patient_on_bad_mask(tiny_cohort, tmp_path):
 
 def test_spec_from_params_json(tmp_path):
     from her2lib.io import write_json
+
     write_json(tmp_path / "p.json", {"us_size": 64, "mri_size": 24, "seed": 3, "mri_margin_unit": "mm"})
     spec = roi.PreprocessSpec.from_params(tmp_path / "p.json")
     assert spec == roi.PreprocessSpec(us_size=64, mri_size=24, mri_margin_unit="mm")
@@ -227,8 +259,9 @@ def test_results_record_source_shape_spacing_and_clipping():
     assert res.clipped == (False, False, False)
     edge = roi.mri_roi(img, mask, spacing=(2.0, 0.5, 1.0), margin=31, margin_unit="mm", size=8)
     assert edge.box == ((4, 6), (0, 120), (29, 92)) and edge.clipped == (False, True, False)
-    us = roi.us_roi(np.ones((100, 120)) + np.arange(120), np.pad(np.ones((8, 8)), ((2, 90), (110, 2))), margin_px=50,
-                    size=(32, 48))
+    us = roi.us_roi(
+        np.ones((100, 120)) + np.arange(120), np.pad(np.ones((8, 8)), ((2, 90), (110, 2))), margin_px=50, size=(32, 48)
+    )
     assert us.source_shape == (100, 120) and us.spacing == (1.0, 1.0) and us.clipped == (True, True)
 
 
@@ -239,7 +272,7 @@ def test_clipping_flags_match_the_dilated_mask(seed, unit, spacing):
     rng = np.random.default_rng(seed)
     mask = np.zeros((5, 40, 50), bool)
     z, y, x = rng.integers(0, 5), rng.integers(0, 40), rng.integers(0, 50)
-    mask[z, max(0, y - 3):y + 3, max(0, x - 2):x + 4] = True
+    mask[z, max(0, y - 3) : y + 3, max(0, x - 2) : x + 4] = True
     margin = float(rng.uniform(3, 15))
     res = roi.mri_roi(rng.normal(size=mask.shape), mask, spacing=spacing, margin=margin, margin_unit=unit, size=4)
     pad = 40
@@ -285,8 +318,13 @@ def test_box_table_reports_share_clipping_and_mm(tiny_cohort, tmp_path):
     assert list(summ.index) == ["us", "mri"] and summ.loc["mri", "n_clipped"] == 0
     assert summ.loc["mri", "share_median"] == pytest.approx(14 * 14 / 576)
     assert {"us_roi_share", "mri_clipped", "mri_w_mm"} <= set(roi.box_summary(tab).columns)
-    wide = roi.box_table(tiny_cohort, None, roi.preprocess_cohort(
-        tiny_cohort, "mri", roi.PreprocessSpec(mri_size=8, mri_margin=50), tmp_path / "c", progress=False)[2])
+    wide = roi.box_table(
+        tiny_cohort,
+        None,
+        roi.preprocess_cohort(
+            tiny_cohort, "mri", roi.PreprocessSpec(mri_size=8, mri_margin=50), tmp_path / "c", progress=False
+        )[2],
+    )
     assert wide["mri_clipped"].all() and (wide["mri_roi_share"] == 1).all()  # 50 voxels: the whole slice
     with pytest.raises(DataError, match="roi_share"):
         roi.clipping_summary(roi.box_table(tiny_cohort, None, [((0, 1), (0, 2), (0, 3))] * 3))
@@ -361,6 +399,7 @@ def test_later_passes_do_not_rehash_unchanged_source_files(tiny_cohort, tmp_path
     assert hashed == [] and computed == [] and np.array_equal(x1, x2)
 
     from her2lib.data import write_png
+
     write_png(tiny_cohort.loc[0, "us_image"], np.zeros((60, 70), np.uint8) + 3)
     roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
     assert [str(p) for p in hashed] == [str(tiny_cohort.loc[0, "us_image"])] and len(computed) == 1
@@ -378,8 +417,9 @@ def test_file_digest_index_notices_a_rewrite_within_one_clock_tick(tmp_path, mon
     hashes = roi._FileHashes(tmp_path)
     first = hashes.sha256(f)
     f.write_bytes(b"bbbb")
-    monkeypatch.setattr(roi._FileHashes, "_stat", staticmethod(
-        lambda path: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]))  # the stat did not move
+    monkeypatch.setattr(
+        roi._FileHashes, "_stat", staticmethod(lambda path: [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    )  # the stat did not move
     assert hashes.sha256(f) != first
 
 

@@ -54,7 +54,7 @@ def test_underpredicting_model_has_positive_intercept_not_joint_fit_intercept():
     assert slopes.mean() == pytest.approx(0.5, abs=0.02)
     r = res[0]
     assert 0.26 < r.observed_rate < 0.30 and 0.19 < r.mean_predicted < 0.23
-    assert r.intercept_ci[0] > 0.4          # clearly under-predicting ...
+    assert r.intercept_ci[0] > 0.4  # clearly under-predicting ...
     assert r.intercept_ci[0] > r.slope_fit_intercept + 0.3  # ... which the joint-fit intercept does not show
 
 
@@ -119,9 +119,11 @@ def test_live_against_r(tmp_path):
     y, p, _ = _underpredicting(42, 300)
     p = np.round(p, 6)
     np.savetxt(tmp_path / "d.csv", np.c_[y, p], delimiter=",", header="y,p", comments="", fmt=["%d", "%.6f"])
-    script = (f"d<-read.csv('{tmp_path / 'd.csv'}');lp<-qlogis(d$p);ctl<-glm.control(epsilon=1e-14,maxit=100);"
-              "f0<-glm(d$y~1,offset=lp,family=binomial,control=ctl);f1<-glm(d$y~lp,family=binomial,control=ctl);"
-              "v<-c(coef(f0),sqrt(vcov(f0)[1,1]),coef(f1),sqrt(vcov(f1)[2,2]));cat(sprintf('%.17g',v),sep='\\n')")
+    script = (
+        f"d<-read.csv('{tmp_path / 'd.csv'}');lp<-qlogis(d$p);ctl<-glm.control(epsilon=1e-14,maxit=100);"
+        "f0<-glm(d$y~1,offset=lp,family=binomial,control=ctl);f1<-glm(d$y~lp,family=binomial,control=ctl);"
+        "v<-c(coef(f0),sqrt(vcov(f0)[1,1]),coef(f1),sqrt(vcov(f1)[2,2]));cat(sprintf('%.17g',v),sep='\\n')"
+    )
     out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=120, check=True).stdout
     ref = np.array(out.split(), float)
     r = calibration(y, p)
@@ -139,8 +141,20 @@ def test_brier_and_rates():
     assert r.mean_predicted == pytest.approx(p.mean()) and (r.n, r.n_pos) == (5, 3)
     assert isinstance(r, CalibrationResult)
     row = r.to_row()
-    assert {"intercept", "intercept_ci_low", "intercept_ci_high", "slope", "slope_ci_low", "slope_ci_high",
-            "ci_level", "brier", "brier_reference", "method", "n", "n_pos"} <= set(row)
+    assert {
+        "intercept",
+        "intercept_ci_low",
+        "intercept_ci_high",
+        "slope",
+        "slope_ci_low",
+        "slope_ci_high",
+        "ci_level",
+        "brier",
+        "brier_reference",
+        "method",
+        "n",
+        "n_pos",
+    } <= set(row)
     assert "Van Calster" in r.method and "Wald" in r.method and "observed information" in r.method
 
 

@@ -25,6 +25,7 @@ def _f1_ci(tp: int, fp: int, m: int, n: int) -> tuple[float, float]:
     """The public function's F1 interval for these counts (seed 0, 2000 draws), cached per (TP, FP)."""
     y, s = _data(tp, m - tp, fp, n - fp)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return binary_metrics(y, s, 0.5).f1.ci[:2]
@@ -71,12 +72,14 @@ def test_midp_draws_follow_the_midp_pvalue_function():
             assert np.mean(d <= p0) == pytest.approx(ref, abs=0.005)
 
 
-SETTINGS = [(0.84, 0.79, 19, 29),   # the paper's DL-US on its test set
-            (0.99, 0.99, 19, 29),   # near perfect: the old interval covered 38%
-            (1.00, 0.97, 19, 29),
-            (0.95, 1.00, 19, 29),
-            (0.80, 0.90, 50, 99),
-            (0.99, 1.00, 5, 8)]
+SETTINGS = [
+    (0.84, 0.79, 19, 29),  # the paper's DL-US on its test set
+    (0.99, 0.99, 19, 29),  # near perfect: the old interval covered 38%
+    (1.00, 0.97, 19, 29),
+    (0.95, 1.00, 19, 29),
+    (0.80, 0.90, 50, 99),
+    (0.99, 1.00, 5, 8),
+]
 
 
 @pytest.mark.parametrize("sens, spec, m, n", SETTINGS)

@@ -53,7 +53,7 @@ def test_live_against_proc(tmp_path):
     rng = np.random.default_rng(98765)
     n = 157
     y = (rng.random(n) < 0.27).astype(int)
-    a = np.round(rng.normal(0.8 * y, 1.0), 1)       # ties
+    a = np.round(rng.normal(0.8 * y, 1.0), 1)  # ties
     b = np.round(0.5 * a + rng.normal(0.5 * y, 1.0), 1)
     np.savetxt(tmp_path / "d.csv", np.c_[y, a, b], delimiter=",", header="y,a,b", comments="", fmt="%.1f")
     script = (
@@ -67,8 +67,7 @@ def test_live_against_proc(tmp_path):
     out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=120, check=True).stdout
     ref = np.array(out.split(), float)
     r = delong_test(y, a, b)
-    ours = np.array([r.auc_a, r.auc_b, r.var_a, r.var_b, r.cov_ab, r.z, r.pvalue, *r.diff_ci[:2],
-                     *auc_ci(y, a).ci[:2]])
+    ours = np.array([r.auc_a, r.auc_b, r.var_a, r.var_b, r.cov_ab, r.z, r.pvalue, *r.diff_ci[:2], *auc_ci(y, a).ci[:2]])
     np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
 
 
@@ -96,7 +95,7 @@ def test_matches_brute_force_all_pairs(seed):
     n = int(rng.integers(8, 60))
     y = (rng.random(n) < rng.uniform(0.15, 0.6)).astype(int)
     y[:2], y[2:4] = 1, 0
-    a = rng.integers(0, 6, n) + y          # heavy ties
+    a = rng.integers(0, 6, n) + y  # heavy ties
     b = np.round(rng.normal(0.5 * y, 1), 1)
     ta, tb, S, z, p = _brute_delong(y, a.astype(float), b)
     r = delong_test(y, a, b)
@@ -140,8 +139,19 @@ def test_swap_scores_negates_z_and_label_flip():
 def test_delong_result_to_row():
     y, a, b = _data(3)
     row = delong_test(y, a, b).to_row()
-    assert {"auc_a", "auc_b", "diff", "diff_ci_low", "diff_ci_high", "diff_ci_level", "z", "pvalue", "method",
-            "n_pos", "n_neg"} <= set(row)
+    assert {
+        "auc_a",
+        "auc_b",
+        "diff",
+        "diff_ci_low",
+        "diff_ci_high",
+        "diff_ci_level",
+        "z",
+        "pvalue",
+        "method",
+        "n_pos",
+        "n_neg",
+    } <= set(row)
     assert isinstance(delong_test(y, a, b), DeLongResult)
 
 
@@ -263,8 +273,10 @@ def test_youden_threshold():
     s = np.round(rng.normal(y, 1), 1)
     t = youden_threshold(y, s)
     u = np.unique(s)
-    js = [((s >= c) & (y == 1)).sum() / y.sum() + ((s < c) & (y == 0)).sum() / (1 - y).sum() - 1
-          for c in np.r_[-np.inf, (u[:-1] + u[1:]) / 2, np.inf]]
+    js = [
+        ((s >= c) & (y == 1)).sum() / y.sum() + ((s < c) & (y == 0)).sum() / (1 - y).sum() - 1
+        for c in np.r_[-np.inf, (u[:-1] + u[1:]) / 2, np.inf]
+    ]
     pred = s >= t
     assert (pred & (y == 1)).sum() / y.sum() + (~pred & (y == 0)).sum() / (1 - y).sum() - 1 == pytest.approx(max(js))
     with warnings.catch_warnings():

@@ -58,10 +58,18 @@ def test_all_25_categorical_pvalues_of_tables_1_3(col):
     assert round(res.pvalue, 3) == pytest.approx(PAPER_PVALUES[col], abs=1e-9), (col, res)
 
 
-@pytest.mark.parametrize("col, method", [
-    ("location", "chi2_yates"), ("triple_negative", "fisher"), ("us_echo_pattern", "fisher_freeman_halton"),
-    ("us_vascularity", "fisher_freeman_halton"), ("her2", "chi2"), ("mri_lesions", "chi2"), ("mri_skin", "chi2_yates"),
-])
+@pytest.mark.parametrize(
+    "col, method",
+    [
+        ("location", "chi2_yates"),
+        ("triple_negative", "fisher"),
+        ("us_echo_pattern", "fisher_freeman_halton"),
+        ("us_vascularity", "fisher_freeman_halton"),
+        ("her2", "chi2"),
+        ("mri_lesions", "chi2"),
+        ("mri_skin", "chi2_yates"),
+    ],
+)
 def test_rule_picks_the_papers_test(col, method):
     assert categorical_test(_paper_counts(col)).method == method
 
@@ -98,8 +106,10 @@ def test_empty_levels_are_dropped():
     assert a.pvalue == b.pvalue and "1 empty level" in a.reason
 
 
-@pytest.mark.parametrize("bad, match", [([[1, 2, 3]], "shape"), ([[1, -2], [3, 4]], "non-negative"),
-                                         ([[1.5, 2], [3, 4]], "non-negative integers")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [([[1, 2, 3]], "shape"), ([[1, -2], [3, 4]], "non-negative"), ([[1.5, 2], [3, 4]], "non-negative integers")],
+)
 def test_categorical_validation(bad, match):
     with pytest.raises(DataError, match=match):
         categorical_test(bad)
@@ -122,6 +132,7 @@ def test_fisher_exact_matches_r_fisher_test(case):
 
 def test_fisher_2x2_matches_scipy():
     from scipy.stats import fisher_exact
+
     rng = np.random.default_rng(1)
     for _ in range(20):
         t = rng.integers(0, 30, size=(2, 2))
@@ -145,8 +156,10 @@ def test_fisher_refuses_huge_tables():
 def test_fisher_live_against_r(tmp_path):
     rng = np.random.default_rng(12345)
     tables = [rng.integers(0, 25, size=(int(rng.integers(2, 6)), 2)) + np.array([1, 0]) for _ in range(6)]
-    expr = ";".join(f"cat(sprintf('%.17g\\n', fisher.test(matrix(c({','.join(map(str, t.T.ravel()))}), ncol=2))$p.value))"
-                    for t in tables)
+    expr = ";".join(
+        f"cat(sprintf('%.17g\\n', fisher.test(matrix(c({','.join(map(str, t.T.ravel()))}), ncol=2))$p.value))"
+        for t in tables
+    )
     out = subprocess.run(["Rscript", "-e", expr], capture_output=True, text=True, timeout=60, check=True).stdout
     for t, p in zip(tables, map(float, out.split())):
         assert fisher_exact_rx2(t) == pytest.approx(p, abs=1e-7, rel=1e-7)
@@ -158,6 +171,7 @@ def test_continuous_normal_uses_t_test():
     a, b = rng.normal(50, 10, 149), rng.normal(53, 10, 48)
     r = continuous_test(a, b)
     from scipy.stats import ttest_ind
+
     assert r.method == "student_t" and "both groups normal" in r.reason and r.label == "Student's t-test"
     assert r.pvalue == pytest.approx(ttest_ind(a, b).pvalue, rel=1e-12)
     assert r.dof == 149 + 48 - 2
@@ -168,6 +182,7 @@ def test_continuous_skewed_uses_mann_whitney():
     a, b = rng.exponential(20, 149), rng.exponential(20, 48)
     r = continuous_test(a, b)
     from scipy.stats import mannwhitneyu
+
     assert r.method == "mann_whitney" and "Shapiro-Wilk P=" in r.reason
     assert r.pvalue == pytest.approx(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
@@ -241,8 +256,11 @@ def test_cohort_table_by_her2_and_missing_values():
     assert "[2 missing]" in t[(t.variable == "ki67") & (t.level == "")].iloc[0]["Variables"]
     assert "her2" not in set(t.variable)  # the grouping column is not compared with itself
     ki = t[(t.variable == "ki67") & (t.level != "")]
-    assert sum(int(c.split()[0]) for c in ki["HER2-positive (n = 79)"]) + \
-        sum(int(c.split()[0]) for c in ki["HER2-negative (n = 118)"]) == 195
+    assert (
+        sum(int(c.split()[0]) for c in ki["HER2-positive (n = 79)"])
+        + sum(int(c.split()[0]) for c in ki["HER2-negative (n = 118)"])
+        == 195
+    )
 
 
 def test_cohort_table_codes_as_strings_from_csv(tmp_path):
@@ -290,8 +308,16 @@ def test_cohort_tables_and_write(tmp_path, capsys):
     tabs = cohort_tables_stage(run, df)
     assert isinstance(tabs, CohortTables) and tabs.absent == [] and tabs.empty == []
     assert capsys.readouterr().out == ""  # nothing to report for a complete cohort
-    assert list(tabs.tables) == ["table1_clinical", "table2_us", "table3_mri", "table1_clinical_by_her2",
-                                 "table2_us_by_her2", "table3_mri_by_her2", "tests", "pvalues_vs_paper"]
+    assert list(tabs.tables) == [
+        "table1_clinical",
+        "table2_us",
+        "table3_mri",
+        "table1_clinical_by_her2",
+        "table2_us_by_her2",
+        "table3_mri_by_her2",
+        "tests",
+        "pvalues_vs_paper",
+    ]
     cmp = tabs["pvalues_vs_paper"]
     assert len(cmp) == 27 and cmp.loc[~cmp.variable.isin(["age", "mri_size_mm"]), "match"].all()
     assert sorted(p.name for p in run.tables.iterdir()) == sorted(f"{name}.csv" for name in tabs.tables)
@@ -305,8 +331,9 @@ def test_cohort_tables_test_each_variable_once(monkeypatch):
     calls = []
     for name in ("categorical_test", "continuous_test"):
         fn = getattr(tables_module, name)
-        monkeypatch.setattr(tables_module, name,
-                            lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+        monkeypatch.setattr(
+            tables_module, name, lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k)
+        )
     tabs = cohort_tables(df)
     assert len(calls) == len(tabs["tests"]) == 2 * 27 - 1  # by split and by HER2 status (no HER2 row by HER2)
     monkeypatch.undo()

@@ -60,7 +60,7 @@ def test_matches_brute_force(seed):
     ta, va = _brute_var(ya, a.astype(float))
     tb, vb = _brute_var(yb, b)
     d = (ta - tb) / np.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
     r = delong_test_unpaired(ya, a, yb, b)
     assert (r.auc_a, r.auc_b, r.var_a, r.var_b) == pytest.approx((ta, tb, va, vb), abs=1e-12)
     assert r.statistic == pytest.approx(d, abs=1e-10) and r.df == pytest.approx(df, rel=1e-12)
@@ -78,8 +78,19 @@ def test_swap_negates_statistic_and_result_row():
     assert s.statistic == pytest.approx(-r.statistic) and s.pvalue == pytest.approx(r.pvalue)
     assert s.df == pytest.approx(r.df)
     row = r.to_row()
-    assert {"auc_a", "auc_b", "diff", "statistic", "df", "pvalue", "n_pos_a", "n_neg_a", "n_pos_b", "n_neg_b",
-            "method"} <= set(row)
+    assert {
+        "auc_a",
+        "auc_b",
+        "diff",
+        "statistic",
+        "df",
+        "pvalue",
+        "n_pos_a",
+        "n_neg_a",
+        "n_pos_b",
+        "n_neg_b",
+        "method",
+    } <= set(row)
     assert isinstance(r, UnpairedDeLongResult) and "paired = FALSE" in r.method
 
 

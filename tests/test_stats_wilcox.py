@@ -90,12 +90,18 @@ def test_method_validation():
 @pytest.mark.skipif(shutil.which("Rscript") is None, reason="Rscript not installed")
 def test_live_against_r():
     rng = np.random.default_rng(31337)
-    cases = [(np.round(rng.normal(0, 1, 11), 6), np.round(rng.normal(1, 1, 17), 6)),   # exact
-             (np.round(rng.normal(50, 9, 30)), np.round(rng.normal(55, 9, 21))),          # ties
-             (np.round(rng.normal(0, 1, 60), 6), np.round(rng.normal(0.3, 1, 12), 6))]    # n >= 50
-    expr = ";".join(f"cat(sprintf('%.17g\\n', wilcox.test(c({','.join(map(repr, a.tolist()))}), "
-                    f"c({','.join(map(repr, b.tolist()))}))$p.value))" for a, b in cases)
-    out = subprocess.run(["Rscript", "-e", f"suppressWarnings({{{expr}}})"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    cases = [
+        (np.round(rng.normal(0, 1, 11), 6), np.round(rng.normal(1, 1, 17), 6)),  # exact
+        (np.round(rng.normal(50, 9, 30)), np.round(rng.normal(55, 9, 21))),  # ties
+        (np.round(rng.normal(0, 1, 60), 6), np.round(rng.normal(0.3, 1, 12), 6)),
+    ]  # n >= 50
+    expr = ";".join(
+        f"cat(sprintf('%.17g\\n', wilcox.test(c({','.join(map(repr, a.tolist()))}), "
+        f"c({','.join(map(repr, b.tolist()))}))$p.value))"
+        for a, b in cases
+    )
+    out = subprocess.run(
+        ["Rscript", "-e", f"suppressWarnings({{{expr}}})"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     for (a, b), p in zip(cases, map(float, out.split())):
         assert continuous_test(a, b, method="mann_whitney").pvalue == pytest.approx(p, rel=1e-12)

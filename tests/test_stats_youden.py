@@ -72,8 +72,7 @@ def test_tie_break_is_lowest_threshold():
     # -inf, 2.5 and +inf all have J = 0 (pROC returns all three); the first, -inf, is returned
     assert youden_threshold([1, 0, 1, 0], [1, 2, 3, 4]) == -np.inf
     # two interior maxima: the lower threshold (higher sensitivity)
-    assert youden_threshold([0, 0, 0, 1, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8]) == \
-        pytest.approx(0.325)
+    assert youden_threshold([0, 0, 0, 1, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8]) == pytest.approx(0.325)
 
 
 def test_proc_midpoint_rounding_rule():
@@ -114,11 +113,13 @@ def test_live_against_proc(tmp_path):
         cases.append((y, s))
     for i, (y, s) in enumerate(cases):
         np.savetxt(tmp_path / f"d{i}.csv", np.c_[y, s], delimiter=",", header="y,s", comments="", fmt="%.1f")
-    script = ("suppressPackageStartupMessages(library(pROC));"
-              f"for (i in 0:{len(cases) - 1}) {{ d<-read.csv(sprintf('{tmp_path}/d%d.csv', i));"
-              "r<-roc(d$y,d$s,levels=c(0,1),direction='<',quiet=TRUE);"
-              "b<-coords(r,'best',best.method='youden',ret='threshold',transpose=FALSE);"
-              "cat(sprintf('%.17g', b$threshold[1]), '\\n') }")
+    script = (
+        "suppressPackageStartupMessages(library(pROC));"
+        f"for (i in 0:{len(cases) - 1}) {{ d<-read.csv(sprintf('{tmp_path}/d%d.csv', i));"
+        "r<-roc(d$y,d$s,levels=c(0,1),direction='<',quiet=TRUE);"
+        "b<-coords(r,'best',best.method='youden',ret='threshold',transpose=FALSE);"
+        "cat(sprintf('%.17g', b$threshold[1]), '\\n') }"
+    )
     out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, timeout=120, check=True).stdout
     for (y, s), ref in zip(cases, map(float, out.split())):
         t = youden_threshold(y, s)

@@ -57,8 +57,10 @@ def test_paper_count_agreement(table197):
 
 
 def test_continuous_quantiles_197(table197):
-    expect = {"train": {"age": [46, 51, 58], "mri_size_mm": [17, 23, 29]},
-              "test": {"age": [46, 50, 57], "mri_size_mm": [16.75, 21, 26]}}
+    expect = {
+        "train": {"age": [46, 51, 58], "mri_size_mm": [17, 23, 29]},
+        "test": {"age": [46, 50, 57], "mri_size_mm": [16.75, 21, 26]},
+    }
     for split, cols in expect.items():
         sub = table197[table197["split"] == split]
         for col, q in cols.items():
@@ -160,21 +162,36 @@ def test_oracle_auc_theory_and_empirical(tiny_cohort):
     assert set(emp) == {"latent", "us", "mri", "fused"} and all(0 <= v <= 1 for v in emp.values())
     big = synth.make_table(400, seed=0)
     from sklearn.metrics import roc_auc_score
+
     assert roc_auc_score(big["her2"], big["_s_us"]) == pytest.approx(th["us"], abs=0.05)
 
 
 def _row(**kw):
-    base = dict(mri_size_mm=22, us_orientation="parallel", us_shape="round_oval", us_margin="circumscribed",
-                us_echo_pattern="hypoechoic", us_posterior="none", us_calcifications="absent", _s_us=0.0,
-                mri_shape="round_oval", mri_margin="circumscribed", mri_enhancement="homogeneous",
-                mri_lesions="single", mri_nonmass="absent", mri_skin="absent", mri_nipple="absent", _s_mri=0.0)
+    base = dict(
+        mri_size_mm=22,
+        us_orientation="parallel",
+        us_shape="round_oval",
+        us_margin="circumscribed",
+        us_echo_pattern="hypoechoic",
+        us_posterior="none",
+        us_calcifications="absent",
+        _s_us=0.0,
+        mri_shape="round_oval",
+        mri_margin="circumscribed",
+        mri_enhancement="homogeneous",
+        mri_lesions="single",
+        mri_nonmass="absent",
+        mri_skin="absent",
+        mri_nipple="absent",
+        _s_mri=0.0,
+    )
     base.update(kw)
     return base
 
 
 def _below_lesion_mean(img, mask):
     ys, xs = np.nonzero(mask)
-    return img[ys.max() + 5: ys.max() + 40, xs.min(): xs.max()].mean()
+    return img[ys.max() + 5 : ys.max() + 40, xs.min() : xs.max()].mean()
 
 
 def test_us_image_follows_columns():
@@ -199,6 +216,7 @@ def test_mri_enhancement_follows_her2_score():
     lo, m = rend(_s_mri=-3.0)
     hi, _ = rend(_s_mri=3.0)
     from scipy import ndimage
+
     core = ndimage.binary_erosion(m, iterations=2)
     rim = m.astype(bool) & ~core
     assert hi[rim].mean() > lo[rim].mean()  # stronger enhancement
@@ -220,8 +238,11 @@ def test_continuous_p_values_match_paper_197(table197):
     the paper's rule picks (Mann-Whitney: not both groups normal by Shapiro-Wilk) and R's wilcox.test P value."""
     from her2lib.stats.tables import PAPER_PVALUES, continuous_test
 
-    assert synth.PAPER_MW_P == {c: PAPER_PVALUES[c] for c in ("age", "mri_size_mm")} == \
-        {"age": 0.704, "mri_size_mm": 0.243}
+    assert (
+        synth.PAPER_MW_P
+        == {c: PAPER_PVALUES[c] for c in ("age", "mri_size_mm")}
+        == {"age": 0.704, "mri_size_mm": 0.243}
+    )
     tr, te = table197[table197["split"] == "train"], table197[table197["split"] == "test"]
     for col, printed in synth.PAPER_MW_P.items():
         a, b = tr[col].to_numpy(float), te[col].to_numpy(float)
@@ -257,14 +278,20 @@ def _roi_geometry(n_patients: int, mri_shape: tuple) -> pd.DataFrame:
         res = roi.mri_roi(m.astype(np.float32), m, spacing=k.mri_spacing, margin=35, margin_unit="mm", size=4)
         (_, _), (y0, y1), (x0, x1) = res.box
         z, y, x = (np.nonzero(m)[j].mean() * k.mri_spacing[j] for j in range(3))
-        rows.append({"location": r["location"], "clipped": any(res.clipped), "cx_mm": x, "cy_mm": y,
-                     "share": (y1 - y0) * (x1 - x0) / (mri_shape[1] * mri_shape[2]),
-                     "lesion_frac": (np.ptp(np.nonzero(m)[2]) + 1) / (x1 - x0)})
+        rows.append(
+            {
+                "location": r["location"],
+                "clipped": any(res.clipped),
+                "cx_mm": x,
+                "cy_mm": y,
+                "share": (y1 - y0) * (x1 - x0) / (mri_shape[1] * mri_shape[2]),
+                "lesion_frac": (np.ptp(np.nonzero(m)[2]) + 1) / (x1 - x0),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("n_patients, mri_shape", [(197, (80, 128, 128)), (48, (24, 64, 64))],
-                         ids=["default", "smoke"])
+@pytest.mark.parametrize("n_patients, mri_shape", [(197, (80, 128, 128)), (48, (24, 64, 64))], ids=["default", "smoke"])
 def test_mri_roi_is_a_crop_not_the_field_of_view(n_patients, mri_shape):
     """Default and smoke profiles (cohort size, MRI shape, 35 mm margin): the box covers a small part of the slice
     and the field of view cuts it for at most 10 % of patients (before: the whole slice, every patient)."""

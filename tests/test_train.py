@@ -28,17 +28,22 @@ def _cohort(n_train=16, n_test=6, seed=0):
     rng = np.random.default_rng(seed)
     n = n_train + n_test
     her2 = np.r_[np.tile([0, 1], n_train // 2), np.tile([0, 1], n_test // 2)]
-    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
-                       "split": ["train"] * n_train + ["test"] * n_test, "her2": her2})
+    df = pd.DataFrame(
+        {"patient_id": [f"P{i:03d}" for i in range(n)], "split": ["train"] * n_train + ["test"] * n_test, "her2": her2}
+    )
     return df, rng
 
 
 def test_assign_folds_stratified_disjoint_deterministic():
     rng = np.random.default_rng(0)
     n = 197
-    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
-                       "split": np.where(rng.random(n) < 0.75, "train", "test"),
-                       "her2": (rng.random(n) < 0.4).astype(int)})
+    df = pd.DataFrame(
+        {
+            "patient_id": [f"P{i:03d}" for i in range(n)],
+            "split": np.where(rng.random(n) < 0.75, "train", "test"),
+            "her2": (rng.random(n) < 0.4).astype(int),
+        }
+    )
     f = train.assign_folds(df, n_folds=4, seed=0)
     assert (f[df.split == "test"] == -1).all()
     tr = df.split == "train"
@@ -101,8 +106,9 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
         train.run_cv(df, x, cfg, tc, folds, tmp_path / "run", progress=False, epoch_hook=interrupt)
     assert (tmp_path / "run" / "fold0.pt").exists() and (tmp_path / "run" / "fold1_state.pt").exists()
     seen = []
-    res = train.run_cv(df, x, cfg, tc, folds, tmp_path / "run", progress=False,
-                       epoch_hook=lambda f, e, r: seen.append((f, e)))
+    res = train.run_cv(
+        df, x, cfg, tc, folds, tmp_path / "run", progress=False, epoch_hook=lambda f, e, r: seen.append((f, e))
+    )
     assert seen == [(1, 1), (1, 2)]  # fold 0 reused, fold 1 resumed after epoch 0
     pd.testing.assert_frame_equal(res.oof, ref.oof)
     pd.testing.assert_frame_equal(res.test, ref.test)
@@ -133,13 +139,15 @@ def test_changed_config_retrains(tmp_path):
     tc = _us(epochs=1, batch_size=4, mixup=False)
     train.run_cv(df, x, cfg, tc, folds, tmp_path, progress=False)
     seen = []
-    train.run_cv(df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False,
-                 epoch_hook=lambda f, e, r: seen.append(f))
+    train.run_cv(
+        df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False, epoch_hook=lambda f, e, r: seen.append(f)
+    )
     assert seen == [0, 1]  # a changed training setting retrains
     seen.clear()
     cfg.drop_path_rate = 0.2
-    train.run_cv(df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False,
-                 epoch_hook=lambda f, e, r: seen.append(f))
+    train.run_cv(
+        df, x, cfg, replace(tc, lr=1e-3), folds, tmp_path, progress=False, epoch_hook=lambda f, e, r: seen.append(f)
+    )
     assert seen == [0, 1]  # so does a changed architecture
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["config"]["drop_path_rate"] == 0.2 and saved["training"]["lr"] == 1e-3  # both recorded
@@ -160,8 +168,9 @@ def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train.cv, "fit_fold", spy)
     cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
-    res = train.run_cv(df, x, cfg, replace(MRI_TRAINING, epochs=1, batch_size=4, lr=1e-3), folds, tmp_path,
-                       progress=False)
+    res = train.run_cv(
+        df, x, cfg, replace(MRI_TRAINING, epochs=1, batch_size=4, lr=1e-3), folds, tmp_path, progress=False
+    )
     test_ids = set(df.patient_id[df.split == "test"])
     assert fitted and not (set(fitted) & test_ids)
     assert set(res.test.patient_id) == test_ids and res.test.p_her2.between(0, 1).all()
@@ -195,8 +204,7 @@ def test_mixed_precision_path_runs_on_cpu(tmp_path):
 # ----------------------------------------------------------------------------------------- epoch selection (issue 9.5)
 def test_inner_split_stratified_deterministic_order_free():
     rng = np.random.default_rng(3)
-    rows = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(112)],
-                         "her2": (rng.random(112) < 0.4).astype(int)})
+    rows = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(112)], "her2": (rng.random(112) < 0.4).astype(int)})
     tr, sel = train.inner_split(rows, 0.2, seed=7)
     assert len(sel) == 22 and len(tr) == 90 and not set(tr) & set(sel)
     assert set(tr) | set(sel) == set(range(112))
@@ -227,8 +235,9 @@ def test_selection_set_and_heldout_fold(tmp_path, monkeypatch, selection):
 
     monkeypatch.setattr(train.cv, "fit_fold", spy)
     cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
-    res = train.run_cv(df, x, cfg, _us(epochs=2, batch_size=4, mixup=False), folds, tmp_path, progress=False,
-                       selection=selection)
+    res = train.run_cv(
+        df, x, cfg, _us(epochs=2, batch_size=4, mixup=False), folds, tmp_path, progress=False, selection=selection
+    )
     for k, fit_ids, sel_ids in calls:
         heldout = set(df.patient_id[folds == k])
         assert not fit_ids & sel_ids and not fit_ids & heldout
@@ -268,13 +277,33 @@ def test_changed_heldout_label_is_not_reused(tmp_path):
     xt, xv = torch.as_tensor(x[tr.index]), torch.as_tensor(x[va.index])
     train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False)
     seen = []
-    train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path / "f", progress=False,
-                   epoch_hook=lambda f, e, r: seen.append(e))
+    train.fit_fold(
+        cfg,
+        tc,
+        xt,
+        tr,
+        xv,
+        va,
+        fold=0,
+        out_dir=tmp_path / "f",
+        progress=False,
+        epoch_hook=lambda f, e, r: seen.append(e),
+    )
     assert seen == []  # identical inputs: reused
     va2 = va.copy()
     va2.iloc[0, va2.columns.get_loc("her2")] = 1 - va2.iloc[0]["her2"]
-    train.fit_fold(cfg, tc, xt, tr, xv, va2, fold=0, out_dir=tmp_path / "f", progress=False,
-                   epoch_hook=lambda f, e, r: seen.append(e))
+    train.fit_fold(
+        cfg,
+        tc,
+        xt,
+        tr,
+        xv,
+        va2,
+        fold=0,
+        out_dir=tmp_path / "f",
+        progress=False,
+        epoch_hook=lambda f, e, r: seen.append(e),
+    )
     assert seen == [0]  # retrained
     # run_cv, inner selection: flipping one held-out label of fold 1 retrains fold 1 (fit/selection sets unchanged)
     out = tmp_path / "cv"
@@ -291,16 +320,18 @@ def test_test_folds_hold_each_fold_model(tmp_path):
     df, rng = _cohort(16, 6)
     x = _us_inputs(df, rng)
     cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
-    res = train.run_cv(df, x, cfg, _us(epochs=1, batch_size=4, mixup=False), train.assign_folds(df, 2),
-                       tmp_path / "m", progress=False)
+    res = train.run_cv(
+        df, x, cfg, _us(epochs=1, batch_size=4, mixup=False), train.assign_folds(df, 2), tmp_path / "m", progress=False
+    )
     tf = res.test_folds
     assert list(tf.columns) == list(contract.TEST_FOLD_COLUMNS) and len(tf) == 12
     mean = tf.groupby("patient_id").p_her2.mean()
     np.testing.assert_allclose(mean.loc[res.test.patient_id].to_numpy(), res.test.p_her2.to_numpy(), atol=1e-15)
     m1 = train.load_fold_model(tmp_path / "m", 1)
     xt = torch.as_tensor(x[df.split.to_numpy() == "test"])
-    np.testing.assert_allclose(tf[tf.model_fold == 1].sort_values("patient_id").p_her2.to_numpy(),
-                               train.predict_proba(m1, xt), atol=1e-12)
+    np.testing.assert_allclose(
+        tf[tf.model_fold == 1].sort_values("patient_id").p_her2.to_numpy(), train.predict_proba(m1, xt), atol=1e-12
+    )
     paths = train.write_predictions(res, tmp_path / "pred", "us")
     assert paths[-1].name == "us_test_folds.csv"
 

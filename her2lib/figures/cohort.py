@@ -22,8 +22,9 @@ from ..io import save_figure
 __all__ = ["cohort_gallery"]
 
 
-def _zoom_inset(ax, img: np.ndarray, mask: np.ndarray, spacing: Sequence[float], colour: str, aspect: float,
-                window_mm: float = 60.0) -> None:
+def _zoom_inset(
+    ax, img: np.ndarray, mask: np.ndarray, spacing: Sequence[float], colour: str, aspect: float, window_mm: float = 60.0
+) -> None:
     """An inset of a ``window_mm`` square around the lesion (framed on the full slice), in the lower corner away
     from the lesion."""
     ys, xs = np.nonzero(mask)
@@ -83,8 +84,9 @@ def _gallery_panel(ax, row: pd.Series, cls: int, m: str) -> None:
     ax.set_title(f"{row['patient_id']} {m.upper()}\nHER2{'+' if cls else '-'}", fontsize=7)
 
 
-def cohort_gallery(df: pd.DataFrame, path: str | os.PathLike | None = None, *, n_per_class: int = 3,
-                   seed: int = 0) -> Figure:
+def cohort_gallery(
+    df: pd.DataFrame, path: str | os.PathLike | None = None, *, n_per_class: int = 3, seed: int = 0
+) -> Figure:
     """Gallery of cases by HER2 status: US image and the MRI slice through the lesion (with a zoomed inset of a
     60 mm window around the lesion), mask contours.
 

@@ -23,8 +23,14 @@ from ._style import MODEL_COLORS, style
 __all__ = ["plot_roc", "plot_performance", "plot_calibration", "plot_decision_curve"]
 
 
-def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
-             path: str | os.PathLike | None = None, *, dpi: int = 300, svg: bool = True) -> Figure:
+def plot_roc(
+    preds: Mapping[str, ModelPredictions],
+    performance: pd.DataFrame,
+    path: str | os.PathLike | None = None,
+    *,
+    dpi: int = 300,
+    svg: bool = True,
+) -> Figure:
     """Figure 3A: test-cohort ROC curves, legend with AUC and its 95% CI (method named in the legend title).
 
     Returns
@@ -39,11 +45,18 @@ def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
         for key, mp in preds.items():
             pts = roc_points(mp.test["her2"], mp.test["p_her2"])
             r = perf.loc[key]
-            ax.plot(pts.fpr, pts.tpr, color=MODEL_COLORS.get(key), lw=2, drawstyle="default",
-                    label=f"{mp.label}: AUC {r['auc']:.3f} ({r['auc_ci_low']:.3f}\u2013{r['auc_ci_high']:.3f})")
+            ax.plot(
+                pts.fpr,
+                pts.tpr,
+                color=MODEL_COLORS.get(key),
+                lw=2,
+                drawstyle="default",
+                label=f"{mp.label}: AUC {r['auc']:.3f} ({r['auc_ci_low']:.3f}\u2013{r['auc_ci_high']:.3f})",
+            )
             # operating point at the OOF Youden threshold (averaged over the fold models when per-fold files exist)
-            ax.plot(1 - r["specificity"], r["sensitivity"], "o", color=MODEL_COLORS.get(key), ms=7, mec="white",
-                    mew=1.2)
+            ax.plot(
+                1 - r["specificity"], r["sensitivity"], "o", color=MODEL_COLORS.get(key), ms=7, mec="white", mew=1.2
+            )
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
@@ -54,8 +67,11 @@ def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
         method = str(perf["auc_ci_method"].iloc[0]).split(" (")[0]
         ax.legend(loc="lower right", title=f"AUC (95% CI, {method})", title_fontsize=9.5, frameon=False)
         per_fold = "threshold_rule" in perf and str(perf["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"]
-        note = ("\u25cf operating point at the training-OOF\nYouden threshold (mean of the fold models)" if per_fold
-                else "\u25cf operating point at the\ntraining-OOF Youden threshold")
+        note = (
+            "\u25cf operating point at the training-OOF\nYouden threshold (mean of the fold models)"
+            if per_fold
+            else "\u25cf operating point at the\ntraining-OOF Youden threshold"
+        )
         ax.text(0.99, 0.36, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="0.35")
         ax.grid(alpha=0.25)
         if path is not None:
@@ -63,12 +79,20 @@ def plot_roc(preds: Mapping[str, ModelPredictions], performance: pd.DataFrame,
     return fig
 
 
-_METRIC_LABELS = (("auc", "AUC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"),
-                  ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV"), ("f1", "F1"))
+_METRIC_LABELS = (
+    ("auc", "AUC"),
+    ("accuracy", "Accuracy"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+    ("f1", "F1"),
+)
 
 
-def plot_performance(performance: pd.DataFrame, path: str | os.PathLike | None = None, *, dpi: int = 300,
-                     svg: bool = False) -> Figure:
+def plot_performance(
+    performance: pd.DataFrame, path: str | os.PathLike | None = None, *, dpi: int = 300, svg: bool = False
+) -> Figure:
     """Figure 3B: grouped bars of AUC, accuracy, sensitivity, specificity, PPV, NPV and F1 per model, with 95% CI
     error bars and the value printed above each bar.
 
@@ -88,33 +112,61 @@ def plot_performance(performance: pd.DataFrame, path: str | os.PathLike | None =
             hi = np.array([r[f"{m}_ci_high"] for m, _ in _METRIC_LABELS], dtype=float)
             err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
             pos = x - 0.4 + width * (i + 0.5)
-            ax.bar(pos, np.nan_to_num(vals), width * 0.92, color=MODEL_COLORS.get(r["model"]),
-                   label=f"{r['label']} (threshold {r['threshold']:.2f})", yerr=np.nan_to_num(err),
-                   error_kw=dict(elinewidth=0.9, capsize=2, ecolor="0.25"))
+            ax.bar(
+                pos,
+                np.nan_to_num(vals),
+                width * 0.92,
+                color=MODEL_COLORS.get(r["model"]),
+                label=f"{r['label']} (threshold {r['threshold']:.2f})",
+                yerr=np.nan_to_num(err),
+                error_kw=dict(elinewidth=0.9, capsize=2, ecolor="0.25"),
+            )
             for xp, v in zip(pos, vals):
                 dark = not np.isfinite(v) or v < 0.15  # short bar: print above it in dark ink
-                ax.text(xp, (np.nan_to_num(v) + 0.02) if dark else 0.02,
-                        "NA" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="bottom", fontsize=7.5,
-                        rotation=90, color="0.15" if dark else "white", fontweight="bold")
+                ax.text(
+                    xp,
+                    (np.nan_to_num(v) + 0.02) if dark else 0.02,
+                    "NA" if not np.isfinite(v) else f"{v:.2f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7.5,
+                    rotation=90,
+                    color="0.15" if dark else "white",
+                    fontweight="bold",
+                )
         ax.set_xticks(x, [lab for _, lab in _METRIC_LABELS])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("Value (95% CI)")
         method = str(performance["auc_ci_method"].iloc[0]).split(" (")[0] if len(performance) else ""
-        per_fold = ("threshold_rule" in performance and len(performance)
-                    and str(performance["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"])
-        ax.set_title("Diagnostic performance, test cohort (thresholds: Youden on training OOF"
-                     + ("; metrics: mean of the fold models)" if per_fold else ")"))
+        per_fold = (
+            "threshold_rule" in performance
+            and len(performance)
+            and str(performance["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"]
+        )
+        ax.set_title(
+            "Diagnostic performance, test cohort (thresholds: Youden on training OOF"
+            + ("; metrics: mean of the fold models)" if per_fold else ")")
+        )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=n_models, frameon=False)
-        ax.text(1.0, -0.2, f"AUC CI: {method}; proportions: Clopper-Pearson; F1: see performance.csv",
-                transform=ax.transAxes, ha="right", va="top", fontsize=8.5, color="0.35")
+        ax.text(
+            1.0,
+            -0.2,
+            f"AUC CI: {method}; proportions: Clopper-Pearson; F1: see performance.csv",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8.5,
+            color="0.35",
+        )
         ax.grid(axis="y", alpha=0.25)
         if path is not None:
             save_figure(fig, path, dpi, svg=svg)
     return fig
 
 
-def plot_calibration(preds: Mapping[str, ModelPredictions], path: str | os.PathLike | None = None, *,
-                     n_bins: int = 5, dpi: int = 300) -> Figure:
+def plot_calibration(
+    preds: Mapping[str, ModelPredictions], path: str | os.PathLike | None = None, *, n_bins: int = 5, dpi: int = 300
+) -> Figure:
     """Reliability curves (quantile bins, observed fraction with 95% CI) of each model on the test cohort, with
     the Brier score in the legend and the distribution of predictions underneath.
 
@@ -131,10 +183,18 @@ def plot_calibration(preds: Mapping[str, ModelPredictions], path: str | os.PathL
             y, p = mp.test["her2"].to_numpy(), mp.test["p_her2"].to_numpy()
             cc = calibration_curve(y, p, n_bins=n_bins)
             off = (j - (len(preds) - 1) / 2) * 0.008
-            ax.errorbar(cc.mean_predicted + off, cc.observed,
-                        yerr=[cc.observed - cc.observed_ci_low, cc.observed_ci_high - cc.observed],
-                        fmt="o-", color=MODEL_COLORS.get(key), lw=1.6, ms=5, capsize=2, elinewidth=0.8,
-                        label=f"{mp.label} (Brier {brier_score(y, p):.3f})")
+            ax.errorbar(
+                cc.mean_predicted + off,
+                cc.observed,
+                yerr=[cc.observed - cc.observed_ci_low, cc.observed_ci_high - cc.observed],
+                fmt="o-",
+                color=MODEL_COLORS.get(key),
+                lw=1.6,
+                ms=5,
+                capsize=2,
+                elinewidth=0.8,
+                label=f"{mp.label} (Brier {brier_score(y, p):.3f})",
+            )
             axh.hist(p, bins=bins, histtype="step", lw=1.5, color=MODEL_COLORS.get(key))
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.02, 1.02)
@@ -149,8 +209,13 @@ def plot_calibration(preds: Mapping[str, ModelPredictions], path: str | os.PathL
     return fig
 
 
-def plot_decision_curve(preds: Mapping[str, ModelPredictions], path: str | os.PathLike | None = None, *,
-                        dpi: int = 300, max_threshold: float = 0.9) -> Figure:
+def plot_decision_curve(
+    preds: Mapping[str, ModelPredictions],
+    path: str | os.PathLike | None = None,
+    *,
+    dpi: int = 300,
+    max_threshold: float = 0.9,
+) -> Figure:
     """Decision curves (net benefit vs threshold probability) of each model on the test cohort, with
     treat-all and treat-none.
 

@@ -23,8 +23,10 @@ __all__ = ["plot_gradcam_us", "plot_gradcam_mri"]
 
 _OUTCOME_NAMES = {"TP": "true positive", "FP": "false positive", "TN": "true negative", "FN": "false negative"}
 _CAM_LABEL = "Grad-CAM (max-normalised)"
-_ENSEMBLE_NOTE = ("Map: mean of the fold models' max-normalised Grad-CAMs, re-normalised (not the Grad-CAM of "
-                  "the averaged prediction), mapped from the ROI back onto the image.")
+_ENSEMBLE_NOTE = (
+    "Map: mean of the fold models' max-normalised Grad-CAMs, re-normalised (not the Grad-CAM of "
+    "the averaged prediction), mapped from the ROI back onto the image."
+)
 
 
 def _title(case: Mapping) -> str:
@@ -38,27 +40,34 @@ def _check_case(case: Mapping, ndim: int, what: str) -> tuple[np.ndarray, np.nda
     """Validate one figure case (source-geometry arrays); return image, mask, cam, box, spacing."""
     missing = [k for k in ("image", "mask", "cam", "box", "patient_id", "her2", "p_her2") if k not in case]
     if missing:
-        raise ParameterError(f"{what}: a case lacks {missing}; each case needs image, mask, cam (source geometry, "
-                             "see cam_to_source), box, patient_id, her2, p_her2 and outcome.")
+        raise ParameterError(
+            f"{what}: a case lacks {missing}; each case needs image, mask, cam (source geometry, "
+            "see cam_to_source), box, patient_id, her2, p_her2 and outcome."
+        )
     img = np.asarray(case["image"], dtype=float)
     mask = np.asarray(case["mask"]) > 0
     cam = np.asarray(case["cam"], dtype=float)
     if img.ndim != ndim or mask.shape != img.shape or cam.shape != img.shape:
-        raise ParameterError(f"{what}: patient {case['patient_id']}: image {img.shape}, mask {mask.shape} and cam "
-                             f"{cam.shape} must be the same {ndim}-D source grid; map a ROI-frame Grad-CAM back "
-                             "with cam_to_source(cam, box, image.shape).")
+        raise ParameterError(
+            f"{what}: patient {case['patient_id']}: image {img.shape}, mask {mask.shape} and cam "
+            f"{cam.shape} must be the same {ndim}-D source grid; map a ROI-frame Grad-CAM back "
+            "with cam_to_source(cam, box, image.shape)."
+        )
     box = tuple((int(a), int(b)) for a, b in case["box"])
     if len(box) != ndim:
         raise ParameterError(f"{what}: patient {case['patient_id']}: box {box} needs {ndim} (start, stop) pairs.")
     spacing = tuple(float(s) for s in case.get("spacing", (1.0,) * ndim))
     if len(spacing) != ndim or any(not np.isfinite(s) or s <= 0 for s in spacing):
-        raise ParameterError(f"{what}: patient {case['patient_id']}: spacing {spacing} needs {ndim} positive "
-                             "values (mm, source axis order).")
+        raise ParameterError(
+            f"{what}: patient {case['patient_id']}: spacing {spacing} needs {ndim} positive "
+            "values (mm, source axis order)."
+        )
     return img, mask, cam, box, spacing
 
 
-def _view_window(box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float],
-                 context: float) -> tuple[slice, ...]:
+def _view_window(
+    box: Sequence[tuple[int, int]], shape: Sequence[int], spacing: Sequence[float], context: float
+) -> tuple[slice, ...]:
     """The box widened on every side by ``context`` x its largest physical extent, clipped to the image."""
     ext_mm = max((b - a) * s for (a, b), s in zip(box, spacing))
     out = []
@@ -77,7 +86,7 @@ def _panel(ax, img2d, mask2d, cam2d, rect, aspect, show_cam, alpha, origin="uppe
     if show_cam:
         (r0, r1), (c0, c1) = rect
         inside = np.zeros(cam2d.shape, bool)
-        inside[max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+        inside[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
         im = ax.imshow(np.ma.masked_where(~inside, cam2d), cmap="jet", alpha=alpha, vmin=0, vmax=1, **kw)
     if mask2d.any():  # explicit pixel-centre coordinates: contour's own `origin` shifts by half a pixel
         rows, cols = np.arange(mask2d.shape[0]), np.arange(mask2d.shape[1])
@@ -103,8 +112,16 @@ def _colorbar(fig, axes, **kw):
     return cb
 
 
-def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = None, *, alpha: float = 0.45,
-                    dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
+def plot_gradcam_us(
+    cases: Sequence[Mapping],
+    path: str | os.PathLike | None = None,
+    *,
+    alpha: float = 0.45,
+    dpi: int = 200,
+    note: str | None = None,
+    layer: str | None = None,
+    context: float = 0.15,
+):
     """Figure 4 (US): each case's ultrasound image with the lesion outline, and with its Grad-CAM, in the
     source image's geometry.
 
@@ -155,15 +172,29 @@ def plot_gradcam_us(cases: Sequence[Mapping], path: str | os.PathLike | None = N
     _colorbar(fig, axes.ravel().tolist(), shrink=0.45, pad=0.02, anchor=(0.0, 0.1))
     lay = f", layer '{layer}'" if layer else ""
     fig.suptitle(f"DL-US Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
-    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box) the model saw.",
-                  _ENSEMBLE_NOTE, note or ""])
+    _footer(
+        fig,
+        [
+            "White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box) the model saw.",
+            _ENSEMBLE_NOTE,
+            note or "",
+        ],
+    )
     if path is not None:
         save_figure(fig, path, dpi)
     return fig
 
 
-def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = None, *, alpha: float = 0.45,
-                     dpi: int = 200, note: str | None = None, layer: str | None = None, context: float = 0.15):
+def plot_gradcam_mri(
+    cases: Sequence[Mapping],
+    path: str | os.PathLike | None = None,
+    *,
+    alpha: float = 0.45,
+    dpi: int = 200,
+    note: str | None = None,
+    layer: str | None = None,
+    context: float = 0.15,
+):
     """Figure 4 (MRI): each case's axial source slice through the lesion (largest lesion area), alone and with
     its Grad-CAM, and a coronal reformat with the Grad-CAM, in the source volume's geometry.
 
@@ -213,8 +244,17 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
         _panel(axes[i, 1], img_ax, mask_ax, cam_ax, rect_ax, sp[1] / sp[2], True, alpha)
         # coronal reformat: rows = z (drawn upwards), columns = x
         rect_co = ((z0 - wz.start, z1 - wz.start), (x0 - wx.start, x1 - wx.start))
-        _panel(axes[i, 2], vol[wz, cy, wx], mask[wz, cy, wx], cam[wz, cy, wx], rect_co, sp[0] / sp[2], True,
-               alpha, origin="lower")
+        _panel(
+            axes[i, 2],
+            vol[wz, cy, wx],
+            mask[wz, cy, wx],
+            cam[wz, cy, wx],
+            rect_co,
+            sp[0] / sp[2],
+            True,
+            alpha,
+            origin="lower",
+        )
         axes[i, 0].set_ylabel(_title(case), fontsize=9.5)
         axes[i, 0].set_title(f"axial z = {z} (largest lesion area)", fontsize=9)
         axes[i, 1].set_title(f"axial z = {z}, Grad-CAM", fontsize=9)
@@ -222,8 +262,15 @@ def plot_gradcam_mri(cases: Sequence[Mapping], path: str | os.PathLike | None = 
     _colorbar(fig, axes.ravel().tolist(), shrink=min(0.6, 2.0 / n), pad=0.02)
     lay = f", layer '{layer}'" if layer else ""
     fig.suptitle(f"DL-MRI Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
-    _footer(fig, ["White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box; z = the lesion's "
-                  "slices). Pixels drawn to scale from the voxel spacing.", _ENSEMBLE_NOTE, note or ""])
+    _footer(
+        fig,
+        [
+            "White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box; z = the lesion's "
+            "slices). Pixels drawn to scale from the voxel spacing.",
+            _ENSEMBLE_NOTE,
+            note or "",
+        ],
+    )
     if path is not None:
         save_figure(fig, path, dpi)
     return fig

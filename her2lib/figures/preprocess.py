@@ -43,8 +43,9 @@ def _us_pair(ax: Axes, ax_roi: Axes, row: pd.Series, roi_img: np.ndarray, roi_ma
     ax_roi.set_title(f"US ROI {roi_img.shape[-1]}x{roi_img.shape[-2]}, z-scored", fontsize=9)
 
 
-def _mri_pair(ax: Axes, ax_roi: Axes, row: pd.Series, roi_img: np.ndarray, roi_mask: np.ndarray, box,
-              first: bool) -> None:
+def _mri_pair(
+    ax: Axes, ax_roi: Axes, row: pd.Series, roi_img: np.ndarray, roi_mask: np.ndarray, box, first: bool
+) -> None:
     vol, _ = read_image(row["mri_image"])
     vm, _ = read_image(row["mri_mask"])
     (z0, z1), (y0, y1), (x0, x1) = box
@@ -61,8 +62,9 @@ def _mri_pair(ax: Axes, ax_roi: Axes, row: pd.Series, roi_img: np.ndarray, roi_m
     ax_roi.set_title(f"MRI ROI {roi_img.shape[1]}^3 (centre slice)", fontsize=9)
 
 
-def plot_roi_examples(cohort: pd.DataFrame, inputs: dict, *, n: int = 3, path: str | os.PathLike | None = None,
-                      seed: int = 0) -> Figure:
+def plot_roi_examples(
+    cohort: pd.DataFrame, inputs: dict, *, n: int = 3, path: str | os.PathLike | None = None, seed: int = 0
+) -> Figure:
     """Figure: for ``n`` patients (HER2-positive and -negative mixed), the source US image and the MRI slice
     through the lesion centre with the lesion outline and ROI box, and the preprocessed ROIs beside them.
 

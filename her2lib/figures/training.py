@@ -16,8 +16,9 @@ from ..options import look_up_option
 __all__ = ["plot_learning_curves"]
 
 
-def plot_learning_curves(history: pd.DataFrame | None, *, path: str | os.PathLike | None = None, title: str = "",
-                         selection: str = "inner") -> Figure | None:
+def plot_learning_curves(
+    history: pd.DataFrame | None, *, path: str | os.PathLike | None = None, title: str = "", selection: str = "inner"
+) -> Figure | None:
     """Learning curves: training/selection-set loss and selection-set AUC per epoch, one line per fold.
 
     ``history=None`` (training skipped) draws nothing and returns None.
@@ -39,13 +40,12 @@ def plot_learning_curves(history: pd.DataFrame | None, *, path: str | os.PathLik
     """
     if history is None:
         return None
-    where = look_up_option(selection, {"inner": "inner validation split", "heldout": "held-out fold"},
-                           name="selection")
+    where = look_up_option(selection, {"inner": "inner validation split", "heldout": "held-out fold"}, name="selection")
     fig = Figure(figsize=(10, 3.6))
     axes = fig.subplots(1, 2)
     for k, h in history.groupby("fold"):
         ep = h["epoch"]  # 1-based
-        line, = axes[0].plot(ep, h["train_loss"], ls="--", lw=1)
+        (line,) = axes[0].plot(ep, h["train_loss"], ls="--", lw=1)
         axes[0].plot(ep, h["val_loss"], color=line.get_color(), lw=1.2, label=f"fold {k}")
         axes[1].plot(ep, h["val_auc"], color=line.get_color(), lw=1.2, label=f"fold {k}")
         best = h.loc[h["val_auc"].fillna(-1).idxmax()]

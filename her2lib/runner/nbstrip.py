@@ -16,8 +16,9 @@ __all__ = ["is_clean", "strip_notebook", "main"]
 
 def is_clean(nb: dict) -> bool:
     """True when no code cell has outputs or an execution count."""
-    return not any(c.get("outputs") or c.get("execution_count") for c in nb.get("cells", [])
-                   if c.get("cell_type") == "code")
+    return not any(
+        c.get("outputs") or c.get("execution_count") for c in nb.get("cells", []) if c.get("cell_type") == "code"
+    )
 
 
 def strip_notebook(path: str | Path) -> bool:

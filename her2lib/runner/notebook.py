@@ -24,8 +24,7 @@ from ..errors import ParameterError
 from ..io import write_json
 from ..stages import RunDirs, notice
 
-__all__ = ["NOTEBOOK_DIR", "COMMON_PARAMETERS", "setup", "parameter_names", "parameters_cell", "get",
-           "show_image"]
+__all__ = ["NOTEBOOK_DIR", "COMMON_PARAMETERS", "setup", "parameter_names", "parameters_cell", "get", "show_image"]
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COMMON_PARAMETERS = ("profile", "seed", "out_dir", "cohort_dir")
@@ -41,8 +40,10 @@ def parameters_cell(notebook: str | os.PathLike) -> str:
         if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             src = cell.get("source", "")
             return "".join(src) if isinstance(src, list) else src
-    raise ParameterError(f"{path}: no code cell is tagged 'parameters'; tag the first code cell "
-                         "'parameters' (JupyterLab: property inspector > cell tags).")
+    raise ParameterError(
+        f"{path}: no code cell is tagged 'parameters'; tag the first code cell "
+        "'parameters' (JupyterLab: property inspector > cell tags)."
+    )
 
 
 def parameter_names(notebook: str | os.PathLike) -> list[str]:
@@ -50,8 +51,9 @@ def parameter_names(notebook: str | os.PathLike) -> list[str]:
     tree = ast.parse(parameters_cell(notebook))
     names: list[str] = []
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for t in targets:
             if isinstance(t, ast.Name) and t.id not in names:
                 names.append(t.id)

@@ -39,8 +39,7 @@ from . import provenance
 from .notebook import NOTEBOOK_DIR, parameter_names
 from .report import write_index
 
-__all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline",
-           "NotebookFailed", "main"]
+__all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline", "NotebookFailed", "main"]
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PROFILES = ("smoke", "default", "paper")
@@ -81,8 +80,10 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
         path = Path(config_dir) / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
-        raise ParameterError(f"Unknown profile {str(profile)!r}: {path} does not exist. Known profiles: "
-                             f"{known}.{did_you_mean(str(profile), known)}")
+        raise ParameterError(
+            f"Unknown profile {str(profile)!r}: {path} does not exist. Known profiles: "
+            f"{known}.{did_you_mean(str(profile), known)}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -92,8 +93,10 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
     unknown = set(data) - {"common", "notebooks"}
     if unknown:
         bad = sorted(unknown)[0]
-        raise ParameterError(f"{path}: unknown top-level key {bad!r}; allowed: 'common', 'notebooks'."
-                             f"{did_you_mean(bad, ['common', 'notebooks'])}")
+        raise ParameterError(
+            f"{path}: unknown top-level key {bad!r}; allowed: 'common', 'notebooks'."
+            f"{did_you_mean(bad, ['common', 'notebooks'])}"
+        )
     common = data.get("common") or {}
     notebooks = data.get("notebooks") or {}
     for key, section in [("common", common)] + [(f"notebooks.{k}", v) for k, v in notebooks.items()]:
@@ -101,8 +104,12 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
             raise ParameterError(f"{path}: section {key!r} must be a mapping of parameter: value.")
     if "out_dir" in common:
         raise ParameterError(f"{path}: 'out_dir' is set by the runner (--out), remove it from 'common'.")
-    return {"name": common.get("profile", path.stem), "path": path, "common": dict(common),
-            "notebooks": {str(k): dict(v) for k, v in notebooks.items()}}
+    return {
+        "name": common.get("profile", path.stem),
+        "path": path,
+        "common": dict(common),
+        "notebooks": {str(k): dict(v) for k, v in notebooks.items()},
+    }
 
 
 def list_notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
@@ -110,8 +117,14 @@ def list_notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]
     return sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NB_PATTERN.match(p.name))
 
 
-def plan(profile: dict[str, Any], out_dir: Path, *, notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
-         only: Sequence[str] | None = None, start: str | None = None) -> list[Step]:
+def plan(
+    profile: dict[str, Any],
+    out_dir: Path,
+    *,
+    notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
+    only: Sequence[str] | None = None,
+    start: str | None = None,
+) -> list[Step]:
     """Resolve which notebooks run with which parameters, and check every name before anything runs."""
     notebooks = list_notebooks(notebook_dir)
     if not notebooks:
@@ -120,8 +133,10 @@ def plan(profile: dict[str, Any], out_dir: Path, *, notebook_dir: str | os.PathL
     numbers = [s[:2] for s in stems]
     for stem in profile["notebooks"]:
         if stem not in stems:
-            raise ParameterError(f"{profile['path']}: section notebooks.{stem} names no notebook in "
-                                 f"{notebook_dir}.{did_you_mean(stem, stems)}")
+            raise ParameterError(
+                f"{profile['path']}: section notebooks.{stem} names no notebook in "
+                f"{notebook_dir}.{did_you_mean(stem, stems)}"
+            )
     wanted = [_as_number(x, numbers) for x in only] if only else None
     first = _as_number(start, numbers) if start else None
     steps = []
@@ -137,7 +152,8 @@ def plan(profile: dict[str, Any], out_dir: Path, *, notebook_dir: str | os.PathL
                 raise ParameterError(
                     f"Profile {profile['name']!r} injects unknown parameter {name!r} into {path.name}; "
                     f"its parameters cell declares {declared}.{did_you_mean(name, declared)} "
-                    f"Fix {profile['path']} or the notebook's parameters cell.")
+                    f"Fix {profile['path']} or the notebook's parameters cell."
+                )
         steps.append(Step(num, stem, path, params))
     return steps
 
@@ -149,11 +165,17 @@ def _as_number(value: str, numbers: Sequence[str]) -> str:
     return num
 
 
-def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathLike | None = None, *,
-                 only: Sequence[str] | None = None, start: str | None = None,
-                 notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
-                 config_dir: str | os.PathLike = CONFIG_DIR, kernel_name: str = "python3",
-                 log_output: bool = False) -> Path:
+def run_pipeline(
+    profile: str | os.PathLike = "default",
+    out_dir: str | os.PathLike | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    start: str | None = None,
+    notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
+    config_dir: str | os.PathLike = CONFIG_DIR,
+    kernel_name: str = "python3",
+    log_output: bool = False,
+) -> Path:
     """Execute the numbered notebooks for one profile; return the output folder.
 
     Raises
@@ -181,9 +203,15 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
         t0 = time.perf_counter()
         tmp = target.with_name(f".{step.stem}.running.ipynb")
         try:
-            pm.execute_notebook(str(step.path), str(tmp), parameters=step.parameters,
-                                kernel_name=kernel_name, cwd=str(Path(notebook_dir)),
-                                progress_bar=False, log_output=log_output)
+            pm.execute_notebook(
+                str(step.path),
+                str(tmp),
+                parameters=step.parameters,
+                kernel_name=kernel_name,
+                cwd=str(Path(notebook_dir)),
+                progress_bar=False,
+                log_output=log_output,
+            )
         except PapermillExecutionError as exc:
             if tmp.exists():
                 os.replace(tmp, failed_copy)
@@ -192,7 +220,8 @@ def run_pipeline(profile: str | os.PathLike = "default", out_dir: str | os.PathL
             raise NotebookFailed(
                 f"{step.path.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                 f"{exc.ename}: {exc.evalue}. The partial run is kept as {failed_copy}; earlier outputs in "
-                f"{out} are intact. Fix the cause, then resume with --from {step.number}.") from exc
+                f"{out} are intact. Fix the cause, then resume with --from {step.number}."
+            ) from exc
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             provenance.end_notebook(record, time.perf_counter() - t0, "failed", error=repr(exc))

@@ -23,13 +23,44 @@ import pandas as pd
 from ..contract import PATH_COLUMNS, REPO_ROOT, resolve_path
 from ..io import hash_files, sha256_file, write_json
 
-__all__ = ["PACKAGES", "git_info", "package_versions", "cohort_hash", "start", "begin_notebook",
-           "end_notebook", "save", "record_cohort", "finish", "FILE_NAME"]
+__all__ = [
+    "PACKAGES",
+    "git_info",
+    "package_versions",
+    "cohort_hash",
+    "start",
+    "begin_notebook",
+    "end_notebook",
+    "save",
+    "record_cohort",
+    "finish",
+    "FILE_NAME",
+]
 
 FILE_NAME = "provenance.json"
-PACKAGES = ("her2lib", "torch", "torchvision", "timm", "monai", "numpy", "scipy", "pandas", "scikit-learn",
-            "statsmodels", "SimpleITK", "nibabel", "pydicom", "matplotlib", "seaborn", "grad-cam",
-            "papermill", "nbclient", "ipykernel", "tqdm", "PyYAML")
+PACKAGES = (
+    "her2lib",
+    "torch",
+    "torchvision",
+    "timm",
+    "monai",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "statsmodels",
+    "SimpleITK",
+    "nibabel",
+    "pydicom",
+    "matplotlib",
+    "seaborn",
+    "grad-cam",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "tqdm",
+    "PyYAML",
+)
 _SKIP_OUTPUT_DIRS = ("notebooks", "cache", "params")
 
 
@@ -39,17 +70,22 @@ def _now() -> str:
 
 def git_info(repo: Path = REPO_ROOT) -> dict[str, Any]:
     """``{"commit", "dirty", "branch"}`` of ``repo``; ``commit`` is ``None`` outside a git checkout."""
+
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                                  timeout=30).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None,
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+    return {
+        "commit": commit,
+        "dirty": bool(status) if status is not None else None,
+        "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+    }
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -78,9 +114,14 @@ def cohort_hash(cohort_dir: str | os.PathLike) -> dict[str, Any] | None:
     # files of an imported cohort may live beside the cohort folder (manifest paths like ../source/x.nii.gz):
     # name them relative to the deepest folder holding both (= cohort_dir when every file is inside it)
     root = Path(os.path.commonpath([str(cohort_dir.resolve()), *map(str, existing)]))
-    return {"manifest": str(manifest), "manifest_sha256": sha256_file(manifest),
-            "files_sha256": hash_files(existing, root=root) if existing else None,
-            "n_files": len(existing), "n_missing": len(files) - len(existing), "n_patients": len(df)}
+    return {
+        "manifest": str(manifest),
+        "manifest_sha256": sha256_file(manifest),
+        "files_sha256": hash_files(existing, root=root) if existing else None,
+        "n_files": len(existing),
+        "n_missing": len(files) - len(existing),
+        "n_patients": len(df),
+    }
 
 
 def machine_info() -> dict[str, Any]:
@@ -105,10 +146,25 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - older torch
         isa = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu_model": model, "machine": platform.machine(), "torch_cpu_capability": isa,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                                               "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS") if k in os.environ}}
+    return {
+        "cpu_model": model,
+        "machine": platform.machine(),
+        "torch_cpu_capability": isa,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "ONEDNN_MAX_CPU_ISA",
+                "DNNL_MAX_CPU_ISA",
+                "MKL_ENABLE_INSTRUCTIONS",
+                "ATEN_CPU_CAPABILITY",
+                "OMP_NUM_THREADS",
+            )
+            if k in os.environ
+        },
+    }
 
 
 def machine_summary(info: dict[str, Any] | None) -> str:
@@ -116,8 +172,10 @@ def machine_summary(info: dict[str, Any] | None) -> str:
     if not info:
         return "unknown machine"
     caps = ", ".join(f"{k}={v}" for k, v in (info.get("env") or {}).items())
-    return (f"{info.get('cpu_model') or info.get('machine')}, {info.get('torch_cpu_capability') or '?'}, "
-            f"{info.get('cpu_count')} cores, {info.get('gpu') or 'no GPU'}" + (f" ({caps})" if caps else ""))
+    return (
+        f"{info.get('cpu_model') or info.get('machine')}, {info.get('torch_cpu_capability') or '?'}, "
+        f"{info.get('cpu_count')} cores, {info.get('gpu') or 'no GPU'}" + (f" ({caps})" if caps else "")
+    )
 
 
 def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
@@ -132,9 +190,13 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
     return {
         "her2lib_provenance": 1,
         "git": git_info(),
-        "profile": {"name": profile["name"], "file": str(profile["path"]),
-                    "sha256": sha256_file(profile["path"]), "common": profile["common"],
-                    "notebooks": profile["notebooks"]},
+        "profile": {
+            "name": profile["name"],
+            "file": str(profile["path"]),
+            "sha256": sha256_file(profile["path"]),
+            "common": profile["common"],
+            "notebooks": profile["notebooks"],
+        },
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -151,8 +213,16 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
 
 def begin_notebook(prov: dict[str, Any], stem: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """Open the record of one notebook (status ``running``) and return it."""
-    record = {"parameters": dict(parameters), "started_at": _now(), "ended_at": None, "wall_s": None,
-              "status": "running", "error": None, "outputs": [], "_t0": time.time()}
+    record = {
+        "parameters": dict(parameters),
+        "started_at": _now(),
+        "ended_at": None,
+        "wall_s": None,
+        "status": "running",
+        "error": None,
+        "outputs": [],
+        "_t0": time.time(),
+    }
     prov["notebooks"][stem] = record
     return record
 
@@ -166,16 +236,25 @@ def end_notebook(record: dict[str, Any], wall_s: float, status: str, *, error: s
         outputs = []
         for p in out.rglob("*"):
             rel = p.relative_to(out)
-            if p.is_file() and rel.parts[0] not in _SKIP_OUTPUT_DIRS and not p.name.startswith(".") \
-                    and p.name not in (FILE_NAME, "index.html") and p.stat().st_mtime >= t0 - 1:
+            if (
+                p.is_file()
+                and rel.parts[0] not in _SKIP_OUTPUT_DIRS
+                and not p.name.startswith(".")
+                and p.name not in (FILE_NAME, "index.html")
+                and p.stat().st_mtime >= t0 - 1
+            ):
                 outputs.append(str(rel))
         record["outputs"] = sorted(outputs)
 
 
 def save(out: Path, prov: dict[str, Any]) -> None:
     """Write ``provenance.json`` atomically."""
-    clean = {**prov, "notebooks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
-                                   for k, v in prov["notebooks"].items()}}
+    clean = {
+        **prov,
+        "notebooks": {
+            k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in prov["notebooks"].items()
+        },
+    }
     write_json(out / FILE_NAME, clean)
 
 

@@ -28,6 +28,21 @@ from .gradcam import GradCAMRun, run_gradcam
 from .preprocess import Preprocessed, preprocess_modalities
 from .training import train_modality
 
-__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", "prepare_cohort", "cohort_counts",
-           "CohortCounts", "draw_gallery", "cohort_tables", "preprocess_modalities", "Preprocessed",
-           "train_modality", "run_fusion", "run_evaluation", "run_gradcam", "GradCAMRun"]
+__all__ = [
+    "RunDirs",
+    "notice",
+    "modality_present",
+    "remove_stale",
+    "prepare_cohort",
+    "cohort_counts",
+    "CohortCounts",
+    "draw_gallery",
+    "cohort_tables",
+    "preprocess_modalities",
+    "Preprocessed",
+    "train_modality",
+    "run_fusion",
+    "run_evaluation",
+    "run_gradcam",
+    "GradCAMRun",
+]

@@ -42,9 +42,16 @@ class RunDirs:
     @classmethod
     def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> RunDirs:
         root = resolve_path(out_dir)
-        dirs = cls(root=root, figures=root / "figures", tables=root / "tables",
-                   predictions=root / "predictions", models=root / "models", cache=root / "cache",
-                   params=root / "params", cohort_dir=resolve_path(cohort_dir))
+        dirs = cls(
+            root=root,
+            figures=root / "figures",
+            tables=root / "tables",
+            predictions=root / "predictions",
+            models=root / "models",
+            cache=root / "cache",
+            params=root / "params",
+            cohort_dir=resolve_path(cohort_dir),
+        )
         for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models, dirs.cache, dirs.params):
             d.mkdir(parents=True, exist_ok=True)
         return dirs

@@ -36,13 +36,25 @@ SOURCES: tuple[str, ...] = ("synthetic", "manifest", *IMPORTERS)
 def _import_is_current(rec: Path, source: str, source_dir: Path, seed: int, test_fraction: float) -> bool:
     """Whether ``import_params.json`` records an import of the same source, folder, seed and test fraction."""
     old = json.loads(rec.read_text())
-    return (old.get("source") == source and old.get("source_dir") == str(source_dir.resolve())
-            and old.get("seed") == seed and old.get("test_fraction") == test_fraction)
+    return (
+        old.get("source") == source
+        and old.get("source_dir") == str(source_dir.resolve())
+        and old.get("seed") == seed
+        and old.get("test_fraction") == test_fraction
+    )
 
 
-def prepare_cohort(cohort_dir: str | os.PathLike, *, source: str = "synthetic",
-                   source_dir: str | os.PathLike | None = None, n_patients: int = 197, seed: int = 0,
-                   test_fraction: float = 48 / 197, progress: bool = True, **knobs: Any) -> Path:
+def prepare_cohort(
+    cohort_dir: str | os.PathLike,
+    *,
+    source: str = "synthetic",
+    source_dir: str | os.PathLike | None = None,
+    n_patients: int = 197,
+    seed: int = 0,
+    test_fraction: float = 48 / 197,
+    progress: bool = True,
+    **knobs: Any,
+) -> Path:
     """Build, import or locate the cohort; return its manifest (reuse it when built with the same parameters).
 
     Parameters
@@ -156,8 +168,10 @@ def cohort_tables(run: RunDirs, cohort: pd.DataFrame, *, alpha: float = 0.05) ->
     """
     result = _cohort_tables(cohort, alpha=alpha)
     if result.absent:
-        notice(f"The cohort has no column for {len(result.absent)} variable(s) of Tables 1-3, left out of the "
-               f"tables: {', '.join(result.absent)}.")
+        notice(
+            f"The cohort has no column for {len(result.absent)} variable(s) of Tables 1-3, left out of the "
+            f"tables: {', '.join(result.absent)}."
+        )
     for name in result.empty:
         notice(f"{name}: none of its variables is in the cohort; the table is empty.")
     for name, table in result.tables.items():

@@ -42,14 +42,24 @@ def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
         gone = [m.label for k, m in MODELS.items() if k not in keys]
         kept = ", ".join(model_label(k) for k in keys) or "no model"
         tail = "" if len(keys) > 1 else "; no DeLong comparison is possible"
-        notice(f"No prediction files for {', '.join(gone)} in this run (skipped by an earlier notebook): "
-               f"evaluating {kept}{tail}.")
+        notice(
+            f"No prediction files for {', '.join(gone)} in this run (skipped by an earlier notebook): "
+            f"evaluating {kept}{tail}."
+        )
     return keys
 
 
-def run_evaluation(run: RunDirs, *, ci_method: str = "delong", level: float = 0.95, n_bins: int = 5,
-                   n_boot: int = 2000, seed: int = 0, dpi: int = 300,
-                   models: Sequence[str] | None = None) -> EvaluationResult:
+def run_evaluation(
+    run: RunDirs,
+    *,
+    ci_method: str = "delong",
+    level: float = 0.95,
+    n_bins: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+    dpi: int = 300,
+    models: Sequence[str] | None = None,
+) -> EvaluationResult:
     """Compute and write everything of ``06_evaluation`` (:func:`her2lib.evaluate.evaluate_models`).
 
     ``models=None`` evaluates the models whose prediction files exist (:func:`models_to_evaluate`; one, two or
@@ -84,22 +94,34 @@ def run_evaluation(run: RunDirs, *, ci_method: str = "delong", level: float = 0.
     """
     keys = models_to_evaluate(run) if models is None else list(models)
     if not keys:
-        raise DataError(f"{run.predictions}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
-                        "notebooks 03_train_us / 04_train_mri (and 05_fusion) first.")
+        raise DataError(
+            f"{run.predictions}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
+            "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
+        )
     preds = load_predictions(run.predictions, keys, models_dir=run.models)
     prot_path = run.tables / "fusion_protocols.csv"
     prot = pd.read_csv(prot_path) if prot_path.is_file() and "dl_us_mri" in preds else None
-    res = evaluate_models(preds, ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed,
-                          protocols=prot)
+    res = evaluate_models(
+        preds, ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed, protocols=prot
+    )
     tdir, fdir = run.tables, run.figures
-    files = [write_csv(tdir / "performance.csv", res.performance),
-             write_csv(tdir / "performance_fold_models.csv", res.fold_models),
-             write_csv(tdir / "delong.csv", res.delong), write_csv(tdir / "calibration.csv", res.calibration),
-             write_csv(tdir / "decision_curve.csv", res.decision), write_text(tdir / "results_text.md", res.text)]
+    files = [
+        write_csv(tdir / "performance.csv", res.performance),
+        write_csv(tdir / "performance_fold_models.csv", res.fold_models),
+        write_csv(tdir / "delong.csv", res.delong),
+        write_csv(tdir / "calibration.csv", res.calibration),
+        write_csv(tdir / "decision_curve.csv", res.decision),
+        write_text(tdir / "results_text.md", res.text),
+    ]
     plot_roc(preds, res.performance, fdir / "roc.png", dpi=dpi)
     plot_performance(res.performance, fdir / "performance.png", dpi=dpi)
     plot_calibration(preds, fdir / "calibration.png", n_bins=n_bins, dpi=dpi)
     plot_decision_curve(preds, fdir / "decision_curve.png", dpi=dpi)
-    files += [fdir / "roc.png", fdir / "performance.png", fdir / "calibration.png", fdir / "decision_curve.png",
-              fdir / "roc.svg"]
+    files += [
+        fdir / "roc.png",
+        fdir / "performance.png",
+        fdir / "calibration.png",
+        fdir / "decision_curve.png",
+        fdir / "roc.svg",
+    ]
     return dataclasses.replace(res, files=tuple(files))

@@ -19,19 +19,28 @@ _US, _MRI, _FUSION = (MODELS[k].prefix for k in ("dl_us", "dl_mri", "dl_us_mri")
 
 def fusion_inputs(run: RunDirs) -> dict[str, Path]:
     """The prediction files the fusion needs: ``{us,mri}_{oof,test}.csv`` (key ``"us_oof"`` etc.)."""
-    return {f"{prefix}_{kind}": prediction_path(run.predictions, prefix, kind)
-            for kind in ("oof", "test") for prefix in (_US, _MRI)}
+    return {
+        f"{prefix}_{kind}": prediction_path(run.predictions, prefix, kind)
+        for kind in ("oof", "test")
+        for prefix in (_US, _MRI)
+    }
 
 
 def fusion_outputs(run: RunDirs) -> tuple[Path, ...]:
     """Every file :func:`run_fusion` may write (removed when it is skipped)."""
-    return (prediction_path(run.predictions, _FUSION, "oof"), prediction_path(run.predictions, _FUSION, "test"),
-            prediction_path(run.predictions, _FUSION, "test_folds"), run.predictions / f"{_FUSION}_test_paper.csv",
-            run.tables / "fusion_coefficients.csv", run.tables / "fusion_protocols.csv")
+    return (
+        prediction_path(run.predictions, _FUSION, "oof"),
+        prediction_path(run.predictions, _FUSION, "test"),
+        prediction_path(run.predictions, _FUSION, "test_folds"),
+        run.predictions / f"{_FUSION}_test_paper.csv",
+        run.tables / "fusion_coefficients.csv",
+        run.tables / "fusion_protocols.csv",
+    )
 
 
-def run_fusion(run: RunDirs, *, level: float = 0.95, eps: float = EPS, n_boot: int = 1000,
-               seed: int = 0) -> FusionResult | None:
+def run_fusion(
+    run: RunDirs, *, level: float = 0.95, eps: float = EPS, n_boot: int = 1000, seed: int = 0
+) -> FusionResult | None:
     """Read ``{us,mri}_{oof,test,test_folds}.csv``, run :func:`her2lib.fusion.fuse` and write its outputs atomically.
 
     Each prediction file is validated once, where it is read (:func:`her2lib.contract.read_predictions`,
@@ -58,17 +67,27 @@ def run_fusion(run: RunDirs, *, level: float = 0.95, eps: float = EPS, n_boot: i
     inputs = fusion_inputs(run)
     missing = [p.name for p in inputs.values() if not p.is_file()]
     if missing:
-        notice(f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
-               "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped.")
+        notice(
+            f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
+            "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped."
+        )
         remove_stale(*fusion_outputs(run))
         return None
     us_test = read_predictions(inputs["us_test"], "test")
     mri_test = read_predictions(inputs["mri_test"], "test")
-    res = fuse(read_predictions(inputs["us_oof"], "train"), read_predictions(inputs["mri_oof"], "train"),
-               us_test, mri_test, level=level, eps=eps,
-               us_test_folds=read_test_folds(prediction_path(run.predictions, _US, "test_folds"), us_test),
-               mri_test_folds=read_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), mri_test),
-               n_boot=n_boot, seed=seed, check_input=False)
+    res = fuse(
+        read_predictions(inputs["us_oof"], "train"),
+        read_predictions(inputs["mri_oof"], "train"),
+        us_test,
+        mri_test,
+        level=level,
+        eps=eps,
+        us_test_folds=read_test_folds(prediction_path(run.predictions, _US, "test_folds"), us_test),
+        mri_test_folds=read_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), mri_test),
+        n_boot=n_boot,
+        seed=seed,
+        check_input=False,
+    )
     oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
     write_csv(oof_path, res.oof)
     write_csv(test_path, res.test)

@@ -94,15 +94,20 @@ def available_models(run: RunDirs, quiet: bool = False) -> list[str]:
     out = []
     for key in DL_MODELS:
         prefix, mod = _model(key).prefix, _modality_of(key)
-        ok = (any((run.models / key).glob("fold*.pt")) and prediction_path(run.predictions, prefix, "oof").is_file()
-              and prediction_path(run.predictions, prefix, "test").is_file())
+        ok = (
+            any((run.models / key).glob("fold*.pt"))
+            and prediction_path(run.predictions, prefix, "oof").is_file()
+            and prediction_path(run.predictions, prefix, "test").is_file()
+        )
         if ok:
             out.append(key)
             continue
         remove_stale(run.figures / f"gradcam_{mod.key}.png")
         if not quiet:
-            notice(f"No {mod.label} model or predictions in this run (its modality is absent from the cohort): "
-                   f"Grad-CAM for {mod.label} is skipped.")
+            notice(
+                f"No {mod.label} model or predictions in this run (its modality is absent from the cohort): "
+                f"Grad-CAM for {mod.label} is skipped."
+            )
     return out
 
 
@@ -119,8 +124,9 @@ def _models_to_explain(run: RunDirs, models: Sequence[str] | None) -> list[str]:
     if models is None:
         keys = available_models(run)
         if not keys:
-            raise ParameterError(f"run_gradcam: no trained model in {run.models}; run 03_train_us or "
-                                 "04_train_mri first.")
+            raise ParameterError(
+                f"run_gradcam: no trained model in {run.models}; run 03_train_us or 04_train_mri first."
+            )
         return keys
     return [look_up_option(m, DL_MODELS, name="models") for m in models]
 
@@ -134,14 +140,25 @@ def _fold_numbers(mdir: Path, folds: int | Sequence[int] | None, mod: Modality) 
     else:
         ks = [int(k) for k in folds]
     if not ks:
-        raise ParameterError(f"run_gradcam: no fold checkpoints in {mdir}; run the training notebook "
-                             f"({mod.notebook}) first.")
+        raise ParameterError(
+            f"run_gradcam: no fold checkpoints in {mdir}; run the training notebook ({mod.notebook}) first."
+        )
     return ks
 
 
-def _explain_model(run: RunDirs, key: str, cohort: pd.DataFrame, spec: PreprocessSpec, *, layer: str,
-                   folds: int | Sequence[int] | None, max_patients: int | None, progress: bool,
-                   n_permutations: int, seed: int) -> _ModelMaps:
+def _explain_model(
+    run: RunDirs,
+    key: str,
+    cohort: pd.DataFrame,
+    spec: PreprocessSpec,
+    *,
+    layer: str,
+    folds: int | Sequence[int] | None,
+    max_patients: int | None,
+    progress: bool,
+    n_permutations: int,
+    seed: int,
+) -> _ModelMaps:
     """Maps of one model for the test cohort (fold ensemble), their energy table and localisation test."""
     mod = _modality_of(key)
     mdir = run.models / key
@@ -156,16 +173,29 @@ def _explain_model(run: RunDirs, key: str, cohort: pd.DataFrame, spec: Preproces
         ids = sorted(set(ids[:max_patients]) | set(cases["patient_id"]))
     missing = [p for p in ids if p not in set(cohort["patient_id"])]
     if missing:
-        raise ParameterError(f"run_gradcam: test patients {missing[:10]} of {prefix}_test.csv are not in "
-                             f"{run.manifest}; run the notebooks on one cohort.")
+        raise ParameterError(
+            f"run_gradcam: test patients {missing[:10]} of {prefix}_test.csv are not in "
+            f"{run.manifest}; run the notebooks on one cohort."
+        )
     sub = cohort.set_index("patient_id").loc[ids].reset_index()
     images, masks, boxes = preprocess_cohort(sub, mod.key, spec, run.cache, progress=progress)
     cams = cohort_cams(nets, images, layer, progress=progress, desc=f"Grad-CAM {mod.label}")
     energy = energy_table(ids, cams, masks, model=key)
     localisation = localisation_test(cams, masks, n_permutations=n_permutations, seed=seed)
-    return _ModelMaps(key=key, modality=mod, ids=ids, sources=sub.set_index("patient_id"), test=test,
-                      cases=cases, threshold=thr, n_models=len(nets), cams=cams, boxes=boxes, energy=energy,
-                      localisation=localisation)
+    return _ModelMaps(
+        key=key,
+        modality=mod,
+        ids=ids,
+        sources=sub.set_index("patient_id"),
+        test=test,
+        cases=cases,
+        threshold=thr,
+        n_models=len(nets),
+        cams=cams,
+        boxes=boxes,
+        energy=energy,
+        localisation=localisation,
+    )
 
 
 def _figure_cases(maps: _ModelMaps) -> list[dict]:
@@ -177,23 +207,38 @@ def _figure_cases(maps: _ModelMaps) -> list[dict]:
     for _, c in maps.cases.iterrows():
         pid = c["patient_id"]
         i = pos[pid]
-        img, msk, spacing = _read_source(mod.key, maps.sources.loc[pid, mod.image_column],
-                                         maps.sources.loc[pid, mod.mask_column])
-        out.append(dict(image=img, mask=msk, cam=cam_to_source(maps.cams[i], maps.boxes[i], img.shape),
-                        box=maps.boxes[i], spacing=spacing, patient_id=pid, her2=int(pred.loc[pid, "her2"]),
-                        p_her2=float(c["p_her2"]), outcome=c["outcome"]))
+        img, msk, spacing = _read_source(
+            mod.key, maps.sources.loc[pid, mod.image_column], maps.sources.loc[pid, mod.mask_column]
+        )
+        out.append(
+            dict(
+                image=img,
+                mask=msk,
+                cam=cam_to_source(maps.cams[i], maps.boxes[i], img.shape),
+                box=maps.boxes[i],
+                spacing=spacing,
+                patient_id=pid,
+                her2=int(pred.loc[pid, "her2"]),
+                p_her2=float(c["p_her2"]),
+                outcome=c["outcome"],
+            )
+        )
     return out
 
 
 def _draw_figure(run: RunDirs, maps: _ModelMaps, *, layer: str, dpi: int) -> Path:
     """Figure 4 of one model (``figures/gradcam_{us,mri}.png``), with a note on how the cases were chosen."""
     label = maps.modality.label
-    note = (f"Fold ensemble of {maps.n_models} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
-            f"{maps.threshold:.3f} (p = the test prediction).")
+    note = (
+        f"Fold ensemble of {maps.n_models} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
+        f"{maps.threshold:.3f} (p = the test prediction)."
+    )
     flat = maps.cams.reshape(len(maps.cams), -1)
     if np.all(flat.max(axis=1) - flat.min(axis=1) <= 1e-6):
-        note += (f" Every {label} map is constant: layer '{layer}' has a single spatial cell at this ROI "
-                 "size, so its Grad-CAM cannot localise.")
+        note += (
+            f" Every {label} map is constant: layer '{layer}' has a single spatial cell at this ROI "
+            "size, so its Grad-CAM cannot localise."
+        )
     plot = plot_gradcam_us if maps.modality.key == "us" else plot_gradcam_mri
     path = run.figures / f"gradcam_{maps.modality.key}.png"
     fig = plot(_figure_cases(maps), path, dpi=dpi, layer=layer, note=note)
@@ -201,10 +246,18 @@ def _draw_figure(run: RunDirs, maps: _ModelMaps, *, layer: str, dpi: int) -> Pat
     return path
 
 
-def run_gradcam(run: RunDirs, *, models: Sequence[str] | None = None, folds: int | Sequence[int] | None = None,
-                max_patients: int | None = None, progress: bool = True, dpi: int = 200,
-                target_layers: dict[str, str] | None = None, n_permutations: int = 9999,
-                seed: int = 0) -> GradCAMRun:
+def run_gradcam(
+    run: RunDirs,
+    *,
+    models: Sequence[str] | None = None,
+    folds: int | Sequence[int] | None = None,
+    max_patients: int | None = None,
+    progress: bool = True,
+    dpi: int = 200,
+    target_layers: dict[str, str] | None = None,
+    n_permutations: int = 9999,
+    seed: int = 0,
+) -> GradCAMRun:
     """Everything of ``07_gradcam``: maps for the test cohort, Figure 4 and the localisation test.
 
     Parameters
@@ -254,8 +307,18 @@ def run_gradcam(run: RunDirs, *, models: Sequence[str] | None = None, folds: int
     files: list[Path] = []
     energies, case_tabs, tests = [], [], {}
     for key in keys:
-        maps = _explain_model(run, key, cohort, spec, layer=layers[key], folds=folds, max_patients=max_patients,
-                              progress=progress, n_permutations=n_permutations, seed=seed)
+        maps = _explain_model(
+            run,
+            key,
+            cohort,
+            spec,
+            layer=layers[key],
+            folds=folds,
+            max_patients=max_patients,
+            progress=progress,
+            n_permutations=n_permutations,
+            seed=seed,
+        )
         energies.append(maps.energy)
         case_tabs.append(maps.cases)
         tests[key] = maps.localisation
@@ -263,7 +326,9 @@ def run_gradcam(run: RunDirs, *, models: Sequence[str] | None = None, folds: int
     energy = pd.concat(energies, ignore_index=True)
     summary = energy_summary(energy, tests)
     cases_all = pd.concat(case_tabs, ignore_index=True)
-    files += [write_csv(run.tables / "gradcam_energy.csv", energy),
-              write_csv(run.tables / "gradcam_energy_summary.csv", summary),
-              write_csv(run.tables / "gradcam_cases.csv", cases_all)]
+    files += [
+        write_csv(run.tables / "gradcam_energy.csv", energy),
+        write_csv(run.tables / "gradcam_energy_summary.csv", summary),
+        write_csv(run.tables / "gradcam_cases.csv", cases_all),
+    ]
     return GradCAMRun(energy=energy, summary=summary, cases=cases_all, files=tuple(files), tests=tests)

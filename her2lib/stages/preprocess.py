@@ -40,8 +40,16 @@ class Preprocessed:
     boxes: pd.DataFrame | None
 
 
-def preprocess_modalities(run: RunDirs, cohort: pd.DataFrame, spec: PreprocessSpec, *, n_folds: int = 4,
-                          seed: int = 0, n_examples: int = 3, progress: bool = True) -> Preprocessed:
+def preprocess_modalities(
+    run: RunDirs,
+    cohort: pd.DataFrame,
+    spec: PreprocessSpec,
+    *,
+    n_folds: int = 4,
+    seed: int = 0,
+    n_examples: int = 3,
+    progress: bool = True,
+) -> Preprocessed:
     """Everything of notebook 02: folds, ROIs (through the cache), box table and the before/after figure.
 
     Parameters

@@ -23,10 +23,23 @@ from ._common import RunDirs, modality_present, notice, remove_stale
 __all__ = ["train_modality"]
 
 
-def train_modality(run: RunDirs, cohort: pd.DataFrame, modality: str, spec: PreprocessSpec, model_cfg: ModelConfig,
-                   training: TrainConfig, *, seed: int = 0, device: str = "auto",
-                   augment: AugmentSpec | None = DEFAULT_AUGMENT, resume: bool = True, checkpoint_every: int = 1,
-                   progress: bool = True, selection: str = "inner", inner_fraction: float = 0.2) -> CVResult | None:
+def train_modality(
+    run: RunDirs,
+    cohort: pd.DataFrame,
+    modality: str,
+    spec: PreprocessSpec,
+    model_cfg: ModelConfig,
+    training: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    augment: AugmentSpec | None = DEFAULT_AUGMENT,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    selection: str = "inner",
+    inner_fraction: float = 0.2,
+) -> CVResult | None:
     """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
 
     Parameters
@@ -58,21 +71,39 @@ def train_modality(run: RunDirs, cohort: pd.DataFrame, modality: str, spec: Prep
     outputs = [prediction_path(run.predictions, prefix, kind) for kind in ("oof", "test", "test_folds")]
     outputs += [run.tables / f"{mod.model}_folds.csv", run.figures / f"learning_curve_{modality}.png"]
     if not modality_present(cohort, modality, quiet=True):
-        notice(f"No {mod.name} images in this cohort: {mod.label} is skipped (nothing is trained, no predictions "
-               f"are written; the fusion and the later {mod.label} steps are skipped too).")
+        notice(
+            f"No {mod.name} images in this cohort: {mod.label} is skipped (nothing is trained, no predictions "
+            f"are written; the fusion and the later {mod.label} steps are skipped too)."
+        )
         remove_stale(*outputs)
         return None
     if getattr(model_cfg, "kind", None) != mod.model:
-        raise ParameterError(f"train_modality: modality={modality!r} trains {mod.model}, but the model "
-                             f"configuration is {type(model_cfg).__name__}.")
+        raise ParameterError(
+            f"train_modality: modality={modality!r} trains {mod.model}, but the model "
+            f"configuration is {type(model_cfg).__name__}."
+        )
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
     folds = read_folds(run.predictions / "folds.csv", cohort)
     print("inputs:", x.shape)
-    result = run_cv(cohort, x, model_cfg, training, folds, run.models / mod.model, seed=seed, device=device,
-                    augment=augment, resume=resume, checkpoint_every=checkpoint_every, progress=progress,
-                    selection=selection, inner_fraction=inner_fraction)
+    result = run_cv(
+        cohort,
+        x,
+        model_cfg,
+        training,
+        folds,
+        run.models / mod.model,
+        seed=seed,
+        device=device,
+        augment=augment,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        selection=selection,
+        inner_fraction=inner_fraction,
+    )
     write_predictions(result, run.predictions, prefix)
     write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
-    plot_learning_curves(result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label,
-                         selection=selection)
+    plot_learning_curves(
+        result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label, selection=selection
+    )
     return result

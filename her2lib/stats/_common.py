@@ -28,14 +28,18 @@ def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
         yf = y.astype(float)
     except (TypeError, ValueError):
         bad = sorted({str(v) for v in y.tolist()})[:5]
-        raise DataError(f"{name} must hold 0/1 labels (1 = HER2-positive); saw non-numeric values {bad}. "
-                        "Map the labels to 0/1 first.") from None
+        raise DataError(
+            f"{name} must hold 0/1 labels (1 = HER2-positive); saw non-numeric values {bad}. "
+            "Map the labels to 0/1 first."
+        ) from None
     ok = (yf == 0) | (yf == 1)
     if not ok.all():
         bad = sorted({str(v) for v in y[~ok].tolist()})[:5]
-        raise DataError(f"{name} must hold 0/1 labels (1 = HER2-positive); saw {bad} at "
-                        f"{int((~ok).sum())} position(s), first index {int(np.flatnonzero(~ok)[0])}. "
-                        "Map the labels to 0/1 and drop missing ones first.")
+        raise DataError(
+            f"{name} must hold 0/1 labels (1 = HER2-positive); saw {bad} at "
+            f"{int((~ok).sum())} position(s), first index {int(np.flatnonzero(~ok)[0])}. "
+            "Map the labels to 0/1 and drop missing ones first."
+        )
     return yf.astype(np.int8)
 
 
@@ -44,8 +48,10 @@ def as_scores(y_score, n: int, name: str = "y_score", against: str = "y_true") -
     :class:`DataError`."""
     s = np.asarray(y_score)
     if s.ndim != 1:
-        raise DataError(f"{name} must be 1-D (n_patients,), got shape {s.shape}; pass one score per patient "
-                        "(e.g. the probability of HER2-positive, column p_her2).")
+        raise DataError(
+            f"{name} must be 1-D (n_patients,), got shape {s.shape}; pass one score per patient "
+            "(e.g. the probability of HER2-positive, column p_her2)."
+        )
     if s.shape[0] != n:
         raise DataError(f"{name} has {s.shape[0]} values but {against} has {n}; pass one score per patient.")
     try:
@@ -54,8 +60,10 @@ def as_scores(y_score, n: int, name: str = "y_score", against: str = "y_true") -
         raise DataError(f"{name} must be numeric; got dtype {s.dtype}.") from None
     bad = ~np.isfinite(s)
     if bad.any():
-        raise DataError(f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf), first at index "
-                        f"{int(np.flatnonzero(bad)[0])}; drop those patients or fix the predictions.")
+        raise DataError(
+            f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf), first at index "
+            f"{int(np.flatnonzero(bad)[0])}; drop those patients or fix the predictions."
+        )
     return s
 
 
@@ -66,8 +74,10 @@ def as_probabilities(y_prob, n: int, name: str = "y_prob", against: str = "y_tru
     out = (p < 0) | (p > 1)
     if out.any():
         i = int(np.flatnonzero(out)[0])
-        raise DataError(f"{name} must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first "
-                        f"{p[i]!r} at index {i}. Pass probabilities (e.g. sigmoid of a logit), not raw scores.")
+        raise DataError(
+            f"{name} must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first "
+            f"{p[i]!r} at index {i}. Pass probabilities (e.g. sigmoid of a logit), not raw scores."
+        )
     return p
 
 
@@ -91,9 +101,14 @@ def clopper_pearson(k: float, n: float, level: float = 0.95) -> tuple[float, flo
     return (lo, hi)
 
 
-def logistic_fit(X: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None,
-                 penalty: np.ndarray | None = None, max_iter: int = 100,
-                 step_tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray] | None:
+def logistic_fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray | None = None,
+    penalty: np.ndarray | None = None,
+    max_iter: int = 100,
+    step_tol: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Logistic regression ``logit P(y=1) = offset + X beta`` by Newton-Raphson (maximum likelihood, or with an
     L2 penalty ``sum(penalty * beta**2) / 2`` when ``penalty`` is given, one weight per column of ``X``).
 

@@ -99,8 +99,20 @@ class CalibrationResult:
     def to_row(self) -> dict:
         """Flat dict; each CI split into ``<name>_ci_low``, ``<name>_ci_high`` and one ``ci_level``."""
         row = {}
-        for k in ("intercept", "intercept_se", "slope", "slope_se", "slope_fit_intercept", "brier",
-                  "brier_reference", "mean_predicted", "observed_rate", "n", "n_pos", "n_clipped"):
+        for k in (
+            "intercept",
+            "intercept_se",
+            "slope",
+            "slope_se",
+            "slope_fit_intercept",
+            "brier",
+            "brier_reference",
+            "mean_predicted",
+            "observed_rate",
+            "n",
+            "n_pos",
+            "n_clipped",
+        ):
             row[k] = getattr(self, k)
         row["intercept_ci_low"], row["intercept_ci_high"] = self.intercept_ci[0], self.intercept_ci[1]
         row["slope_ci_low"], row["slope_ci_high"] = self.slope_ci[0], self.slope_ci[1]
@@ -120,12 +132,14 @@ def _separated(x: np.ndarray, y: np.ndarray) -> bool:
 
 
 def _undefined(what: str, why: str, stacklevel: int) -> None:
-    warnings.warn(f"The calibration {what} is undefined: {why}; returning NaN.", UndefinedMetricWarning,
-                  stacklevel=stacklevel)
+    warnings.warn(
+        f"The calibration {what} is undefined: {why}; returning NaN.", UndefinedMetricWarning, stacklevel=stacklevel
+    )
 
 
-def _intercept_fit(lp: np.ndarray, yf: np.ndarray, crit: float,
-                   level: float) -> tuple[float, float, tuple[float, float, float]]:
+def _intercept_fit(
+    lp: np.ndarray, yf: np.ndarray, crit: float, level: float
+) -> tuple[float, float, tuple[float, float, float]]:
     """Calibration intercept ``a`` of ``logit P(y=1) = a + offset(logit p)``, its SE and Wald interval."""
     nan = float("nan")
     fit = logistic_fit(np.ones((lp.shape[0], 1)), yf, lp)
@@ -136,8 +150,9 @@ def _intercept_fit(lp: np.ndarray, yf: np.ndarray, crit: float,
     return a, a_se, (a - crit * a_se, a + crit * a_se, level)
 
 
-def _slope_fit(lp: np.ndarray, y: np.ndarray, yf: np.ndarray, crit: float,
-               level: float) -> tuple[float, float, tuple[float, float, float], float]:
+def _slope_fit(
+    lp: np.ndarray, y: np.ndarray, yf: np.ndarray, crit: float, level: float
+) -> tuple[float, float, tuple[float, float, float], float]:
     """Calibration slope ``b`` of ``logit P(y=1) = a' + b logit p``, its SE, Wald interval, and ``a'``."""
     nan = float("nan")
     undefined = (nan, nan, (nan, nan, level), nan)
@@ -145,9 +160,12 @@ def _slope_fit(lp: np.ndarray, y: np.ndarray, yf: np.ndarray, crit: float,
         _undefined("slope", "all predictions are equal, so logit(p) has no spread", stacklevel=4)
         return undefined
     if _separated(lp, y):
-        _undefined("slope", "the predictions separate the classes (every HER2-positive patient's p is >= every "
-                            "HER2-negative patient's, or <=), so the maximum likelihood slope is infinite",
-                   stacklevel=4)
+        _undefined(
+            "slope",
+            "the predictions separate the classes (every HER2-positive patient's p is >= every "
+            "HER2-negative patient's, or <=), so the maximum likelihood slope is infinite",
+            stacklevel=4,
+        )
         return undefined
     n = lp.shape[0]
     fit = logistic_fit(np.column_stack([np.ones(n), lp]), yf, np.zeros(n))
@@ -216,21 +234,40 @@ def calibration(y_true, y_prob, *, level: float = 0.95, eps: float = 1e-6) -> Ca
     crit = float(_st.norm.ppf(1 - (1 - level) / 2))
     nan = float("nan")
     if n_pos == 0 or n_pos == n:
-        _undefined("intercept and slope", f"a single class (n_pos={n_pos}, n_neg={n - n_pos}). Evaluate on a set "
-                                          "with both HER2-positive and HER2-negative patients", stacklevel=3)
+        _undefined(
+            "intercept and slope",
+            f"a single class (n_pos={n_pos}, n_neg={n - n_pos}). Evaluate on a set "
+            "with both HER2-positive and HER2-negative patients",
+            stacklevel=3,
+        )
         a = a_se = b = b_se = a2 = nan
         a_ci = b_ci = (nan, nan, level)
     else:
         a, a_se, a_ci = _intercept_fit(lp, yf, crit, level)
         b, b_se, b_ci, a2 = _slope_fit(lp, y, yf, crit, level)
-    method = ("Calibration intercept: logistic y ~ 1 + offset(logit p) (calibration-in-the-large); calibration "
-              "slope: logistic y ~ a + b logit p (Van Calster et al. 2016; Steyerberg 2019). Maximum likelihood "
-              f"(Newton-Raphson); Wald {level:.0%} CIs from the observed information; p clipped to "
-              f"[{eps:g}, 1 - {eps:g}] before logit ({n_clipped} clipped). Brier score on unclipped p.")
-    return CalibrationResult(intercept=a, intercept_se=a_se, intercept_ci=a_ci, slope=b, slope_se=b_se,
-                             slope_ci=b_ci, slope_fit_intercept=a2, brier=brier, brier_reference=prev * (1 - prev),
-                             mean_predicted=float(p.mean()), observed_rate=prev, n=n, n_pos=n_pos,
-                             n_clipped=n_clipped, method=method)
+    method = (
+        "Calibration intercept: logistic y ~ 1 + offset(logit p) (calibration-in-the-large); calibration "
+        "slope: logistic y ~ a + b logit p (Van Calster et al. 2016; Steyerberg 2019). Maximum likelihood "
+        f"(Newton-Raphson); Wald {level:.0%} CIs from the observed information; p clipped to "
+        f"[{eps:g}, 1 - {eps:g}] before logit ({n_clipped} clipped). Brier score on unclipped p."
+    )
+    return CalibrationResult(
+        intercept=a,
+        intercept_se=a_se,
+        intercept_ci=a_ci,
+        slope=b,
+        slope_se=b_se,
+        slope_ci=b_ci,
+        slope_fit_intercept=a2,
+        brier=brier,
+        brier_reference=prev * (1 - prev),
+        mean_predicted=float(p.mean()),
+        observed_rate=prev,
+        n=n,
+        n_pos=n_pos,
+        n_clipped=n_clipped,
+        method=method,
+    )
 
 
 def brier_score(y_true, y_prob) -> float:
@@ -251,8 +288,9 @@ def brier_score(y_true, y_prob) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def calibration_curve(y_true, y_prob, *, n_bins: int = 5, strategy: str = "quantile",
-                      level: float = 0.95) -> pd.DataFrame:
+def calibration_curve(
+    y_true, y_prob, *, n_bins: int = 5, strategy: str = "quantile", level: float = 0.95
+) -> pd.DataFrame:
     """Reliability curve: mean predicted probability vs observed HER2-positive fraction per bin.
 
     Parameters
@@ -288,7 +326,16 @@ def calibration_curve(y_true, y_prob, *, n_bins: int = 5, strategy: str = "quant
     for b, g in enumerate(groups):
         k, n = int(y[g].sum()), int(g.size)
         lo, hi = clopper_pearson(k, n, level)
-        rows.append({"bin": b, "n": n, "p_low": float(p[g].min()), "p_high": float(p[g].max()),
-                     "mean_predicted": float(p[g].mean()), "observed": k / n, "observed_ci_low": lo,
-                     "observed_ci_high": hi})
+        rows.append(
+            {
+                "bin": b,
+                "n": n,
+                "p_low": float(p[g].min()),
+                "p_high": float(p[g].max()),
+                "mean_predicted": float(p[g].mean()),
+                "observed": k / n,
+                "observed_ci_low": lo,
+                "observed_ci_high": hi,
+            }
+        )
     return pd.DataFrame(rows)

@@ -57,5 +57,11 @@ def decision_curve(y_true, y_prob, thresholds: Sequence[float] | np.ndarray | No
     fp = (call & ~pos[None, :]).sum(1)
     w = pt / (1 - pt)
     prev = pos.mean()
-    return pd.DataFrame({"threshold": pt, "net_benefit": tp / n - fp / n * w,
-                         "treat_all": prev - (1 - prev) * w, "treat_none": np.zeros_like(pt)})
+    return pd.DataFrame(
+        {
+            "threshold": pt,
+            "net_benefit": tp / n - fp / n * w,
+            "treat_all": prev - (1 - prev) * w,
+            "treat_none": np.zeros_like(pt),
+        }
+    )

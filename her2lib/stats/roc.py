@@ -40,9 +40,20 @@ from ..errors import DataError, ParameterError, UndefinedMetricWarning
 from ..options import look_up_option
 from ._common import as_binary_labels, as_scores, check_level, clopper_pearson
 
-__all__ = ["auc", "delong_placements", "delong_test", "DeLongResult", "delong_test_unpaired",
-           "UnpairedDeLongResult", "auc_ci", "AUCInterval",
-           "binary_metrics", "BinaryMetrics", "Estimate", "youden_threshold"]
+__all__ = [
+    "auc",
+    "delong_placements",
+    "delong_test",
+    "DeLongResult",
+    "delong_test_unpaired",
+    "UnpairedDeLongResult",
+    "auc_ci",
+    "AUCInterval",
+    "binary_metrics",
+    "BinaryMetrics",
+    "Estimate",
+    "youden_threshold",
+]
 
 AUC_CI_METHODS = ("delong", "exact-binomial", "bootstrap")
 
@@ -58,9 +69,12 @@ def _both_classes(y: np.ndarray, what: str) -> bool:
     n_pos = int(y.sum())
     n_neg = int(y.shape[0] - n_pos)
     if n_pos == 0 or n_neg == 0:
-        warnings.warn(f"{what} is undefined with a single class (n_pos={n_pos}, n_neg={n_neg}); returning NaN. "
-                      "Evaluate on a set with both HER2-positive and HER2-negative patients.",
-                      UndefinedMetricWarning, stacklevel=3)
+        warnings.warn(
+            f"{what} is undefined with a single class (n_pos={n_pos}, n_neg={n_neg}); returning NaN. "
+            "Evaluate on a set with both HER2-positive and HER2-negative patients.",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
         return False
     return True
 
@@ -235,8 +249,10 @@ def delong_test(y_true, score_a, score_b, *, level: float = 0.95) -> DeLongResul
     m = int(pos.sum())
     n = y.shape[0] - m
     if m < 2 or n < 2:
-        raise DataError(f"The DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients; got "
-                        f"n_pos={m}, n_neg={n}. Use a larger evaluation set.")
+        raise DataError(
+            f"The DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients; got "
+            f"n_pos={m}, n_neg={n}. Use a larger evaluation set."
+        )
     ta, xa, ya = _placements(pos, a)
     tb, xb, yb = _placements(pos, b)
     dxa, dxb = xa - ta, xb - tb
@@ -254,9 +270,20 @@ def delong_test(y_true, score_a, score_b, *, level: float = 0.95) -> DeLongResul
         z = d / sig
     p = float(2.0 * _st.norm.sf(abs(z)))
     crit = float(_st.norm.ppf(1 - (1 - level) / 2))
-    return DeLongResult(auc_a=ta, auc_b=tb, diff=d, diff_ci=(d - crit * sig, d + crit * sig, level), z=float(z),
-                        pvalue=p, var_a=float(s11), var_b=float(s22), cov_ab=float(s12), sd_diff=sig,
-                        n_pos=m, n_neg=n)
+    return DeLongResult(
+        auc_a=ta,
+        auc_b=tb,
+        diff=d,
+        diff_ci=(d - crit * sig, d + crit * sig, level),
+        z=float(z),
+        pvalue=p,
+        var_a=float(s11),
+        var_b=float(s22),
+        cov_ab=float(s12),
+        sd_diff=sig,
+        n_pos=m,
+        n_neg=n,
+    )
 
 
 @dataclass(frozen=True)
@@ -299,8 +326,10 @@ class UnpairedDeLongResult:
     n_neg_a: int
     n_pos_b: int
     n_neg_b: int
-    method: str = ("DeLong's test for two unpaired ROC curves: D = diff / sqrt(V_a + V_b), t distribution with "
-                   "Welch-type df (pROC 1.18 roc.test, paired = FALSE, direction '<')")
+    method: str = (
+        "DeLong's test for two unpaired ROC curves: D = diff / sqrt(V_a + V_b), t distribution with "
+        "Welch-type df (pROC 1.18 roc.test, paired = FALSE, direction '<')"
+    )
 
     def to_row(self) -> dict:
         """Flat dict of all fields."""
@@ -359,8 +388,10 @@ def delong_test_unpaired(y_true_a, score_a, y_true_b, score_b) -> UnpairedDeLong
         m = int(y.sum())
         n = int(y.shape[0] - m)
         if m < 2 or n < 2:
-            raise DataError(f"The unpaired DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients "
-                            f"in each sample; sample {name} has n_pos={m}, n_neg={n}. Use a larger sample.")
+            raise DataError(
+                f"The unpaired DeLong test needs at least 2 HER2-positive and 2 HER2-negative patients "
+                f"in each sample; sample {name} has n_pos={m}, n_neg={n}. Use a larger sample."
+            )
         counts += [m, n]
     ta, va = _delong_var(ya.astype(bool), a)
     tb, vb = _delong_var(yb.astype(bool), b)
@@ -368,17 +399,31 @@ def delong_test_unpaired(y_true_a, score_a, y_true_b, score_b) -> UnpairedDeLong
     d = ta - tb
     with np.errstate(invalid="ignore", divide="ignore"):
         stat = float(np.float64(d) / np.sqrt(np.float64(v)))
-        df = float(np.float64(v) ** 2 / (va ** 2 / (ya.shape[0] - 1) + vb ** 2 / (yb.shape[0] - 1)))
+        df = float(np.float64(v) ** 2 / (va**2 / (ya.shape[0] - 1) + vb**2 / (yb.shape[0] - 1)))
     if v > 0:
         p = float(2.0 * _st.t.cdf(-abs(stat), df))
     else:
-        warnings.warn(f"Both DeLong variances are 0 (AUC_a = {ta:.6g}, AUC_b = {tb:.6g}); the unpaired test's "
-                      "statistic, df and P value are undefined (NaN, as pROC returns).", UndefinedMetricWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"Both DeLong variances are 0 (AUC_a = {ta:.6g}, AUC_b = {tb:.6g}); the unpaired test's "
+            "statistic, df and P value are undefined (NaN, as pROC returns).",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
         p = float("nan")
-    return UnpairedDeLongResult(auc_a=ta, auc_b=tb, diff=d, statistic=stat, df=df, pvalue=p, var_a=float(va),
-                                var_b=float(vb), n_pos_a=counts[0], n_neg_a=counts[1], n_pos_b=counts[2],
-                                n_neg_b=counts[3])
+    return UnpairedDeLongResult(
+        auc_a=ta,
+        auc_b=tb,
+        diff=d,
+        statistic=stat,
+        df=df,
+        pvalue=p,
+        var_a=float(va),
+        var_b=float(vb),
+        n_pos_a=counts[0],
+        n_neg_a=counts[1],
+        n_pos_b=counts[2],
+        n_neg_b=counts[3],
+    )
 
 
 # --------------------------------------------------------------------------------------------------- AUC CI
@@ -407,12 +452,27 @@ class AUCInterval:
     def to_row(self) -> dict:
         """Flat dict: ``auc, ci_low, ci_high, ci_level, method, n_pos, n_neg, detail``."""
         lo, hi, lev = self.ci
-        return dict(auc=self.auc, ci_low=lo, ci_high=hi, ci_level=lev, method=self.method, n_pos=self.n_pos,
-                    n_neg=self.n_neg, detail=self.detail)
+        return dict(
+            auc=self.auc,
+            ci_low=lo,
+            ci_high=hi,
+            ci_level=lev,
+            method=self.method,
+            n_pos=self.n_pos,
+            n_neg=self.n_neg,
+            detail=self.detail,
+        )
 
 
-def auc_ci(y_true, y_score, *, method: Literal["delong", "exact-binomial", "bootstrap"] = "delong",
-           level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> AUCInterval:
+def auc_ci(
+    y_true,
+    y_score,
+    *,
+    method: Literal["delong", "exact-binomial", "bootstrap"] = "delong",
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> AUCInterval:
     """AUC with a confidence interval by one of three explicitly named methods.
 
     Parameters
@@ -454,8 +514,11 @@ def auc_ci(y_true, y_score, *, method: Literal["delong", "exact-binomial", "boot
     theta, v10, v01 = _placements(pos, s)
     if method == "delong":
         if m < 2 or n < 2:
-            warnings.warn(f"DeLong's AUC variance needs at least 2 patients per class (n_pos={m}, n_neg={n}); "
-                          "interval is NaN.", UndefinedMetricWarning, stacklevel=2)
+            warnings.warn(
+                f"DeLong's AUC variance needs at least 2 patients per class (n_pos={m}, n_neg={n}); interval is NaN.",
+                UndefinedMetricWarning,
+                stacklevel=2,
+            )
             return AUCInterval(theta, (nan, nan, level), method, m, n, "too few patients per class")
         var = np.sum((v10 - theta) ** 2) / (m - 1) / m + np.sum((v01 - theta) ** 2) / (n - 1) / n
         if var > 0:
@@ -463,25 +526,39 @@ def auc_ci(y_true, y_score, *, method: Literal["delong", "exact-binomial", "boot
         else:  # zero variance (e.g. perfect separation): pROC's qnorm(sd = 0) returns the AUC itself
             lo = hi = theta
         lo, hi = float(min(max(lo, 0.0), 1.0)), float(min(max(hi, 0.0), 1.0))
-        return AUCInterval(theta, (lo, hi, level), method, m, n,
-                           f"DeLong variance {float(var):.6g}; pROC 1.18 ci.auc(method='delong')")
+        return AUCInterval(
+            theta, (lo, hi, level), method, m, n, f"DeLong variance {float(var):.6g}; pROC 1.18 ci.auc(method='delong')"
+        )
     if method == "exact-binomial":
         tot = m + n
         lo, hi = clopper_pearson(theta * tot, tot, level)
-        return AUCInterval(theta, (lo, hi, level), method, m, n,
-                           f"MedCalc: Clopper-Pearson with k = AUC*n = {theta * tot:.4f}, n = {tot}")
+        return AUCInterval(
+            theta,
+            (lo, hi, level),
+            method,
+            m,
+            n,
+            f"MedCalc: Clopper-Pearson with k = AUC*n = {theta * tot:.4f}, n = {tot}",
+        )
     # bootstrap
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
         raise ParameterError(f"n_boot must be an integer >= 10 (2000 recommended); got {n_boot!r}.")
     aucs = _bootstrap_aucs(s[pos], s[~pos], int(n_boot), np.random.default_rng(seed))
     aucs = aucs[np.isfinite(aucs)]
     lo, hi = np.quantile(aucs, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return AUCInterval(theta, (float(lo), float(hi), level), method, m, n,
-                       f"stratified percentile bootstrap, {n_boot} resamples, seed {seed}")
+    return AUCInterval(
+        theta,
+        (float(lo), float(hi), level),
+        method,
+        m,
+        n,
+        f"stratified percentile bootstrap, {n_boot} resamples, seed {seed}",
+    )
 
 
-def _bootstrap_aucs(x: np.ndarray, yv: np.ndarray, n_boot: int, rng: np.random.Generator,
-                    chunk: int = 256) -> np.ndarray:
+def _bootstrap_aucs(
+    x: np.ndarray, yv: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 256
+) -> np.ndarray:
     """AUCs of ``n_boot`` stratified resamples (vectorised in chunks, midranks per row)."""
     m, n = x.shape[0], yv.shape[0]
     out = np.empty(n_boot)
@@ -491,7 +568,7 @@ def _bootstrap_aucs(x: np.ndarray, yv: np.ndarray, n_boot: int, rng: np.random.G
         yi = rng.integers(0, n, size=(k, n))
         pooled = np.concatenate([x[xi], yv[yi]], axis=1)
         z = _st.rankdata(pooled, method="average", axis=1)
-        out[start:start + k] = (z[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+        out[start : start + k] = (z[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
     return out
 
 
@@ -537,15 +614,18 @@ class BinaryMetrics:
     f1: Estimate
     n_pos: int
     n_neg: int
-    method: str = ("score >= threshold is positive; Clopper-Pearson CIs; F1 CI from mid-P confidence distributions "
-                   "of sensitivity and false-positive rate")
+    method: str = (
+        "score >= threshold is positive; Clopper-Pearson CIs; F1 CI from mid-P confidence distributions "
+        "of sensitivity and false-positive rate"
+    )
 
     METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 
     def to_row(self) -> dict:
         """Flat dict: counts, then ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high`` for each metric."""
-        row: dict = dict(threshold=self.threshold, tp=self.tp, fp=self.fp, tn=self.tn, fn=self.fn,
-                         n_pos=self.n_pos, n_neg=self.n_neg)
+        row: dict = dict(
+            threshold=self.threshold, tp=self.tp, fp=self.fp, tn=self.tn, fn=self.fn, n_pos=self.n_pos, n_neg=self.n_neg
+        )
         for name in self.METRICS:
             e: Estimate = getattr(self, name)
             row[name] = e.value
@@ -588,8 +668,9 @@ def _f1_interval(tp: int, fp: int, m: int, n: int, level: float, n_draws: int, s
     return float(lo), float(hi)
 
 
-def binary_metrics(y_true, y_score, threshold: float, *, level: float = 0.95, n_boot: int = 2000,
-                   seed: int = 0) -> BinaryMetrics:
+def binary_metrics(
+    y_true, y_score, threshold: float, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> BinaryMetrics:
     """Accuracy, sensitivity, specificity, PPV, NPV and F1 at a fixed threshold, with confidence intervals.
 
     Parameters
@@ -631,8 +712,7 @@ def binary_metrics(y_true, y_score, threshold: float, *, level: float = 0.95, n_
     if not isinstance(threshold, (int, float, np.integer, np.floating)) or np.isnan(threshold):
         raise ParameterError(f"threshold must be a number (-inf and inf allowed; NaN is not); got {threshold!r}.")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
-        raise ParameterError(f"n_boot (F1 interval draws) must be an integer >= 10 (2000 recommended); "
-                             f"got {n_boot!r}.")
+        raise ParameterError(f"n_boot (F1 interval draws) must be an integer >= 10 (2000 recommended); got {n_boot!r}.")
     y, s = _validate(y_true, y_score)
     pred = s >= float(threshold)
     pos = y.astype(bool)
@@ -643,8 +723,11 @@ def binary_metrics(y_true, y_score, threshold: float, *, level: float = 0.95, n_
 
     def prop(name: str, k: int, n: int) -> Estimate:
         if n == 0:
-            warnings.warn(f"{name} is undefined at threshold {threshold} (denominator 0); returning NaN.",
-                          UndefinedMetricWarning, stacklevel=3)
+            warnings.warn(
+                f"{name} is undefined at threshold {threshold} (denominator 0); returning NaN.",
+                UndefinedMetricWarning,
+                stacklevel=3,
+            )
             return Estimate(float("nan"), (float("nan"), float("nan"), level), "Clopper-Pearson", k, n)
         lo, hi = clopper_pearson(k, n, level)
         return Estimate(k / n, (lo, hi, level), "Clopper-Pearson", k, n)
@@ -655,11 +738,16 @@ def binary_metrics(y_true, y_score, threshold: float, *, level: float = 0.95, n_
     ppv = prop("PPV", tp, tp + fp)
     npv = prop("NPV", tn, tn + fn)
     den = 2 * tp + fp + fn
-    f1_method = (f"percentiles of F1 over {n_boot} draws of sensitivity and false-positive rate from their mid-P "
-                 f"binomial confidence distributions (seed {seed})")
+    f1_method = (
+        f"percentiles of F1 over {n_boot} draws of sensitivity and false-positive rate from their mid-P "
+        f"binomial confidence distributions (seed {seed})"
+    )
     if den == 0:
-        warnings.warn("F1 is undefined (no positive patient and no positive call); returning NaN.",
-                      UndefinedMetricWarning, stacklevel=2)
+        warnings.warn(
+            "F1 is undefined (no positive patient and no positive call); returning NaN.",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
         f1 = Estimate(float("nan"), (float("nan"),) * 2 + (level,), f1_method, 2 * tp, den)
     else:
         lo, hi = _f1_interval(tp, fp, tp + fn, tn + fp, level, int(n_boot), seed)

@@ -42,9 +42,21 @@ from ..contract import PAPER_TABLES, table_spec
 from ..errors import DataError, ParameterError
 from ..options import close_match, look_up_option
 
-__all__ = ["TestResult", "categorical_test", "fisher_exact_rx2", "continuous_test", "Variable",
-           "paper_variables", "PAPER_PVALUES", "table_tests", "cohort_table", "compare_with_paper",
-           "format_pvalue", "CohortTables", "cohort_tables"]
+__all__ = [
+    "TestResult",
+    "categorical_test",
+    "fisher_exact_rx2",
+    "continuous_test",
+    "Variable",
+    "paper_variables",
+    "PAPER_PVALUES",
+    "table_tests",
+    "cohort_table",
+    "compare_with_paper",
+    "format_pvalue",
+    "CohortTables",
+    "cohort_tables",
+]
 
 CATEGORICAL_METHODS = ("chi2", "chi2_yates", "fisher")
 
@@ -60,12 +72,33 @@ METHOD_LABELS = {
 #: P values printed in the paper's Tables 1-3, keyed by manifest column (27 in all: 25 categorical and the two
 #: continuous rows age and mri_size_mm, which cannot be recomputed from the printed medians and quartiles).
 PAPER_PVALUES: dict[str, float] = {
-    "age": 0.704, "location": 0.761, "ki67": 0.823, "er": 0.566, "pr": 0.554, "her2": 0.933, "hr": 0.811,
-    "luminal": 0.966, "her2_nonluminal": 0.993, "triple_negative": 0.768,
-    "us_shape": 0.684, "us_orientation": 0.991, "us_margin": 0.502, "us_echo_pattern": 0.177,
-    "us_posterior": 0.478, "us_calcifications": 0.658, "us_vascularity": 0.633, "us_axillary_ln": 0.534,
-    "mri_shape": 0.835, "mri_margin": 0.836, "mri_size_mm": 0.243, "mri_lesions": 0.791, "mri_t2_hyper": 0.146,
-    "mri_skin": 0.132, "mri_nipple": 0.568, "mri_enhancement": 0.536, "mri_nonmass": 0.392,
+    "age": 0.704,
+    "location": 0.761,
+    "ki67": 0.823,
+    "er": 0.566,
+    "pr": 0.554,
+    "her2": 0.933,
+    "hr": 0.811,
+    "luminal": 0.966,
+    "her2_nonluminal": 0.993,
+    "triple_negative": 0.768,
+    "us_shape": 0.684,
+    "us_orientation": 0.991,
+    "us_margin": 0.502,
+    "us_echo_pattern": 0.177,
+    "us_posterior": 0.478,
+    "us_calcifications": 0.658,
+    "us_vascularity": 0.633,
+    "us_axillary_ln": 0.534,
+    "mri_shape": 0.835,
+    "mri_margin": 0.836,
+    "mri_size_mm": 0.243,
+    "mri_lesions": 0.791,
+    "mri_t2_hyper": 0.146,
+    "mri_skin": 0.132,
+    "mri_nipple": 0.568,
+    "mri_enhancement": 0.536,
+    "mri_nonmass": 0.392,
 }
 
 # Largest number of tables the exact enumeration will visit before refusing (memory/time guard).
@@ -123,8 +156,10 @@ class TestResult:
 def _as_counts(counts) -> np.ndarray:
     t = np.asarray(counts)
     if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] < 2:
-        raise DataError(f"counts must be a levels x groups table of shape (r, 2) with r >= 2; got shape {t.shape}. "
-                        "Pass one row per level and one column per group (e.g. [[78, 27], [71, 21]]).")
+        raise DataError(
+            f"counts must be a levels x groups table of shape (r, 2) with r >= 2; got shape {t.shape}. "
+            "Pass one row per level and one column per group (e.g. [[78, 27], [71, 21]])."
+        )
     try:
         tf = t.astype(float)
     except (TypeError, ValueError):
@@ -174,8 +209,10 @@ def fisher_exact_rx2(counts) -> float:
     r_last = int(rows[last])
     n_tables = float(np.prod(rows[free] + 1.0))
     if n_tables > MAX_TABLES:
-        raise ParameterError(f"Exact Fisher test on row totals {rows.tolist()} would enumerate ~{n_tables:.3g} "
-                             f"tables (limit {MAX_TABLES}); use method='chi2' for a table this large.")
+        raise ParameterError(
+            f"Exact Fisher test on row totals {rows.tolist()} would enumerate ~{n_tables:.3g} "
+            f"tables (limit {MAX_TABLES}); use method='chi2' for a table this large."
+        )
     # partial sums of the free rows; prune those that leave an impossible remainder for the last row
     lp_obs = _log_hyper(t[:, 0].astype(float), rows.astype(float), n1, total)
     sums = np.zeros(1, dtype=np.int64)
@@ -240,8 +277,15 @@ def categorical_test(counts, method: Literal["chi2", "chi2_yates", "fisher"] | N
     ngroup = tuple(int(v) for v in t.sum(axis=0))
     note = f" ({dropped} empty level(s) dropped)" if dropped else ""
     if t.shape[0] < 2 or min(ngroup) == 0:
-        return TestResult(method or "chi2", None, float("nan"), None,
-                          "undefined: fewer than two non-empty levels or an empty group" + note, ngroup, None)
+        return TestResult(
+            method or "chi2",
+            None,
+            float("nan"),
+            None,
+            "undefined: fewer than two non-empty levels or an empty group" + note,
+            ngroup,
+            None,
+        )
     expected = np.outer(t.sum(axis=1), t.sum(axis=0)) / t.sum()
     min_exp = float(expected.min())
     is2x2 = t.shape[0] == 2
@@ -283,9 +327,11 @@ def _clean(x, name: str) -> np.ndarray:
         raise DataError(f"{name} must be numeric; got dtype {a.dtype}.") from None
     bad = ~np.isfinite(a)
     if bad.any():
-        raise DataError(f"{name} has {int(bad.sum())} missing/non-finite value(s), first at index "
-                        f"{int(np.flatnonzero(bad)[0])}; drop them first (cohort_table drops missing values "
-                        "itself and reports how many).")
+        raise DataError(
+            f"{name} has {int(bad.sum())} missing/non-finite value(s), first at index "
+            f"{int(np.flatnonzero(bad)[0])}; drop them first (cohort_table drops missing values "
+            "itself and reports how many)."
+        )
     if a.size < 2:
         raise DataError(f"{name} has {a.size} value(s); a two-group test needs at least 2 per group.")
     return a
@@ -372,8 +418,9 @@ def _mann_whitney_r(a, b) -> tuple[float, float, str]:
     variant = f"normal approximation with continuity correction ({why}; tie-corrected variance)"
     z = w - na * nb / 2.0
     ntot = na + nb
-    sigma = math.sqrt((na * nb / 12.0) * ((ntot + 1) - float(np.sum(tcounts.astype(float) ** 3 - tcounts))
-                                          / (ntot * (ntot - 1))))
+    sigma = math.sqrt(
+        (na * nb / 12.0) * ((ntot + 1) - float(np.sum(tcounts.astype(float) ** 3 - tcounts)) / (ntot * (ntot - 1)))
+    )
     if sigma == 0:
         return w, float("nan"), variant + "; all values equal, P undefined"
     z = (z - np.sign(z) * 0.5) / sigma
@@ -384,8 +431,9 @@ def _mann_whitney_r(a, b) -> tuple[float, float, str]:
 CONTINUOUS_METHODS = ("student_t", "mann_whitney")
 
 
-def continuous_test(a, b, *, alpha: float = 0.05,
-                    method: Literal["student_t", "mann_whitney"] | None = None) -> TestResult:
+def continuous_test(
+    a, b, *, alpha: float = 0.05, method: Literal["student_t", "mann_whitney"] | None = None
+) -> TestResult:
     """Compare a continuous variable between two groups with the paper's rule.
 
     Parameters
@@ -434,8 +482,14 @@ def continuous_test(a, b, *, alpha: float = 0.05,
     n = (int(xa.size), int(xb.size))
     if method == "student_t" or (method is None and na and nb_):
         r = _st.ttest_ind(xa, xb, equal_var=True)
-        return TestResult("student_t", float(r.statistic), float(r.pvalue), float(xa.size + xb.size - 2),
-                          f"{why}; pooled-variance t-test", n)
+        return TestResult(
+            "student_t",
+            float(r.statistic),
+            float(r.pvalue),
+            float(xa.size + xb.size - 2),
+            f"{why}; pooled-variance t-test",
+            n,
+        )
     w, p, variant = _mann_whitney_r(xa, xb)
     return TestResult("mann_whitney", w, p, None, f"{why}; {variant}; R wilcox.test default", n)
 
@@ -490,8 +544,7 @@ def paper_variables(table: str | None = None) -> list[Variable]:
     out: list[Variable] = []
     cont = {c["column"]: c for c in meta["continuous"]}
     for c in meta["categorical"]:
-        out.append(Variable(c["column"], c["label"], "categorical", tuple(c["levels"]), tuple(c["codes"]),
-                            c["table"]))
+        out.append(Variable(c["column"], c["label"], "categorical", tuple(c["levels"]), tuple(c["codes"]), c["table"]))
     units = {"age": "years", "mri_size_mm": "mm"}
     labels = {"age": "Age", "mri_size_mm": "Largest tumor size"}
     # paper order: age first in Table 1; tumour size after MRI margins in Table 3
@@ -501,8 +554,12 @@ def paper_variables(table: str | None = None) -> list[Variable]:
     size = cont.get("mri_size_mm")
     if size:
         pos = next(i for i, v in enumerate(out) if v.column == "mri_margin") + 1
-        out.insert(pos, Variable("mri_size_mm", labels["mri_size_mm"], "continuous", table=size["table"],
-                                 unit=units["mri_size_mm"]))
+        out.insert(
+            pos,
+            Variable(
+                "mri_size_mm", labels["mri_size_mm"], "continuous", table=size["table"], unit=units["mri_size_mm"]
+            ),
+        )
     return [v for v in out if table is None or v.table == table]
 
 
@@ -514,8 +571,9 @@ def _as_variables(df: pd.DataFrame, variables, by: str | None = None) -> list[Va
         if isinstance(v, str):
             if v not in df.columns:
                 v = Variable(v, v)  # reported as missing below
-            elif (pd.api.types.is_numeric_dtype(df[v]) and not pd.api.types.is_bool_dtype(df[v])
-                  and df[v].nunique() > 10):
+            elif (
+                pd.api.types.is_numeric_dtype(df[v]) and not pd.api.types.is_bool_dtype(df[v]) and df[v].nunique() > 10
+            ):
                 v = Variable(v, v, "continuous")
             else:
                 codes = tuple(sorted(df[v].dropna().unique().tolist(), key=str))
@@ -527,8 +585,10 @@ def _as_variables(df: pd.DataFrame, variables, by: str | None = None) -> list[Va
     if missing:
         hints = {m: close_match(m, df.columns) for m in missing}
         hint = "; ".join(f"{m!r} (did you mean {h!r}?)" if h else repr(m) for m, h in hints.items())
-        raise DataError(f"cohort has no column(s) {hint}; the manifest must carry the columns of "
-                        "tables_1_3.json.", problems=[f"missing column {m}" for m in missing])
+        raise DataError(
+            f"cohort has no column(s) {hint}; the manifest must carry the columns of tables_1_3.json.",
+            problems=[f"missing column {m}" for m in missing],
+        )
     return out
 
 
@@ -537,8 +597,8 @@ def format_pvalue(p: float, digits: int = 3) -> str:
     """Format a P value as the paper does: ``"0.761"``; below ``10**-digits``: ``"<0.001"``; NaN: ``""``."""
     if p is None or not np.isfinite(p):
         return ""
-    if p < 10 ** -digits:
-        return f"<{10 ** -digits:.{digits}f}"
+    if p < 10**-digits:
+        return f"<{10**-digits:.{digits}f}"
     return f"{p:.{digits}f}"
 
 
@@ -556,17 +616,24 @@ def _groups(df: pd.DataFrame, by: str, groups: Sequence | None) -> list:
     present = df[by].dropna().unique().tolist()
     if groups is None:
         order = {"train": 0, "test": 1}
-        groups = sorted(present, key=lambda g: (order.get(g, 2), -g if isinstance(g, (int, np.integer)) else 0,
-                                                str(g)))
+        groups = sorted(present, key=lambda g: (order.get(g, 2), -g if isinstance(g, (int, np.integer)) else 0, str(g)))
     groups = list(groups)
     if len(groups) != 2:
-        raise DataError(f"cohort_table compares exactly two groups; column {by!r} has {len(groups)} "
-                        f"({groups}); pass groups=[g1, g2].")
+        raise DataError(
+            f"cohort_table compares exactly two groups; column {by!r} has {len(groups)} "
+            f"({groups}); pass groups=[g1, g2]."
+        )
     return groups
 
 
-def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str], *,
-                groups: Sequence | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def table_tests(
+    df: pd.DataFrame,
+    by: str,
+    variables: str | Sequence[Variable | str],
+    *,
+    groups: Sequence | None = None,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """Numeric test results for each variable of a cohort table (the machine-readable half of :func:`cohort_table`).
 
     Parameters
@@ -603,8 +670,19 @@ def table_tests(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | 
         else:
             counts = _level_counts(sub, v, by, groups)
             res = categorical_test(counts)
-        rows.append(dict(variable=v.column, label=v.label, kind=v.kind, method=res.method, test=res.label,
-                         statistic=res.statistic, pvalue=res.pvalue, reason=res.reason, n_missing=n_missing))
+        rows.append(
+            dict(
+                variable=v.column,
+                label=v.label,
+                kind=v.kind,
+                method=res.method,
+                test=res.label,
+                statistic=res.statistic,
+                pvalue=res.pvalue,
+                reason=res.reason,
+                n_missing=n_missing,
+            )
+        )
     out = pd.DataFrame(rows)
     p = out["pvalue"].to_numpy(float)
     adj = np.full_like(p, np.nan)
@@ -623,8 +701,11 @@ def _level_counts(sub: pd.DataFrame, v: Variable, by: str, groups: list) -> np.n
     code_s = [_code_str(c) for c in codes]
     unknown = sorted(set(col_s.unique()) - set(code_s))
     if unknown:
-        raise DataError(f"column {v.column!r} has value(s) {unknown} outside its codes {code_s}; fix the "
-                        "manifest or the variable's codes.", problems=[f"{v.column}: unexpected {u}" for u in unknown])
+        raise DataError(
+            f"column {v.column!r} has value(s) {unknown} outside its codes {code_s}; fix the "
+            "manifest or the variable's codes.",
+            problems=[f"{v.column}: unexpected {u}" for u in unknown],
+        )
     grp = sub[by]
     return np.array([[int(((col_s == c) & (grp == g)).sum()) for g in groups] for c in code_s])
 
@@ -654,9 +735,16 @@ def _fmt_num(x: float, digits: int) -> str:
     return s
 
 
-def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable | str], *,
-                 groups: Sequence | None = None, alpha: float = 0.05, pct_digits: int = 0,
-                 num_digits: int = 2) -> pd.DataFrame:
+def cohort_table(
+    df: pd.DataFrame,
+    by: str,
+    variables: str | Sequence[Variable | str],
+    *,
+    groups: Sequence | None = None,
+    alpha: float = 0.05,
+    pct_digits: int = 0,
+    num_digits: int = 2,
+) -> pd.DataFrame:
     """A cohort table formatted like the paper's Tables 1-3.
 
     Parameters
@@ -692,8 +780,16 @@ def cohort_table(df: pd.DataFrame, by: str, variables: str | Sequence[Variable |
     return _format_table(df, by, vars_, groups, tests, pct_digits=pct_digits, num_digits=num_digits)
 
 
-def _format_table(df: pd.DataFrame, by: str, vars_: list[Variable], groups: list, tests: pd.DataFrame, *,
-                  pct_digits: int = 0, num_digits: int = 2) -> pd.DataFrame:
+def _format_table(
+    df: pd.DataFrame,
+    by: str,
+    vars_: list[Variable],
+    groups: list,
+    tests: pd.DataFrame,
+    *,
+    pct_digits: int = 0,
+    num_digits: int = 2,
+) -> pd.DataFrame:
     """:func:`cohort_table` from the test results :func:`table_tests` gave for the same variables and groups."""
     tests = tests.set_index("variable")
     n_g = [int((df[by] == g).sum()) for g in groups]
@@ -714,22 +810,53 @@ def _format_table(df: pd.DataFrame, by: str, vars_: list[Variable], groups: list
                 cells = []
                 for x in vals:
                     q1, med, q3 = np.quantile(x, [0.25, 0.5, 0.75])
-                    cells.append(f"{_fmt_num(med, num_digits)} ({_fmt_num(q1, num_digits)}, "
-                                 f"{_fmt_num(q3, num_digits)})")
+                    cells.append(
+                        f"{_fmt_num(med, num_digits)} ({_fmt_num(q1, num_digits)}, {_fmt_num(q3, num_digits)})"
+                    )
                 what = "median (Q1, Q3)"
-            rows.append({"variable": v.column, "level": "", "Variables": f"{v.label}{unit}, {what}{miss}",
-                         heads[0]: cells[0], heads[1]: cells[1], "P": p, "Test": test, "P (Bonferroni)": padj})
+            rows.append(
+                {
+                    "variable": v.column,
+                    "level": "",
+                    "Variables": f"{v.label}{unit}, {what}{miss}",
+                    heads[0]: cells[0],
+                    heads[1]: cells[1],
+                    "P": p,
+                    "Test": test,
+                    "P (Bonferroni)": padj,
+                }
+            )
             continue
         counts = _level_counts(sub, v, by, groups)
         tot = counts.sum(axis=0)
-        rows.append({"variable": v.column, "level": "", "Variables": f"{v.label}, n (%){miss}", heads[0]: "",
-                     heads[1]: "", "P": p, "Test": test, "P (Bonferroni)": padj})
+        rows.append(
+            {
+                "variable": v.column,
+                "level": "",
+                "Variables": f"{v.label}, n (%){miss}",
+                heads[0]: "",
+                heads[1]: "",
+                "P": p,
+                "Test": test,
+                "P (Bonferroni)": padj,
+            }
+        )
         names = v.levels if v.levels else tuple(str(c) for c in v.codes)
         for i, name in enumerate(names):
             cells = [f"{counts[i, j]} ({_pct(int(counts[i, j]), int(tot[j]), pct_digits)})" for j in range(2)]
             code = v.codes[i] if v.codes else name
-            rows.append({"variable": v.column, "level": _code_str(code), "Variables": f"  {name}",
-                         heads[0]: cells[0], heads[1]: cells[1], "P": "", "Test": "", "P (Bonferroni)": ""})
+            rows.append(
+                {
+                    "variable": v.column,
+                    "level": _code_str(code),
+                    "Variables": f"  {name}",
+                    heads[0]: cells[0],
+                    heads[1]: cells[1],
+                    "P": "",
+                    "Test": "",
+                    "P (Bonferroni)": "",
+                }
+            )
     return pd.DataFrame(rows, columns=_table_columns(heads))
 
 
@@ -763,9 +890,12 @@ def compare_with_paper(tests: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out["p_paper"] = out["variable"].map(PAPER_PVALUES)
     out["match"] = np.isclose(out["p_ours_rounded"], out["p_paper"], atol=10 ** -(digits + 2))
     cont = out["variable"].isin(["age", "mri_size_mm"])
-    out["note"] = np.where(cont, "continuous: depends on individual values (the paper prints median (Q1, Q3)); the "
-                                 "synthetic cohort places them to reproduce the printed P",
-                           "categorical: reproducible from the counts of Tables 1-3")
+    out["note"] = np.where(
+        cont,
+        "continuous: depends on individual values (the paper prints median (Q1, Q3)); the "
+        "synthetic cohort places them to reproduce the printed P",
+        "categorical: reproducible from the counts of Tables 1-3",
+    )
     return out.reset_index(drop=True)
 
 

@@ -40,8 +40,33 @@ from .loop import EpochHook, FoldResult, fit_fold, train_one_epoch
 from .optim import make_mixup, make_optimizer, make_scheduler
 from .runtime import epoch_metrics, predict_proba, resolve_device
 
-__all__ = ["TrainConfig", "PAPER_TRAINING", "assign_folds", "read_folds", "write_folds", "inner_split",
-           "resolve_device", "epoch_metrics", "predict_proba", "fit_fold", "train_one_epoch", "make_optimizer",
-           "make_scheduler", "make_mixup", "EpochHook", "FoldResult", "CVResult", "SELECTIONS", "run_cv",
-           "load_fold_model", "write_predictions", "oof_performance", "config", "cv", "folds", "loop", "optim",
-           "runtime"]
+__all__ = [
+    "TrainConfig",
+    "PAPER_TRAINING",
+    "assign_folds",
+    "read_folds",
+    "write_folds",
+    "inner_split",
+    "resolve_device",
+    "epoch_metrics",
+    "predict_proba",
+    "fit_fold",
+    "train_one_epoch",
+    "make_optimizer",
+    "make_scheduler",
+    "make_mixup",
+    "EpochHook",
+    "FoldResult",
+    "CVResult",
+    "SELECTIONS",
+    "run_cv",
+    "load_fold_model",
+    "write_predictions",
+    "oof_performance",
+    "config",
+    "cv",
+    "folds",
+    "loop",
+    "optim",
+    "runtime",
+]

@@ -31,8 +31,10 @@ from .runtime import _memory_format, _use_cl, epoch_metrics, predict_proba, reso
 __all__ = ["SELECTIONS", "CVResult", "run_cv", "load_fold_model", "write_predictions", "oof_performance"]
 
 #: epoch-selection protocols of :func:`run_cv` -> label written to the tables
-SELECTIONS = {"inner": "inner validation split of the fold's training part (her2lib default)",
-              "heldout": "held-out fold (paper protocol; OOF optimistic)"}
+SELECTIONS = {
+    "inner": "inner validation split of the fold's training part (her2lib default)",
+    "heldout": "held-out fold (paper protocol; OOF optimistic)",
+}
 
 
 @dataclass
@@ -67,27 +69,39 @@ class CVResult:
     selection: str = "inner"
 
 
-def _checked_inputs(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig,
-                    folds: pd.Series) -> tuple[torch.Tensor, pd.Series, np.ndarray]:
+def _checked_inputs(
+    cohort: pd.DataFrame, inputs, model_cfg: ModelConfig, folds: pd.Series
+) -> tuple[torch.Tensor, pd.Series, np.ndarray]:
     """The inputs as a float32 tensor, the folds aligned with ``cohort`` and the training-row mask."""
     _check_cohort(cohort, "run_cv")
     x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
     if x.shape[0] != len(cohort) or tuple(x.shape[1:]) != tuple(model_cfg.input_shape):
-        raise DataError(f"run_cv: inputs have shape {tuple(x.shape)}; expected ({len(cohort)}, "
-                        f"{', '.join(map(str, model_cfg.input_shape))}). Fix: preprocess with the size of the "
-                        f"config (image_size={model_cfg.image_size}).")
+        raise DataError(
+            f"run_cv: inputs have shape {tuple(x.shape)}; expected ({len(cohort)}, "
+            f"{', '.join(map(str, model_cfg.input_shape))}). Fix: preprocess with the size of the "
+            f"config (image_size={model_cfg.image_size})."
+        )
     if not torch.isfinite(x).all():
         raise DataError("run_cv: inputs contain NaN/inf.")
     folds = folds.loc[cohort.index].astype(int)
     is_train = (cohort["split"] == "train").to_numpy()
     if (folds[~is_train] != -1).any() or (folds[is_train] < 0).any():
-        raise DataError("run_cv: folds must be -1 for test patients and >= 0 for training patients; "
-                        "use her2lib.train.assign_folds.")
+        raise DataError(
+            "run_cv: folds must be -1 for test patients and >= 0 for training patients; use her2lib.train.assign_folds."
+        )
     return x, folds, is_train
 
 
-def _fold_sets(rows: pd.DataFrame, is_train: np.ndarray, fvals: np.ndarray, k: int, *, selection: str,
-               inner_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def _fold_sets(
+    rows: pd.DataFrame,
+    is_train: np.ndarray,
+    fvals: np.ndarray,
+    k: int,
+    *,
+    selection: str,
+    inner_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Row indices of fold ``k``'s fit set, selection set and held-out fold, and the fingerprint extra."""
     tr = np.flatnonzero(is_train & (fvals != k))
     va = np.flatnonzero(is_train & (fvals == k))
@@ -96,8 +110,12 @@ def _fold_sets(rows: pd.DataFrame, is_train: np.ndarray, fvals: np.ndarray, k: i
         fit_idx, sel_idx = tr[fit_i], tr[sel_i]
     else:
         fit_idx, sel_idx = tr, va
-    extra = {"selection": selection, "inner_fraction": inner_fraction if selection == "inner" else None,
-             "heldout": rows.iloc[va]["patient_id"].tolist(), "heldout_her2": rows.iloc[va]["her2"].tolist()}
+    extra = {
+        "selection": selection,
+        "inner_fraction": inner_fraction if selection == "inner" else None,
+        "heldout": rows.iloc[va]["patient_id"].tolist(),
+        "heldout_her2": rows.iloc[va]["her2"].tolist(),
+    }
     return fit_idx, sel_idx, va, extra
 
 
@@ -114,31 +132,58 @@ def _summary_row(k: int, res: FoldResult, selection: str, n: tuple[int, int, int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         heldout_auc = epoch_metrics(part["her2"].to_numpy(), part["p_her2"].to_numpy())["auc"]
-    return {"fold": k, "selection": SELECTIONS[selection], "best_epoch": res.best_epoch,
-            "n_train": n[0], "n_select": n[1], "n_heldout": n[2],
-            **{c.replace("val_", "select_"): res.best_metrics.get(c)
-               for c in ("val_auc", "val_accuracy", "val_recall", "val_f1", "val_loss")},
-            "heldout_auc": heldout_auc}
+    return {
+        "fold": k,
+        "selection": SELECTIONS[selection],
+        "best_epoch": res.best_epoch,
+        "n_train": n[0],
+        "n_select": n[1],
+        "n_heldout": n[2],
+        **{
+            c.replace("val_", "select_"): res.best_metrics.get(c)
+            for c in ("val_auc", "val_accuracy", "val_recall", "val_f1", "val_loss")
+        },
+        "heldout_auc": heldout_auc,
+    }
 
 
-def _assemble(rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list,
-              test_fold_parts: list) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _assemble(
+    rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list, test_fold_parts: list
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """OOF table, fold-mean test table and per-fold-model test table, sorted by patient."""
     oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
     test = rows.iloc[test_idx].copy()
     test["fold"] = -1
     test["p_her2"] = np.mean(test_probs, axis=0) if test_probs else np.zeros(0)
     test = test.sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
-    test_folds = (pd.concat(test_fold_parts).sort_values(["patient_id", "model_fold"]).reset_index(drop=True)
-                  [list(TEST_FOLD_COLUMNS)] if test_fold_parts else pd.DataFrame(columns=list(TEST_FOLD_COLUMNS)))
+    test_folds = (
+        pd.concat(test_fold_parts)
+        .sort_values(["patient_id", "model_fold"])
+        .reset_index(drop=True)[list(TEST_FOLD_COLUMNS)]
+        if test_fold_parts
+        else pd.DataFrame(columns=list(TEST_FOLD_COLUMNS))
+    )
     return oof, test, test_folds
 
 
-def run_cv(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig, training: TrainConfig, folds: pd.Series,
-           out_dir: str | os.PathLike, *, seed: int = 0, device: str = "auto",
-           augment: AugmentSpec | None = DEFAULT_AUGMENT, resume: bool = True, checkpoint_every: int = 1,
-           progress: bool = True, epoch_hook: EpochHook | None = None, selection: str = "inner",
-           inner_fraction: float = 0.2) -> CVResult:
+def run_cv(
+    cohort: pd.DataFrame,
+    inputs,
+    model_cfg: ModelConfig,
+    training: TrainConfig,
+    folds: pd.Series,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    augment: AugmentSpec | None = DEFAULT_AUGMENT,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    epoch_hook: EpochHook | None = None,
+    selection: str = "inner",
+    inner_fraction: float = 0.2,
+) -> CVResult:
     """Cross-validate one model on the training cohort and predict the test cohort.
 
     Parameters
@@ -174,23 +219,46 @@ def run_cv(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig, training: Train
     fold_ids = [int(k) for k in sorted(folds[is_train].unique())]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"config": config_to_dict(model_cfg), "training": training.to_dict(),
-                                         "seed": seed, "folds": fold_ids,
-                                         "augment": asdict(augment) if augment else None,
-                                         "selection": selection, "selection_label": SELECTIONS[selection],
-                                         "inner_fraction": inner_fraction if selection == "inner" else None})
+    write_json(
+        out_dir / "config.json",
+        {
+            "config": config_to_dict(model_cfg),
+            "training": training.to_dict(),
+            "seed": seed,
+            "folds": fold_ids,
+            "augment": asdict(augment) if augment else None,
+            "selection": selection,
+            "selection_label": SELECTIONS[selection],
+            "inner_fraction": inner_fraction if selection == "inner" else None,
+        },
+    )
     dev = resolve_device(device)
     rows = cohort[["patient_id", "split", "her2"]].reset_index(drop=True)
     fvals = folds.to_numpy()
     oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
     test_idx = np.flatnonzero(~is_train)
     for k in fold_ids:
-        fit_idx, sel_idx, va, extra = _fold_sets(rows, is_train, fvals, k, selection=selection,
-                                                 inner_fraction=inner_fraction, seed=seed)
-        res = fit_fold(model_cfg, training, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx],
-                       fold=k, out_dir=out_dir, seed=seed, device=dev, augment=augment, resume=resume,
-                       checkpoint_every=checkpoint_every, progress=progress, epoch_hook=epoch_hook,
-                       fingerprint_extra=extra)
+        fit_idx, sel_idx, va, extra = _fold_sets(
+            rows, is_train, fvals, k, selection=selection, inner_fraction=inner_fraction, seed=seed
+        )
+        res = fit_fold(
+            model_cfg,
+            training,
+            x[fit_idx],
+            rows.iloc[fit_idx],
+            x[sel_idx],
+            rows.iloc[sel_idx],
+            fold=k,
+            out_dir=out_dir,
+            seed=seed,
+            device=dev,
+            augment=augment,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            epoch_hook=epoch_hook,
+            fingerprint_extra=extra,
+        )
         model = _fold_model(model_cfg, training, res, dev)
         part = rows.iloc[va].copy()
         part["fold"] = k
@@ -208,8 +276,9 @@ def run_cv(cohort: pd.DataFrame, inputs, model_cfg: ModelConfig, training: Train
     oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts)
     history = pd.DataFrame(hist)
     write_csv(out_dir / "metrics.csv", history)
-    return CVResult(oof=oof, test=test, history=history, summary=pd.DataFrame(summ), test_folds=test_folds,
-                    selection=selection)
+    return CVResult(
+        oof=oof, test=test, history=history, summary=pd.DataFrame(summ), test_folds=test_folds, selection=selection
+    )
 
 
 def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu") -> nn.Module:
@@ -231,8 +300,9 @@ def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu
     cfg_path, ck_path = models_dir / "config.json", models_dir / f"fold{fold}.pt"
     for p in (cfg_path, ck_path):
         if not p.exists():
-            raise ParameterError(f"{p} does not exist; train the model first (notebooks 03/04) or check "
-                                 "models_dir / fold.")
+            raise ParameterError(
+                f"{p} does not exist; train the model first (notebooks 03/04) or check models_dir / fold."
+            )
     cfg = config_from_dict(json.loads(cfg_path.read_text(encoding="utf-8"))["config"])
     cfg.checkpoint = None  # the fold file holds all weights
     model = build_model(cfg)
@@ -248,8 +318,10 @@ def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, pref
     mean of the fold models) and ``{prefix}_test_folds.csv`` (:data:`~her2lib.contract.TEST_FOLD_COLUMNS`, each
     fold model's test probability). ``prefix`` is a deep-learning model's prefix, ``"us"`` or ``"mri"``."""
     look_up_option(prefix, [MODELS[k].prefix for k in DL_MODELS], name="prefix")
-    out = [write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
-           write_csv(prediction_path(predictions_dir, prefix, "test"), result.test)]
+    out = [
+        write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
+        write_csv(prediction_path(predictions_dir, prefix, "test"), result.test),
+    ]
     if result.test_folds is not None:
         out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), result.test_folds))
     return out

@@ -40,9 +40,11 @@ def _guard_train_only(rows: pd.DataFrame, what: str) -> None:
         raise DataError(f"fit_fold: {what} rows need a 'split' column (the leakage guard checks it).")
     test = rows.loc[rows["split"] != "train", "patient_id"].tolist()
     if test:
-        raise DataError(f"fit_fold: test-cohort patients {test[:5]} reached the {what} data of a CV fold. The test "
-                        "cohort must never be used for fitting or model selection; pass only split == 'train' "
-                        "rows.")
+        raise DataError(
+            f"fit_fold: test-cohort patients {test[:5]} reached the {what} data of a CV fold. The test "
+            "cohort must never be used for fitting or model selection; pass only split == 'train' "
+            "rows."
+        )
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0) -> pd.Series:
@@ -69,8 +71,10 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0) -> pd.Series
     train = df[df["split"] == "train"].sort_values("patient_id")
     counts = train["her2"].value_counts()
     if len(counts) < 2 or counts.min() < n_folds:
-        raise DataError(f"assign_folds: the training cohort has HER2 counts {counts.to_dict()}; every class needs "
-                        f">= n_folds={n_folds} patients.")
+        raise DataError(
+            f"assign_folds: the training cohort has HER2 counts {counts.to_dict()}; every class needs "
+            f">= n_folds={n_folds} patients."
+        )
     folds = pd.Series(-1, index=df.index, name="fold", dtype=int)
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val) in enumerate(skf.split(np.zeros(len(train)), train["her2"].to_numpy())):
@@ -104,8 +108,7 @@ def read_folds(path: str | os.PathLike, df: pd.DataFrame) -> pd.Series:
     leak = m["fold"].notna() & (m["split"] == "test") & (m["fold"] != -1)
     problems += [f"patient {p}: test patient with a CV fold" for p in m.loc[leak, "patient_id"]]
     if problems:
-        raise DataError(f"{path} does not match the cohort ({len(problems)} problems); re-run 02_preprocess.",
-                        problems)
+        raise DataError(f"{path} does not match the cohort ({len(problems)} problems); re-run 02_preprocess.", problems)
     return pd.Series(m["fold"].astype(int).to_numpy(), index=df.index, name="fold")
 
 
@@ -131,8 +134,10 @@ def inner_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndar
         raise ParameterError(f"inner_fraction={fraction!r}: use a share in (0, 0.5] (e.g. 0.2).")
     counts = rows["her2"].value_counts()
     if len(counts) < 2 or counts.min() < 2:
-        raise DataError(f"inner validation split: the fold's training part has HER2 counts {counts.to_dict()}; "
-                        "each class needs >= 2 patients. Use selection='heldout' or a larger cohort.")
+        raise DataError(
+            f"inner validation split: the fold's training part has HER2 counts {counts.to_dict()}; "
+            "each class needs >= 2 patients. Use selection='heldout' or a larger cohort."
+        )
     order = np.argsort(rows["patient_id"].astype(str).to_numpy(), kind="stable")
     y = rows["her2"].to_numpy()[order]
     n_sel = max(int(round(fraction * len(rows))), 2)

@@ -82,7 +82,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[
     perm = torch.randperm(n, generator=gen)
     out = []
     for i in range(0, n, batch_size):
-        b = perm[i:i + batch_size]
+        b = perm[i : i + batch_size]
         if even and len(b) % 2:
             b = b[:-1]
         if len(b) >= 2:  # BatchNorm needs >= 2 samples; a trailing single sample is skipped this epoch
@@ -96,10 +96,20 @@ def _save(path: Path, obj: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
-def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    x_train: torch.Tensor, y_train: torch.Tensor, *, training: TrainConfig, device: torch.device,
-                    aug: BatchAugmenter | None, mixup, gen: torch.Generator,
-                    np_rs: np.random.RandomState) -> tuple[float, int]:
+def train_one_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    training: TrainConfig,
+    device: torch.device,
+    aug: BatchAugmenter | None,
+    mixup,
+    gen: torch.Generator,
+    np_rs: np.random.RandomState,
+) -> tuple[float, int]:
     """One training epoch over in-memory tensors (the loop :func:`fit_fold` runs and the benchmark times).
 
     Batches are drawn by ``gen`` (a trailing single sample is skipped: BatchNorm needs two), augmented on the
@@ -192,8 +202,7 @@ def _load_finished(run: _FoldRun) -> FoldResult | None:
         return None
     ck = torch.load(run.final_path, map_location="cpu", weights_only=True)
     if ck.get("fingerprint") == run.fingerprint and ck.get("complete"):
-        return FoldResult(run.fold, int(ck["best_epoch"]), dict(ck["best_metrics"]), list(ck["history"]),
-                          ck["model"])
+        return FoldResult(run.fold, int(ck["best_epoch"]), dict(ck["best_metrics"]), list(ck["history"]), ck["model"])
     return None
 
 
@@ -202,8 +211,13 @@ def _resume(run: _FoldRun, tr: _Trainer) -> _Progress:
     a fresh :class:`_Progress` (with a warning) when the state belongs to another configuration or data."""
     st = torch.load(run.state_path, map_location="cpu", weights_only=True)
     bk = torch.load(run.best_path, map_location="cpu", weights_only=True) if run.best_path.exists() else None
-    if st.get("fingerprint") == run.fingerprint and bk is not None and bk.get("fingerprint") == run.fingerprint \
-            and int(bk["best_epoch"]) <= int(st["epoch"]) + 1 and int(bk["best_epoch"]) == int(st["best_epoch"]):
+    if (
+        st.get("fingerprint") == run.fingerprint
+        and bk is not None
+        and bk.get("fingerprint") == run.fingerprint
+        and int(bk["best_epoch"]) <= int(st["epoch"]) + 1
+        and int(bk["best_epoch"]) == int(st["best_epoch"])
+    ):
         tr.model.load_state_dict(st["model"])
         tr.opt.load_state_dict(st["optimizer"])
         tr.scaler.load_state_dict(st["scaler"])
@@ -211,26 +225,42 @@ def _resume(run: _FoldRun, tr: _Trainer) -> _Progress:
             tr.sched.load_state_dict(st["scheduler"])
         if "torch_rng" in st:
             torch.set_rng_state(st["torch_rng"])
-        return _Progress(history=list(st["history"]), best_key=(float(st["best_key"][0]), float(st["best_key"][1])),
-                         best_epoch=int(st["best_epoch"]), best_metrics=dict(bk["best_metrics"]),
-                         best_state=bk["model"], start=int(st["epoch"]) + 1)
-    warnings.warn(f"{run.state_path}: checkpoint from another configuration/data; training fold {run.fold} afresh.",
-                  RuntimeWarning, stacklevel=3)
+        return _Progress(
+            history=list(st["history"]),
+            best_key=(float(st["best_key"][0]), float(st["best_key"][1])),
+            best_epoch=int(st["best_epoch"]),
+            best_metrics=dict(bk["best_metrics"]),
+            best_state=bk["model"],
+            start=int(st["epoch"]) + 1,
+        )
+    warnings.warn(
+        f"{run.state_path}: checkpoint from another configuration/data; training fold {run.fold} afresh.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return _Progress()
 
 
-def _selection_row(run: _FoldRun, tr: _Trainer, epoch: int, train_loss: float, lr_now: float,
-                   x_val: torch.Tensor, y_val: np.ndarray) -> tuple[dict, dict]:
+def _selection_row(
+    run: _FoldRun, tr: _Trainer, epoch: int, train_loss: float, lr_now: float, x_val: torch.Tensor, y_val: np.ndarray
+) -> tuple[dict, dict]:
     """The history row of one epoch (selection-set loss and metrics) and the metrics."""
-    p = predict_proba(tr.model, x_val, training=run.training, device=run.device,
-                      batch_size=max(2 * run.training.batch_size, 2))
+    p = predict_proba(
+        tr.model, x_val, training=run.training, device=run.device, batch_size=max(2 * run.training.batch_size, 2)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         met = epoch_metrics(y_val, p)
     eps = 1e-7
     val_loss = float(-np.mean(y_val * np.log(p + eps) + (1 - y_val) * np.log(1 - p + eps)))
-    row = {"fold": int(run.fold), "epoch": int(epoch) + 1, "train_loss": train_loss, "val_loss": val_loss,
-           **{f"val_{k}": v for k, v in met.items()}, "lr": lr_now}
+    row = {
+        "fold": int(run.fold),
+        "epoch": int(epoch) + 1,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        **{f"val_{k}": v for k, v in met.items()},
+        "lr": lr_now,
+    }
     return row, met
 
 
@@ -240,20 +270,41 @@ def _keep_if_best(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int, row:
     if prog.best_key is None or key > prog.best_key:
         prog.best_key, prog.best_epoch, prog.best_metrics = key, epoch + 1, row
         prog.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tr.model.state_dict().items()}
-        _save(run.best_path, {"model": prog.best_state, "best_epoch": epoch + 1, "best_metrics": row,
-                              "fingerprint": run.fingerprint})
+        _save(
+            run.best_path,
+            {"model": prog.best_state, "best_epoch": epoch + 1, "best_metrics": row, "fingerprint": run.fingerprint},
+        )
 
 
 def _save_resume_state(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int) -> None:
-    _save(run.state_path, {"model": tr.model.state_dict(), "optimizer": tr.opt.state_dict(),
-                           "scaler": tr.scaler.state_dict(),
-                           "scheduler": tr.sched.state_dict() if tr.sched is not None else {}, "epoch": epoch,
-                           "history": prog.history, "best_key": list(prog.best_key), "best_epoch": prog.best_epoch,
-                           "torch_rng": torch.get_rng_state(), "fingerprint": run.fingerprint})
+    _save(
+        run.state_path,
+        {
+            "model": tr.model.state_dict(),
+            "optimizer": tr.opt.state_dict(),
+            "scaler": tr.scaler.state_dict(),
+            "scheduler": tr.sched.state_dict() if tr.sched is not None else {},
+            "epoch": epoch,
+            "history": prog.history,
+            "best_key": list(prog.best_key),
+            "best_epoch": prog.best_epoch,
+            "torch_rng": torch.get_rng_state(),
+            "fingerprint": run.fingerprint,
+        },
+    )
 
 
-def _train_epochs(run: _FoldRun, tr: _Trainer, prog: _Progress, x_train: torch.Tensor, y_train: torch.Tensor,
-                  x_val: torch.Tensor, y_val: np.ndarray, aug: BatchAugmenter | None, bar) -> None:
+def _train_epochs(
+    run: _FoldRun,
+    tr: _Trainer,
+    prog: _Progress,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: np.ndarray,
+    aug: BatchAugmenter | None,
+    bar,
+) -> None:
     """Epochs ``prog.start`` .. ``epochs - 1``: train, score the selection set, keep the best, checkpoint."""
     mixup = make_mixup(run.training, num_classes=2)
     epochs = run.training.epochs
@@ -264,8 +315,19 @@ def _train_epochs(run: _FoldRun, tr: _Trainer, prog: _Progress, x_train: torch.T
         np_rs = np.random.RandomState(_epoch_seed(run.seed, run.fold, epoch, 1))
         if aug is not None:
             aug.reseed(_epoch_seed(run.seed, run.fold, epoch, 2))
-        tot, cnt = train_one_epoch(tr.model, tr.opt, tr.scaler, x_train, y_train, training=run.training,
-                                   device=run.device, aug=aug, mixup=mixup, gen=gen, np_rs=np_rs)
+        tot, cnt = train_one_epoch(
+            tr.model,
+            tr.opt,
+            tr.scaler,
+            x_train,
+            y_train,
+            training=run.training,
+            device=run.device,
+            aug=aug,
+            mixup=mixup,
+            gen=gen,
+            np_rs=np_rs,
+        )
         lr_now = float(tr.opt.param_groups[0]["lr"])
         if tr.sched is not None:
             tr.sched.step()
@@ -279,11 +341,25 @@ def _train_epochs(run: _FoldRun, tr: _Trainer, prog: _Progress, x_train: torch.T
             run.epoch_hook(run.fold, epoch, row)
 
 
-def fit_fold(model_cfg: ModelConfig, training: TrainConfig, x_train: torch.Tensor, rows_train: pd.DataFrame,
-             x_val: torch.Tensor, rows_val: pd.DataFrame, *, fold: int, out_dir: str | os.PathLike,
-             seed: int = 0, device: str | torch.device = "auto", augment: AugmentSpec | None = DEFAULT_AUGMENT,
-             resume: bool = True, checkpoint_every: int = 1, progress: bool = True,
-             epoch_hook: EpochHook | None = None, fingerprint_extra: Any = None) -> FoldResult:
+def fit_fold(
+    model_cfg: ModelConfig,
+    training: TrainConfig,
+    x_train: torch.Tensor,
+    rows_train: pd.DataFrame,
+    x_val: torch.Tensor,
+    rows_val: pd.DataFrame,
+    *,
+    fold: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    augment: AugmentSpec | None = DEFAULT_AUGMENT,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    epoch_hook: EpochHook | None = None,
+    fingerprint_extra: Any = None,
+) -> FoldResult:
     """Train one fold and keep the epoch with the best selection-set AUC.
 
     Parameters
@@ -335,14 +411,31 @@ def fit_fold(model_cfg: ModelConfig, training: TrainConfig, x_train: torch.Tenso
     out_dir.mkdir(parents=True, exist_ok=True)
     y_train = torch.as_tensor(rows_train["her2"].to_numpy().astype(np.int64).copy())
     y_val = rows_val["her2"].to_numpy().astype(int)
-    fingerprint = _hash({"model": config_to_dict(model_cfg), "training": training.to_dict()},
-                        asdict(augment) if augment else None, seed, fold,
-                        rows_train["patient_id"].tolist(), rows_val["patient_id"].tolist(),
-                        rows_train["her2"].tolist(), rows_val["her2"].tolist(), fingerprint_extra, x_train, x_val)
-    run = _FoldRun(fold=fold, seed=seed, device=dev, training=training, fingerprint=fingerprint,
-                   final_path=out_dir / f"fold{fold}.pt", state_path=out_dir / f"fold{fold}_state.pt",
-                   best_path=out_dir / f"fold{fold}_best.pt", checkpoint_every=checkpoint_every,
-                   epoch_hook=epoch_hook)
+    fingerprint = _hash(
+        {"model": config_to_dict(model_cfg), "training": training.to_dict()},
+        asdict(augment) if augment else None,
+        seed,
+        fold,
+        rows_train["patient_id"].tolist(),
+        rows_val["patient_id"].tolist(),
+        rows_train["her2"].tolist(),
+        rows_val["her2"].tolist(),
+        fingerprint_extra,
+        x_train,
+        x_val,
+    )
+    run = _FoldRun(
+        fold=fold,
+        seed=seed,
+        device=dev,
+        training=training,
+        fingerprint=fingerprint,
+        final_path=out_dir / f"fold{fold}.pt",
+        state_path=out_dir / f"fold{fold}_state.pt",
+        best_path=out_dir / f"fold{fold}_best.pt",
+        checkpoint_every=checkpoint_every,
+        epoch_hook=epoch_hook,
+    )
     done = _load_finished(run) if resume else None
     if done is not None:
         return done
@@ -350,15 +443,32 @@ def fit_fold(model_cfg: ModelConfig, training: TrainConfig, x_train: torch.Tenso
     torch.manual_seed(_epoch_seed(seed, fold, 10**6))
     tr = _build_trainer(model_cfg, training, dev)
     prog = _resume(run, tr) if resume and run.state_path.exists() else _Progress()
-    aug = (BatchAugmenter(model_cfg.spatial_dims, model_cfg.input_shape[1:], spec=augment, seed=seed)
-           if augment is not None else None)
-    bar = tqdm(range(prog.start, training.epochs), desc=f"{model_cfg.kind} fold {fold}", initial=prog.start,
-               total=training.epochs, disable=not progress, leave=False)
+    aug = (
+        BatchAugmenter(model_cfg.spatial_dims, model_cfg.input_shape[1:], spec=augment, seed=seed)
+        if augment is not None
+        else None
+    )
+    bar = tqdm(
+        range(prog.start, training.epochs),
+        desc=f"{model_cfg.kind} fold {fold}",
+        initial=prog.start,
+        total=training.epochs,
+        disable=not progress,
+        leave=False,
+    )
     with _deterministic(dev):
         _train_epochs(run, tr, prog, x_train, y_train, x_val, y_val, aug, bar)
-    _save(run.final_path, {"model": prog.best_state, "best_epoch": prog.best_epoch,
-                           "best_metrics": prog.best_metrics, "history": prog.history,
-                           "fingerprint": fingerprint, "complete": True})
+    _save(
+        run.final_path,
+        {
+            "model": prog.best_state,
+            "best_epoch": prog.best_epoch,
+            "best_metrics": prog.best_metrics,
+            "history": prog.history,
+            "fingerprint": fingerprint,
+            "complete": True,
+        },
+    )
     for p_ in (run.state_path, run.best_path):
         with contextlib.suppress(FileNotFoundError):
             p_.unlink()

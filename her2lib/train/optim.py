@@ -20,8 +20,7 @@ def make_optimizer(model: nn.Module, training: TrainConfig) -> torch.optim.Optim
     try:
         return torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay,
-                                 foreach=True)
+        return torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay, foreach=True)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, training: TrainConfig):
@@ -35,5 +34,9 @@ def make_mixup(training: TrainConfig, num_classes: int = 2) -> Mixup | None:
     """timm ``Mixup`` from ``training``, or None when ``training.mixup`` is off."""
     if not training.mixup:
         return None
-    return Mixup(mixup_alpha=training.mixup_alpha, cutmix_alpha=training.cutmix_alpha,
-                 label_smoothing=training.label_smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=training.mixup_alpha,
+        cutmix_alpha=training.cutmix_alpha,
+        label_smoothing=training.label_smoothing,
+        num_classes=num_classes,
+    )

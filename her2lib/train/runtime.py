@@ -49,9 +49,12 @@ def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[
         auc = float("nan")
     else:
         auc = float(roc_auc_score(y, p))
-    return {"auc": auc, "accuracy": float(accuracy_score(y, pred)),
-            "recall": float(recall_score(y, pred, zero_division=0)),
-            "f1": float(f1_score(y, pred, zero_division=0))}
+    return {
+        "auc": auc,
+        "accuracy": float(accuracy_score(y, pred)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+    }
 
 
 def _use_amp(training: TrainConfig, device: torch.device) -> bool:
@@ -74,8 +77,14 @@ def _to_device(x: torch.Tensor, device: torch.device, cl: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, *, training: TrainConfig | None = None,
-                  device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    training: TrainConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+) -> np.ndarray:
     """Probability of HER2-positive (softmax of logit 1) for every sample.
 
     Parameters
@@ -100,7 +109,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, *, training: TrainConfig | 
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        xb = _to_device(torch.as_tensor(x[i:i + batch_size]), device, cl)
+        xb = _to_device(torch.as_tensor(x[i : i + batch_size]), device, cl)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             logits = model(xb)
         out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
