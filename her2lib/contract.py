@@ -256,7 +256,7 @@ def read_predictions(path: str | os.PathLike, split: str | None = None) -> pd.Da
 
 
 def validate_test_folds(
-    df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None, atol: float = 1e-9
+    df: pd.DataFrame, source: str = "test_folds", test: pd.DataFrame | None = None, *, atol: float = 1e-9
 ) -> pd.DataFrame:
     """Check a per-fold-model test prediction table and return a clean copy sorted by patient and model fold.
 

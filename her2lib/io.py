@@ -85,7 +85,7 @@ def write_csv(target: str | os.PathLike, df, **kwargs) -> Path:
     return Path(target)
 
 
-def save_figure(fig, target: str | os.PathLike, dpi: int = 200, svg: bool = False) -> Path:
+def save_figure(fig, target: str | os.PathLike, dpi: int = 200, *, svg: bool = False) -> Path:
     """Atomically save a matplotlib figure (format from the suffix, PNG by default); ``svg=True`` also writes an
     SVG twin with the same stem. No time stamp or software tag and fixed SVG element ids, so a rerun writes
     identical bytes."""

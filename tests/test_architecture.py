@@ -196,3 +196,37 @@ def test_no_function_is_longer_than_80_lines():
         if n > MAX_FUNCTION_LINES
     ]
     assert not long, f"split these at their own section comments: {long}"
+
+
+def positional_options(source: str) -> list[tuple[str, int, list[str]]]:
+    """Public functions and methods with more than three parameters whose options (parameters with a default)
+    beyond the third parameter can be passed by position: ``(name, line, [such parameters])``."""
+    found = []
+
+    def visit(body, owner=""):
+        for node in body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                visit(node.body, f"{node.name}.")
+            elif isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                pos = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                with_default = pos[len(pos) - len(node.args.defaults) :] if node.args.defaults else []
+                late = [a.arg for i, a in enumerate(pos) if i >= 3 and a in with_default]
+                if len(pos) + len(node.args.kwonlyargs) > 3 and late:
+                    found.append((owner + node.name, node.lineno, late))
+
+    visit(ast.parse(source).body)
+    return found
+
+
+def test_keyword_only_checker():
+    src = "def f(a, b, c, d=1, e=2): ...\ndef g(a, b, c, *, d=1): ...\ndef _h(a, b, c, d=1): ...\n"
+    assert positional_options(src) == [("f", 1, ["d", "e"])]
+
+
+def test_public_functions_take_their_options_keyword_only():
+    offenders = [
+        f"{p.relative_to(PACKAGE.parent)}:{line} {name}: {late}"
+        for p, _, _ in _modules()
+        for name, line, late in positional_options(p.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, f"make these options keyword-only (*): {offenders}"

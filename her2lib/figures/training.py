@@ -9,6 +9,7 @@ import os
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..io import save_figure
 from ..options import look_up_option
@@ -53,6 +54,8 @@ def plot_learning_curves(
     axes[0].set(xlabel="epoch", ylabel="loss", title=f"loss (dashed: training, solid: {where})")
     axes[1].set(xlabel="epoch", ylabel="AUC", title=f"{where} AUC (dot: chosen epoch)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[1].legend(fontsize=8)
     if title:
         fig.suptitle(title)

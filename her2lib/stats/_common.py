@@ -43,7 +43,7 @@ def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
     return yf.astype(np.int8)
 
 
-def as_scores(y_score, n: int, name: str = "y_score", against: str = "y_true") -> np.ndarray:
+def as_scores(y_score, n: int, name: str = "y_score", *, against: str = "y_true") -> np.ndarray:
     """Return ``y_score`` as a finite float64 array of length ``n`` (the length of ``against``), or raise
     :class:`DataError`."""
     s = np.asarray(y_score)
@@ -67,10 +67,10 @@ def as_scores(y_score, n: int, name: str = "y_score", against: str = "y_true") -
     return s
 
 
-def as_probabilities(y_prob, n: int, name: str = "y_prob", against: str = "y_true") -> np.ndarray:
+def as_probabilities(y_prob, n: int, name: str = "y_prob", *, against: str = "y_true") -> np.ndarray:
     """Return ``y_prob`` as a float64 array of ``n`` finite probabilities in [0, 1], or raise :class:`DataError`
     (the checks of :func:`as_scores`, then the range)."""
-    p = as_scores(y_prob, n, name, against)
+    p = as_scores(y_prob, n, name, against=against)
     out = (p < 0) | (p > 1)
     if out.any():
         i = int(np.flatnonzero(out)[0])
@@ -105,6 +105,7 @@ def logistic_fit(
     X: np.ndarray,
     y: np.ndarray,
     offset: np.ndarray | None = None,
+    *,
     penalty: np.ndarray | None = None,
     max_iter: int = 100,
     step_tol: float = 1e-10,
