@@ -230,3 +230,26 @@ def test_public_functions_take_their_options_keyword_only():
         for name, line, late in positional_options(p.read_text(encoding="utf-8"))
     ]
     assert not offenders, f"make these options keyword-only (*): {offenders}"
+
+
+def test_every_stage_is_reachable_from_the_package():
+    from her2lib import stages
+
+    for name in stages.__all__:
+        obj = getattr(stages, name)
+        assert obj.__module__.startswith("her2lib.stages"), name
+    with pytest.raises(AttributeError):
+        stages.no_such_stage  # noqa: B018
+
+
+def test_notebook_setup_does_not_import_torch():
+    """Every notebook's set-up cell imports the runner's notebook module; the tables notebooks must not pay for
+    torch, timm and MONAI (several seconds per kernel)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, her2lib.runner.notebook; print(sorted(m for m in ('torch', 'timm', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

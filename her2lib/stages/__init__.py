@@ -20,29 +20,35 @@ notebook                  stage                                                 
 Imports point one way: runner -> stages -> science -> core (tests/test_architecture.py checks it).
 """
 
-from ._common import RunDirs, modality_present, notice, remove_stale
-from .cohort import CohortCounts, cohort_counts, cohort_tables, draw_gallery, prepare_cohort
-from .evaluation import run_evaluation
-from .fusion import run_fusion
-from .gradcam import GradCAMRun, run_gradcam
-from .preprocess import Preprocessed, preprocess_modalities
-from .training import train_modality
+from importlib import import_module
 
-__all__ = [
-    "RunDirs",
-    "notice",
-    "modality_present",
-    "remove_stale",
-    "prepare_cohort",
-    "cohort_counts",
-    "CohortCounts",
-    "draw_gallery",
-    "cohort_tables",
-    "preprocess_modalities",
-    "Preprocessed",
-    "train_modality",
-    "run_fusion",
-    "run_evaluation",
-    "run_gradcam",
-    "GradCAMRun",
-]
+from ._common import RunDirs, modality_present, notice, remove_stale
+
+# The stage functions load on first use (PEP 562): the training and Grad-CAM stages import torch, timm and
+# MONAI, which every notebook's ``setup`` (it needs only RunDirs) and the tables notebooks must not pay for.
+_STAGES = {
+    "prepare_cohort": "cohort",
+    "cohort_counts": "cohort",
+    "CohortCounts": "cohort",
+    "draw_gallery": "cohort",
+    "cohort_tables": "cohort",
+    "preprocess_modalities": "preprocess",
+    "Preprocessed": "preprocess",
+    "train_modality": "training",
+    "run_fusion": "fusion",
+    "run_evaluation": "evaluation",
+    "run_gradcam": "gradcam",
+    "GradCAMRun": "gradcam",
+}
+
+__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", *_STAGES]
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        return getattr(import_module(f".{_STAGES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_STAGES))
