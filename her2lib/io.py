@@ -32,11 +32,24 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux >= 4.7: /proc/self/status);
+    elsewhere by setting and restoring it (a brief window in which another thread's new file would get 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def new_file_mode() -> int:
     """Permission bits a newly created file gets under the current umask (``0o666 & ~umask``)."""
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager

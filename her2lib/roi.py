@@ -450,7 +450,7 @@ class _FileHashes:
     """
 
     FILE = "file_hashes.json"
-    RACY_NS = 200_000_000  # 0.2 s: far more than a file-system clock tick
+    RACY_NS = 2_000_000_000  # 2 s: the coarsest file-time tick in use (FAT/exFAT; ext3, HFS+, many NFS/SMB: 1 s)
 
     def __init__(self, folder: Path):
         self.path = folder / self.FILE
@@ -468,17 +468,21 @@ class _FileHashes:
         st = os.stat(path)
         return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)]
 
+    def _trusted(self, known: Any, stat: list[int]) -> bool:
+        """Whether a remembered entry ``[stat, digest, hashed_at_ns]`` still describes the file (a malformed
+        entry does not)."""
+        try:
+            return (
+                known[0] == stat and isinstance(known[1], str) and int(known[2]) - max(stat[1], stat[2]) >= self.RACY_NS
+            )
+        except (TypeError, ValueError, IndexError, KeyError):
+            return False
+
     def sha256(self, path: str | os.PathLike) -> str:
         name = os.path.abspath(os.fspath(path))
         stat = self._stat(name)
-        known = self.entries.get(name)
-        if (
-            isinstance(known, list)
-            and len(known) == 3
-            and known[0] == stat
-            and int(known[2]) - max(stat[1], stat[2]) >= self.RACY_NS
-        ):
-            return str(known[1])
+        if self._trusted(self.entries.get(name), stat):
+            return str(self.entries[name][1])
         hashed_at = time.time_ns()
         digest = sha256_file(name)
         self.entries[name] = [stat, digest, hashed_at]

@@ -60,6 +60,21 @@ def test_written_files_get_the_umask_mode_not_the_temp_files_0600(tmp_path, umas
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_new_file_mode_reads_the_umask_without_changing_it(monkeypatch):
+    import her2lib.io as hio
+
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(hio.os, "umask", lambda m: calls.append(m) or real(m))
+    old = real(0o077)
+    try:
+        assert new_file_mode() == 0o600
+        if os.path.exists("/proc/self/status"):  # Linux: read, never set
+            assert calls == []
+    finally:
+        real(old)
+
+
 def test_new_file_mode_leaves_the_umask_unchanged():
     old = os.umask(0o027)
     try:

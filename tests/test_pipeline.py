@@ -208,7 +208,14 @@ def test_shipped_notebooks_are_stripped_and_follow_the_contract():
         # papermill parses the same names (an unparsable comment line makes it warn in the user's terminal)
         import papermill
 
-        assert list(papermill.inspect_notebook(str(path))) == names, f"{path.name}: papermill cannot parse a line"
+        params = papermill.inspect_notebook(str(path))
+        assert list(params) == names, f"{path.name}: papermill cannot parse a line"
+        # one `name: type = value  # comment` line per parameter, as papermill's --help-notebook shows them (a
+        # formatter that wraps a long line into `name = (\n value  # comment\n)` leaves papermill a default of "(")
+        lines = [ln for ln in her2nb.parameters_cell(path).splitlines() if ln.strip()]
+        assert len(lines) == len(names), f"{path.name}: a parameter spans several lines: shorten its comment"
+        for name in names:
+            assert params[name]["default"] not in ("(", "[", "{"), f"{path.name}: {name} wraps onto the next line"
 
 
 def test_strip_notebook_removes_outputs(tmp_path):

@@ -388,6 +388,7 @@ def test_later_passes_do_not_rehash_unchanged_source_files(tiny_cohort, tmp_path
     """The digests of the source files are kept with their stat, so notebooks 03/04/07 find their cache entries
     without reading every image again; a changed file is hashed (and preprocessed) again."""
     spec = roi.PreprocessSpec(us_size=16, us_margin_px=10)
+    monkeypatch.setattr(roi._FileHashes, "RACY_NS", 200_000_000)  # a 0.2 s tick: this file system's is finer
     time.sleep(2 * roi._FileHashes.RACY_NS / 1e9)  # digests of files written just now are not trusted
     x1, _, _ = roi.preprocess_cohort(tiny_cohort, "us", spec, tmp_path / "c", progress=False)
     assert len(json.loads((tmp_path / "c" / "roi" / "file_hashes.json").read_text())) == 6
@@ -423,7 +424,8 @@ def test_file_digest_index_notices_a_rewrite_within_one_clock_tick(tmp_path, mon
     assert hashes.sha256(f) != first
 
 
-def test_file_digest_index_notices_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+def test_file_digest_index_notices_a_rewrite_that_keeps_size_and_mtime(tmp_path, monkeypatch):
+    monkeypatch.setattr(roi._FileHashes, "RACY_NS", 200_000_000)  # a 0.2 s tick: this file system's is finer
     f = tmp_path / "a.bin"
     f.write_bytes(b"aaaa")
     time.sleep(2 * roi._FileHashes.RACY_NS / 1e9)
@@ -437,3 +439,18 @@ def test_file_digest_index_notices_a_rewrite_that_keeps_size_and_mtime(tmp_path)
     assert again.sha256(f) != first  # the change time gave it away
     (tmp_path / roi._FileHashes.FILE).write_text("{not json")
     assert roi._FileHashes(tmp_path).sha256(f) == again.sha256(f)  # an unreadable index only costs a re-hash
+
+
+def test_file_digest_index_distrusts_malformed_entries_and_waits_a_coarse_tick(tmp_path):
+    """A hand-edited or truncated index entry only costs a re-hash; a digest is trusted only 2 s (FAT's file-time
+    tick, the coarsest in use) after the file's last change."""
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"aaaa")
+    hashes = roi._FileHashes(tmp_path)
+    digest = hashes.sha256(f)
+    stat = roi._FileHashes._stat(str(f))
+    for bad in ([stat, digest, "soon"], [stat, None, 0], [stat], "x", None, [stat, digest, None]):
+        assert not hashes._trusted(bad, stat)
+    assert roi._FileHashes.RACY_NS >= 2_000_000_000
+    assert not hashes._trusted([stat, digest, max(stat[1], stat[2]) + 1_999_999_999], stat)
+    assert hashes._trusted([stat, digest, max(stat[1], stat[2]) + 2_000_000_000], stat)

@@ -378,3 +378,36 @@ def test_resume_restores_the_torch_rng_state(tmp_path, monkeypatch):
     torch.manual_seed(12345)  # whatever the caller did in between
     train.fit_fold(cfg, tc, xt, tr, xv, va, fold=0, out_dir=tmp_path, progress=False)
     assert len(seen) == 1 and torch.equal(seen[0], saved)
+
+
+def test_model_folders_of_her2lib_0_1_stay_loadable_and_resumable(tmp_path, monkeypatch):
+    """her2lib 0.1 kept the training settings in the model configuration. Its config.json files (the fixture is
+    the ``"config"`` of a 0.1 default-profile run) must still load, and its checkpoints must keep their
+    fingerprint: the fingerprint hashes the flat union of the two configurations, which must equal the 0.1 dict."""
+    legacy = json.loads((contract.REPO_ROOT / "tests" / "fixtures" / "model_configs_v0_1.json").read_text())
+    for kind, flat in legacy.items():
+        arch, training = train.config.split_config_dict(flat)
+        cfg, tc = models.config_from_dict(arch), train.TrainConfig(**training)
+        assert {**models.config_to_dict(cfg), **tc.to_dict()} == flat, kind
+        assert not set(models.config_to_dict(cfg)) & set(tc.to_dict())  # disjoint: the union loses nothing
+
+    df, rng = _cohort(8, 2)
+    folds = train.assign_folds(df, n_folds=2, seed=0)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    tc = _us(epochs=1, lr=1e-3, batch_size=4)
+    hashed = []
+    real_hash = train.loop._hash
+    monkeypatch.setattr(train.loop, "_hash", lambda *parts: hashed.append(parts[0]) or real_hash(*parts))
+    train.run_cv(df, _us_inputs(df, rng), cfg, tc, folds, tmp_path / "m", progress=False)
+    assert hashed and all(h == {**models.config_to_dict(cfg), **tc.to_dict()} for h in hashed)  # the 0.1 form
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"] = {**models.config_to_dict(cfg), **tc.to_dict()}  # the 0.1 layout
+    path.write_text(json.dumps(meta))
+    model = train.load_fold_model(tmp_path / "m", 0)
+    x_test = torch.as_tensor(_us_inputs(df, np.random.default_rng(0))[df.split.to_numpy() == "test"])
+    assert train.predict_proba(model, x_test).shape == (2,)
+    meta["config"] = {"kind": "dl_us", "no_such_field": 1}
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ParameterError, match=r"config\.json: not a model configuration.*re-run the training"):
+        train.load_fold_model(tmp_path / "m", 0)

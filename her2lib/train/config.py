@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import ParameterError
 from ..options import look_up_option
 
-__all__ = ["TrainConfig", "PAPER_TRAINING", "LR_SCHEDULES"]
+__all__ = ["TrainConfig", "PAPER_TRAINING", "LR_SCHEDULES", "split_config_dict"]
 
 #: learning-rate schedules of :func:`her2lib.train.make_scheduler`
 LR_SCHEDULES = ("cosine", "constant")
@@ -72,3 +72,16 @@ PAPER_TRAINING: dict[str, TrainConfig] = {
     "dl_us": TrainConfig(lr=2e-5, weight_decay=5e-2, mixup=True),
     "dl_mri": TrainConfig(lr=4e-6, weight_decay=1e-2, mixup=False),
 }
+
+
+def split_config_dict(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a flat configuration dict into its architecture part and its :class:`TrainConfig` part.
+
+    her2lib 0.1 kept the training settings inside the model configuration (``config.json`` ``"config"``);
+    reading such a file (an earlier run's trained models) goes through here.
+
+    >>> split_config_dict({"kind": "dl_us", "image_size": 96, "lr": 5e-4, "epochs": 30})
+    ({'kind': 'dl_us', 'image_size': 96}, {'lr': 0.0005, 'epochs': 30})
+    """
+    names = set(TrainConfig.__dataclass_fields__)
+    return {k: v for k, v in d.items() if k not in names}, {k: v for k, v in d.items() if k in names}

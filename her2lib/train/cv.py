@@ -23,7 +23,7 @@ from ..io import write_csv, write_json
 from ..models import ModelConfig, build_model, config_from_dict, config_to_dict
 from ..options import look_up_option
 from ..transforms import DEFAULT_AUGMENT, AugmentSpec, _epoch_seed
-from .config import TrainConfig
+from .config import TrainConfig, split_config_dict
 from .folds import _check_cohort, inner_split
 from .loop import EpochHook, FoldResult, fit_fold
 from .runtime import _memory_format, _use_cl, epoch_metrics, predict_proba, resolve_device
@@ -196,7 +196,7 @@ def run_cv(
     model_cfg : DLUSConfig or DLMRIConfig
     training : TrainConfig
     folds : pandas.Series
-        From :func:`assign_folds` / :func:`read_folds`, indexed like ``cohort``.
+        From :func:`her2lib.train.assign_folds` / :func:`her2lib.train.read_folds`, indexed like ``cohort``.
     out_dir : path
         Model folder (``run.models / "dl_us"`` or ``"dl_mri"``): ``config.json`` (model and training
         configuration, seed, folds, augmentation, selection), ``fold{k}.pt``, ``metrics.csv``.
@@ -303,7 +303,13 @@ def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu
             raise ParameterError(
                 f"{p} does not exist; train the model first (notebooks 03/04) or check models_dir / fold."
             )
-    cfg = config_from_dict(json.loads(cfg_path.read_text(encoding="utf-8"))["config"])
+    try:  # split_config_dict: an earlier run's config.json also held the training settings
+        cfg = config_from_dict(split_config_dict(json.loads(cfg_path.read_text(encoding="utf-8"))["config"])[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParameterError(
+            f"{cfg_path}: not a model configuration her2lib can read ({exc}); re-run the training notebook "
+            "(03_train_us / 04_train_mri) to rewrite this model folder."
+        ) from exc
     cfg.checkpoint = None  # the fold file holds all weights
     model = build_model(cfg)
     ck = torch.load(ck_path, map_location="cpu", weights_only=True)

@@ -412,7 +412,9 @@ def fit_fold(
     y_train = torch.as_tensor(rows_train["her2"].to_numpy().astype(np.int64).copy())
     y_val = rows_val["her2"].to_numpy().astype(int)
     fingerprint = _hash(
-        {"model": config_to_dict(model_cfg), "training": training.to_dict()},
+        # one flat dict, as her2lib 0.1 hashed its single config, so earlier runs' finished folds and resume
+        # states stay valid (the model and training fields do not overlap)
+        {**config_to_dict(model_cfg), **training.to_dict()},
         asdict(augment) if augment else None,
         seed,
         fold,
