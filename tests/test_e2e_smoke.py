@@ -69,3 +69,23 @@ def test_smoke_predictions_follow_the_contract(smoke_run):
     assert set(fusion.patient_id) == test_ids
     perf = pd.read_csv(out / "tables" / "performance.csv")
     assert len(perf) == 3
+
+
+def test_training_progress_is_logged_per_epoch_and_lands_in_the_notebooks(smoke_run):
+    """The runner shows training live from logs/progress.jsonl: one event per fold and epoch of each model (the
+    profile's work, folds x epochs), and the same lines are in the executed notebooks."""
+    out = smoke_run
+    prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())["notebooks"]
+    events = [json.loads(x) for x in (out / "logs" / "progress.jsonl").read_text().splitlines()]
+    for stem, label in (("03_train_us", "DL-US"), ("04_train_mri", "DL-MRI")):
+        mine = [e for e in events if e.get("model") == label]
+        epochs = prof[stem]["epochs"]
+        assert [e["event"] for e in mine] == ["start"] + ["epoch"] * (4 * epochs) + ["end"], label
+        assert mine[0]["total"] == 4 * epochs
+        assert {(e["fold"], e["epoch"]) for e in mine[1:-1]} == {
+            (k, ep) for k in range(4) for ep in range(1, epochs + 1)
+        }
+        cells = json.loads((out / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+        text = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+        for e in mine[1:-1]:
+            assert e["line"] in text, e["line"]

@@ -84,9 +84,12 @@ def _run(toy, name, **kw):
     return pipeline.run_pipeline(name, toy["out"], notebook_dir=toy["nbdir"], config_dir=toy["cfg"], **kw)
 
 
-def test_injects_profile_parameters_and_writes_provenance_and_index(toy):
+def test_injects_profile_parameters_and_writes_provenance_and_index(toy, capfd):
     name = toy["profile"](notebooks={"00_alpha": {"x": 21}})
     out = _run(toy, name)
+    err = capfd.readouterr().err  # the terminal: the kernels inherit this process's stderr
+    assert "[1/3] 00_alpha" in err and "[3/3] 02_gamma done in" in err  # which notebook runs, and when it ended
+    assert "Kernel is running over TCP" not in err and "WARNING" not in err  # no kernel transport noise
     assert (out / "tables" / "alpha.csv").read_text() == "x\n21\n"
     assert (out / "tables" / "gamma.csv").read_text() == "twice\n42\n"
     for stem in ("00_alpha", "01_beta", "02_gamma"):

@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..io import save_figure
 from ..options import look_up_option
+from ..train import SELECTION_SETS
 
 __all__ = ["plot_learning_curves"]
 
@@ -41,7 +42,7 @@ def plot_learning_curves(
     """
     if history is None:
         return None
-    where = look_up_option(selection, {"inner": "inner validation split", "heldout": "held-out fold"}, name="selection")
+    where = look_up_option(selection, SELECTION_SETS, name="selection")
     fig = Figure(figsize=(10, 3.6))
     axes = fig.subplots(1, 2)
     for k, h in history.groupby("fold"):

@@ -30,19 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from ..contract import REPO_ROOT, resolve_path
 from ..errors import Her2libError, ParameterError
 from ..options import did_you_mean
+from ..stages import RunDirs
 from . import provenance
 from .notebook import NOTEBOOK_DIR, parameter_names
+from .progress import ProgressMonitor
 from .report import write_index
 
 __all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline", "NotebookFailed", "main"]
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PROFILES = ("smoke", "default", "paper")
+#: Kernel command-line options: the kernel's own log (e.g. "Kernel is running over TCP without encryption", on
+#: a kernel bound to 127.0.0.1) stays out of the user's terminal; notebook output and errors are unaffected.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 _NB_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 
 
@@ -195,7 +199,10 @@ def run_pipeline(
     os.environ.setdefault("PYTHONHASHSEED", "0")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     prov = provenance.start(out, prof)
-    for step in tqdm(steps, desc=f"her2lib pipeline [{prof['name']}]", unit="notebook"):
+    progress_log = RunDirs.from_out_dir(out, prof.get("common", {}).get("cohort_dir", out)).progress_log
+    for i, step in enumerate(steps, 1):
+        label = f"[{i}/{len(steps)}] {step.stem}"
+        print(f"her2lib [{prof['name']}] {label} ...", file=sys.stderr, flush=True)
         record = provenance.begin_notebook(prov, step.stem, step.parameters)
         provenance.save(out, prov)
         target = out / "notebooks" / step.path.name
@@ -203,15 +210,17 @@ def run_pipeline(
         t0 = time.perf_counter()
         tmp = target.with_name(f".{step.stem}.running.ipynb")
         try:
-            pm.execute_notebook(
-                str(step.path),
-                str(tmp),
-                parameters=step.parameters,
-                kernel_name=kernel_name,
-                cwd=str(Path(notebook_dir)),
-                progress_bar=False,
-                log_output=log_output,
-            )
+            with ProgressMonitor(progress_log, label):
+                pm.execute_notebook(
+                    str(step.path),
+                    str(tmp),
+                    parameters=step.parameters,
+                    kernel_name=kernel_name,
+                    cwd=str(Path(notebook_dir)),
+                    progress_bar=False,
+                    log_output=log_output,
+                    extra_arguments=KERNEL_ARGUMENTS,
+                )
         except PapermillExecutionError as exc:
             if tmp.exists():
                 os.replace(tmp, failed_copy)
@@ -231,6 +240,7 @@ def run_pipeline(
         failed_copy.unlink(missing_ok=True)
         provenance.end_notebook(record, time.perf_counter() - t0, "ok")
         provenance.save(out, prov)
+        print(f"her2lib [{prof['name']}] {label} done in {record['wall_s']:.1f} s", file=sys.stderr, flush=True)
     provenance.finish(out, prov)
     write_index(out)
     return out

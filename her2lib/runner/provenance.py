@@ -61,7 +61,7 @@ PACKAGES = (
     "tqdm",
     "PyYAML",
 )
-_SKIP_OUTPUT_DIRS = ("notebooks", "cache", "params")
+_SKIP_OUTPUT_DIRS = ("notebooks", "cache", "params", "logs")
 
 
 def _now() -> str:

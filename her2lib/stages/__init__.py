@@ -22,7 +22,7 @@ Imports point one way: runner -> stages -> science -> core (tests/test_architect
 
 from importlib import import_module
 
-from ._common import RunDirs, modality_present, notice, remove_stale
+from ._common import RunDirs, log_progress, modality_present, notice, remove_stale
 
 # The stage functions load on first use (PEP 562): the training and Grad-CAM stages import torch, timm and
 # MONAI, which every notebook's ``setup`` (it needs only RunDirs) and the tables notebooks must not pay for.
@@ -41,7 +41,7 @@ _STAGES = {
     "GradCAMRun": "gradcam",
 }
 
-__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", *_STAGES]
+__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", "log_progress", *_STAGES]
 
 
 def __getattr__(name: str):

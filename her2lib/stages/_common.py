@@ -6,15 +6,18 @@ Stages layer: imports science and core modules only.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..contract import modality as _modality
 from ..contract import resolve_path
 from ..data import available_modalities
 
-__all__ = ["RunDirs", "notice", "modality_present", "remove_stale"]
+__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", "log_progress"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class RunDirs:
     def manifest(self) -> Path:
         """The cohort's manifest (``cohort_dir / "manifest.csv"``)."""
         return self.cohort_dir / "manifest.csv"
+
+    @property
+    def progress_log(self) -> Path:
+        """``logs/progress.jsonl``: one JSON line per training epoch, which the batch runner shows live."""
+        return self.root / "logs" / "progress.jsonl"
 
     @classmethod
     def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> RunDirs:
@@ -76,6 +84,35 @@ def remove_stale(*paths: str | os.PathLike) -> list[Path]:
             p.unlink()
             removed.append(p)
     return removed
+
+
+def log_progress(run: RunDirs, event: str, **fields: Any) -> dict[str, Any]:
+    """Append one progress event to :attr:`RunDirs.progress_log` (a JSON line, written and flushed at once).
+
+    The batch runner (:mod:`her2lib.runner.progress`) follows this file while a notebook runs and shows the
+    current model, fold and epoch with an ETA. It is an append-only log, not a result: a line cut short by a
+    killed run is skipped by the reader.
+
+    Parameters
+    ----------
+    run : RunDirs
+    event : str
+        ``"start"`` (fields ``model``, ``total`` epochs to train), ``"epoch"`` (``model``, ``fold``, ``n_folds``,
+        ``epoch`` (1-based), ``epochs``, losses and AUC) or ``"end"`` (``model``).
+    **fields
+        JSON-serialisable values.
+
+    Returns
+    -------
+    dict
+        The event written (with ``event`` and the wall-clock time ``t`` in seconds).
+    """
+    record = {"event": event, "t": round(time.time(), 3), **fields}
+    run.progress_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.progress_log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+    return record
 
 
 def notice(message: str) -> str:

@@ -16,9 +16,9 @@ from ..figures.training import plot_learning_curves
 from ..io import write_csv
 from ..models import ModelConfig
 from ..roi import PreprocessSpec, preprocess_cohort
-from ..train import CVResult, TrainConfig, read_folds, run_cv, write_predictions
+from ..train import SELECTION_SETS, CVResult, EpochHook, TrainConfig, read_folds, run_cv, write_predictions
 from ..transforms import DEFAULT_AUGMENT, AugmentSpec
-from ._common import RunDirs, modality_present, notice, remove_stale
+from ._common import RunDirs, log_progress, modality_present, notice, remove_stale
 
 __all__ = ["train_modality"]
 
@@ -85,6 +85,8 @@ def train_modality(
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
     folds = read_folds(run.predictions / "folds.csv", cohort)
     print("inputs:", x.shape)
+    n_folds = int(folds[folds >= 0].nunique())
+    log_progress(run, "start", model=mod.label, total=n_folds * training.epochs)
     result = run_cv(
         cohort,
         x,
@@ -100,10 +102,39 @@ def train_modality(
         progress=progress,
         selection=selection,
         inner_fraction=inner_fraction,
+        epoch_hook=_epoch_reporter(run, mod.label, n_folds, training.epochs, selection),
     )
+    log_progress(run, "end", model=mod.label)
     write_predictions(result, run.predictions, prefix)
     write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
     plot_learning_curves(
         result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label, selection=selection
     )
     return result
+
+
+def _epoch_reporter(run: RunDirs, label: str, n_folds: int, epochs: int, selection: str) -> EpochHook:
+    """An epoch hook printing one line per epoch into the notebook and logging it for the batch runner."""
+    where = SELECTION_SETS[selection]
+
+    def report(fold: int, epoch: int, row: dict) -> None:
+        line = (
+            f"{label} fold {fold} ({fold + 1}/{n_folds}) epoch {row['epoch']}/{epochs}: train loss "
+            f"{row['train_loss']:.3f}, {where} loss {row['val_loss']:.3f}, AUC {row['val_auc']:.3f}"
+        )
+        print(line, flush=True)
+        log_progress(
+            run,
+            "epoch",
+            model=label,
+            fold=int(fold),
+            n_folds=n_folds,
+            epoch=int(row["epoch"]),
+            epochs=epochs,
+            train_loss=float(row["train_loss"]),
+            val_loss=float(row["val_loss"]),
+            val_auc=float(row["val_auc"]),
+            line=line,
+        )
+
+    return report

@@ -34,7 +34,7 @@ reproducibility and resuming see :mod:`her2lib.train.loop`.
 
 from . import config, cv, folds, loop, optim, runtime
 from .config import PAPER_TRAINING, TrainConfig
-from .cv import SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
+from .cv import SELECTION_SETS, SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
 from .folds import assign_folds, inner_split, read_folds, write_folds
 from .loop import EpochHook, FoldResult, fit_fold, train_one_epoch
 from .optim import make_mixup, make_optimizer, make_scheduler
@@ -59,6 +59,7 @@ __all__ = [
     "FoldResult",
     "CVResult",
     "SELECTIONS",
+    "SELECTION_SETS",
     "run_cv",
     "load_fold_model",
     "write_predictions",

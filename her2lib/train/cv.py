@@ -28,13 +28,23 @@ from .folds import _check_cohort, inner_split
 from .loop import EpochHook, FoldResult, fit_fold
 from .runtime import _memory_format, _use_cl, epoch_metrics, predict_proba, resolve_device
 
-__all__ = ["SELECTIONS", "CVResult", "run_cv", "load_fold_model", "write_predictions", "oof_performance"]
+__all__ = [
+    "SELECTIONS",
+    "SELECTION_SETS",
+    "CVResult",
+    "run_cv",
+    "load_fold_model",
+    "write_predictions",
+    "oof_performance",
+]
 
 #: epoch-selection protocols of :func:`run_cv` -> label written to the tables
 SELECTIONS = {
     "inner": "inner validation split of the fold's training part (her2lib default)",
     "heldout": "held-out fold (paper protocol; OOF optimistic)",
 }
+#: the set each protocol scores epochs on, in a few words (figure titles, progress lines)
+SELECTION_SETS = {"inner": "inner validation split", "heldout": "held-out fold"}
 
 
 @dataclass
