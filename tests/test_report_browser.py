@@ -260,6 +260,7 @@ def check_report(run: Path, binary: str, *, screenshot: Path | None = None) -> t
     return static_problems(run) + browser_problems(run, page), page
 
 
+@pytest.mark.e2e
 def test_real_smoke_report_in_chromium(smoke_run):
     """Reference: the smoke run's own folder and ``provenance.json``; the screenshot is ``<run>/report.png``."""
     binary = require_chromium()
@@ -272,6 +273,7 @@ def test_real_smoke_report_in_chromium(smoke_run):
     print(f"\nreport screenshot: {shot}")
 
 
+@pytest.mark.e2e
 def test_checker_flags_a_broken_copy(smoke_run, tmp_path):
     """Reference: a copy of the smoke run with a corrupt Figure 3A, a deleted notebook, an emptied Table 1 and
     the commit removed from the page; each must be reported (so the test above can fail)."""
