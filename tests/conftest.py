@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+
+from her2lib.runner import pipeline
 
 
 def simulate_fold_models(
@@ -61,3 +67,19 @@ def simulate_fold_models(
 def fold_model_sim():
     """Large simulated prediction files (20000 training OOF + 20000 test patients, 4 fold models)."""
     return simulate_fold_models()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One run of the smoke profile per test session (cohort and outputs in a temporary folder), shared by the
+    end-to-end tests. ``HER2LIB_TEST_SMOKE_RUN=<run folder>`` reuses an existing smoke run instead (development
+    only: the tests then check that folder)."""
+    reuse = os.environ.get("HER2LIB_TEST_SMOKE_RUN")
+    if reuse:
+        return Path(reuse).resolve()
+    root = tmp_path_factory.mktemp("smoke")
+    prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())
+    prof["common"]["cohort_dir"] = str(root / "cohort")
+    path = root / "smoke.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return pipeline.run_pipeline(path, root / "out")

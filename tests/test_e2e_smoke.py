@@ -6,11 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
 from her2lib.runner import pipeline
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.e2e  # smoke_run: the session fixture in conftest.py
 
 EXPECTED = [
     "tables/table1_clinical.csv",
@@ -30,16 +29,6 @@ EXPECTED = [
     "provenance.json",
     "index.html",
 ]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())
-    prof["common"]["cohort_dir"] = str(root / "cohort")
-    path = root / "smoke.yaml"
-    path.write_text(yaml.safe_dump(prof))
-    return pipeline.run_pipeline(path, root / "out")
 
 
 def test_smoke_profile_writes_every_paper_output(smoke_run):
