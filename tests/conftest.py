@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+
+from her2lib.runner import pipeline
 
 
 def simulate_fold_models(
@@ -61,3 +64,16 @@ def simulate_fold_models(
 def fold_model_sim():
     """Large simulated prediction files (20000 training OOF + 20000 test patients, 4 fold models)."""
     return simulate_fold_models()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The output folder of one run of the smoke profile (every numbered notebook), shared by the end-to-end tests
+    (tests/test_e2e_smoke.py, tests/test_interrupt.py): one batch per test session. Its cohort is built beside it,
+    and the profile it ran is ``<folder>/../smoke.yaml`` (``provenance.json`` names it too)."""
+    root = tmp_path_factory.mktemp("smoke")
+    prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())
+    prof["common"]["cohort_dir"] = str(root / "cohort")
+    path = root / "smoke.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return pipeline.run_pipeline(path, root / "out")

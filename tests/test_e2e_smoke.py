@@ -1,4 +1,5 @@
-"""End to end: the smoke profile through every numbered notebook, from one command, in a temporary folder."""
+"""End to end: the smoke profile through every numbered notebook, from one command, in a temporary folder
+(the session-wide ``smoke_run`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
 from her2lib.runner import pipeline
 
@@ -30,16 +30,6 @@ EXPECTED = [
     "provenance.json",
     "index.html",
 ]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    prof = yaml.safe_load((pipeline.CONFIG_DIR / "smoke.yaml").read_text())
-    prof["common"]["cohort_dir"] = str(root / "cohort")
-    path = root / "smoke.yaml"
-    path.write_text(yaml.safe_dump(prof))
-    return pipeline.run_pipeline(path, root / "out")
 
 
 def test_smoke_profile_writes_every_paper_output(smoke_run):

@@ -91,8 +91,10 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[
 
 
 def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Write a checkpoint atomically. Through a file object, so the zip's inner folder is ``archive/`` and not the
+    temporary file's random name (``torch.save`` to a path names it after the file): equal content, equal bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
