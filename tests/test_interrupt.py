@@ -178,7 +178,8 @@ def test_lock_is_released_after_a_failing_notebook(tmp_path):
 def test_ctrl_c_releases_the_folder_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     """Ctrl-C while papermill runs a notebook (simulated: papermill raises KeyboardInterrupt after writing its
     temporary copy): no lock, no temporary copy, provenance says ``interrupted``, the exception's note gives the
-    command that resumes, and the command line prints it and exits with 130 (128 + SIGINT, as shells do)."""
+    command that resumes, and the command line prints it and exits with 130 (128 + SIGINT, as shells do); SIGTERM
+    is handled as Ctrl-C while the command runs. (The real signal to a real run: the end-to-end test below.)"""
     import papermill
 
     def interrupted(source, target, **kwargs):
@@ -196,13 +197,19 @@ def test_ctrl_c_releases_the_folder_and_says_how_to_resume(tmp_path, monkeypatch
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["status"] == prov["notebooks"]["00_toy"]["status"] == "interrupted"
 
+    during = []
+
     def stopped(*args, **kwargs):
+        during.append(signal.getsignal(signal.SIGTERM))
         raise caught.value
 
     monkeypatch.setattr(pipeline, "run_pipeline", stopped)
     capsys.readouterr()
+    before = signal.getsignal(signal.SIGTERM)
     assert pipeline.main(["--profile", "toy", "--out", str(out)]) == 130
     assert capsys.readouterr().err == f"interrupted.\n{note}\n"
+    assert during == [signal.default_int_handler]  # SIGTERM (kill, a batch system) stops the batch as Ctrl-C does
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ------------------------------------------------------------------------------------------------ disk errors
@@ -251,10 +258,12 @@ def _copy_before_training(src: Path, dst: Path) -> None:
         shutil.copy2(src / f, dst / f)
 
 
-def _start_and_stop_in_training(cmd: list[str], run: Path, sig: int) -> tuple[subprocess.Popen, str, list[int]]:
+def _start_and_stop_in_training(
+    cmd: list[str], run: Path, sig: int, while_running=None
+) -> tuple[subprocess.Popen, str, list[int]]:
     """Start the runner in its own process group, wait until DL-US training wrote a resume state (a
-    ``fold*_state.pt`` newer than the start), send ``sig`` to the whole group; return the process, its stderr and
-    the kernels it had."""
+    ``fold*_state.pt`` newer than the start), call ``while_running(proc)``, send ``sig`` to the whole group; return
+    the process, its stderr and the kernels it had."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     models = run / "models" / "dl_us"
@@ -263,6 +272,8 @@ def _start_and_stop_in_training(cmd: list[str], run: Path, sig: int) -> tuple[su
         assert time.time() - t0 < 400, "no DL-US resume state within 400 s"
         time.sleep(0.03)
     kernels = _children(proc.pid)
+    if while_running is not None:
+        while_running(proc)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     return proc, err, kernels
@@ -270,15 +281,23 @@ def _start_and_stop_in_training(cmd: list[str], run: Path, sig: int) -> tuple[su
 
 @pytest.mark.e2e
 def test_ctrl_c_then_sigkill_during_training_then_rerun_gives_identical_outputs(smoke_run, tmp_path):
-    """Ctrl-C (SIGINT to the process group) during DL-US training, the same command again, SIGKILL of the whole
-    group during training, the same command once more: predictions, tables and models are byte-identical to the
-    uninterrupted smoke run's, and no temporary file, lock or kernel is left at any point."""
+    """Ctrl-C (SIGINT to the process group) during DL-US training (meanwhile the same command in a second terminal is
+    refused), the same command again, SIGKILL of the whole group during training, the same command once more:
+    predictions, tables and models are byte-identical to the uninterrupted smoke run's, and no temporary file, lock
+    or kernel is left at any point."""
     profile = json.loads((smoke_run / "provenance.json").read_text())["profile"]["file"]
     run = tmp_path / "run"
     _copy_before_training(smoke_run, run)
     cmd = [*RUNNER, "--profile", profile, "--out", str(run), "--from", "03"]
 
-    proc, err, kernels = _start_and_stop_in_training(cmd, run, signal.SIGINT)
+    def second_batch_is_refused(first: subprocess.Popen) -> None:
+        second = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        held = json.loads((run / lock.LOCK_NAME).read_text())
+        assert second.returncode == 2 and held["pid"] == first.pid, second.stderr[-2000:]
+        assert f"error: Another her2lib batch is running into {run}: PID {first.pid}" in second.stderr
+        assert f"started {held['started_at']}" in second.stderr
+
+    proc, err, kernels = _start_and_stop_in_training(cmd, run, signal.SIGINT, second_batch_is_refused)
     assert proc.returncode == 130, err[-3000:]
     assert f"Resume with: python -m her2lib.runner --profile {profile} --out {run} --from 03" in err
     assert kernels and _gone(kernels, 5), "Ctrl-C left the kernel running"

@@ -142,8 +142,12 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    except BaseException:  # a full disk: leave no empty lock behind
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
