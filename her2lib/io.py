@@ -97,6 +97,18 @@ def output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
     return err
 
 
+_FULL = 1 << 20  # a folder with less free space than this (1 MiB) counts as full
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes this user may still write in ``folder``'s file system (a large number where that is unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
 def _is_write_error(exc: BaseException, *paths: Path) -> bool:
     """An ``OSError`` about writing (no space, read-only, no permission) or about one of ``paths``."""
     if not isinstance(exc, OSError) or isinstance(exc, OutputError):
@@ -115,7 +127,8 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     The temporary file keeps ``target``'s suffix (or ``suffix``) so writers that infer the format from the
     extension (``.nii.gz``, ``.png``, ``.pt``) still work. On an exception the temporary file is removed and
     ``target`` is untouched. A full disk, a read-only folder or a missing permission (when creating, writing or
-    renaming the file) raises :class:`~her2lib.errors.OutputError` naming ``target`` and the fix.
+    renaming the file) raises :class:`~her2lib.errors.OutputError` naming ``target`` and the fix; so does any
+    error of the writer when the disk is full (less than 1 MiB left), as writers that wrap the system's error.
     """
     target = Path(target)
     if suffix is None:
@@ -133,8 +146,12 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
             os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, target)
     except BaseException as exc:
+        # some writers report a full disk as their own error (torch.save: RuntimeError "unexpected pos ...")
+        full = isinstance(exc, Exception) and not isinstance(exc, OSError) and _free_bytes(target.parent) < _FULL
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if full:
+            raise output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), target) from exc
         if _is_write_error(exc, tmp_path, target):
             raise output_error(exc, target) from exc
         raise

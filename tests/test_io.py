@@ -168,6 +168,24 @@ def test_unwritable_folder_for_real(tmp_path):
         folder.chmod(0o755)
 
 
+def test_a_writers_own_error_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save reports ENOSPC as ``RuntimeError: ... unexpected pos``: with (simulated) no space left, any error of
+    the writer becomes the full-disk OutputError; with space left, the writer's error passes through unchanged."""
+
+    def write_fails():
+        with atomic_path(tmp_path / "fold0.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(hio, "_free_bytes", lambda folder: 4096)
+    with pytest.raises(OutputError, match=rf"Cannot write {tmp_path / 'fold0.pt'}: No space left on device\. Free"):
+        write_fails()
+    monkeypatch.setattr(hio, "_free_bytes", lambda folder: 10**12)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        write_fails()
+    assert list(tmp_path.iterdir()) == []
+
+
 def _mount_tmpfs(folder: Path, options: str) -> bool:
     folder.mkdir(exist_ok=True)
     if shutil.which("mount") is None:
@@ -190,6 +208,15 @@ def test_really_full_and_really_read_only_disks(tmp_path):
             OutputError, match=rf"Cannot write {disk / 'big.txt'}: No space left on device\. Free space"
         ):
             write_text(disk / "big.txt", "x" * 200_000)
+        assert sorted(p.name for p in disk.iterdir()) == ["small.txt"]
+        with pytest.raises(OutputError, match=rf"Cannot write {disk / 'fold0.pt'}: No space left on device\."):
+            with atomic_path(disk / "fold0.pt") as tmp:  # a writer that wraps ENOSPC, as torch.save does
+                try:
+                    tmp.write_bytes(b"x" * 200_000)
+                except OSError:
+                    raise RuntimeError(
+                        "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+                    ) from None
         assert sorted(p.name for p in disk.iterdir()) == ["small.txt"]
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         with pytest.raises(OutputError, match=rf"Cannot write {disk / 'small.txt'}: Read-only file system\."):
