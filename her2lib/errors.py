@@ -6,7 +6,7 @@ Messages follow one rule: say what was seen, where (patient, file, parameter) an
 
 from __future__ import annotations
 
-__all__ = ["Her2libError", "DataError", "ParameterError", "UndefinedMetricWarning"]
+__all__ = ["Her2libError", "DataError", "ParameterError", "OutputError", "UndefinedMetricWarning"]
 
 
 class Her2libError(ValueError):
@@ -26,6 +26,14 @@ class DataError(Her2libError):
 
 class ParameterError(Her2libError):
     """A bad parameter: unknown notebook parameter, unknown profile key, option outside its allowed set."""
+
+
+class OutputError(Her2libError, OSError):
+    """An output could not be written (read-only or full disk, no permission); names the path, the cause and the
+    fix. Also an ``OSError``, with ``errno`` and ``filename`` set, so callers that catch the builtin keep working."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno n] ..." built from errno and filename
+        return str(self.args[0]) if self.args else ""
 
 
 class UndefinedMetricWarning(UserWarning):

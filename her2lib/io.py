@@ -4,24 +4,31 @@ Everything her2lib writes goes through :func:`atomic_path`: the data is written 
 target folder and renamed over the target only once complete, so an interrupted run never leaves a
 half-written file and never destroys the previous good copy. The finished file gets the permissions any
 new file gets under the process's umask (``0o666 & ~umask``: 0644 under the usual 022), not the 0600 of a
-temporary file, so a lab group or a web server can read the reports.
+temporary file, so a lab group or a web server can read the reports. A write that fails for want of space or
+permission raises :class:`~her2lib.errors.OutputError` naming the file, the cause and the fix.
 
-This module is part of her2lib's core layer: it imports nothing from her2lib.
+This module is part of her2lib's core layer: it imports only :mod:`her2lib.errors`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputError
+
 __all__ = [
     "atomic_path",
+    "is_temp_name",
+    "output_error",
     "new_file_mode",
     "write_text",
     "write_json",
@@ -52,29 +59,101 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM)
+# atomic_path's temporary names: "." + target name + "." + mkstemp's 8 random characters + target suffixes
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>(\.[^.]+)*)$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporary files (``.table.csv.k3x_9qzb.csv``), which an
+    interrupted process may leave behind; no final output name matches (final names do not start with a dot).
+
+    >>> is_temp_name(".fold0_state.pt.ab3_x9qz.pt"), is_temp_name(".roc.png.a1b2c3d4.png"), is_temp_name("roc.png")
+    (True, True, False)
+    """
+    m = _TEMP_NAME.match(name)
+    if not m or not m["suffix"]:
+        return False
+    return m["suffix"] == ".tmp" or "".join(Path(m["name"]).suffixes).endswith(m["suffix"])
+
+
+def output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
+    """The :class:`~her2lib.errors.OutputError` for ``exc``, raised while writing ``path``: the path, the system's
+    reason and the fix (free space, a writable folder, or another ``--out``)."""
+    path = Path(path)
+    folder = path.parent
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        fix = f"Free space on the disk holding {folder}, or choose another output folder (--out)."
+    elif exc.errno == errno.EROFS:
+        fix = f"{folder} is on a read-only file system: choose a writable output folder (--out)."
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = f"Make {folder} writable for this user, or choose another output folder (--out)."
+    else:
+        fix = f"Check {folder}, or choose another output folder (--out)."
+    err = OutputError(f"Cannot write {path}: {reason}. {fix}")
+    err.errno, err.filename = exc.errno, str(path)
+    return err
+
+
+_FULL = 1 << 20  # a folder with less free space than this (1 MiB) counts as full
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes this user may still write in ``folder``'s file system (a large number where that is unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+def _is_write_error(exc: BaseException, *paths: Path) -> bool:
+    """An ``OSError`` about writing (no space, read-only, no permission) or about one of ``paths``."""
+    if not isinstance(exc, OSError) or isinstance(exc, OutputError):
+        return False
+    if exc.errno in _NO_SPACE + (errno.EROFS,):
+        return True
+    if exc.filename is not None:
+        return str(exc.filename) in {str(p) for p in paths}
+    return exc.errno in _NO_WRITE  # a writer's own open()/write() without a file name
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
 
     The temporary file keeps ``target``'s suffix (or ``suffix``) so writers that infer the format from the
     extension (``.nii.gz``, ``.png``, ``.pt``) still work. On an exception the temporary file is removed and
-    ``target`` is untouched.
+    ``target`` is untouched. A full disk, a read-only folder or a missing permission (when creating, writing or
+    renaming the file) raises :class:`~her2lib.errors.OutputError` naming ``target`` and the fix; so does any
+    error of the writer when the disk is full (less than 1 MiB left), as writers that wrap the system's error.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(exc, target) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if tmp_path.is_file():  # a writer may have replaced the file; mkstemp made it 0600
             os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        # some writers report a full disk as their own error (torch.save: RuntimeError "unexpected pos ...")
+        full = isinstance(exc, Exception) and not isinstance(exc, OSError) and _free_bytes(target.parent) < _FULL
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if full:
+            raise output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), target) from exc
+        if _is_write_error(exc, tmp_path, target):
+            raise output_error(exc, target) from exc
         raise
 
 

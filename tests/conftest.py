@@ -71,9 +71,11 @@ def fold_model_sim():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """One run of the smoke profile per test session (cohort and outputs in a temporary folder), shared by the
-    end-to-end tests. ``HER2LIB_TEST_SMOKE_RUN=<run folder>`` reuses an existing smoke run instead (development
-    only: the tests then check that folder)."""
+    """The output folder of one run of the smoke profile (every numbered notebook), shared by the end-to-end tests
+    (tests/test_e2e_smoke.py, tests/test_interrupt.py, tests/test_report_browser.py): one batch per test session.
+    Its cohort is built beside it, and the profile it ran is ``<folder>/../smoke.yaml`` (``provenance.json`` names
+    it too). ``HER2LIB_TEST_SMOKE_RUN=<run folder>`` reuses an existing smoke run instead (development only: the
+    tests then check that folder)."""
     reuse = os.environ.get("HER2LIB_TEST_SMOKE_RUN")
     if reuse:
         return Path(reuse).resolve()

@@ -1,4 +1,5 @@
-"""End to end: the smoke profile through every numbered notebook, from one command, in a temporary folder."""
+"""End to end: the smoke profile through every numbered notebook, from one command, in a temporary folder
+(the session-wide ``smoke_run`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,18 @@
-"""Atomic writes and hashing."""
+"""Atomic writes, hashing, and the errors of a full or read-only output disk."""
 
+import errno
 import os
+import shutil
 import stat
+import subprocess
+import types
+from pathlib import Path
 
 import matplotlib.figure
 import pytest
 
+import her2lib.io as hio
+from her2lib.errors import Her2libError, OutputError
 from her2lib.io import atomic_path, hash_files, new_file_mode, save_figure, sha256_file, write_json, write_text
 
 
@@ -82,3 +89,138 @@ def test_new_file_mode_leaves_the_umask_unchanged():
         assert new_file_mode() == 0o640  # reading it did not reset it
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------------------------------------------------------ disk errors
+def _fails_with(exc: OSError):
+    def raise_(*args, **kwargs):
+        raise exc
+
+    return raise_
+
+
+def test_full_disk_while_writing_names_the_file_and_the_fix(tmp_path):
+    """ENOSPC from a writer's own write (no file name on the error, as ``f.write`` raises it) becomes an OutputError
+    naming the target, the system's reason and the fix; the previous file is intact and no temporary file stays.
+    Reference: the errno and message the OS gives (os.strerror)."""
+    target = tmp_path / "tables" / "table.csv"
+    write_text(target, "good\n")
+    with pytest.raises(OutputError) as caught:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    msg = str(caught.value)
+    assert msg == (
+        f"Cannot write {target}: {os.strerror(errno.ENOSPC)}. Free space on the disk holding {target.parent}, "
+        "or choose another output folder (--out)."
+    )
+    assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(target) and isinstance(caught.value, Her2libError)
+    assert target.read_text() == "good\n" and [p.name for p in target.parent.iterdir()] == ["table.csv"]
+
+
+def test_read_only_folder_and_refused_rename_name_the_file(tmp_path, monkeypatch):
+    """EROFS when creating the temporary file, EACCES when renaming it onto the target (the error names the temporary
+    file, as os.replace does): both are OutputErrors naming the target; other errors pass through unchanged."""
+    target = tmp_path / "figures" / "roc.png"
+    with monkeypatch.context() as m:
+        m.setattr(
+            hio, "tempfile", types.SimpleNamespace(mkstemp=_fails_with(OSError(errno.EROFS, "Read-only file system")))
+        )
+        with pytest.raises(
+            OutputError,
+            match=rf"Cannot write {target}: Read-only file system\. .*read-only file system: choose a writable output folder",
+        ):
+            write_text(target, "x")
+    real_replace = os.replace
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src), None, str(dst))
+
+    with monkeypatch.context() as m:
+        m.setattr(hio.os, "replace", refuse)
+        with pytest.raises(
+            OutputError, match=rf"Cannot write {target}: Permission denied\. Make {target.parent} writable"
+        ):
+            write_text(target, "x")
+    assert os.replace is real_replace and list(target.parent.iterdir()) == []
+
+    other = tmp_path / "input.csv"
+    with pytest.raises(FileNotFoundError):  # a writer failing to read its input is not an output problem
+        with atomic_path(target) as tmp:
+            tmp.write_text(other.read_text())
+    with pytest.raises(ValueError, match="bad value"):
+        with atomic_path(target):
+            raise ValueError("bad value")
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (the monkeypatched test covers it)")
+def test_unwritable_folder_for_real(tmp_path):
+    """A folder without write permission (chmod 0555), for a normal user."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match=rf"Cannot write {folder / 'a.txt'}: Permission denied\. Make {folder}"):
+            write_text(folder / "a.txt", "x")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_writers_own_error_on_a_full_disk_is_reported_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save reports ENOSPC as ``RuntimeError: ... unexpected pos``: with (simulated) no space left, any error of
+    the writer becomes the full-disk OutputError; with space left, the writer's error passes through unchanged."""
+
+    def write_fails():
+        with atomic_path(tmp_path / "fold0.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(hio, "_free_bytes", lambda folder: 4096)
+    with pytest.raises(OutputError, match=rf"Cannot write {tmp_path / 'fold0.pt'}: No space left on device\. Free"):
+        write_fails()
+    monkeypatch.setattr(hio, "_free_bytes", lambda folder: 10**12)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        write_fails()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    folder.mkdir(exist_ok=True)
+    if shutil.which("mount") is None:
+        return False
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode
+        == 0
+    )
+
+
+def test_really_full_and_really_read_only_disks(tmp_path):
+    """A real 64 KiB tmpfs, filled and then remounted read-only (where this user may mount: root with
+    CAP_SYS_ADMIN; skipped elsewhere). Reference: the kernel's own ENOSPC and EROFS."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "size=64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        write_text(disk / "small.txt", "kept\n")
+        with pytest.raises(
+            OutputError, match=rf"Cannot write {disk / 'big.txt'}: No space left on device\. Free space"
+        ):
+            write_text(disk / "big.txt", "x" * 200_000)
+        assert sorted(p.name for p in disk.iterdir()) == ["small.txt"]
+        with pytest.raises(OutputError, match=rf"Cannot write {disk / 'fold0.pt'}: No space left on device\."):
+            with atomic_path(disk / "fold0.pt") as tmp:  # a writer that wraps ENOSPC, as torch.save does
+                try:
+                    tmp.write_bytes(b"x" * 200_000)
+                except OSError:
+                    raise RuntimeError(
+                        "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+                    ) from None
+        assert sorted(p.name for p in disk.iterdir()) == ["small.txt"]
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(OutputError, match=rf"Cannot write {disk / 'small.txt'}: Read-only file system\."):
+            write_text(disk / "small.txt", "new\n")
+        assert (disk / "small.txt").read_text() == "kept\n"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -114,6 +114,8 @@ def test_resume_after_interruption_gives_identical_result(tmp_path):
     pd.testing.assert_frame_equal(res.test, ref.test)
     pd.testing.assert_frame_equal(res.history, ref.history)
     assert not (tmp_path / "run" / "fold1_state.pt").exists()
+    for k in (0, 1):  # the checkpoints too, byte for byte (pickle memo and zip folder name do not leak in)
+        assert (tmp_path / "run" / f"fold{k}.pt").read_bytes() == (tmp_path / "ref" / f"fold{k}.pt").read_bytes()
 
     # outputs: OOF covers every training patient once, test = mean of fold models
     assert sorted(res.oof.patient_id) == sorted(df.patient_id[df.split == "train"])

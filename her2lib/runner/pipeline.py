@@ -15,13 +15,23 @@ The output folder receives ``notebooks/`` (executed copies), the folders the not
 (``figures/``, ``tables/``, ``predictions/`` ...), ``provenance.json`` (rewritten after every notebook) and
 ``index.html``. A failing notebook stops the batch with exit status 1; its partial copy is kept as
 ``notebooks/<stem>.failed.ipynb`` and every earlier output stays as it was.
+
+One batch at a time writes into an output folder (:mod:`~her2lib.runner.lock`): a second one started there stops
+with a message naming the first. Ctrl-C (or SIGTERM) stops the running notebook's kernel, releases the folder and
+prints the command that resumes (exit status 130); after a SIGKILL the same command, or ``--from NN``, clears the
+stale lock and the temporary files and goes on from the last checkpoint, ending with the same outputs as an
+uninterrupted run. A full or read-only disk stops the batch with ``error: Cannot write <path>: ...`` and the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import re
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -33,9 +43,10 @@ import yaml
 
 from ..contract import REPO_ROOT, resolve_path
 from ..errors import Her2libError, ParameterError
+from ..io import output_error
 from ..options import did_you_mean
 from ..stages import RunDirs
-from . import provenance
+from . import lock, provenance
 from .notebook import NOTEBOOK_DIR, parameter_names
 from .progress import ProgressMonitor
 from .report import write_index
@@ -48,6 +59,7 @@ PROFILES = ("smoke", "default", "paper")
 #: a kernel bound to 127.0.0.1) stays out of the user's terminal; notebook output and errors are unaffected.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 _NB_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class NotebookFailed(Her2libError):
@@ -187,14 +199,46 @@ def run_pipeline(
     ParameterError
         Unknown profile, notebook section or parameter (nothing has run).
     NotebookFailed
-        A notebook raised; earlier outputs are intact and ``provenance.json`` records the failure.
+        A notebook raised or its kernel died; earlier outputs are intact and ``provenance.json`` records it.
+    her2lib.runner.lock.RunLocked
+        Another batch is running into the same output folder (nothing has run).
+    her2lib.errors.OutputError
+        The output folder cannot be written (full, read-only, no permission).
+    KeyboardInterrupt
+        Ctrl-C: the kernel is stopped, the lock released; the note says how to resume.
     """
-    import papermill as pm  # lazy: papermill pulls in nbclient/jupyter; profile checks and --help do not need it
-    from papermill.exceptions import PapermillExecutionError  # lazy: as papermill
-
     prof = load_profile(profile, config_dir)
     out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
     steps = plan(prof, out, notebook_dir=notebook_dir, only=only, start=start)
+    with lock.run_lock(out, profile=prof["name"]):
+        swept = lock.sweep_temp_files(out)
+        if swept:
+            print(
+                f"her2lib: removed {len(swept)} temporary file(s) an interrupted batch left in {out}.", file=sys.stderr
+            )
+        resume = shlex.join(["python", "-m", "her2lib.runner", "--profile", str(profile), "--out", str(out)])
+        return _run_steps(
+            prof, out, steps, notebook_dir=notebook_dir, kernel_name=kernel_name, log_output=log_output, resume=resume
+        )
+
+
+def _close_failed(
+    out: Path, prov: dict[str, Any], record: dict[str, Any], wall_s: float, *, status: str, error: str
+) -> None:
+    """Record a notebook that did not finish; best effort, so a full disk does not hide the original error."""
+    with contextlib.suppress(OSError):
+        provenance.end_notebook(record, wall_s, status, error=error)
+        provenance.finish(out, prov, status=status)
+
+
+def _run_steps(
+    prof: dict[str, Any], out: Path, steps: list[Step], *, notebook_dir, kernel_name, log_output, resume
+) -> Path:
+    """Run ``steps`` (the caller holds the run lock); see :func:`run_pipeline`."""
+    import papermill as pm  # lazy: papermill pulls in nbclient/jupyter; profile checks and --help do not need it
+    from nbclient.exceptions import DeadKernelError  # lazy: as papermill
+    from papermill.exceptions import PapermillExecutionError  # lazy: as papermill
+
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -221,20 +265,29 @@ def run_pipeline(
                     log_output=log_output,
                     extra_arguments=KERNEL_ARGUMENTS,
                 )
-        except PapermillExecutionError as exc:
-            if tmp.exists():
-                os.replace(tmp, failed_copy)
-            provenance.end_notebook(record, time.perf_counter() - t0, "failed", error=f"{exc.ename}: {exc.evalue}")
-            provenance.finish(out, prov, status="failed")
+        except (PapermillExecutionError, DeadKernelError) as exc:
+            with contextlib.suppress(OSError):
+                if tmp.exists():
+                    os.replace(tmp, failed_copy)
+            if isinstance(exc, DeadKernelError):
+                what = "its kernel died (killed from outside, or out of memory: see `dmesg`)"
+            else:
+                what = f"failed in cell {exc.cell_index} (execution count {exc.exec_count}): {exc.ename}: {exc.evalue}"
+            _close_failed(out, prov, record, time.perf_counter() - t0, status="failed", error=what)
             raise NotebookFailed(
-                f"{step.path.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
-                f"{exc.ename}: {exc.evalue}. The partial run is kept as {failed_copy}; earlier outputs in "
+                f"{step.path.name} {what}. The partial run is kept as {failed_copy}; earlier outputs in "
                 f"{out} are intact. Fix the cause, then resume with --from {step.number}."
             ) from exc
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
-            provenance.end_notebook(record, time.perf_counter() - t0, "failed", error=repr(exc))
-            provenance.finish(out, prov, status="failed")
+            stopped = isinstance(exc, KeyboardInterrupt)
+            status = "interrupted" if stopped else "failed"
+            _close_failed(out, prov, record, time.perf_counter() - t0, status=status, error=repr(exc))
+            if stopped:
+                exc.add_note(
+                    f"Interrupted during {step.path.name}; every finished output in {out} is intact and a "
+                    f"training notebook goes on from its last checkpoint. Resume with: {resume} --from {step.number}"
+                )
             raise
         os.replace(tmp, target)
         failed_copy.unlink(missing_ok=True)
@@ -246,6 +299,15 @@ def run_pipeline(
     return out
 
 
+def _sigterm_as_interrupt():
+    """Make SIGTERM stop the batch as Ctrl-C does (kernel stopped, lock released); return the handler it replaced,
+    or None off the main thread, where signal handlers cannot be set."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.default_int_handler) or signal.SIG_DFL
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m her2lib.runner``)."""
     parser = argparse.ArgumentParser(prog="python -m her2lib.runner", description=__doc__.split("\n")[0])
@@ -255,11 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook number")
     parser.add_argument("--log-output", action="store_true", help="stream notebook output to the log")
     args = parser.parse_args(argv)
+    previous = _sigterm_as_interrupt()
     try:
         out = run_pipeline(args.profile, args.out, only=args.only, start=args.start, log_output=args.log_output)
     except Her2libError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, NotebookFailed) else 2
+    except KeyboardInterrupt as exc:
+        print("\n".join(["interrupted.", *getattr(exc, "__notes__", [])]), file=sys.stderr)
+        return 130
+    except OSError as exc:  # a disk error outside her2lib's own writers (a folder, papermill's notebook copy)
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        print(f"error: {output_error(exc, exc.filename or args.out or 'reports')}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"Done: {out}/index.html")
     return 0
 

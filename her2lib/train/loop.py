@@ -16,7 +16,9 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,9 +92,30 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[
     return out
 
 
+def _interned(obj: Any) -> Any:
+    """``obj`` with every string interned (new dicts, lists and tuples; tensors and other objects as they are).
+
+    Pickle writes a string that is one object with an earlier one as a back-reference, so the bytes depend on object
+    identity, not only on content: a resumed fold's history mixes rows unpickled from its resume state with new rows.
+    Interned, equal strings are one object in both runs."""
+    if type(obj) is str:
+        return sys.intern(obj)
+    if type(obj) in (dict, OrderedDict):
+        new = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+        if getattr(obj, "__dict__", None):  # a state dict's _metadata
+            new.__dict__.update(_interned(vars(obj)))
+        return new
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
+
+
 def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Write a checkpoint atomically, with equal bytes for equal content: strings interned (:func:`_interned`), and
+    through a file object, so the zip's inner folder is ``archive/`` and not the temporary file's random name
+    (``torch.save`` to a path names it after the file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(_interned(obj), f)
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
