@@ -12,6 +12,12 @@ Optional descriptive columns: the ``column`` names of ``tables_1_3.json`` with i
 ``mri_size_mm`` (mm), ``her2_ihc`` (``0, 1+, 2+, 3+``) and ``fish`` (``positive, negative, not_done``).
 Missing optional columns or empty cells are allowed and reported (``df.attrs["missing"]``).
 
+Three-class HER2 label
+----------------------
+:func:`her2_class` is the ASCO/CAP 2018/2023 rule (HER2-zero, HER2-low, HER2-positive) from IHC and ISH;
+:func:`her2_classes` applies it to a cohort table; :func:`load_cohort` adds it as the ``her2_class`` column, rejects
+a binary ``her2`` label that contradicts IHC/ISH and reports the class counts per split.
+
 Science layer: imports core modules only (the vocabulary comes from :mod:`her2lib.contract`). The cohort gallery
 figure is :func:`her2lib.figures.cohort.cohort_gallery`.
 """
@@ -48,6 +54,9 @@ __all__ = [
     "load_cohort",
     "available_modalities",
     "stratified_split",
+    "HER2_CLASSES",
+    "her2_class",
+    "her2_classes",
 ]
 
 #: The ``check_files`` levels of :func:`load_cohort`.
@@ -84,6 +93,162 @@ def descriptive_columns() -> dict[str, list]:
     for c in CONTINUOUS_COLUMNS:
         cols[c] = None
     return cols
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The three-class HER2 label (ASCO/CAP 2018 testing rule; HER2-low as in the 2023 update / DESTINY-Breast04)
+# ----------------------------------------------------------------------------------------------------------
+#: The three HER2 classes, in order (index = the class's integer label of a three-class model).
+HER2_CLASSES: tuple[str, ...] = ("zero", "low", "positive")
+
+_IHC_ALIASES: dict[str, str] = {"0": "0", "1": "1+", "1+": "1+", "2": "2+", "2+": "2+", "3": "3+", "3+": "3+"}
+_ISH_ALIASES: dict[str, str | None] = {
+    "positive": "positive",
+    "pos": "positive",
+    "1": "positive",
+    "negative": "negative",
+    "neg": "negative",
+    "0": "negative",
+    "not_done": None,
+    "": None,
+}
+
+
+def _norm_ihc(v: Any) -> str | None:
+    """``"0" | "1+" | "2+" | "3+"``, None when missing, or raise ``ValueError`` for an unknown value."""
+    if _blank(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        raise ValueError
+    if isinstance(v, (int, np.integer, float, np.floating)):
+        if not float(v).is_integer():
+            raise ValueError
+        v = str(int(v))
+    s = str(v).strip()
+    if s.endswith(".0"):  # "2.0" read back from a numeric column
+        s = s[:-2]
+    if s not in _IHC_ALIASES:
+        raise ValueError
+    return _IHC_ALIASES[s]
+
+
+def _norm_ish(v: Any) -> str | None:
+    """``"positive" | "negative"``, None when missing or not done, or raise ``ValueError``."""
+    if _blank(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return "positive" if v else "negative"
+    if isinstance(v, (int, np.integer, float, np.floating)):
+        if float(v) not in (0.0, 1.0):
+            raise ValueError
+        v = str(int(v))
+    s = str(v).strip().lower()
+    if s.endswith(".0"):
+        s = s[:-2]
+    if s not in _ISH_ALIASES:
+        raise ValueError
+    return _ISH_ALIASES[s]
+
+
+def _classify(her2_ihc: Any, fish: Any) -> tuple[str | None, str]:
+    """``(class, "")`` or ``(None, why it is undefined)``; raises ``DataError`` for an unknown IHC or ISH value."""
+    try:
+        ihc = _norm_ihc(her2_ihc)
+    except ValueError:
+        raise DataError(
+            f"her2_ihc = {her2_ihc!r} is not an IHC score; use 0, 1, 2, 3 or the manifest codes "
+            f"{list(HER2_IHC_CODES)} (empty if unknown).{did_you_mean(str(her2_ihc), HER2_IHC_CODES)}"
+        ) from None
+    try:
+        ish = _norm_ish(fish)
+    except ValueError:
+        raise DataError(
+            f"fish = {fish!r} is not an ISH result; use 0/1, 'negative'/'positive', or leave it empty / "
+            f"'not_done' when ISH was not done.{did_you_mean(str(fish), FISH_CODES)}"
+        ) from None
+    if ihc is None:
+        return None, "IHC score missing; record her2_ihc (0, 1+, 2+, 3+) to classify the patient"
+    if ihc == "3+" or ish == "positive":
+        return "positive", ""
+    if ihc == "2+" and ish is None:
+        return None, "IHC 2+ without an ISH result (equivocal); record fish = positive or negative"
+    return ("zero" if ihc == "0" else "low"), ""
+
+
+def her2_class(her2_ihc: Any, fish: Any = None) -> str:
+    """The three-class HER2 status of one tumour by the ASCO/CAP rule.
+
+    Parameters
+    ----------
+    her2_ihc : int or str
+        IHC score: 0, 1, 2, 3 or the manifest codes ``"0", "1+", "2+", "3+"``.
+    fish : int, str or None
+        ISH (FISH) result: 1 / ``"positive"`` (amplified), 0 / ``"negative"``, or missing (None, NaN, ``""``,
+        ``"not_done"``).
+
+    Returns
+    -------
+    str
+        ``"zero"`` (IHC 0), ``"low"`` (IHC 1+, or IHC 2+ with ISH negative) or ``"positive"`` (IHC 3+, or
+        IHC 2+ with ISH positive); one of :data:`HER2_CLASSES`.
+
+    Raises
+    ------
+    DataError
+        IHC missing, IHC 2+ without ISH (equivocal: undefined), or a value that is not an IHC score / ISH result.
+
+    Notes
+    -----
+    ASCO/CAP 2018 (Wolff et al., *J Clin Oncol* 36:2105) calls a tumour HER2-positive when IHC is 3+ or ISH is
+    positive; HER2-low (ASCO/CAP 2023 update, Wolff et al., *J Clin Oncol* 41:3867; DESTINY-Breast04) is IHC 1+ or
+    IHC 2+ with negative ISH, HER2-zero is IHC 0, both among HER2-negative tumours. So an ISH-positive tumour is
+    HER2-positive whatever its IHC score (IHC 0 or 1+ with positive ISH, rare and usually retested, is
+    ``"positive"``), and an ISH result does not change IHC 0, 1+ (negative ISH) or 3+.
+    """
+    cls, why = _classify(her2_ihc, fish)
+    if cls is None:
+        raise DataError(
+            f"HER2 class undefined for her2_ihc = {her2_ihc!r}, fish = {fish!r}: {why}; or leave the patient out "
+            "of the three-class analysis."
+        )
+    return cls
+
+
+def her2_classes(df: pd.DataFrame) -> pd.Series:
+    """:func:`her2_class` of every patient of a cohort table, None where undefined.
+
+    Parameters
+    ----------
+    df : pd.DataFrame
+        With a ``her2_ihc`` column and optionally ``fish`` (e.g. :func:`load_cohort` output, or a raw manifest).
+
+    Returns
+    -------
+    pd.Series of object, named ``her2_class``, indexed like ``df``
+        ``"zero"``, ``"low"``, ``"positive"``, or None where IHC is missing or IHC 2+ has no ISH result (all
+        None when ``df`` has no ``her2_ihc`` column).
+
+    Raises
+    ------
+    DataError
+        An IHC or ISH value that is not a known code, naming every such patient (``err.problems``).
+    """
+    out = pd.Series([None] * len(df), index=df.index, dtype=object, name="her2_class")
+    if "her2_ihc" not in df.columns:
+        return out
+    pids = df["patient_id"].astype(str) if "patient_id" in df.columns else pd.Series(df.index.astype(str))
+    fish = df["fish"] if "fish" in df.columns else pd.Series([None] * len(df), index=df.index)
+    problems = []
+    for i, (ihc, ish) in enumerate(zip(df["her2_ihc"].tolist(), fish.tolist())):
+        try:
+            out.iloc[i] = _classify(ihc, ish)[0]
+        except DataError as exc:
+            problems.append(f"patient {pids.iloc[i]}: {exc}")
+    if problems:
+        raise DataError(
+            f"{len(problems)} patient(s) with an unknown IHC/ISH value:\n  - " + "\n  - ".join(problems), problems
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -510,6 +675,41 @@ def _check_descriptive(
     return missing_cols, empty_counts
 
 
+def _check_her2_class(df: pd.DataFrame, pids: pd.Series, manifest: Path, problems: list[str]) -> dict[str, Any]:
+    """In place: add ``her2_class`` (:func:`her2_class`, None where undefined) and report every patient whose
+    binary ``her2`` contradicts it; returns the attrs ``her2_class_counts`` and ``her2_class_undefined``."""
+    has_ihc = "her2_ihc" in df.columns
+    fish = df["fish"].tolist() if "fish" in df.columns else [None] * len(df)
+    classes: list[str | None] = []
+    undefined: dict[str, str] = {}
+    for i in range(len(df)):
+        pid = _row_label(pids, i)
+        if not has_ihc:
+            cls, why = None, "no her2_ihc column in the manifest"
+        else:  # codes were normalised (unknown ones reported, now NaN) by _check_descriptive
+            ihc, ish = df["her2_ihc"].iloc[i], fish[i]
+            cls, why = _classify(ihc, ish)
+            label = int(df["her2"].iloc[i])
+            if cls is not None and label in (0, 1) and (cls == "positive") != (label == 1):
+                problems.append(
+                    f"patient {pid}: her2 = {label} in {manifest.name} contradicts her2_ihc = {ihc!r}, "
+                    f"fish = {ish if not _blank(ish) else 'missing'!r}, which make the tumour HER2-{cls} by the "
+                    "ASCO/CAP rule (HER2-positive = IHC 3+ or ISH positive; IHC 0, 1+ and 2+ with negative ISH "
+                    "are HER2-negative); correct the her2 label or the IHC/ISH cells."
+                )
+        classes.append(cls)
+        if cls is None:
+            undefined[pid] = why
+    df["her2_class"] = pd.Series(classes, index=df.index, dtype=object)
+    counts = {
+        split: {c: int(sum(k == c for k, s in zip(classes, df["split"]) if s == split)) for c in HER2_CLASSES}
+        for split in SPLITS
+    }
+    for split in SPLITS:
+        counts[split]["undefined"] = int(sum(k is None for k, s in zip(classes, df["split"]) if s == split))
+    return {"her2_class_counts": counts, "her2_class_undefined": undefined}
+
+
 def _check_files(
     df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_present: list[str], check_files: str, problems: list[str]
 ) -> dict[str, list[str]]:
@@ -601,13 +801,18 @@ def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.Da
         patient lacks that modality), categorical codes normalised (binary columns as int).
         ``df.attrs["missing"]`` = ``{"columns": [...], "modalities": {modality: [patient ids lacking it]},
         "values": {column: n_empty_cells}}``; ``df.attrs["manifest"]`` = the absolute manifest path.
+        The last column, ``her2_class``, is the three-class label (:func:`her2_class`: ``"zero"``, ``"low"``,
+        ``"positive"``), None where undefined (no ``her2_ihc`` column or cell, or IHC 2+ without ISH; the binary
+        task still uses these patients). ``df.attrs["her2_class_counts"]`` = ``{split: {class: n, ...,
+        "undefined": n}}``; ``df.attrs["her2_class_undefined"]`` = ``{patient_id: why}``.
 
     Raises
     ------
     DataError
         Listing every problem found (``err.problems``): missing required columns, duplicate or empty patient
-        ids, split not train/test, labels not 0/1, unknown codes, missing/corrupt files, shape or spacing
-        mismatch, non-binary or empty masks, non-finite images.
+        ids, split not train/test, labels not 0/1, unknown codes, a ``her2`` label contradicting ``her2_ihc`` /
+        ``fish`` (``her2 = 1`` with IHC 0, 1+ or 2+ and negative ISH; ``her2 = 0`` with IHC 3+ or positive ISH),
+        missing/corrupt files, shape or spacing mismatch, non-binary or empty masks, non-finite images.
 
     Warns
     -----
@@ -621,6 +826,7 @@ def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.Da
     modal_present = _check_columns(df, manifest, problems)
     pids = _check_ids_split_labels(df, manifest, problems)
     missing_cols, empty_counts = _check_descriptive(df, pids, manifest, problems)
+    class_attrs = _check_her2_class(df, pids, manifest, problems)
     missing_modal = _check_files(df, pids, manifest, modal_present, check_files, problems)
     if problems:
         head = f"{manifest}: {len(problems)} problem(s) found:\n  - " + "\n  - ".join(problems[:50])
@@ -630,6 +836,7 @@ def load_cohort(manifest: str | os.PathLike, check_files: str = "full") -> pd.Da
     _warn_missing(df, manifest, missing_cols, missing_modal)
     df.attrs["manifest"] = str(manifest)
     df.attrs["missing"] = {"columns": missing_cols, "modalities": missing_modal, "values": empty_counts}
+    df.attrs.update(class_attrs)
     return df
 
 

@@ -12,6 +12,9 @@ Science layer (imports core only).
   (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score; ``brier_score``, ``calibration_curve``
   (reliability curve with Clopper-Pearson intervals).
 * :mod:`her2lib.stats.decision` — ``decision_curve`` (net benefit, Vickers & Elkin 2006).
+* :mod:`her2lib.stats.multiclass` — ``multiclass_auc`` (one-vs-rest AUCs with DeLong CIs, macro average with a
+  stratified bootstrap CI; equal to scikit-learn's ``roc_auc_score(multi_class="ovr", average="macro")``),
+  ``confusion_matrix``, ``multiclass_metrics`` (per-class sensitivity/specificity/PPV/NPV, Clopper-Pearson).
 
 Labels, scores and probabilities are checked by one validator (``stats._common``): bad input is a
 :class:`~her2lib.errors.DataError` with the same message wherever it is passed (stats, evaluate, fusion).
@@ -22,6 +25,14 @@ categorical P value of the paper's Tables 1-3 (see ``tests/test_stats_*.py``).
 
 from .calibration import CalibrationResult, brier_score, calibration, calibration_curve
 from .decision import decision_curve
+from .multiclass import (
+    ClassMetrics,
+    MulticlassAUC,
+    MulticlassMetrics,
+    confusion_matrix,
+    multiclass_auc,
+    multiclass_metrics,
+)
 from .roc import (
     AUCInterval,
     BinaryMetrics,
@@ -70,6 +81,12 @@ __all__ = [
     "brier_score",
     "calibration_curve",
     "decision_curve",
+    "multiclass_auc",
+    "MulticlassAUC",
+    "confusion_matrix",
+    "multiclass_metrics",
+    "MulticlassMetrics",
+    "ClassMetrics",
     "categorical_test",
     "continuous_test",
     "TestResult",

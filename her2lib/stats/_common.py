@@ -12,7 +12,17 @@ from scipy.special import expit as _expit
 
 from ..errors import DataError, ParameterError
 
-__all__ = ["as_binary_labels", "as_scores", "as_probabilities", "check_level", "clopper_pearson", "logistic_fit"]
+__all__ = [
+    "as_binary_labels",
+    "as_scores",
+    "as_probabilities",
+    "check_classes",
+    "as_class_labels",
+    "as_probability_matrix",
+    "check_level",
+    "clopper_pearson",
+    "logistic_fit",
+]
 
 
 def as_binary_labels(y_true, name: str = "y_true") -> np.ndarray:
@@ -77,6 +87,90 @@ def as_probabilities(y_prob, n: int, name: str = "y_prob", *, against: str = "y_
         raise DataError(
             f"{name} must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first "
             f"{p[i]!r} at index {i}. Pass probabilities (e.g. sigmoid of a logit), not raw scores."
+        )
+    return p
+
+
+def check_classes(classes) -> tuple:
+    """Validate the class list of a multiclass analysis: at least two distinct classes, in the caller's order."""
+    if classes is None or isinstance(classes, (str, bytes)):
+        raise ParameterError(
+            f"classes must be a sequence of at least 2 class names, e.g. ('zero', 'low', 'positive'); got {classes!r}."
+        )
+    out = tuple(classes)
+    if len(out) < 2 or len(set(out)) != len(out):
+        raise ParameterError(f"classes must hold at least 2 distinct class names; got {out!r}.")
+    return out
+
+
+def as_class_labels(
+    y, classes: tuple, name: str = "y_true", *, n: int | None = None, against: str = "y_true"
+) -> np.ndarray:
+    """Return ``y`` as int64 indices into ``classes`` (validated by :func:`check_classes`), or raise
+    :class:`DataError` naming the labels not in ``classes``; with ``n``, also check the length."""
+    y = np.asarray(y, dtype=object) if not isinstance(y, np.ndarray) else y
+    if y.ndim != 1:
+        raise DataError(f"{name} must be 1-D (n_patients,), got shape {y.shape}; pass one class label per patient.")
+    if y.size == 0:
+        raise DataError(f"{name} is empty; pass at least one patient.")
+    if n is not None and y.shape[0] != n:
+        raise DataError(f"{name} has {y.shape[0]} labels but {against} has {n}; pass one label per patient.")
+    lookup = {c: i for i, c in enumerate(classes)}
+    idx = np.fromiter((lookup.get(v, -1) if _hashable(v) else -1 for v in y.tolist()), dtype=np.int64, count=y.size)
+    bad = idx < 0
+    if bad.any():
+        shown = sorted({repr(v) for v in y[bad].tolist()})[:5]
+        raise DataError(
+            f"{name} holds {int(bad.sum())} label(s) not among the classes {list(classes)}: {shown}, first at index "
+            f"{int(np.flatnonzero(bad)[0])}. Map the labels to those classes and drop patients without one."
+        )
+    return idx
+
+
+def _hashable(v) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+def as_probability_matrix(
+    y_proba, n: int, n_classes: int, *, name: str = "y_proba", against: str = "y_true"
+) -> np.ndarray:
+    """Return ``y_proba`` as a float64 ``(n, n_classes)`` matrix of finite probabilities in [0, 1] whose rows sum to
+    1 within 1e-6, or raise :class:`DataError` saying which check failed and where."""
+    p = np.asarray(y_proba)
+    if p.ndim != 2 or p.shape != (n, n_classes):
+        raise DataError(
+            f"{name} must have shape (n_patients, n_classes) = ({n}, {n_classes}) (one row per patient of {against}, "
+            f"one column per class, in the order of classes); got shape {p.shape}."
+        )
+    try:
+        p = p.astype(np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be numeric; got dtype {p.dtype}.") from None
+    bad = ~np.isfinite(p)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(
+            f"{name} has {int(bad.sum())} non-finite value(s) (NaN/inf), first at row {r}, column {c}; drop those "
+            "patients or fix the predictions."
+        )
+    out = (p < 0) | (p > 1)
+    if out.any():
+        r, c = np.argwhere(out)[0]
+        raise DataError(
+            f"{name} must hold probabilities in [0, 1]; saw {int(out.sum())} value(s) outside, first {p[r, c]!r} at "
+            f"row {r}, column {c}. Pass class probabilities (softmax of the logits), not raw scores."
+        )
+    dev = np.abs(p.sum(axis=1) - 1.0)
+    off = dev > 1e-6
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        raise DataError(
+            f"{name}: {int(off.sum())} row(s) do not sum to 1 (within 1e-6), first row {r} sums to "
+            f"{p[r].sum()!r}. Pass the probabilities of all {n_classes} classes (softmax), one column per class."
         )
     return p
 
