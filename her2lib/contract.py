@@ -40,6 +40,7 @@ __all__ = [
     "SPLITS",
     "HER2_IHC_CODES",
     "FISH_CODES",
+    "HER2_CLASSES",
     "CONTINUOUS_COLUMNS",
     "ModelKey",
     "MODELS",
@@ -111,6 +112,8 @@ SPLITS: tuple[str, ...] = ("train", "test")
 HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
 FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
 CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")
+#: HER2 classes of the three-class question (ASCO/CAP): zero, low (IHC 1+, or 2+ with negative ISH), positive.
+HER2_CLASSES: tuple[str, ...] = ("zero", "low", "positive")
 
 
 # ----------------------------------------------------------------------------------------------------------------

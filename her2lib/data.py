@@ -36,7 +36,16 @@ import pandas as pd
 import SimpleITK as sitk
 from PIL import Image
 
-from .contract import CONTINUOUS_COLUMNS, FISH_CODES, HER2_IHC_CODES, MODALITIES, REQUIRED_COLUMNS, SPLITS, table_spec
+from .contract import (
+    CONTINUOUS_COLUMNS,
+    FISH_CODES,
+    HER2_CLASSES,
+    HER2_IHC_CODES,
+    MODALITIES,
+    REQUIRED_COLUMNS,
+    SPLITS,
+    table_spec,
+)
 from .errors import DataError
 from .io import atomic_path
 from .options import did_you_mean, look_up_option
@@ -98,8 +107,7 @@ def descriptive_columns() -> dict[str, list]:
 # ----------------------------------------------------------------------------------------------------------
 # The three-class HER2 label (ASCO/CAP 2018 testing rule; HER2-low as in the 2023 update / DESTINY-Breast04)
 # ----------------------------------------------------------------------------------------------------------
-#: The three HER2 classes, in order (index = the class's integer label of a three-class model).
-HER2_CLASSES: tuple[str, ...] = ("zero", "low", "positive")
+# HER2_CLASSES (contract): the three classes in order (index = the class's integer label of a three-class model)
 
 _IHC_ALIASES: dict[str, str] = {"0": "0", "1": "1+", "1+": "1+", "2": "2+", "2+": "2+", "3": "3+", "3+": "3+"}
 _ISH_ALIASES: dict[str, str | None] = {

@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ..data import HER2_CLASSES
+from ..contract import HER2_CLASSES
 from ..errors import ParameterError
 from ..io import save_figure
 from ..options import look_up_option
@@ -32,7 +32,7 @@ _CMAP = "Blues"
 
 
 def class_label(cls) -> str:
-    """How figures name a class: ``"zero"`` -> ``"HER2-zero"`` (the :data:`~her2lib.data.HER2_CLASSES`), else
+    """How figures name a class: ``"zero"`` -> ``"HER2-zero"`` (the :data:`~her2lib.contract.HER2_CLASSES`), else
     ``str(cls)``."""
     return f"HER2-{cls}" if cls in HER2_CLASSES else str(cls)
 
@@ -56,7 +56,7 @@ def plot_confusion_matrix(
     y_true, y_pred : array-like, shape (n_patients,)
         True and predicted class of each patient, each one of ``classes``.
     classes : sequence
-        Classes in display order (e.g. :data:`her2lib.data.HER2_CLASSES`).
+        Classes in display order (e.g. :data:`her2lib.contract.HER2_CLASSES`).
     path : path-like, optional
         Save there (PNG, plus an SVG twin when ``svg``).
     title : str or None

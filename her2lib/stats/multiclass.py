@@ -4,7 +4,7 @@ specificity, PPV and NPV with exact intervals.
 
 Science layer (imports core and :mod:`her2lib.stats` only).
 
-Conventions: ``classes`` is the ordered list of class names (e.g. :data:`her2lib.data.HER2_CLASSES`); column ``j``
+Conventions: ``classes`` is the ordered list of class names (e.g. :data:`her2lib.contract.HER2_CLASSES`); column ``j``
 of a probability matrix is the probability of ``classes[j]``. One-vs-rest means class ``j`` against all others, so
 every binary statistic of :mod:`her2lib.stats.roc` applies with ``y == classes[j]`` as the positive class and
 ``P[:, j]`` as its score.
