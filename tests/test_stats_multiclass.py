@@ -205,3 +205,20 @@ def test_confusion_matrix_figure(tmp_path):
         plot_confusion_matrix(y, yp, classes=CLASSES, normalize="row")
     with pytest.raises(ParameterError, match="labels"):
         plot_confusion_matrix(y, yp, classes=CLASSES, labels=["a"])
+
+
+def test_undefined_proportions_warn_at_the_callers_line():
+    """A zero denominator gives NaN and a warning that points at the user's call (not at her2lib's internals), for
+    the multiclass metrics and the binary ones that share the exact-proportion helper."""
+    import warnings
+
+    from her2lib.stats import binary_metrics
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = multiclass_metrics(["a", "b", "a", "b"], ["a", "a", "a", "a"], classes=["a", "b"])
+        binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9)
+    assert np.isnan(m.per_class["b"].ppv.value)
+    assert {w.filename for w in caught} == {__file__}
+    assert any("PPV of class 'b' is undefined" in str(w.message) for w in caught)
+    assert any("PPV at threshold 0.9 is undefined" in str(w.message) for w in caught)

@@ -16,7 +16,6 @@ Checked against scikit-learn 1.9 ``roc_auc_score(multi_class="ovr", average="mac
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,9 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from ..errors import DataError, ParameterError, UndefinedMetricWarning
+from ..errors import DataError, ParameterError
 from ._common import as_class_labels, as_probability_matrix, check_classes, check_level, clopper_pearson
-from .roc import AUCInterval, Estimate, auc_ci
+from .roc import AUCInterval, Estimate, auc_ci, exact_proportion
 
 __all__ = [
     "MulticlassAUC",
@@ -285,15 +284,7 @@ class MulticlassMetrics:
 
 
 def _proportion(name: str, cls, k: int, n: int, level: float) -> Estimate:
-    if n == 0:
-        warnings.warn(
-            f"{name} of class {cls!r} is undefined (denominator 0); returning NaN.",
-            UndefinedMetricWarning,
-            stacklevel=4,
-        )
-        return Estimate(float("nan"), (float("nan"), float("nan"), level), "Clopper-Pearson", k, n)
-    lo, hi = clopper_pearson(k, n, level)
-    return Estimate(k / n, (lo, hi, level), "Clopper-Pearson", k, n)
+    return exact_proportion(k, n, level, what=f"{name} of class {cls!r}", stacklevel=4)
 
 
 def multiclass_metrics(y_true, y_pred, *, classes, level: float = 0.95) -> MulticlassMetrics:

@@ -584,6 +584,18 @@ class Estimate:
     denominator: float | None = None
 
 
+def exact_proportion(k: int, n: int, level: float, *, what: str, stacklevel: int = 3) -> Estimate:
+    """``k / n`` with its Clopper-Pearson (exact) interval; NaN with an :class:`UndefinedMetricWarning` naming
+    ``what`` when ``n`` is 0 (``stacklevel`` points the warning at the caller's caller)."""
+    if n == 0:
+        warnings.warn(
+            f"{what} is undefined (denominator 0); returning NaN.", UndefinedMetricWarning, stacklevel=stacklevel
+        )
+        return Estimate(float("nan"), (float("nan"), float("nan"), level), "Clopper-Pearson", k, n)
+    lo, hi = clopper_pearson(k, n, level)
+    return Estimate(k / n, (lo, hi, level), "Clopper-Pearson", k, n)
+
+
 @dataclass(frozen=True)
 class BinaryMetrics:
     """Classification metrics at one threshold (positive when ``score >= threshold``).
@@ -722,15 +734,7 @@ def binary_metrics(
     tn = int(np.sum(~pred & ~pos))
 
     def prop(name: str, k: int, n: int) -> Estimate:
-        if n == 0:
-            warnings.warn(
-                f"{name} is undefined at threshold {threshold} (denominator 0); returning NaN.",
-                UndefinedMetricWarning,
-                stacklevel=3,
-            )
-            return Estimate(float("nan"), (float("nan"), float("nan"), level), "Clopper-Pearson", k, n)
-        lo, hi = clopper_pearson(k, n, level)
-        return Estimate(k / n, (lo, hi, level), "Clopper-Pearson", k, n)
+        return exact_proportion(k, n, level, what=f"{name} at threshold {threshold}", stacklevel=4)
 
     acc = prop("Accuracy", tp + tn, tp + tn + fp + fn)
     sen = prop("Sensitivity", tp, tp + fn)
