@@ -45,7 +45,7 @@ from ..contract import REPO_ROOT, resolve_path
 from ..errors import Her2libError, ParameterError
 from ..io import output_error
 from ..options import did_you_mean
-from ..stages import RunDirs
+from ..stages import PROGRESS_LOG
 from . import lock, provenance
 from .notebook import NOTEBOOK_DIR, parameter_names
 from .progress import ProgressMonitor
@@ -243,7 +243,7 @@ def _run_steps(
     os.environ.setdefault("PYTHONHASHSEED", "0")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     prov = provenance.start(out, prof)
-    progress_log = RunDirs.from_out_dir(out, prof.get("common", {}).get("cohort_dir", out)).progress_log
+    progress_log = out / PROGRESS_LOG
     for i, step in enumerate(steps, 1):
         label = f"[{i}/{len(steps)}] {step.stem}"
         print(f"her2lib [{prof['name']}] {label} ...", file=sys.stderr, flush=True)

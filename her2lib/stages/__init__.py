@@ -22,6 +22,7 @@ Imports point one way: runner -> stages -> science -> core (tests/test_architect
 
 from importlib import import_module
 
+from ._common import PROGRESS_LOG as PROGRESS_LOG  # the runner follows this log (not a stage)
 from ._common import RunDirs, log_progress, modality_present, notice, remove_stale
 
 # The stage functions load on first use (PEP 562): the training and Grad-CAM stages import torch, timm and

@@ -17,7 +17,11 @@ from ..contract import modality as _modality
 from ..contract import resolve_path
 from ..data import available_modalities
 
-__all__ = ["RunDirs", "notice", "modality_present", "remove_stale", "log_progress"]
+__all__ = ["RunDirs", "PROGRESS_LOG", "notice", "modality_present", "remove_stale", "log_progress"]
+
+
+#: Where in a run folder the training progress is logged (:func:`log_progress`), relative to the folder.
+PROGRESS_LOG = Path("logs") / "progress.jsonl"
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class RunDirs:
     @property
     def progress_log(self) -> Path:
         """``logs/progress.jsonl``: one JSON line per training epoch, which the batch runner shows live."""
-        return self.root / "logs" / "progress.jsonl"
+        return self.root / PROGRESS_LOG
 
     @classmethod
     def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> RunDirs:
