@@ -9,6 +9,8 @@ Core layer (imports only :mod:`her2lib.errors`, :mod:`her2lib.options` and third
   ``DL-US&MRI``, prediction-file prefixes ``us``, ``mri``, ``fusion`` (:data:`MODELS`), and the DeLong pairs;
 * **prediction files**: their columns and their one reader/validator (:func:`read_predictions`,
   :func:`read_test_folds`);
+* **tasks** (``binary``, ``three-class``, ``low-vs-zero``: :data:`TASKS`) and the prediction files of the class
+  tasks (:func:`read_class_predictions`);
 * **the paper's Tables 1-3** (``resources/tables_1_3.json``): their one loader, :func:`table_spec`.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, ParameterError
 from .options import look_up_option
 
 __all__ = [
@@ -42,6 +44,9 @@ __all__ = [
     "FISH_CODES",
     "HER2_CLASSES",
     "CONTINUOUS_COLUMNS",
+    "Task",
+    "TASKS",
+    "task",
     "ModelKey",
     "MODELS",
     "model",
@@ -55,6 +60,13 @@ __all__ = [
     "read_predictions",
     "validate_test_folds",
     "read_test_folds",
+    "class_prediction_columns",
+    "class_test_fold_columns",
+    "validate_class_predictions",
+    "read_class_predictions",
+    "read_class_test_folds",
+    "class_codes",
+    "class_proba",
     "table_spec",
     "PAPER_TABLES",
 ]
@@ -117,6 +129,65 @@ HER2_CLASSES: tuple[str, ...] = ("zero", "low", "positive")
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Tasks: which question the models answer
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """One prediction task: its classes (label code ``j`` is ``classes[j]``) and the patients it concerns.
+
+    Attributes
+    ----------
+    key : str
+        ``"binary"`` (the paper's HER2-positive vs HER2-negative), ``"three-class"`` (HER2-zero, HER2-low,
+        HER2-positive) or ``"low-vs-zero"`` (HER2-low vs HER2-zero among HER2-negative patients: the T-DXd question).
+    classes : tuple of str
+        Class names in label-code order. For ``binary`` ``("negative", "positive")`` (the ``her2`` column, 0/1);
+        otherwise values of the cohort's ``her2_class`` column (:data:`HER2_CLASSES`).
+    keep : tuple of str or None
+        The ``her2_class`` values of the patients the task concerns (None: every patient).
+    title : str
+        The question in words (figure titles, notices).
+    """
+
+    key: str
+    classes: tuple[str, ...]
+    keep: tuple[str, ...] | None
+    title: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_binary(self) -> bool:
+        """True for the paper's task (``her2`` / ``p_her2`` prediction files); False for the class tasks."""
+        return self.key == "binary"
+
+    @property
+    def label_column(self) -> str:
+        """The cohort column the task's labels come from: ``her2`` (binary) or ``her2_class``."""
+        return "her2" if self.is_binary else "her2_class"
+
+    @property
+    def probability_columns(self) -> tuple[str, ...]:
+        """Prediction-file probability columns: ``("p_her2",)`` (binary) or ``p_<class>`` per class."""
+        return ("p_her2",) if self.is_binary else tuple(f"p_{c}" for c in self.classes)
+
+
+#: The tasks of the ``task`` notebook parameter.
+TASKS: dict[str, Task] = {
+    "binary": Task("binary", ("negative", "positive"), None, "HER2-positive vs HER2-negative"),
+    "three-class": Task("three-class", HER2_CLASSES, None, "HER2-zero vs HER2-low vs HER2-positive"),
+    "low-vs-zero": Task("low-vs-zero", ("zero", "low"), ("zero", "low"), "HER2-low vs HER2-zero (HER2-negative)"),
+}
+
+
+def task(key: str | Task) -> Task:
+    """The :class:`Task` ``key`` (a :class:`Task` is returned as it is); a ParameterError with a hint otherwise."""
+    return key if isinstance(key, Task) else look_up_option(key, TASKS, name="task")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Models (the paper's names)
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -164,6 +235,23 @@ def prediction_path(predictions_dir: str | os.PathLike, prefix: str, kind: str) 
     """``predictions_dir / f"{prefix}_{kind}.csv"`` with ``kind`` one of ``oof``, ``test``, ``test_folds``."""
     look_up_option(kind, ("oof", "test", "test_folds"), name="kind")
     return Path(predictions_dir) / f"{prefix}_{kind}.csv"
+
+
+def _fold_problems(out: pd.DataFrame, source: str, problems: list[str]) -> pd.Series:
+    """The ``fold`` column as numbers; appends to ``problems`` a non-integer fold, a test patient with a fold other
+    than -1 and a training patient with a negative one."""
+    fold = pd.to_numeric(out["fold"], errors="coerce")
+    bad_fold = out.loc[fold.isna() | (fold != np.round(fold)), "patient_id"].tolist()
+    if bad_fold:
+        problems.append(f"{source}: fold must be an integer (patients {bad_fold[:10]}).")
+    else:
+        bad_test = out.loc[(out["split"] == "test") & (fold != -1), "patient_id"].tolist()
+        bad_train = out.loc[(out["split"] == "train") & (fold < 0), "patient_id"].tolist()
+        if bad_test:
+            problems.append(f"{source}: test patients must have fold == -1 (patients {bad_test[:10]}).")
+        if bad_train:
+            problems.append(f"{source}: training patients need a fold >= 0 (patients {bad_train[:10]}).")
+    return fold
 
 
 def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: str | None = None) -> pd.DataFrame:
@@ -219,17 +307,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
     bad_p = out.loc[~(np.isfinite(p) & (p >= 0) & (p <= 1)), "patient_id"].tolist()
     if bad_p:
         problems.append(f"{source}: p_her2 must be a finite probability in [0, 1] (patients {bad_p[:10]}).")
-    fold = pd.to_numeric(out["fold"], errors="coerce")
-    bad_fold = out.loc[fold.isna() | (fold != np.round(fold)), "patient_id"].tolist()
-    if bad_fold:
-        problems.append(f"{source}: fold must be an integer (patients {bad_fold[:10]}).")
-    else:
-        bad_test = out.loc[(out["split"] == "test") & (fold != -1), "patient_id"].tolist()
-        bad_train = out.loc[(out["split"] == "train") & (fold < 0), "patient_id"].tolist()
-        if bad_test:
-            problems.append(f"{source}: test patients must have fold == -1 (patients {bad_test[:10]}).")
-        if bad_train:
-            problems.append(f"{source}: training patients need a fold >= 0 (patients {bad_train[:10]}).")
+    fold = _fold_problems(out, source, problems)
     if len(out) == 0:
         problems.append(f"{source}: no rows.")
     if problems:
@@ -361,6 +439,169 @@ def read_test_folds(path: str | os.PathLike, test: pd.DataFrame | None = None) -
         return None
     df = pd.read_csv(path, dtype={"patient_id": str})
     return validate_test_folds(df, source=str(path), test=test)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prediction files of the class tasks (three-class, low-vs-zero)
+# ----------------------------------------------------------------------------------------------------------------
+#: rows of a class-task probability matrix must sum to 1 within this tolerance
+PROBABILITY_SUM_ATOL = 1e-6
+
+
+def class_prediction_columns(task_: str | Task) -> tuple[str, ...]:
+    """``patient_id, split, fold, her2_class, p_<class>...`` of a class task's ``{prefix}_{oof,test}.csv``.
+
+    >>> class_prediction_columns("three-class")
+    ('patient_id', 'split', 'fold', 'her2_class', 'p_zero', 'p_low', 'p_positive')
+    """
+    t = _class_task(task_)
+    return ("patient_id", "split", "fold", "her2_class") + t.probability_columns
+
+
+def class_test_fold_columns(task_: str | Task) -> tuple[str, ...]:
+    """``patient_id, split, her2_class, model_fold, p_<class>...`` of a class task's ``{prefix}_test_folds.csv``."""
+    t = _class_task(task_)
+    return ("patient_id", "split", "her2_class", "model_fold") + t.probability_columns
+
+
+def _class_task(task_: str | Task) -> Task:
+    t = task(task_)
+    if t.is_binary:
+        raise ParameterError(
+            "the binary task's prediction files have the columns her2 / p_her2: use read_predictions / "
+            "validate_predictions for them."
+        )
+    return t
+
+
+def _class_problems(out: pd.DataFrame, t: Task, source: str, cols: tuple[str, ...]) -> list[str]:
+    """Missing columns, an empty table, labels outside the task's classes, probabilities that are not a
+    probability vector (finite, in [0, 1], summing to 1)."""
+    missing = [c for c in cols if c not in out.columns]
+    if missing:
+        return [
+            f"{source}: missing column(s) {missing}; a {t.key} prediction file needs the columns {list(cols)} "
+            "(written by the 03/04/05 notebooks with the same task)."
+        ]
+    problems = [f"{source}: no rows."] if len(out) == 0 else []
+    bad_y = out.loc[~out["her2_class"].isin(t.classes), "patient_id"].tolist()
+    if bad_y:
+        problems.append(f"{source}: her2_class must be one of {list(t.classes)} (patients {bad_y[:10]}).")
+    p = out[list(t.probability_columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad_p = ~(np.isfinite(p) & (p >= 0) & (p <= 1)).all(axis=1)
+    bad_p |= np.abs(np.nan_to_num(p).sum(axis=1) - 1.0) > PROBABILITY_SUM_ATOL
+    if bad_p.any():
+        problems.append(
+            f"{source}: {', '.join(t.probability_columns)} must be probabilities in [0, 1] summing to 1 "
+            f"(patients {out.loc[bad_p, 'patient_id'].tolist()[:10]})."
+        )
+    return problems
+
+
+def validate_class_predictions(
+    df: pd.DataFrame, task_: str | Task, source: str = "predictions", split: str | None = None
+) -> pd.DataFrame:
+    """Check one class-task prediction table (:func:`class_prediction_columns`) and return a clean copy.
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per patient; extra columns are kept.
+    task_ : str or Task
+        ``"three-class"`` or ``"low-vs-zero"``.
+    source : str
+        Name used in error messages (usually the file path).
+    split : {"train", "test"} or None
+        If given, every row must belong to this split.
+
+    Raises
+    ------
+    DataError
+        Listing every problem: missing columns, duplicate patients, a class outside the task's, probabilities that
+        are not a probability vector, fold rules as :func:`validate_predictions`.
+    """
+    t = _class_task(task_)
+    out = df.copy()
+    problems = _class_problems(out, t, source, class_prediction_columns(t))
+    if problems and "missing column" in problems[0]:
+        raise DataError(problems[0], problems)
+    out["patient_id"] = out["patient_id"].astype(str)
+    dup = out.loc[out["patient_id"].duplicated(), "patient_id"].tolist()
+    if dup:
+        problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
+    bad_split = out.loc[~out["split"].isin(SPLITS), "patient_id"].tolist()
+    if bad_split:
+        problems.append(f"{source}: split must be 'train' or 'test' (patients {bad_split[:10]}).")
+    if split is not None and (out["split"] != split).any():
+        problems.append(
+            f"{source}: expected only split == {split!r} rows, but patients "
+            f"{out.loc[out['split'] != split, 'patient_id'].tolist()[:10]} are not."
+        )
+    fold = _fold_problems(out, source, problems)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
+    out["fold"] = fold.astype(int)
+    out[list(t.probability_columns)] = out[list(t.probability_columns)].astype(float)
+    return out.reset_index(drop=True)
+
+
+def read_class_predictions(path: str | os.PathLike, task_: str | Task, split: str | None = None) -> pd.DataFrame:
+    """Read and validate a class-task prediction CSV (:func:`validate_class_predictions`); a DataError naming the
+    notebook that writes it when the file is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"prediction file {path} not found; run the notebook that writes it first (03_train_us, 04_train_mri, "
+            "05_fusion, with the same task)."
+        )
+    return validate_class_predictions(pd.read_csv(path, dtype={"patient_id": str}), task_, str(path), split)
+
+
+def read_class_test_folds(
+    path: str | os.PathLike, task_: str | Task, test: pd.DataFrame | None = None, *, atol: float = 1e-9
+) -> pd.DataFrame | None:
+    """Read and check a class task's ``{prefix}_test_folds.csv`` (:func:`class_test_fold_columns`); None when absent.
+
+    With ``test`` (the fold-mean file), the patients and classes must agree and each probability column must be the
+    mean over the fold models (to ``atol``). Returns the table sorted by patient and model fold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    t = _class_task(task_)
+    out = pd.read_csv(path, dtype={"patient_id": str})
+    problems = _class_problems(out, t, str(path), class_test_fold_columns(t))
+    if not problems and ((out["split"] != "test").any() or out.duplicated(["patient_id", "model_fold"]).any()):
+        problems.append(f"{path}: only test patients, one row per patient and fold model, belong here.")
+    if not problems and test is not None:
+        mean = out.groupby("patient_id")[list(t.probability_columns)].mean()
+        ref = test.set_index("patient_id")
+        if set(mean.index) != set(ref.index):
+            problems.append(f"{path}: patients differ from the fold-mean test file.")
+        elif (np.abs(mean.to_numpy() - ref.loc[mean.index, list(t.probability_columns)].to_numpy()) > atol).any():
+            problems.append(
+                f"{path}: the mean over fold models differs from the fold-mean test file; the files come from "
+                "different runs. Re-run the training notebook."
+            )
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {path}: " + " ".join(problems), problems)
+    out["model_fold"] = out["model_fold"].astype(int)
+    cols = list(class_test_fold_columns(t))
+    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[cols]
+
+
+def class_codes(df: pd.DataFrame, task_: str | Task) -> np.ndarray:
+    """Label codes (int, ``j`` = ``task.classes[j]``) of a class-task table's ``her2_class`` column."""
+    t = _class_task(task_)
+    codes = pd.Categorical(df["her2_class"], categories=list(t.classes)).codes
+    if (codes < 0).any():
+        raise DataError(f"her2_class values outside {list(t.classes)}: {sorted(set(df['her2_class'][codes < 0]))}.")
+    return codes.astype(np.int64)
+
+
+def class_proba(df: pd.DataFrame, task_: str | Task) -> np.ndarray:
+    """The ``(n_patients, n_classes)`` float64 probability matrix of a class-task table (columns in class order)."""
+    return df[list(_class_task(task_).probability_columns)].to_numpy(dtype=float)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -44,8 +44,10 @@ from .contract import (
     MODALITIES,
     REQUIRED_COLUMNS,
     SPLITS,
+    Task,
     table_spec,
 )
+from .contract import task as _task
 from .errors import DataError
 from .io import atomic_path
 from .options import did_you_mean, look_up_option
@@ -66,6 +68,7 @@ __all__ = [
     "HER2_CLASSES",
     "her2_class",
     "her2_classes",
+    "task_cohort",
 ]
 
 #: The ``check_files`` levels of :func:`load_cohort`.
@@ -871,4 +874,66 @@ def available_modalities(df: pd.DataFrame, require_all: bool = True) -> list[str
         has = df[ci].astype(str).str.strip() != ""
         if (has.all() if require_all else has.any()) and len(df):
             out.append(m)
+    return out
+
+
+def task_cohort(df: pd.DataFrame, task: str | Task) -> pd.DataFrame:
+    """The patients a task concerns, with their labels checked.
+
+    Parameters
+    ----------
+    df : pd.DataFrame
+        Output of :func:`load_cohort` (with its ``her2_class`` column).
+    task : str or Task
+        ``"binary"`` (``df`` is returned as it is: every patient, labels ``her2``), ``"three-class"`` or
+        ``"low-vs-zero"`` (:data:`her2lib.contract.TASKS`).
+
+    Returns
+    -------
+    pd.DataFrame
+        For a class task: the rows whose ``her2_class`` is one of the task's (``low-vs-zero``: the HER2-negative
+        patients), in the input order, with ``attrs`` kept and ``attrs["task"]`` / ``attrs["task_excluded"]``
+        (``{patient_id: why}`` of the patients left out because their class is undefined) added. Patients of other
+        classes (HER2-positive for ``low-vs-zero``) are left out without being listed.
+
+    Raises
+    ------
+    DataError
+        A class task on a cohort without IHC scores, or with too few patients of a class in a split to train and
+        test on (fewer than 4 per class in the training cohort, none in the test cohort).
+    """
+    t = _task(task)
+    if t.is_binary:
+        return df
+    if "her2_class" not in df.columns or df["her2_class"].isna().all():
+        raise DataError(
+            f"task={t.key!r} needs the HER2 class of every patient (IHC score her2_ihc, and ISH for IHC 2+), but "
+            f"the cohort {df.attrs.get('manifest', '')} has none; record her2_ihc / fish in the manifest, or use "
+            "task='binary'."
+        )
+    undefined = df["her2_class"].isna()
+    why = df.attrs.get("her2_class_undefined", {})
+    excluded = {str(p): why.get(str(p), "HER2 class undefined") for p in df.loc[undefined, "patient_id"]}
+    if excluded:
+        warnings.warn(
+            f"task={t.key!r}: {len(excluded)} patient(s) without a defined HER2 class are left out "
+            f"({', '.join(list(excluded)[:10])}{' ...' if len(excluded) > 10 else ''}).",
+            CohortWarning,
+            stacklevel=2,
+        )
+    keep = df["her2_class"].isin(t.keep or t.classes)
+    out = df.loc[keep].copy()
+    counts = out.groupby(["split", "her2_class"]).size()
+    short = [
+        f"{split}/{cls}: {int(counts.get((split, cls), 0))}"
+        for split, need in (("train", 4), ("test", 1))
+        for cls in t.classes
+        if counts.get((split, cls), 0) < need
+    ]
+    if short:
+        raise DataError(
+            f"task={t.key!r}: too few patients per class ({', '.join(short)}); each class needs >= 4 training "
+            "patients (one per cross-validation fold) and >= 1 test patient. Use a larger cohort or another task."
+        )
+    out.attrs = {**df.attrs, "task": t.key, "task_excluded": excluded}
     return out
