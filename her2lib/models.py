@@ -10,7 +10,8 @@
 The configs describe the architecture only (the paper's defaults; notebook profiles overlay them); how a model is
 trained (optimiser, schedule, Mixup, precision) is :class:`her2lib.train.TrainConfig`. ``config.json`` beside the
 checkpoints records both. The factories never download anything: weights come only from an optional local
-checkpoint file. Output index 1 of the logits is HER2-positive.
+checkpoint file. Output index 1 of the logits is HER2-positive (binary task); for the class tasks of
+:data:`her2lib.contract.TASKS` logit ``j`` is ``task.classes[j]`` (``num_classes = task.n_classes``).
 
 Science layer.
 """
@@ -53,7 +54,7 @@ class DLUSConfig:
     image_size : int
         Side of the square input in pixels (paper 256).
     in_chans, num_classes : int
-        1 grey channel, 2 logits (index 1 = HER2-positive).
+        1 grey channel, 2 logits (index 1 = HER2-positive; 3 for the three-class task).
     drop_path_rate : float
         Stochastic depth rate.
     checkpoint : str or None
@@ -116,8 +117,11 @@ ModelConfig = DLUSConfig | DLMRIConfig
 
 
 def _validate(cfg: ModelConfig) -> None:
-    if cfg.num_classes != 2:
-        raise ParameterError(f"num_classes={cfg.num_classes}: her2lib models have 2 logits (HER2-/HER2+).")
+    if cfg.num_classes not in (2, 3):
+        raise ParameterError(
+            f"num_classes={cfg.num_classes}: her2lib models have 2 logits (binary and low-vs-zero tasks) or 3 "
+            "(three-class: HER2-zero, -low, -positive); set it to the task's n_classes."
+        )
     if cfg.image_size <= 0:
         raise ParameterError(f"{cfg.kind}: image_size={cfg.image_size} must be > 0.")
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():

@@ -19,7 +19,12 @@ __all__ = ["plot_learning_curves"]
 
 
 def plot_learning_curves(
-    history: pd.DataFrame | None, *, path: str | os.PathLike | None = None, title: str = "", selection: str = "inner"
+    history: pd.DataFrame | None,
+    *,
+    path: str | os.PathLike | None = None,
+    title: str = "",
+    selection: str = "inner",
+    auc_label: str = "AUC",
 ) -> Figure | None:
     """Learning curves: training/selection-set loss and selection-set AUC per epoch, one line per fold.
 
@@ -34,6 +39,8 @@ def plot_learning_curves(
     title : str
     selection : {"inner", "heldout"}
         Which set the solid lines and the chosen epoch refer to (:data:`her2lib.train.SELECTIONS`).
+    auc_label : str
+        Name of the selection metric (``"macro AUC"`` for the three-class task).
 
     Returns
     -------
@@ -53,7 +60,7 @@ def plot_learning_curves(
         best = h.loc[h["val_auc"].fillna(-1).idxmax()]
         axes[1].plot(best["epoch"], best["val_auc"], "o", color=line.get_color(), ms=4)
     axes[0].set(xlabel="epoch", ylabel="loss", title=f"loss (dashed: training, solid: {where})")
-    axes[1].set(xlabel="epoch", ylabel="AUC", title=f"{where} AUC (dot: chosen epoch)", ylim=(0, 1))
+    axes[1].set(xlabel="epoch", ylabel=auc_label, title=f"{where} {auc_label} (dot: chosen epoch)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..contract import MODALITIES
+from ..contract import MODALITIES, Task
+from ..contract import task as _task
+from ..data import task_cohort
 from ..figures.preprocess import plot_roi_examples
 from ..io import write_csv
 from ..roi import PreprocessSpec, preprocess_cohort, roi_boxes
@@ -33,11 +35,17 @@ class Preprocessed:
         cohort has, in cohort row order.
     boxes : pandas.DataFrame or None
         :func:`her2lib.roi.box_table` (``tables/roi_boxes.csv``); None when the cohort has no images at all.
+    cohort : pandas.DataFrame or None
+        The patients of the task (:func:`her2lib.data.task_cohort`; the whole cohort for the binary task).
+    label : str
+        The task's label column (``her2`` or ``her2_class``): the folds are stratified on it.
     """
 
     folds: pd.Series
     inputs: dict
     boxes: pd.DataFrame | None
+    cohort: pd.DataFrame | None = None
+    label: str = "her2"
 
 
 def preprocess_modalities(
@@ -49,6 +57,7 @@ def preprocess_modalities(
     seed: int = 0,
     n_examples: int = 3,
     progress: bool = True,
+    task: str | Task = "binary",
 ) -> Preprocessed:
     """Everything of notebook 02: folds, ROIs (through the cache), box table and the before/after figure.
 
@@ -68,6 +77,9 @@ def preprocess_modalities(
         Patients shown in the figure.
     progress : bool
         tqdm bars.
+    task : str or Task
+        ``"binary"``, ``"three-class"`` or ``"low-vs-zero"``: the patients (:func:`her2lib.data.task_cohort`) whose
+        ROIs are made and the label the folds are stratified on (:attr:`her2lib.contract.Task.label_column`).
 
     Returns
     -------
@@ -75,8 +87,10 @@ def preprocess_modalities(
         A modality the cohort lacks is skipped with a notice (and every later step of it); without any images the
         box table and figure of an earlier run are removed.
     """
-    folds = assign_folds(cohort, n_folds=n_folds, seed=seed)
-    write_folds(run.predictions / "folds.csv", cohort, folds)
+    t = _task(task)
+    cohort = task_cohort(cohort, t)
+    folds = assign_folds(cohort, n_folds=n_folds, seed=seed, label=t.label_column)
+    write_folds(run.predictions / "folds.csv", cohort, folds, label=t.label_column)
     inputs = {}
     for m in MODALITIES:
         if modality_present(cohort, m, f"{m.upper()} preprocessing (and every later {m.upper()} step)"):
@@ -84,8 +98,8 @@ def preprocess_modalities(
             print(f"{m.upper()} inputs:", inputs[m][0].shape)
     if not inputs:
         remove_stale(run.tables / "roi_boxes.csv", run.figures / "roi_examples.png")
-        return Preprocessed(folds=folds, inputs=inputs, boxes=None)
+        return Preprocessed(folds=folds, inputs=inputs, boxes=None, cohort=cohort, label=t.label_column)
     boxes = roi_boxes(cohort, inputs)
     write_csv(run.tables / "roi_boxes.csv", boxes)
     plot_roi_examples(cohort, inputs, n=n_examples, path=run.figures / "roi_examples.png", seed=seed)
-    return Preprocessed(folds=folds, inputs=inputs, boxes=boxes)
+    return Preprocessed(folds=folds, inputs=inputs, boxes=boxes, cohort=cohort, label=t.label_column)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..contract import Task, prediction_path
 from ..contract import modality as _modality
 from ..contract import model as _model
-from ..contract import prediction_path
+from ..contract import task as _task
+from ..data import task_cohort
 from ..errors import ParameterError
 from ..figures.training import plot_learning_curves
 from ..io import write_csv
@@ -39,6 +41,7 @@ def train_modality(
     progress: bool = True,
     selection: str = "inner",
     inner_fraction: float = 0.2,
+    task: str | Task = "binary",
 ) -> CVResult | None:
     """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
 
@@ -59,6 +62,10 @@ def train_modality(
         How it is trained.
     seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction
         As :func:`her2lib.train.run_cv`.
+    task : str or Task
+        ``"binary"``, ``"three-class"`` or ``"low-vs-zero"``: the patients trained and predicted
+        (:func:`her2lib.data.task_cohort`), the classes (``model_cfg.num_classes`` must be their number) and the
+        prediction files' columns (:func:`her2lib.contract.class_prediction_columns` for the class tasks).
 
     Returns
     -------
@@ -82,6 +89,8 @@ def train_modality(
             f"train_modality: modality={modality!r} trains {mod.model}, but the model "
             f"configuration is {type(model_cfg).__name__}."
         )
+    t = _task(task)
+    cohort = task_cohort(cohort, t)
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
     folds = read_folds(run.predictions / "folds.csv", cohort)
     print("inputs:", x.shape)
@@ -102,25 +111,38 @@ def train_modality(
         progress=progress,
         selection=selection,
         inner_fraction=inner_fraction,
-        epoch_hook=_epoch_reporter(run, mod.label, n_folds, training.epochs, selection),
+        epoch_hook=_epoch_reporter(run, mod.label, n_folds, training.epochs, selection, auc=_auc_name(t)),
+        task=t,
     )
     log_progress(run, "end", model=mod.label)
     write_predictions(result, run.predictions, prefix)
     write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
+    title = mod.label if t.is_binary else f"{mod.label}, {t.title}"
     plot_learning_curves(
-        result.history, path=run.figures / f"learning_curve_{modality}.png", title=mod.label, selection=selection
+        result.history,
+        path=run.figures / f"learning_curve_{modality}.png",
+        title=title,
+        selection=selection,
+        auc_label=_auc_name(t),
     )
     return result
 
 
-def _epoch_reporter(run: RunDirs, label: str, n_folds: int, epochs: int, selection: str) -> EpochHook:
+def _auc_name(t: Task) -> str:
+    """What the selection AUC is called: ``AUC``, or ``macro AUC`` (three classes)."""
+    return "AUC" if t.n_classes == 2 else "macro AUC"
+
+
+def _epoch_reporter(
+    run: RunDirs, label: str, n_folds: int, epochs: int, selection: str, *, auc: str = "AUC"
+) -> EpochHook:
     """An epoch hook printing one line per epoch into the notebook and logging it for the batch runner."""
     where = SELECTION_SETS[selection]
 
     def report(fold: int, epoch: int, row: dict) -> None:
         line = (
             f"{label} fold {fold} ({fold + 1}/{n_folds}) epoch {row['epoch']}/{epochs}: train loss "
-            f"{row['train_loss']:.3f}, {where} loss {row['val_loss']:.3f}, AUC {row['val_auc']:.3f}"
+            f"{row['train_loss']:.3f}, {where} loss {row['val_loss']:.3f}, {auc} {row['val_auc']:.3f}"
         )
         print(line, flush=True)
         log_progress(

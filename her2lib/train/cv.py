@@ -17,7 +17,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..contract import DL_MODELS, MODELS, PREDICTION_COLUMNS, TEST_FOLD_COLUMNS, prediction_path
+from ..contract import (
+    DL_MODELS,
+    MODELS,
+    PREDICTION_COLUMNS,
+    TEST_FOLD_COLUMNS,
+    Task,
+    class_codes,
+    class_prediction_columns,
+    class_proba,
+    class_test_fold_columns,
+    prediction_path,
+)
+from ..contract import task as _task
 from ..errors import DataError, ParameterError, UndefinedMetricWarning
 from ..io import write_csv, write_json
 from ..models import ModelConfig, build_model, config_from_dict, config_to_dict
@@ -26,7 +38,7 @@ from ..transforms import DEFAULT_AUGMENT, AugmentSpec, _epoch_seed
 from .config import TrainConfig, split_config_dict
 from .folds import _check_cohort, inner_split
 from .loop import EpochHook, FoldResult, fit_fold
-from .runtime import _memory_format, _use_cl, epoch_metrics, predict_proba, resolve_device
+from .runtime import _memory_format, _use_cl, class_epoch_metrics, epoch_metrics, predict_proba, resolve_device
 
 __all__ = [
     "SELECTIONS",
@@ -55,7 +67,8 @@ class CVResult:
     ----------
     oof : pandas.DataFrame
         One row per training patient: ``patient_id, split, fold, her2, p_her2`` (the fold model that did not
-        train on the patient's fold).
+        train on the patient's fold); for a class task :func:`~her2lib.contract.class_prediction_columns`
+        (``her2_class`` and one probability column per class).
     test : pandas.DataFrame
         One row per test patient, ``fold = -1``, ``p_her2`` = mean of the fold models (for the AUC and curves).
     history : pandas.DataFrame
@@ -69,6 +82,8 @@ class CVResult:
         ``model_fold`` = fold of the model), sorted by patient then model fold.
     selection : str
         ``"inner"`` or ``"heldout"`` (:data:`SELECTIONS`).
+    task : str
+        The task's key (:data:`her2lib.contract.TASKS`).
     """
 
     oof: pd.DataFrame
@@ -77,6 +92,7 @@ class CVResult:
     summary: pd.DataFrame
     test_folds: pd.DataFrame | None = None
     selection: str = "inner"
+    task: str = "binary"
 
 
 def _checked_inputs(
@@ -111,12 +127,14 @@ def _fold_sets(
     selection: str,
     inner_fraction: float,
     seed: int,
+    label: str = "her2",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Row indices of fold ``k``'s fit set, selection set and held-out fold, and the fingerprint extra."""
     tr = np.flatnonzero(is_train & (fvals != k))
     va = np.flatnonzero(is_train & (fvals == k))
     if selection == "inner":
-        fit_i, sel_i = inner_split(rows.iloc[tr], inner_fraction, _epoch_seed(seed, k, 10**6, 3) % (2**32 - 1))
+        inner_seed = _epoch_seed(seed, k, 10**6, 3) % (2**32 - 1)
+        fit_i, sel_i = inner_split(rows.iloc[tr], inner_fraction, inner_seed, label=label)
         fit_idx, sel_idx = tr[fit_i], tr[sel_i]
     else:
         fit_idx, sel_idx = tr, va
@@ -124,7 +142,7 @@ def _fold_sets(
         "selection": selection,
         "inner_fraction": inner_fraction if selection == "inner" else None,
         "heldout": rows.iloc[va]["patient_id"].tolist(),
-        "heldout_her2": rows.iloc[va]["her2"].tolist(),
+        "heldout_her2": rows.iloc[va][label].tolist(),
     }
     return fit_idx, sel_idx, va, extra
 
@@ -138,10 +156,13 @@ def _fold_model(model_cfg: ModelConfig, training: TrainConfig, res: FoldResult, 
     return model
 
 
-def _summary_row(k: int, res: FoldResult, selection: str, n: tuple[int, int, int], part: pd.DataFrame) -> dict:
+def _summary_row(k: int, res: FoldResult, selection: str, n: tuple[int, int, int], part: pd.DataFrame, t: Task) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        heldout_auc = epoch_metrics(part["her2"].to_numpy(), part["p_her2"].to_numpy())["auc"]
+        if t.is_binary:
+            heldout_auc = epoch_metrics(part["her2"].to_numpy(), part["p_her2"].to_numpy())["auc"]
+        else:
+            heldout_auc = class_epoch_metrics(class_codes(part, t), class_proba(part, t))["auc"]
     return {
         "fold": k,
         "selection": SELECTIONS[selection],
@@ -157,23 +178,47 @@ def _summary_row(k: int, res: FoldResult, selection: str, n: tuple[int, int, int
     }
 
 
+def _set_proba(frame: pd.DataFrame, t: Task, p: np.ndarray) -> None:
+    """In place: the probability column(s) of task ``t`` from ``p`` (``(n,)`` binary, ``(n, K)`` otherwise)."""
+    if t.is_binary:
+        frame["p_her2"] = p
+    else:
+        for j, col in enumerate(t.probability_columns):
+            frame[col] = p[:, j] if len(p) else np.zeros(0)
+
+
 def _assemble(
-    rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list, test_fold_parts: list
+    rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list, test_fold_parts: list, t: Task
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """OOF table, fold-mean test table and per-fold-model test table, sorted by patient."""
-    oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
+    cols = list(PREDICTION_COLUMNS) if t.is_binary else list(class_prediction_columns(t))
+    fold_cols = list(TEST_FOLD_COLUMNS) if t.is_binary else list(class_test_fold_columns(t))
+    oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[cols]
     test = rows.iloc[test_idx].copy()
     test["fold"] = -1
-    test["p_her2"] = np.mean(test_probs, axis=0) if test_probs else np.zeros(0)
-    test = test.sort_values("patient_id").reset_index(drop=True)[list(PREDICTION_COLUMNS)]
+    _set_proba(test, t, np.mean(test_probs, axis=0) if test_probs else np.zeros((0, t.n_classes)))
+    test = test.sort_values("patient_id").reset_index(drop=True)[cols]
     test_folds = (
-        pd.concat(test_fold_parts)
-        .sort_values(["patient_id", "model_fold"])
-        .reset_index(drop=True)[list(TEST_FOLD_COLUMNS)]
+        pd.concat(test_fold_parts).sort_values(["patient_id", "model_fold"]).reset_index(drop=True)[fold_cols]
         if test_fold_parts
-        else pd.DataFrame(columns=list(TEST_FOLD_COLUMNS))
+        else pd.DataFrame(columns=fold_cols)
     )
     return oof, test, test_folds
+
+
+def _label_rows(cohort: pd.DataFrame, t: Task, model_cfg: ModelConfig) -> tuple[pd.DataFrame, str]:
+    """``patient_id, split`` and the task's label column(s) of every patient, and the column of label codes
+    (``her2``; for a class task ``her2_class`` and its codes ``y``)."""
+    if int(model_cfg.num_classes) != t.n_classes:
+        raise ParameterError(
+            f"run_cv: task={t.key!r} has {t.n_classes} classes {list(t.classes)} but the model has "
+            f"num_classes={model_cfg.num_classes}; build the config with num_classes={t.n_classes}."
+        )
+    if t.is_binary:
+        return cohort[["patient_id", "split", "her2"]].reset_index(drop=True), "her2"
+    rows = cohort[["patient_id", "split", "her2_class"]].reset_index(drop=True)
+    rows["y"] = class_codes(rows, t)
+    return rows, "y"
 
 
 def run_cv(
@@ -193,6 +238,7 @@ def run_cv(
     epoch_hook: EpochHook | None = None,
     selection: str = "inner",
     inner_fraction: float = 0.2,
+    task: str | Task = "binary",
 ) -> CVResult:
     """Cross-validate one model on the training cohort and predict the test cohort.
 
@@ -219,38 +265,43 @@ def run_cv(
         protocol; optimistic OOF).
     inner_fraction : float
         Share of the fold's training part used as the inner selection set (``selection="inner"`` only).
+    task : str or Task
+        ``"binary"`` (labels ``her2``), or a class task (labels ``her2_class``, every patient of ``cohort`` must have
+        one of the task's classes: :func:`her2lib.data.task_cohort`); ``model_cfg.num_classes`` must be its number
+        of classes. Folds, inner split and epoch selection (macro AUC for three classes) use the task's labels.
 
     Returns
     -------
     CVResult
     """
     look_up_option(selection, SELECTIONS, name="selection")
+    t = _task(task)
     x, folds, is_train = _checked_inputs(cohort, inputs, model_cfg, folds)
     fold_ids = [int(k) for k in sorted(folds[is_train].unique())]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out_dir / "config.json",
-        {
-            "config": config_to_dict(model_cfg),
-            "training": training.to_dict(),
-            "seed": seed,
-            "folds": fold_ids,
-            "augment": asdict(augment) if augment else None,
-            "selection": selection,
-            "selection_label": SELECTIONS[selection],
-            "inner_fraction": inner_fraction if selection == "inner" else None,
-        },
-    )
+    rows, label = _label_rows(cohort, t, model_cfg)
+    record = {
+        "config": config_to_dict(model_cfg),
+        "training": training.to_dict(),
+        "seed": seed,
+        "folds": fold_ids,
+        "augment": asdict(augment) if augment else None,
+        "selection": selection,
+        "selection_label": SELECTIONS[selection],
+        "inner_fraction": inner_fraction if selection == "inner" else None,
+    }
+    write_json(out_dir / "config.json", record if t.is_binary else {**record, "task": t.key, "classes": t.classes})
     dev = resolve_device(device)
-    rows = cohort[["patient_id", "split", "her2"]].reset_index(drop=True)
     fvals = folds.to_numpy()
     oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
     test_idx = np.flatnonzero(~is_train)
     for k in fold_ids:
         fit_idx, sel_idx, va, extra = _fold_sets(
-            rows, is_train, fvals, k, selection=selection, inner_fraction=inner_fraction, seed=seed
+            rows, is_train, fvals, k, selection=selection, inner_fraction=inner_fraction, seed=seed, label=label
         )
+        if not t.is_binary:  # the class tasks' labels are codes of their classes (the binary fingerprint is 0.1's)
+            extra["task"] = t.key
         res = fit_fold(
             model_cfg,
             training,
@@ -268,26 +319,34 @@ def run_cv(
             progress=progress,
             epoch_hook=epoch_hook,
             fingerprint_extra=extra,
+            label=label,
         )
         model = _fold_model(model_cfg, training, res, dev)
+        multi = not t.is_binary
         part = rows.iloc[va].copy()
         part["fold"] = k
-        part["p_her2"] = predict_proba(model, x[va], training=training, device=dev)
+        _set_proba(part, t, predict_proba(model, x[va], training=training, device=dev, all_classes=multi))
         oof_parts.append(part)
         if len(test_idx):
-            pt = predict_proba(model, x[test_idx], training=training, device=dev)
+            pt = predict_proba(model, x[test_idx], training=training, device=dev, all_classes=multi)
             test_probs.append(pt)
-            tf = rows.iloc[test_idx][["patient_id", "split", "her2"]].copy()
+            tf = rows.iloc[test_idx][["patient_id", "split", t.label_column]].copy()
             tf["model_fold"] = k
-            tf["p_her2"] = pt
+            _set_proba(tf, t, pt)
             test_fold_parts.append(tf)
         hist.extend(res.history)
-        summ.append(_summary_row(k, res, selection, (len(fit_idx), len(sel_idx), len(va)), part))
-    oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts)
+        summ.append(_summary_row(k, res, selection, (len(fit_idx), len(sel_idx), len(va)), part, t))
+    oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts, t)
     history = pd.DataFrame(hist)
     write_csv(out_dir / "metrics.csv", history)
     return CVResult(
-        oof=oof, test=test, history=history, summary=pd.DataFrame(summ), test_folds=test_folds, selection=selection
+        oof=oof,
+        test=test,
+        history=history,
+        summary=pd.DataFrame(summ),
+        test_folds=test_folds,
+        selection=selection,
+        task=t.key,
     )
 
 
@@ -344,7 +403,11 @@ def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, pref
 
 
 def oof_performance(result: CVResult | None, threshold: float = 0.5) -> dict[str, float] | None:
-    """:func:`epoch_metrics` of the out-of-fold predictions of ``result`` (None when training was skipped)."""
+    """:func:`epoch_metrics` of the out-of-fold predictions of ``result`` (None when training was skipped); for a
+    class task :func:`class_epoch_metrics` (macro AUC, accuracy, macro recall and F1 of the most probable class)."""
     if result is None:
         return None
+    if result.task != "binary":
+        t = _task(result.task)
+        return class_epoch_metrics(class_codes(result.oof, t), class_proba(result.oof, t))
     return epoch_metrics(result.oof["her2"].to_numpy(), result.oof["p_her2"].to_numpy(), threshold)

@@ -47,7 +47,7 @@ def _guard_train_only(rows: pd.DataFrame, what: str) -> None:
         )
 
 
-def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0) -> pd.Series:
+def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0, *, label: str = "her2") -> pd.Series:
     """Stratified fold of every training patient; -1 for test patients.
 
     Parameters
@@ -58,33 +58,39 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0) -> pd.Series
         Number of folds (paper: 4).
     seed : int
         Shuffling seed.
+    label : str
+        The column to stratify on: ``her2`` (binary task) or ``her2_class`` (the class tasks,
+        :attr:`her2lib.contract.Task.label_column`).
 
     Returns
     -------
     pandas.Series
-        int, named ``fold``, indexed like ``df``. Stratified by ``her2``; independent of the row order (patients
+        int, named ``fold``, indexed like ``df``. Stratified by ``label``; independent of the row order (patients
         are sorted by id before splitting).
     """
     _check_cohort(df, "assign_folds")
     if n_folds < 2:
         raise ParameterError(f"n_folds={n_folds}: need at least 2 folds.")
     train = df[df["split"] == "train"].sort_values("patient_id")
-    counts = train["her2"].value_counts()
+    if label not in train.columns or train[label].isna().any():
+        raise DataError(f"assign_folds: every training patient needs a {label!r} label to stratify the folds on.")
+    counts = train[label].value_counts()
     if len(counts) < 2 or counts.min() < n_folds:
         raise DataError(
-            f"assign_folds: the training cohort has HER2 counts {counts.to_dict()}; every class needs "
+            f"assign_folds: the training cohort has {label} counts {counts.to_dict()}; every class needs "
             f">= n_folds={n_folds} patients."
         )
     folds = pd.Series(-1, index=df.index, name="fold", dtype=int)
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, val) in enumerate(skf.split(np.zeros(len(train)), train["her2"].to_numpy())):
+    for k, (_, val) in enumerate(skf.split(np.zeros(len(train)), train[label].to_numpy())):
         folds.loc[train.index[val]] = k
     return folds
 
 
-def write_folds(path: str | os.PathLike, df: pd.DataFrame, folds: pd.Series) -> Path:
-    """Write ``patient_id, split, her2, fold`` to ``path`` (CSV, atomic)."""
-    out = df[["patient_id", "split", "her2"]].copy()
+def write_folds(path: str | os.PathLike, df: pd.DataFrame, folds: pd.Series, *, label: str = "her2") -> Path:
+    """Write ``patient_id, split, her2, fold`` to ``path`` (CSV, atomic); ``label`` (the class tasks'
+    ``her2_class``) is written after ``her2`` when it is another column."""
+    out = df[["patient_id", "split", "her2"] + ([label] if label != "her2" else [])].copy()
     out["fold"] = folds.loc[df.index].astype(int)
     return write_csv(path, out)
 
@@ -112,16 +118,20 @@ def read_folds(path: str | os.PathLike, df: pd.DataFrame) -> pd.Series:
     return pd.Series(m["fold"].astype(int).to_numpy(), index=df.index, name="fold")
 
 
-def inner_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def inner_split(
+    rows: pd.DataFrame, fraction: float, seed: int, *, label: str = "her2"
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split of one fold's training part into a training set and an inner selection set.
 
     Parameters
     ----------
     rows : pandas.DataFrame
-        ``patient_id, her2`` of the fold's training part (in any order).
+        ``patient_id`` and ``label`` of the fold's training part (in any order).
     fraction : float
         Share of patients in the selection set, in (0, 0.5].
     seed : int
+    label : str
+        The column to stratify on (``her2``, or the class tasks' label codes).
 
     Returns
     -------
@@ -132,15 +142,15 @@ def inner_split(rows: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndar
     """
     if not 0 < fraction <= 0.5:
         raise ParameterError(f"inner_fraction={fraction!r}: use a share in (0, 0.5] (e.g. 0.2).")
-    counts = rows["her2"].value_counts()
+    counts = rows[label].value_counts()
     if len(counts) < 2 or counts.min() < 2:
         raise DataError(
-            f"inner validation split: the fold's training part has HER2 counts {counts.to_dict()}; "
+            f"inner validation split: the fold's training part has {label} counts {counts.to_dict()}; "
             "each class needs >= 2 patients. Use selection='heldout' or a larger cohort."
         )
     order = np.argsort(rows["patient_id"].astype(str).to_numpy(), kind="stable")
-    y = rows["her2"].to_numpy()[order]
-    n_sel = max(int(round(fraction * len(rows))), 2)
+    y = rows[label].to_numpy()[order]
+    n_sel = max(int(round(fraction * len(rows))), 2, len(counts))
     sss = StratifiedShuffleSplit(n_splits=1, test_size=n_sel, random_state=seed)
     tr, sel = next(sss.split(np.zeros(len(y)), y))
     return np.sort(order[tr]), np.sort(order[sel])

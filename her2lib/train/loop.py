@@ -45,6 +45,7 @@ from .runtime import (
     _to_device,
     _use_amp,
     _use_cl,
+    class_epoch_metrics,
     epoch_metrics,
     predict_proba,
     resolve_device,
@@ -207,6 +208,7 @@ class _FoldRun:
     best_path: Path
     checkpoint_every: int
     epoch_hook: EpochHook | None
+    num_classes: int = 2
 
 
 def _build_trainer(model_cfg: ModelConfig, training: TrainConfig, dev: torch.device) -> _Trainer:
@@ -267,15 +269,25 @@ def _resume(run: _FoldRun, tr: _Trainer) -> _Progress:
 def _selection_row(
     run: _FoldRun, tr: _Trainer, epoch: int, train_loss: float, lr_now: float, x_val: torch.Tensor, y_val: np.ndarray
 ) -> tuple[dict, dict]:
-    """The history row of one epoch (selection-set loss and metrics) and the metrics."""
+    """The history row of one epoch (selection-set loss and metrics) and the metrics: those of
+    :func:`epoch_metrics` with two logits, of :func:`class_epoch_metrics` (macro AUC) with more."""
+    multi = run.num_classes > 2
     p = predict_proba(
-        tr.model, x_val, training=run.training, device=run.device, batch_size=max(2 * run.training.batch_size, 2)
+        tr.model,
+        x_val,
+        training=run.training,
+        device=run.device,
+        batch_size=max(2 * run.training.batch_size, 2),
+        all_classes=multi,
     )
+    eps = 1e-7
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        met = epoch_metrics(y_val, p)
-    eps = 1e-7
-    val_loss = float(-np.mean(y_val * np.log(p + eps) + (1 - y_val) * np.log(1 - p + eps)))
+        met = class_epoch_metrics(y_val, p) if multi else epoch_metrics(y_val, p)
+    if multi:
+        val_loss = float(-np.mean(np.log(p[np.arange(len(y_val)), y_val] + eps)))
+    else:
+        val_loss = float(-np.mean(y_val * np.log(p + eps) + (1 - y_val) * np.log(1 - p + eps)))
     row = {
         "fold": int(run.fold),
         "epoch": int(epoch) + 1,
@@ -329,7 +341,7 @@ def _train_epochs(
     bar,
 ) -> None:
     """Epochs ``prog.start`` .. ``epochs - 1``: train, score the selection set, keep the best, checkpoint."""
-    mixup = make_mixup(run.training, num_classes=2)
+    mixup = make_mixup(run.training, num_classes=run.num_classes)
     epochs = run.training.epochs
     for epoch in bar:
         es = _epoch_seed(run.seed, run.fold, epoch)
@@ -382,6 +394,7 @@ def fit_fold(
     progress: bool = True,
     epoch_hook: EpochHook | None = None,
     fingerprint_extra: Any = None,
+    label: str = "her2",
 ) -> FoldResult:
     """Train one fold and keep the epoch with the best selection-set AUC.
 
@@ -396,7 +409,8 @@ def fit_fold(
         the selection set: the epoch with the best AUC on it is kept (an inner validation split, or the held-out
         fold in the paper's protocol; see :func:`her2lib.train.run_cv`).
     rows_train, rows_val : pandas.DataFrame
-        ``patient_id, split, her2`` of the same rows. Every row must have ``split == "train"`` (raises otherwise).
+        ``patient_id, split`` and ``label`` of the same rows. Every row must have ``split == "train"`` (raises
+        otherwise).
     fold : int
         Fold number (part of the seeds and file names).
     out_dir : path
@@ -419,6 +433,9 @@ def fit_fold(
     fingerprint_extra : optional
         Anything else that must invalidate a finished fold when it changes (JSON-serialisable), e.g. the
         selection protocol and the held-out fold's patients and labels.
+    label : str
+        The column of ``rows_*`` with the label codes ``0 .. model_cfg.num_classes - 1``: ``her2`` (binary task) or
+        the class tasks' codes (:func:`her2lib.train.run_cv` names it).
 
     Returns
     -------
@@ -432,8 +449,8 @@ def fit_fold(
         raise ParameterError(f"checkpoint_every={checkpoint_every} must be >= 1.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    y_train = torch.as_tensor(rows_train["her2"].to_numpy().astype(np.int64).copy())
-    y_val = rows_val["her2"].to_numpy().astype(int)
+    y_train = torch.as_tensor(rows_train[label].to_numpy().astype(np.int64).copy())
+    y_val = rows_val[label].to_numpy().astype(int)
     fingerprint = _hash(
         # one flat dict, as her2lib 0.1 hashed its single config, so earlier runs' finished folds and resume
         # states stay valid (the model and training fields do not overlap)
@@ -443,8 +460,8 @@ def fit_fold(
         fold,
         rows_train["patient_id"].tolist(),
         rows_val["patient_id"].tolist(),
-        rows_train["her2"].tolist(),
-        rows_val["her2"].tolist(),
+        rows_train[label].tolist(),
+        rows_val[label].tolist(),
         fingerprint_extra,
         x_train,
         x_val,
@@ -460,6 +477,7 @@ def fit_fold(
         best_path=out_dir / f"fold{fold}_best.pt",
         checkpoint_every=checkpoint_every,
         epoch_hook=epoch_hook,
+        num_classes=int(model_cfg.num_classes),
     )
     done = _load_finished(run) if resume else None
     if done is not None:

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ParameterError, UndefinedMetricWarning
 from .config import TrainConfig
 
-__all__ = ["resolve_device", "epoch_metrics", "predict_proba"]
+__all__ = ["resolve_device", "epoch_metrics", "class_epoch_metrics", "predict_proba"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -57,6 +57,43 @@ def epoch_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[
     }
 
 
+def class_epoch_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """The class tasks' counterpart of :func:`epoch_metrics`, under the same keys.
+
+    Parameters
+    ----------
+    y : array_like of int, shape (n,)
+        Label codes ``0 .. K-1``.
+    proba : array_like, shape (n, K)
+        Class probabilities (rows sum to 1).
+
+    Returns
+    -------
+    dict
+        ``auc``: macro one-vs-rest AUC (scikit-learn ``roc_auc_score(multi_class="ovr", average="macro")``; for
+        K = 2 the AUC of ``proba[:, 1]``), NaN with :class:`UndefinedMetricWarning` when a class is absent from
+        ``y``; ``accuracy`` of the most probable class; ``recall``: macro recall (balanced accuracy); ``f1``: macro F1.
+    """
+    y = np.asarray(y).astype(int)
+    proba = np.asarray(proba, dtype=float)
+    k = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    if len(np.unique(y)) < k:
+        warnings.warn("a class is absent from this set; AUC undefined (NaN).", UndefinedMetricWarning, stacklevel=2)
+        auc = float("nan")
+    elif k == 2:
+        auc = float(roc_auc_score(y, proba[:, 1]))
+    else:
+        auc = float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(k))))
+    labels = list(range(k))
+    return {
+        "auc": auc,
+        "accuracy": float(accuracy_score(y, pred)),
+        "recall": float(recall_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+    }
+
+
 def _use_amp(training: TrainConfig, device: torch.device) -> bool:
     return bool(training.amp) if training.amp is not None else device.type == "cuda"
 
@@ -84,8 +121,9 @@ def predict_proba(
     training: TrainConfig | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
+    all_classes: bool = False,
 ) -> np.ndarray:
-    """Probability of HER2-positive (softmax of logit 1) for every sample.
+    """Probability of HER2-positive (softmax of logit 1) for every sample, or of every class.
 
     Parameters
     ----------
@@ -97,11 +135,13 @@ def predict_proba(
         For the AMP / channels_last choices (off without it).
     device : str or torch.device
     batch_size : int
+    all_classes : bool
+        Return the softmax of every logit (the class tasks) instead of that of logit 1.
 
     Returns
     -------
     np.ndarray
-        float64 ``(n,)``.
+        float64 ``(n,)``, or ``(n, n_logits)`` with ``all_classes``.
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     amp = training is not None and _use_amp(training, device)
@@ -112,8 +152,11 @@ def predict_proba(
         xb = _to_device(torch.as_tensor(x[i : i + batch_size]), device, cl)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             logits = model(xb)
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+        prob = torch.softmax(logits.float(), dim=1)
+        out.append((prob if all_classes else prob[:, 1]).cpu())
+    if not out:
+        return np.zeros((0, 0) if all_classes else 0)
+    return torch.cat(out).double().numpy()
 
 
 @contextlib.contextmanager
