@@ -111,7 +111,7 @@ class ProgressMonitor:
             self.bar.set_postfix_str(
                 f"fold {event.get('fold')} ({int(event.get('fold', 0)) + 1}/{event.get('n_folds')}) epoch "
                 f"{event.get('epoch')}/{event.get('epochs')} loss {event.get('val_loss', float('nan')):.3f} "
-                f"AUC {event.get('val_auc', float('nan')):.3f}",
+                f"{event.get('auc_name', 'AUC')} {event.get('val_auc', float('nan')):.3f}",
                 refresh=False,
             )
             self.bar.update(1)

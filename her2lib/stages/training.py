@@ -156,6 +156,7 @@ def _epoch_reporter(
             train_loss=float(row["train_loss"]),
             val_loss=float(row["val_loss"]),
             val_auc=float(row["val_auc"]),
+            auc_name=auc,
             line=line,
         )
 
