@@ -598,11 +598,19 @@ def validate_class_test_folds(
         ref = test.set_index("patient_id")
         if set(mean.index) != set(ref.index):
             problems.append(f"{source}: patients differ from the fold-mean test file.")
-        elif (np.abs(mean.to_numpy() - ref.loc[mean.index, list(t.probability_columns)].to_numpy()) > atol).any():
-            problems.append(
-                f"{source}: the mean over fold models differs from the fold-mean test file; the files come from "
-                "different runs. Re-run the training notebook."
-            )
+        else:
+            labels = out.groupby("patient_id")["her2_class"].agg(frozenset)
+            odd = [p for p in mean.index if labels[p] != {ref.loc[p, "her2_class"]}]
+            if odd:
+                problems.append(
+                    f"{source}: her2_class differs from the fold-mean test file (or across fold models) for patients "
+                    f"{odd[:10]}; the files come from different runs. Re-run the training notebook."
+                )
+            elif (np.abs(mean.to_numpy() - ref.loc[mean.index, list(t.probability_columns)].to_numpy()) > atol).any():
+                problems.append(
+                    f"{source}: the mean over fold models differs from the fold-mean test file; the files come from "
+                    "different runs. Re-run the training notebook."
+                )
     if problems:
         raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
     out["model_fold"] = out["model_fold"].astype(int)
