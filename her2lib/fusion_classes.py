@@ -665,12 +665,13 @@ def fuse_classes(
     test_pred, test_folds, applied_to = _apply(model, test, t, us_test_folds, mri_test_folds)
     coefs = model.to_frame()
     coefs.insert(0, "protocol", "leakage-free (her2lib default)")
+    counts = ", ".join(f"{c} {n}" for c, n in zip(t.classes, model.counts))
+    folds = sorted(int(f) for f in train["fold"].unique())
     protocol = (
         f"DL-US&MRI ({t.title}): multinomial logistic regression on both models' log-probability ratios against "
-        f"{t.classes[0]!r}, fitted on the training cohort's OOF predictions (n = {model.n}; "
-        + ", ".join(f"{c} {n}" for c, n in zip(t.classes, model.counts))
-        + f") by {model.method}; training-cohort scores cross-fitted over folds {sorted(int(f) for f in train['fold'].unique())}; "
-        f"applied to {applied_to}. No test label is read."
+        f"{t.classes[0]!r}, fitted on the training cohort's OOF predictions (n = {model.n}; {counts}) by "
+        f"{model.method}; training-cohort scores cross-fitted over folds {folds}; applied to {applied_to}. "
+        "No test label is read."
     )
     return ClassFusionResult(
         task=t,

@@ -156,7 +156,8 @@ def test_fit_matches_statsmodels_and_sklearn(three):
     z = stats.norm.ppf(0.975)  # Wald interval: coef +- z * se (1e-9)
     np.testing.assert_allclose(m.ci_high - m.params, z * m.bse, rtol=1e-9)
     np.testing.assert_allclose(m.params - m.ci_low, z * m.bse, rtol=1e-9)
-    # scikit-learn's unpenalised (C = inf) multinomial (symmetric parametrisation: differences to class 0), to 1e-4 (lbfgs)
+    # scikit-learn's unpenalised (C = inf) multinomial, symmetric parametrisation: its differences to class 0,
+    # to 1e-4 (lbfgs)
     sk = LogisticRegression(C=np.inf, tol=1e-12, max_iter=100000).fit(X[:, 1:], codes)
     coef = np.column_stack([sk.intercept_, sk.coef_])
     np.testing.assert_allclose(m.params, (coef - coef[0])[1:], atol=1e-4)

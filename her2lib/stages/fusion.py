@@ -71,10 +71,11 @@ def run_fusion(
 
     ``task="three-class"`` or ``"low-vs-zero"``: :func:`her2lib.fusion_classes.fuse_classes`, multinomial logistic
     regression on log-probability ratios, leakage-free protocol only. Writes ``predictions/fusion_oof.csv``,
-    ``fusion_test.csv``, ``fusion_test_folds.csv`` (class-task columns, :func:`her2lib.contract.class_prediction_columns`)
-    and ``tables/fusion_coefficients.csv``. The paper's protocol (fit in the test cohort) is a binary-task
-    comparison: ``fusion_test_paper.csv`` and ``tables/fusion_protocols.csv`` left by an earlier binary run in the
-    same folders are removed, so notebook 06 cannot read them as this task's.
+    ``fusion_test.csv``, ``fusion_test_folds.csv`` (class-task columns,
+    :func:`her2lib.contract.class_prediction_columns`) and ``tables/fusion_coefficients.csv``. The paper's
+    protocol (fit in the test cohort) is a binary-task comparison: ``fusion_test_paper.csv`` and
+    ``tables/fusion_protocols.csv`` left by an earlier binary run in the same folders are removed, so notebook 06
+    cannot read them as this task's.
 
     Parameters
     ----------
