@@ -64,6 +64,7 @@ __all__ = [
     "class_test_fold_columns",
     "validate_class_predictions",
     "read_class_predictions",
+    "validate_class_test_folds",
     "read_class_test_folds",
     "class_codes",
     "class_proba",
@@ -557,10 +558,71 @@ def read_class_predictions(path: str | os.PathLike, task_: str | Task, split: st
     return validate_class_predictions(pd.read_csv(path, dtype={"patient_id": str}), task_, str(path), split=split)
 
 
+def validate_class_test_folds(
+    df: pd.DataFrame,
+    task_: str | Task,
+    source: str = "test_folds",
+    *,
+    test: pd.DataFrame | None = None,
+    atol: float = 1e-9,
+) -> pd.DataFrame:
+    """Check a class task's per-fold-model test table (:func:`class_test_fold_columns`) and return a clean copy
+    sorted by patient and model fold.
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per test patient and fold model.
+    task_ : str or Task
+        ``"three-class"`` or ``"low-vs-zero"``.
+    source : str
+        Name used in error messages (usually the file path).
+    test : DataFrame, optional
+        The matching fold-mean table (``{prefix}_test.csv``): if given, the patients must agree and each probability
+        column must be the mean over the fold models (to ``atol``).
+
+    Raises
+    ------
+    DataError
+        Listing every problem.
+    """
+    t = _class_task(task_)
+    out = df.copy()
+    problems = _class_problems(out, t, source, class_test_fold_columns(t))
+    if not problems:
+        out["patient_id"] = out["patient_id"].astype(str)
+    if not problems and ((out["split"] != "test").any() or out.duplicated(["patient_id", "model_fold"]).any()):
+        problems.append(f"{source}: only test patients, one row per patient and fold model, belong here.")
+    if not problems and test is not None:
+        mean = out.groupby("patient_id")[list(t.probability_columns)].mean()
+        ref = test.set_index("patient_id")
+        if set(mean.index) != set(ref.index):
+            problems.append(f"{source}: patients differ from the fold-mean test file.")
+        else:
+            labels = out.groupby("patient_id")["her2_class"].agg(frozenset)
+            odd = [p for p in mean.index if labels[p] != {ref.loc[p, "her2_class"]}]
+            if odd:
+                problems.append(
+                    f"{source}: her2_class differs from the fold-mean test file (or across fold models) for patients "
+                    f"{odd[:10]}; the files come from different runs. Re-run the training notebook."
+                )
+            elif (np.abs(mean.to_numpy() - ref.loc[mean.index, list(t.probability_columns)].to_numpy()) > atol).any():
+                problems.append(
+                    f"{source}: the mean over fold models differs from the fold-mean test file; the files come from "
+                    "different runs. Re-run the training notebook."
+                )
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {source}: " + " ".join(problems), problems)
+    out["model_fold"] = out["model_fold"].astype(int)
+    cols = list(class_test_fold_columns(t))
+    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[cols]
+
+
 def read_class_test_folds(
     path: str | os.PathLike, task_: str | Task, test: pd.DataFrame | None = None, *, atol: float = 1e-9
 ) -> pd.DataFrame | None:
-    """Read and check a class task's ``{prefix}_test_folds.csv`` (:func:`class_test_fold_columns`); None when absent.
+    """Read and check a class task's ``{prefix}_test_folds.csv`` (:func:`validate_class_test_folds`); None when
+    absent.
 
     With ``test`` (the fold-mean file), the patients and classes must agree and each probability column must be the
     mean over the fold models (to ``atol``). Returns the table sorted by patient and model fold.
@@ -568,26 +630,8 @@ def read_class_test_folds(
     path = Path(path)
     if not path.is_file():
         return None
-    t = _class_task(task_)
-    out = pd.read_csv(path, dtype={"patient_id": str})
-    problems = _class_problems(out, t, str(path), class_test_fold_columns(t))
-    if not problems and ((out["split"] != "test").any() or out.duplicated(["patient_id", "model_fold"]).any()):
-        problems.append(f"{path}: only test patients, one row per patient and fold model, belong here.")
-    if not problems and test is not None:
-        mean = out.groupby("patient_id")[list(t.probability_columns)].mean()
-        ref = test.set_index("patient_id")
-        if set(mean.index) != set(ref.index):
-            problems.append(f"{path}: patients differ from the fold-mean test file.")
-        elif (np.abs(mean.to_numpy() - ref.loc[mean.index, list(t.probability_columns)].to_numpy()) > atol).any():
-            problems.append(
-                f"{path}: the mean over fold models differs from the fold-mean test file; the files come from "
-                "different runs. Re-run the training notebook."
-            )
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) in {path}: " + " ".join(problems), problems)
-    out["model_fold"] = out["model_fold"].astype(int)
-    cols = list(class_test_fold_columns(t))
-    return out.sort_values(["patient_id", "model_fold"], kind="mergesort").reset_index(drop=True)[cols]
+    df = pd.read_csv(path, dtype={"patient_id": str})
+    return validate_class_test_folds(df, task_, str(path), test=test, atol=atol)
 
 
 def class_codes(df: pd.DataFrame, task_: str | Task) -> np.ndarray:

@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..contract import MODELS, prediction_path, read_predictions, read_test_folds
+from ..contract import (
+    MODELS,
+    Task,
+    prediction_path,
+    read_class_predictions,
+    read_class_test_folds,
+    read_predictions,
+    read_test_folds,
+)
+from ..contract import task as _get_task
 from ..fusion import EPS, FusionResult, fuse
+from ..fusion_classes import ClassFusionResult, fuse_classes
 from ..io import write_csv
 from ._common import RunDirs, notice, remove_stale
 
@@ -39,31 +49,52 @@ def fusion_outputs(run: RunDirs) -> tuple[Path, ...]:
 
 
 def run_fusion(
-    run: RunDirs, *, level: float = 0.95, eps: float = EPS, n_boot: int = 1000, seed: int = 0
-) -> FusionResult | None:
-    """Read ``{us,mri}_{oof,test,test_folds}.csv``, run :func:`her2lib.fusion.fuse` and write its outputs atomically.
+    run: RunDirs,
+    *,
+    task: str | Task = "binary",
+    level: float = 0.95,
+    eps: float = EPS,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> FusionResult | ClassFusionResult | None:
+    """Read ``{us,mri}_{oof,test,test_folds}.csv``, fuse DL-US and DL-MRI into DL-US&MRI and write its outputs
+    atomically.
 
     Each prediction file is validated once, where it is read (:func:`her2lib.contract.read_predictions`,
-    :func:`~her2lib.contract.read_test_folds`).
+    :func:`~her2lib.contract.read_test_folds`; for the class tasks :func:`~her2lib.contract.read_class_predictions`,
+    :func:`~her2lib.contract.read_class_test_folds`).
 
-    Writes ``predictions/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_folds.csv`` (per fold
-    model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol, labelled),
-    ``tables/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+    ``task="binary"`` (the paper's question): :func:`her2lib.fusion.fuse`, logistic regression on logits, both
+    protocols. Writes ``predictions/fusion_oof.csv``, ``fusion_test.csv`` (leakage-free), ``fusion_test_folds.csv``
+    (per fold model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol,
+    labelled), ``tables/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
+
+    ``task="three-class"`` or ``"low-vs-zero"``: :func:`her2lib.fusion_classes.fuse_classes`, multinomial logistic
+    regression on log-probability ratios, leakage-free protocol only. Writes ``predictions/fusion_oof.csv``,
+    ``fusion_test.csv``, ``fusion_test_folds.csv`` (class-task columns,
+    :func:`her2lib.contract.class_prediction_columns`) and ``tables/fusion_coefficients.csv``. The paper's
+    protocol (fit in the test cohort) is a binary-task comparison: ``fusion_test_paper.csv`` and
+    ``tables/fusion_protocols.csv`` left by an earlier binary run in the same folders are removed, so notebook 06
+    cannot read them as this task's.
 
     Parameters
     ----------
     run : RunDirs
         The run's folders.
+    task : str or Task
+        ``"binary"`` | ``"three-class"`` | ``"low-vs-zero"`` (:data:`her2lib.contract.TASKS`); the prediction files
+        must come from notebooks 03/04 run with the same task.
     level, eps, n_boot, seed
-        As :func:`her2lib.fusion.fuse`.
+        As :func:`her2lib.fusion.fuse` (``n_boot`` and ``seed`` serve the binary protocol comparison only).
 
     Returns
     -------
-    FusionResult or None
+    FusionResult, ClassFusionResult or None
         None, after printing a notice, when a DL-US or DL-MRI prediction file is missing (a single-modality
         cohort: notebook 03 or 04 skipped training). Then no fusion file is written and stale fusion outputs of
         an earlier run in the same folders are removed, so notebook 06 cannot evaluate them.
     """
+    t = _get_task(task)
     inputs = fusion_inputs(run)
     missing = [p.name for p in inputs.values() if not p.is_file()]
     if missing:
@@ -73,6 +104,8 @@ def run_fusion(
         )
         remove_stale(*fusion_outputs(run))
         return None
+    if not t.is_binary:
+        return _run_class_fusion(run, t, inputs, level=level, eps=eps)
     us_test = read_predictions(inputs["us_test"], "test")
     mri_test = read_predictions(inputs["mri_test"], "test")
     res = fuse(
@@ -98,4 +131,33 @@ def run_fusion(
     write_csv(paper_path, res.paper_test)
     write_csv(coef_path, res.coefficients)
     write_csv(prot_path, res.protocols)
+    return res
+
+
+def _run_class_fusion(run: RunDirs, t: Task, inputs: dict[str, Path], *, level: float, eps: float) -> ClassFusionResult:
+    """The class-task branch of :func:`run_fusion`: read, fuse (:func:`fuse_classes`), write, remove the
+    binary-only outputs."""
+    us_test = read_class_predictions(inputs["us_test"], t, "test")
+    mri_test = read_class_predictions(inputs["mri_test"], t, "test")
+    res = fuse_classes(
+        read_class_predictions(inputs["us_oof"], t, "train"),
+        read_class_predictions(inputs["mri_oof"], t, "train"),
+        us_test,
+        mri_test,
+        task=t,
+        level=level,
+        eps=eps,
+        us_test_folds=read_class_test_folds(prediction_path(run.predictions, _US, "test_folds"), t, us_test),
+        mri_test_folds=read_class_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), t, mri_test),
+        check_input=False,
+    )
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
+    write_csv(oof_path, res.oof)
+    write_csv(test_path, res.test)
+    if res.test_folds is not None:
+        write_csv(folds_path, res.test_folds)
+    else:
+        remove_stale(folds_path)
+    write_csv(coef_path, res.coefficients)
+    remove_stale(paper_path, prot_path)
     return res
