@@ -15,6 +15,11 @@ Implementation choices (each tested):
   in a forward hook — no module backward hooks, which break on in-place ReLUs (MONAI's ResNet uses them);
 * sign: the map is ``ReLU`` of the weighted sum, positive = evidence *for* the target class (the paper's
   HER2-positive logit, index 1). A single-logit model (output shape ``(1, 1)``) uses that logit.
+* class tasks (``three-class``, ``low-vs-zero``; :data:`her2lib.contract.TASKS`): the explained logit is the
+  target class's index in ``task.classes`` (:func:`explained_class`; default HER2-positive, HER2-low for
+  ``low-vs-zero``), and Figure-4 cases are chosen on the one-vs-rest view of the predictions
+  (:func:`one_vs_rest`: label = the target class or not, score = its probability), so :func:`select_cases`
+  and the Youden threshold on the training OOF predictions work unchanged.
 * normalisation by the maximum only. MONAI's default ``CAM`` post-processing rescales min-max *after*
   upsampling with a sign convention that can invert maps; her2lib never uses it. An all-zero map (the layer
   has no positive evidence) stays all-zero and is reported via ``GradCAMResult.max_raw == 0``.
@@ -49,9 +54,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .contract import DL_MODELS
+from .contract import DL_MODELS, Task, class_codes
+from .contract import task as _task
 from .errors import ParameterError
-from .options import did_you_mean
+from .options import did_you_mean, look_up_option
 
 __all__ = [
     "GradCAMResult",
@@ -66,6 +72,9 @@ __all__ = [
     "largest_lesion_slice",
     "cam_to_source",
     "select_cases",
+    "DEFAULT_TARGET_CLASS",
+    "explained_class",
+    "one_vs_rest",
     "TARGET_LAYERS",
     "cohort_cams",
     "ENERGY_COLUMNS",
@@ -215,7 +224,8 @@ def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Modul
                 raise ParameterError(
                     f"class_index {class_index} is out of range for a model with {n_out} "
                     "output(s); use 1 (HER2-positive) for the two-logit DL models, 0 for a "
-                    "single-logit model."
+                    "single-logit model. A class task's model has one logit per class of the task "
+                    "(task.classes order): explain it with the task it was trained for."
                 )
             if "act" not in store:
                 raise ParameterError(
@@ -683,7 +693,8 @@ def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
     test : DataFrame
         Test predictions with ``patient_id, her2, p_her2`` (:func:`her2lib.stages.gradcam.run_gradcam` passes the
         fold-model mean, the probability the figure prints; the evaluation's operating point is per fold model, so
-        a borderline case's outcome here may differ from the majority of the fold models).
+        a borderline case's outcome here may differ from the majority of the fold models). For a class task,
+        the one-vs-rest view of the target class (:func:`one_vs_rest`): positive = that class.
     threshold : float
         Probability threshold (from the training OOF predictions, never from the test cohort); a patient is
         called positive when ``p_her2 >= threshold``.
@@ -723,6 +734,85 @@ def select_cases(test: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
+#: The class whose logit Grad-CAM explains when ``target_class`` is empty, per task key: HER2-positive, except
+#: HER2-low for ``low-vs-zero`` (the T-DXd question: what makes a tumour HER2-low rather than HER2-zero).
+DEFAULT_TARGET_CLASS: dict[str, str] = {"binary": "positive", "three-class": "positive", "low-vs-zero": "low"}
+
+
+def explained_class(task: str | Task, target_class: str = "") -> tuple[str, int]:
+    """The class whose logit Grad-CAM explains, and its logit index.
+
+    Parameters
+    ----------
+    task : str or Task
+        ``"binary"``, ``"three-class"`` or ``"low-vs-zero"`` (:data:`her2lib.contract.TASKS`).
+    target_class : str
+        One of ``task.classes`` (binary: ``negative, positive``; three-class: ``zero, low, positive``;
+        low-vs-zero: ``zero, low``); empty = :data:`DEFAULT_TARGET_CLASS`.
+
+    Returns
+    -------
+    (str, int)
+        The class name and its index in ``task.classes`` (= the model's logit index).
+
+    Raises
+    ------
+    ParameterError
+        A class the task does not have; the message lists the task's classes.
+
+    Examples
+    --------
+    >>> explained_class("binary")
+    ('positive', 1)
+    >>> explained_class("low-vs-zero")
+    ('low', 1)
+    >>> explained_class("three-class", "zero")
+    ('zero', 0)
+    """
+    t = _task(task)
+    default = DEFAULT_TARGET_CLASS.get(t.key, t.classes[-1])
+    try:
+        name = look_up_option(target_class or default, t.classes, name="target_class")
+    except ParameterError as exc:
+        raise ParameterError(f"{exc} (the classes of task={t.key!r}; empty = {default!r})") from None
+    return name, t.classes.index(name)
+
+
+def one_vs_rest(predictions: pd.DataFrame, task: str | Task, target_class: str = "") -> pd.DataFrame:
+    """The one-vs-rest view of a prediction table for one class, in the binary columns :func:`select_cases` reads.
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        Binary task: ``patient_id, her2, p_her2`` (:func:`her2lib.contract.read_predictions`); class task:
+        ``patient_id, her2_class, p_<class>...`` (:func:`her2lib.contract.read_class_predictions`).
+    task : str or Task
+    target_class : str
+        The class (:func:`explained_class`; empty = the task's default).
+
+    Returns
+    -------
+    DataFrame, one row per input row, same order
+        ``patient_id``; ``her2`` = 1 if the patient's class is the target class, else 0; ``p_her2`` = the
+        predicted probability of the target class; ``her2_class`` = the patient's class name. For the binary
+        task with the target ``positive`` ``her2`` and ``p_her2`` are the input's columns unchanged.
+    """
+    t = _task(task)
+    target, j = explained_class(t, target_class)
+    if t.is_binary:
+        y = predictions["her2"].to_numpy().astype(int)
+        p = predictions["p_her2"].to_numpy(dtype=float)
+        is_target, score = (y, p) if j == 1 else (1 - y, 1.0 - p)
+        true = np.asarray(t.classes, dtype=object)[y]
+    else:
+        codes = class_codes(predictions, t)
+        is_target, score = (codes == j).astype(int), predictions[f"p_{target}"].to_numpy(dtype=float)
+        true = np.asarray(t.classes, dtype=object)[codes]
+    return pd.DataFrame(
+        {"patient_id": predictions["patient_id"].to_numpy(), "her2": is_target, "p_her2": score, "her2_class": true}
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Cohort level (07_gradcam)
 # ----------------------------------------------------------------------------------------------------------------
@@ -744,7 +834,7 @@ def cohort_cams(
 
     This is **not** the Grad-CAM of the ensemble's averaged prediction (the fold models have separate target
     layers, so that map is not defined without further choices). Each fold model's map is computed for its own
-    HER2-positive logit and divided by its own maximum, so every fold counts equally whatever its gradient scale;
+    ``class_index`` logit (HER2-positive by default) and divided by its own maximum, so every fold counts equally whatever its gradient scale;
     the mean is divided again by its maximum. A fold with no positive evidence (all-zero map) contributes zeros.
 
     Parameters
@@ -756,7 +846,8 @@ def cohort_cams(
     target_layer : str
         Layer name in every model (:data:`TARGET_LAYERS`).
     class_index : int, keyword-only
-        Explained logit (1 = HER2-positive).
+        Explained logit: 1 = HER2-positive for the binary models; for a class task the target class's index in
+        ``task.classes`` (:func:`explained_class`).
     progress : bool, keyword-only
         Show a progress bar.
     desc : str, keyword-only

@@ -34,6 +34,25 @@ An oracle that knows a score reaches ROC AUC ``Phi(her2_signal / sqrt(2 * v))`` 
 fused 0.93. Small CNNs trained from scratch on ~110 ROIs reach less (see ``data/README.md``). :func:`oracle_auc`
 gives the empirical values of a built cohort.
 
+HER2 IHC / ISH and the HER2-low signal
+--------------------------------------
+IHC is drawn after the Tables 1-3 columns (one uniform draw per patient, so the binary counts are untouched):
+HER2-negative patients are 35 % IHC 0, 40 % IHC 1+ and 25 % IHC 2+ with negative ISH, so HER2-low (IHC 1+, or
+2+/ISH-) is 65 % of HER2-negatives, inside the range of published series (HER2-low is about half to two thirds of
+HER2-negative invasive breast cancers); HER2-positive patients are 75 % IHC 3+ and 25 % IHC 2+ with positive ISH
+(ISH is "not_done" unless IHC is 2+). :func:`her2lib.data.her2_class` turns these into HER2-zero, HER2-low and
+HER2-positive (ASCO/CAP).
+
+By default the images carry no HER2-low information. The knob ``low_signal`` (SD units, default 0) shifts the
+latent scores that drive the images (``z``, hence ``s_us`` and ``s_mri``) of HER2-low patients by ``+low_signal``,
+towards the HER2-positives, *after* IHC is drawn: the Tables 1-3 columns (drawn from the unshifted scores) and
+every random draw stay the same, so only the images change. The low-vs-zero signal should be weaker than the
+HER2+/- one so that the three-class task is learnable but harder: the ``three_class`` profile uses ``low_signal =
+1.25`` against ``her2_signal = 2.5``. Among HER2-negatives an oracle then reaches ``Phi(low_signal / sqrt(2 v))``
+with the ``v`` above: latent 0.81, US 0.73, MRI 0.73, fused 0.76 (:func:`oracle_auc_theory` with ``low_signal``).
+The shift also brings HER2-low closer to HER2-positive, so the HER2+ vs HER2- oracle AUCs fall from 0.96 / 0.89 /
+0.89 / 0.93 to 0.86 / 0.79 / 0.79 / 0.82.
+
 Paper-count inconsistencies (documented, unavoidable with the printed counts)
 -------------------------------------------------------------------------
 ``luminal`` = not (``her2_nonluminal`` or ``triple_negative``) holds exactly (46 = 32 + 14 train, 14 = 11 + 3
@@ -64,7 +83,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from .contract import MANIFEST_HEAD, SPLITS, table_spec
-from .data import write_nifti, write_png
+from .data import her2_classes, write_nifti, write_png
 from .errors import ParameterError
 from .io import write_csv, write_json
 from .options import look_up_option
@@ -91,6 +110,10 @@ __all__ = [
 
 SYNTH_VERSION = 3
 
+#: Share of HER2-low (IHC 1+ 40 %, IHC 2+ / ISH- 25 %) among the HER2-negative patients, as drawn in
+#: :func:`_split_table` (the rest, 35 %, is IHC 0).
+_P_LOW = 0.65
+
 
 @dataclass(frozen=True)
 class SynthKnobs:
@@ -114,6 +137,9 @@ class SynthKnobs:
         Separation of the latent score between HER2 classes (in SDs); 0 = no signal. Default 2.5.
     modality_noise : float
         SD of the independent per-modality noise added to the latent score. Default 1.0.
+    low_signal : float
+        Shift (in SDs, >= 0) of the image-driving latent scores of HER2-low patients (HER2-negative with IHC 1+ or
+        2+) towards the HER2-positives; 0 = the images carry no HER2-low vs HER2-zero information. Default 0.
     n_jobs : int
         Worker processes for rendering (results do not depend on it). Default 1.
     """
@@ -124,6 +150,7 @@ class SynthKnobs:
     mri_fov_mm: tuple[float, float, float] = (120.0, 320.0, 320.0)
     her2_signal: float = 2.5
     modality_noise: float = 1.0
+    low_signal: float = 0.0
     n_jobs: int = 1
 
     @property
@@ -155,8 +182,11 @@ def knobs_from(**knobs: Any) -> SynthKnobs:
         raise ParameterError(f"mri_shape={k.mri_shape} must be (z, y, x) with all >= 8 voxels.")
     if len(k.mri_fov_mm) != 3 or min(k.mri_fov_mm) <= 0 or k.us_fov_mm <= 0:
         raise ParameterError("mri_fov_mm (3 values) and us_fov_mm must be positive.")
-    if k.her2_signal < 0 or k.modality_noise < 0:
-        raise ParameterError("her2_signal and modality_noise must be >= 0.")
+    if k.her2_signal < 0 or k.modality_noise < 0 or k.low_signal < 0:
+        raise ParameterError(
+            f"her2_signal={k.her2_signal}, modality_noise={k.modality_noise} and low_signal={k.low_signal} "
+            "must all be >= 0."
+        )
     if k.n_jobs < 1:
         raise ParameterError(f"n_jobs={k.n_jobs} must be >= 1.")
     return k
@@ -381,6 +411,9 @@ def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) ->
     df["her2_ihc"] = ihc
     df["fish"] = np.where(ihc == "2+", np.where(her2 == 1, "positive", "negative"), "not_done")
     df["split"] = split
+    if k.low_signal:  # HER2-low images move towards the positives; no draw, the columns above keep the old scores
+        shift = k.low_signal * ((her2 == 0) & (ihc != "0"))
+        s = {key: v + shift for key, v in s.items()}
     df["_z"], df["_s_us"], df["_s_mri"] = s["z"], s["us"], s["mri"]
     return df
 
@@ -558,7 +591,8 @@ def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFra
     n_patients : int
         Cohort size (>= 20). 197 reproduces the paper's counts exactly; others scale them.
     seed : int
-        Seed; the table depends only on ``(n_patients, seed, her2_signal, modality_noise)``.
+        Seed; the table depends only on ``(n_patients, seed, her2_signal, modality_noise)``, and its latent
+        columns also on ``low_signal``.
     **knobs
         :class:`SynthKnobs` fields.
 
@@ -1233,6 +1267,10 @@ def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
     k = knobs_from(**knobs)
     d = asdict(k)
     d.pop("n_jobs")  # does not change the output
+    if not d["low_signal"]:
+        # low_signal = 0 builds today's cohort: leaving the key out keeps the synth_params.json of cohorts built
+        # before the knob existed equal to this record, so prepare_cohort reuses them instead of rebuilding
+        d.pop("low_signal")
     return {
         "synth_version": SYNTH_VERSION,
         "n_patients": int(n_patients),
@@ -1260,13 +1298,14 @@ def make_cohort(
         Show a tqdm progress bar.
     **knobs
         :class:`SynthKnobs` fields: ``us_shape, us_fov_mm, mri_shape, mri_fov_mm, her2_signal,
-        modality_noise, n_jobs``.
+        modality_noise, low_signal, n_jobs``.
 
     Returns
     -------
     pathlib.Path
         ``out_dir / "manifest.csv"``. Also written: ``synth_params.json`` (the knobs) and ``synth_latent.csv``
-        (latent scores, for :func:`oracle_auc`; no model may read it).
+        (latent scores, for :func:`oracle_auc`; no model may read it; with ``low_signal > 0`` it also has the
+        ``her2_class`` column, so that :func:`oracle_auc` adds the HER2-low vs HER2-zero AUCs).
     """
     k = knobs_from(**knobs)
     out = Path(out_dir).resolve()
@@ -1293,6 +1332,8 @@ def make_cohort(
     latent = man[["patient_id", "split", "her2", "_z", "_s_us", "_s_mri"]].rename(
         columns={"_z": "latent", "_s_us": "score_us", "_s_mri": "score_mri"}
     )
+    if k.low_signal:  # only then: the latent file of a low_signal = 0 cohort stays byte-identical to before
+        latent.insert(3, "her2_class", her2_classes(man).to_numpy())
     desc = [c for c in man.columns if c not in MANIFEST_HEAD and not c.startswith("_")]
     man = man[list(MANIFEST_HEAD) + desc]
     write_csv(out / "synth_latent.csv", latent.round(6))
@@ -1302,18 +1343,49 @@ def make_cohort(
     return manifest
 
 
-def oracle_auc_theory(her2_signal: float = 2.5, modality_noise: float = 1.0) -> dict[str, float]:
+def oracle_auc_theory(
+    her2_signal: float = 2.5, modality_noise: float = 1.0, *, low_signal: float | None = None
+) -> dict[str, float]:
     """ROC AUC of an oracle that knows the latent score (infinite-sample, binormal model).
+
+    Parameters
+    ----------
+    her2_signal, modality_noise : float
+        The knobs of :class:`SynthKnobs` (SD units).
+    low_signal : float, optional
+        The HER2-low shift (SD units); when given, the HER2-low vs HER2-zero AUCs among HER2-negative patients
+        are added.
 
     Returns
     -------
     dict
-        ``{"latent", "us", "mri", "fused"}``: ``Phi(her2_signal / sqrt(2 v))`` with ``v = 1``,
-        ``1 + modality_noise**2`` (each modality) and ``1 + modality_noise**2 / 2`` (mean of both).
+        ``{"latent", "us", "mri", "fused"}`` (HER2-positive vs HER2-negative): ``Phi(her2_signal / sqrt(2 v))``
+        with ``v = 1``, ``1 + modality_noise**2`` (each modality) and ``1 + modality_noise**2 / 2`` (mean of both).
+        With ``low_signal > 0`` the HER2-low share ``p = 0.65`` of the negatives is closer to the positives, so
+        these become ``(1 - p) Phi(her2_signal / sqrt(2 v)) + p Phi((her2_signal - low_signal) / sqrt(2 v))``.
+        With ``low_signal`` given also ``{"low_vs_zero_latent", "low_vs_zero_us", "low_vs_zero_mri",
+        "low_vs_zero_fused"}`` (HER2-low vs HER2-zero among HER2-negatives): ``Phi(low_signal / sqrt(2 v))``.
     """
-    f = lambda v: float(stats.norm.cdf(her2_signal / math.sqrt(2 * v)))  # noqa: E731
-    m = f(1 + modality_noise**2)
-    return {"latent": f(1.0), "us": m, "mri": m, "fused": f(1 + modality_noise**2 / 2)}
+    f = lambda d, v: float(stats.norm.cdf(d / math.sqrt(2 * v)))  # noqa: E731
+    vs = {"latent": 1.0, "us": 1 + modality_noise**2, "mri": 1 + modality_noise**2, "fused": 1 + modality_noise**2 / 2}
+    out = {key: f(her2_signal, v) for key, v in vs.items()}
+    if low_signal is None:
+        return out
+    if low_signal < 0:
+        raise ParameterError(f"low_signal={low_signal} must be >= 0.")
+    if low_signal:  # HER2-negatives are a mixture; the AUC is linear in the negatives' distribution
+        out = {key: (1 - _P_LOW) * f(her2_signal, v) + _P_LOW * f(her2_signal - low_signal, v) for key, v in vs.items()}
+    return out | {f"low_vs_zero_{key}": f(low_signal, v) for key, v in vs.items()}
+
+
+def _latent_aucs(lat: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
+    """ROC AUCs of the latent, US, MRI and fused (sum of both modality) scores of the rows of ``lat``."""
+    return {
+        "latent": float(roc_auc_score(y, lat["latent"])),
+        "us": float(roc_auc_score(y, lat["score_us"])),
+        "mri": float(roc_auc_score(y, lat["score_mri"])),
+        "fused": float(roc_auc_score(y, lat["score_us"] + lat["score_mri"])),
+    }
 
 
 def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[str, float]:
@@ -1329,15 +1401,18 @@ def oracle_auc(cohort_dir: str | os.PathLike, split: str | None = None) -> dict[
     Returns
     -------
     dict
-        ``{"latent", "us", "mri", "fused"}`` AUCs (fused = mean of the two modality scores).
+        ``{"latent", "us", "mri", "fused"}`` AUCs of HER2-positive vs HER2-negative (fused = mean of the two
+        modality scores). When the latent file has the ``her2_class`` column (cohorts built with
+        ``low_signal > 0``) also ``low_vs_zero_latent, low_vs_zero_us, low_vs_zero_mri, low_vs_zero_fused``:
+        HER2-low vs HER2-zero among HER2-negative patients (NaN when a class is absent).
     """
     lat = pd.read_csv(Path(cohort_dir) / "synth_latent.csv")
     if split is not None:
         lat = lat[lat["split"] == split]
-    y = lat["her2"].to_numpy()
-    return {
-        "latent": float(roc_auc_score(y, lat["latent"])),
-        "us": float(roc_auc_score(y, lat["score_us"])),
-        "mri": float(roc_auc_score(y, lat["score_mri"])),
-        "fused": float(roc_auc_score(y, lat["score_us"] + lat["score_mri"])),
-    }
+    out = _latent_aucs(lat, lat["her2"].to_numpy())
+    if "her2_class" in lat.columns:
+        neg = lat[lat["her2_class"].isin(["zero", "low"])]
+        y = (neg["her2_class"] == "low").to_numpy()
+        low = _latent_aucs(neg, y) if 0 < y.sum() < y.size else dict.fromkeys(out, float("nan"))
+        out |= {f"low_vs_zero_{key}": v for key, v in low.items()}
+    return out

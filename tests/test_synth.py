@@ -15,6 +15,7 @@ from her2lib import roi, synth
 from her2lib.contract import table_spec
 from her2lib.data import load_cohort, read_image
 from her2lib.errors import ParameterError
+from her2lib.stages.cohort import prepare_cohort
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -322,3 +323,111 @@ def test_coarse_mri_still_has_a_lesion(mri_shape):
     for i, row in enumerate(synth.make_table(20, seed=0).to_dict("records")[:6]):
         vol, mask = synth.render_mri(row, np.random.default_rng(i), k)
         assert vol.shape == mask.shape == mri_shape and mask.any()
+
+
+# ------------------------------------------------------------------ HER2-low signal (issue 13)
+LOW_FIX = FIX / "synth_table_n24_seed3.csv"  # make_table(24, seed=3) written before the low_signal knob existed
+
+
+def _low(t: pd.DataFrame) -> np.ndarray:
+    return ((t["her2"] == 0) & t["her2_ihc"].isin(["1+", "2+"])).to_numpy()
+
+
+def test_low_signal_zero_is_todays_cohort():
+    """low_signal = 0 reproduces the table written before the knob existed (every column, the latent ones to
+    rtol 1e-12 so that another CPU's last-bit libm rounding cannot fail it; on one machine they are equal) and
+    records the same synth_params.json (no low_signal key)."""
+    before = pd.read_csv(LOW_FIX, dtype=str)
+    for knobs in ({}, {"low_signal": 0.0}, {"low_signal": 0}):
+        now = synth.make_table(24, seed=3, **knobs)
+        assert list(now.columns) == list(before.columns)
+        latent = ["_z", "_s_us", "_s_mri"]
+        as_str = now.drop(columns=latent).astype(str)
+        pd.testing.assert_frame_equal(as_str, before.drop(columns=latent), check_dtype=False)
+        np.testing.assert_allclose(now[latent].to_numpy(), before[latent].astype(float).to_numpy(), rtol=1e-12)
+        assert now.equals(synth.make_table(24, seed=3))  # bit-for-bit equal to the default
+    old_params = {
+        "synth_version": 3,
+        "n_patients": 24,
+        "seed": 3,
+        "us_shape": [448, 512],
+        "us_fov_mm": 50.0,
+        "mri_shape": [80, 128, 128],
+        "mri_fov_mm": [120.0, 320.0, 320.0],
+        "her2_signal": 2.5,
+        "modality_noise": 1.0,
+    }
+    for p in (synth.synth_params(24, 3), synth.synth_params(24, 3, low_signal=0.0)):
+        assert p == old_params and json.dumps(p) == json.dumps(old_params)  # same keys in the same order
+    assert synth.synth_params(24, 3, low_signal=1.25)["low_signal"] == 1.25
+
+
+def test_low_signal_moves_exactly_the_her2_low_latent_scores():
+    base = synth.make_table(60, seed=2)
+    moved = synth.make_table(60, seed=2, low_signal=1.25)
+    low = _low(base)
+    assert 5 < low.sum() < (base["her2"] == 0).sum()  # both HER2-low and HER2-zero present
+    latent = ["_z", "_s_us", "_s_mri"]
+    pd.testing.assert_frame_equal(moved.drop(columns=latent), base.drop(columns=latent))  # Tables 1-3, IHC, ISH
+    for col in latent:
+        np.testing.assert_array_equal(moved.loc[low, col], base.loc[low, col] + 1.25)  # same float arithmetic
+        np.testing.assert_array_equal(moved.loc[~low, col], base.loc[~low, col])
+        # and, as a difference, exactly the shift up to the rounding of one addition
+        np.testing.assert_allclose(moved.loc[low, col] - base.loc[low, col], 1.25, rtol=0, atol=1e-14)
+
+
+def test_low_signal_validation_and_files(tmp_path):
+    with pytest.raises(ParameterError, match="low_signal=-0.5"):
+        synth.knobs_from(low_signal=-0.5)
+    with pytest.raises(ParameterError, match="low_signal"):
+        synth.oracle_auc_theory(low_signal=-1.0)
+    small = dict(n_patients=24, seed=3, us_shape=(64, 64), mri_shape=(8, 16, 16))
+    plain = synth.make_cohort(tmp_path / "plain", **small).parent
+    assert "her2_class" not in pd.read_csv(plain / "synth_latent.csv").columns
+    assert set(synth.oracle_auc(plain)) == {"latent", "us", "mri", "fused"}
+    # notebook 00's prepare_cohort: low_signal = 0 reuses the cohort built without the knob, > 0 rebuilds it
+    stamp = (plain / "manifest.csv").stat().st_mtime_ns
+    assert prepare_cohort(plain, progress=False, low_signal=0.0, **small) == plain / "manifest.csv"
+    assert (plain / "manifest.csv").stat().st_mtime_ns == stamp
+    built = prepare_cohort(tmp_path / "low", progress=False, low_signal=1.25, **small).parent
+    lat = pd.read_csv(built / "synth_latent.csv")
+    man = load_cohort(built / "manifest.csv")
+    assert lat["her2_class"].tolist() == man["her2_class"].tolist()
+    assert json.loads((built / "synth_params.json").read_text())["low_signal"] == 1.25
+    # US images of HER2-low patients change, all others stay byte-identical
+    low = set(man.loc[man["her2_class"] == "low", "patient_id"])
+    for pid in man["patient_id"]:
+        same = (plain / "us" / f"{pid}.png").read_bytes() == (built / "us" / f"{pid}.png").read_bytes()
+        assert same != (pid in low), pid
+
+
+def test_low_vs_zero_oracle_auc_theory_and_empirical(tmp_path):
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+
+    th = synth.oracle_auc_theory(2.5, 1.0, low_signal=1.25)
+    old = synth.oracle_auc_theory(2.5, 1.0)
+    assert synth.oracle_auc_theory(2.5, 1.0, low_signal=0.0) == old | dict.fromkeys(
+        ["low_vs_zero_latent", "low_vs_zero_us", "low_vs_zero_mri", "low_vs_zero_fused"], 0.5
+    )
+    assert th["low_vs_zero_latent"] == pytest.approx(norm.cdf(1.25 / np.sqrt(2)), rel=1e-12)
+    assert th["low_vs_zero_us"] == pytest.approx(norm.cdf(1.25 / 2), rel=1e-12)
+    assert th["low_vs_zero_latent"] < old["latent"]  # weaker than HER2+/- (the three-class task is harder)
+    # large-sample check against scikit-learn on drawn scores (SE of an AUC at n ~ 2600 negatives: < 0.01)
+    big = synth.make_table(4000, seed=0, low_signal=1.25)
+    neg = big[big["her2"] == 0]
+    y_low = _low(neg)
+    for key, col in (("latent", "_z"), ("us", "_s_us"), ("mri", "_s_mri")):
+        assert roc_auc_score(y_low, neg[col]) == pytest.approx(th[f"low_vs_zero_{key}"], abs=0.02), key
+        assert roc_auc_score(big["her2"], big[col]) == pytest.approx(th[key], abs=0.02), key
+    assert roc_auc_score(y_low, neg["_s_us"] + neg["_s_mri"]) == pytest.approx(th["low_vs_zero_fused"], abs=0.02)
+    # the empirical oracle of a built cohort: the latent file's her2_class, checked against scikit-learn
+    small = dict(n_patients=40, seed=1, us_shape=(64, 64), mri_shape=(8, 16, 16))
+    cdir = synth.make_cohort(tmp_path / "c", low_signal=1.25, **small).parent
+    emp = synth.oracle_auc(cdir, split="train")
+    lat = pd.read_csv(cdir / "synth_latent.csv")
+    tr = lat[(lat["split"] == "train") & (lat["her2"] == 0)]
+    assert emp["low_vs_zero_mri"] == roc_auc_score(tr["her2_class"] == "low", tr["score_mri"])
+    assert emp["us"] == roc_auc_score(
+        lat.loc[lat["split"] == "train", "her2"], lat.loc[lat["split"] == "train", "score_us"]
+    )

@@ -29,11 +29,31 @@ _ENSEMBLE_NOTE = (
 )
 
 
-def _title(case: Mapping) -> str:
+def _title(case: Mapping, target: str | None = None) -> str:
+    """Outcome, patient, true status and predicted probability; with ``target`` (a class task, one-vs-rest) the
+    patient's class (``case["true_class"]``) and ``p(target)``."""
     out = case.get("outcome", "")
     label = f"{out} ({_OUTCOME_NAMES[out]})" if out in _OUTCOME_NAMES else str(out)
+    if target is not None:
+        return f"{label}\n{case['patient_id']}: {case['true_class']}, p({target}) = {case['p_her2']:.2f}"
     sign = "+" if int(case["her2"]) == 1 else "\u2212"
     return f"{label}\n{case['patient_id']}: HER2{sign}, p(HER2+) = {case['p_her2']:.2f}"
+
+
+def _check_target(cases: Sequence[Mapping], target: str | None, what: str) -> None:
+    """With ``target``, every case needs ``true_class`` (its class name) for the title."""
+    if target is not None and any("true_class" not in c for c in cases):
+        raise ParameterError(
+            f"{what}: target={target!r} (a class task) needs each case's class as 'true_class' (e.g. 'HER2-zero'); "
+            "her2 / p_her2 then hold the one-vs-rest label and p(target) (gradcam.one_vs_rest)."
+        )
+
+
+def _target_lines(target: str | None) -> list[str]:
+    """The footnote line that says what positive means in the one-vs-rest outcomes of a class task."""
+    if target is None:
+        return []
+    return [f"Outcomes one-vs-rest: positive = {target}, negative = any other class; p = predicted p({target})."]
 
 
 def _check_case(case: Mapping, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
@@ -121,6 +141,7 @@ def plot_gradcam_us(
     note: str | None = None,
     layer: str | None = None,
     context: float = 0.15,
+    target: str | None = None,
 ):
     """Figure 4 (US): each case's ultrasound image with the lesion outline, and with its Grad-CAM, in the
     source image's geometry.
@@ -147,6 +168,11 @@ def plot_gradcam_us(
     context : float, keyword-only
         Image shown around the ROI box, as a fraction of the box's largest extent per side (clipped to the
         image).
+    target : str or None, keyword-only
+        Class task: the explained class as the figure names it (e.g. ``"HER2-low"``), in the title and the case
+        titles; each case then has ``true_class`` (its class name) and ``her2`` / ``p_her2`` hold the
+        one-vs-rest label and ``p(target)`` (:func:`~her2lib.gradcam.one_vs_rest`). None: the paper's
+        HER2-positive logit.
 
     Returns
     -------
@@ -157,6 +183,7 @@ def plot_gradcam_us(
     if not cases:
         raise ParameterError("plot_gradcam_us: no cases to plot.")
     checked = [_check_case(c, 2, "plot_gradcam_us") for c in cases]
+    _check_target(cases, target, "plot_gradcam_us")
     n = len(cases)
     fig = Figure(figsize=(3.3 * n + 1.2, 7.2), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
@@ -166,17 +193,18 @@ def plot_gradcam_us(
         aspect = sp[0] / sp[1]
         _panel(axes[0, j], img[win], mask[win], None, rect, aspect, False, alpha)
         _panel(axes[1, j], img[win], mask[win], cam[win], rect, aspect, True, alpha)
-        axes[0, j].set_title(_title(case), fontsize=10)
+        axes[0, j].set_title(_title(case, target), fontsize=10)
     axes[0, 0].set_ylabel("US image", fontsize=11)
     axes[1, 0].set_ylabel("Grad-CAM overlay", fontsize=11)
     _colorbar(fig, axes.ravel().tolist(), shrink=0.45, pad=0.02, anchor=(0.0, 0.1))
     lay = f", layer '{layer}'" if layer else ""
-    fig.suptitle(f"DL-US Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
+    fig.suptitle(f"DL-US Grad-CAM for the {target or 'HER2-positive'} logit{lay}, test cohort", fontsize=12)
     _footer(
         fig,
         [
             "White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box) the model saw.",
             _ENSEMBLE_NOTE,
+            *_target_lines(target),
             note or "",
         ],
     )
@@ -194,6 +222,7 @@ def plot_gradcam_mri(
     note: str | None = None,
     layer: str | None = None,
     context: float = 0.15,
+    target: str | None = None,
 ):
     """Figure 4 (MRI): each case's axial source slice through the lesion (largest lesion area), alone and with
     its Grad-CAM, and a coronal reformat with the Grad-CAM, in the source volume's geometry.
@@ -218,6 +247,8 @@ def plot_gradcam_mri(
         Explained layer, named in the title.
     context : float, keyword-only
         Image shown around the ROI box, as a fraction of the box's largest physical extent per side.
+    target : str or None, keyword-only
+        Class task: the explained class's name (as :func:`plot_gradcam_us`). None: HER2-positive.
 
     Returns
     -------
@@ -229,6 +260,7 @@ def plot_gradcam_mri(
     if not cases:
         raise ParameterError("plot_gradcam_mri: no cases to plot.")
     checked = [_check_case(c, 3, "plot_gradcam_mri") for c in cases]
+    _check_target(cases, target, "plot_gradcam_mri")
     n = len(cases)
     fig = Figure(figsize=(10.5, 3.2 * n + 1.3), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
@@ -255,19 +287,20 @@ def plot_gradcam_mri(
             alpha,
             origin="lower",
         )
-        axes[i, 0].set_ylabel(_title(case), fontsize=9.5)
+        axes[i, 0].set_ylabel(_title(case, target), fontsize=9.5)
         axes[i, 0].set_title(f"axial z = {z} (largest lesion area)", fontsize=9)
         axes[i, 1].set_title(f"axial z = {z}, Grad-CAM", fontsize=9)
         axes[i, 2].set_title(f"coronal y = {cy}, Grad-CAM (z up)", fontsize=9)
     _colorbar(fig, axes.ravel().tolist(), shrink=min(0.6, 2.0 / n), pad=0.02)
     lay = f", layer '{layer}'" if layer else ""
-    fig.suptitle(f"DL-MRI Grad-CAM for the HER2-positive logit{lay}, test cohort", fontsize=12)
+    fig.suptitle(f"DL-MRI Grad-CAM for the {target or 'HER2-positive'} logit{lay}, test cohort", fontsize=12)
     _footer(
         fig,
         [
             "White: lesion outline; dashed yellow: ROI box (dilated-mask bounding box; z = the lesion's "
             "slices). Pixels drawn to scale from the voxel spacing.",
             _ENSEMBLE_NOTE,
+            *_target_lines(target),
             note or "",
         ],
     )

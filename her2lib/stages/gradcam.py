@@ -14,12 +14,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..contract import DL_MODELS, Modality, prediction_path, read_predictions
+from ..contract import DL_MODELS, Modality, Task, prediction_path, read_class_predictions, read_predictions
 from ..contract import modality as _modality
 from ..contract import model as _model
-from ..data import load_cohort, read_image
+from ..contract import task as _task
+from ..data import load_cohort, read_image, task_cohort
 from ..errors import ParameterError
 from ..figures.gradcam import plot_gradcam_mri, plot_gradcam_us
+from ..figures.multiclass import class_label
 from ..gradcam import (
     TARGET_LAYERS,
     LocalisationTestResult,
@@ -27,7 +29,9 @@ from ..gradcam import (
     cohort_cams,
     energy_summary,
     energy_table,
+    explained_class,
     localisation_test,
+    one_vs_rest,
     select_cases,
 )
 from ..io import write_csv
@@ -52,6 +56,30 @@ class GradCAMRun:
 
 
 @dataclass(frozen=True)
+class _Target:
+    """What the maps explain: the task, the target class, its logit index."""
+
+    task: Task
+    name: str  #: one of task.classes
+    index: int  #: its logit index
+
+    @property
+    def is_paper(self) -> bool:
+        """The paper's maps: binary task, HER2-positive logit (outputs as before the task parameter)."""
+        return self.task.is_binary and self.name == "positive"
+
+    @property
+    def label(self) -> str:
+        """The class as figures name it (``HER2-low``)."""
+        return _class_name(self.name)
+
+
+def _class_name(cls: str) -> str:
+    """How the figures name a class of any task: ``HER2-zero``, ``HER2-low``, ``HER2-positive``, ``HER2-negative``."""
+    return "HER2-negative" if cls == "negative" else class_label(cls)
+
+
+@dataclass(frozen=True)
 class _ModelMaps:
     """One model's maps of the test cohort (ROI frame) and what Figure 4 needs to draw them."""
 
@@ -59,7 +87,7 @@ class _ModelMaps:
     modality: Modality
     ids: list[str]  #: patients mapped, sorted
     sources: pd.DataFrame  #: their cohort rows, indexed by patient_id
-    test: pd.DataFrame  #: the model's test predictions
+    test: pd.DataFrame  #: the model's test predictions, one-vs-rest view of the target class (gradcam.one_vs_rest)
     cases: pd.DataFrame  #: Figure-4 cases (select_cases, with model and threshold)
     threshold: float
     n_models: int
@@ -146,12 +174,25 @@ def _fold_numbers(mdir: Path, folds: int | Sequence[int] | None, mod: Modality) 
     return ks
 
 
+def _read_view(run: RunDirs, prefix: str, target: _Target, kind: str) -> pd.DataFrame:
+    """A model's ``oof`` / ``test`` predictions in the one-vs-rest view of the target class (binary task, target
+    ``positive``: the file's ``her2`` / ``p_her2``)."""
+    path = prediction_path(run.predictions, prefix, kind)
+    split = "train" if kind == "oof" else "test"
+    if target.task.is_binary:
+        pred = read_predictions(path, split)
+    else:
+        pred = read_class_predictions(path, target.task, split)
+    return one_vs_rest(pred, target.task, target.name)
+
+
 def _explain_model(
     run: RunDirs,
     key: str,
     cohort: pd.DataFrame,
     spec: PreprocessSpec,
     *,
+    target: _Target,
     layer: str,
     folds: int | Sequence[int] | None,
     max_patients: int | None,
@@ -164,9 +205,9 @@ def _explain_model(
     mdir = run.models / key
     nets = [load_fold_model(mdir, k) for k in _fold_numbers(mdir, folds, mod)]
     prefix = _model(key).prefix
-    test = read_predictions(prediction_path(run.predictions, prefix, "test"), "test")
-    oof = read_predictions(prediction_path(run.predictions, prefix, "oof"), "train")
-    thr = youden_threshold(oof["her2"], oof["p_her2"])
+    test = _read_view(run, prefix, target, "test")
+    oof = _read_view(run, prefix, target, "oof")
+    thr = youden_threshold(oof["her2"], oof["p_her2"])  # one-vs-rest for a class task; training OOF only
     cases = select_cases(test, thr).assign(model=key, threshold=thr)
     ids = sorted(test["patient_id"])
     if max_patients:
@@ -179,7 +220,7 @@ def _explain_model(
         )
     sub = cohort.set_index("patient_id").loc[ids].reset_index()
     images, masks, boxes = preprocess_cohort(sub, mod.key, spec, run.cache, progress=progress)
-    cams = cohort_cams(nets, images, layer, progress=progress, desc=f"Grad-CAM {mod.label}")
+    cams = cohort_cams(nets, images, layer, class_index=target.index, progress=progress, desc=f"Grad-CAM {mod.label}")
     energy = energy_table(ids, cams, masks, model=key)
     localisation = localisation_test(cams, masks, n_permutations=n_permutations, seed=seed)
     return _ModelMaps(
@@ -198,8 +239,9 @@ def _explain_model(
     )
 
 
-def _figure_cases(maps: _ModelMaps) -> list[dict]:
-    """Figure-4 cases of one model: source image, mask and the map mapped back onto the source grid."""
+def _figure_cases(maps: _ModelMaps, target: _Target) -> list[dict]:
+    """Figure-4 cases of one model: source image, mask and the map mapped back onto the source grid (class task:
+    with the patient's class, ``true_class``)."""
     mod = maps.modality
     pos = {p: i for i, p in enumerate(maps.ids)}
     pred = maps.test.set_index("patient_id")
@@ -223,16 +265,25 @@ def _figure_cases(maps: _ModelMaps) -> list[dict]:
                 outcome=c["outcome"],
             )
         )
+        if not target.is_paper:
+            out[-1]["true_class"] = _class_name(pred.loc[pid, "her2_class"])
     return out
 
 
-def _draw_figure(run: RunDirs, maps: _ModelMaps, *, layer: str, dpi: int) -> Path:
+def _draw_figure(run: RunDirs, maps: _ModelMaps, target: _Target, *, layer: str, dpi: int) -> Path:
     """Figure 4 of one model (``figures/gradcam_{us,mri}.png``), with a note on how the cases were chosen."""
     label = maps.modality.label
-    note = (
-        f"Fold ensemble of {maps.n_models} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
-        f"{maps.threshold:.3f} (p = the test prediction)."
-    )
+    if target.is_paper:
+        note = (
+            f"Fold ensemble of {maps.n_models} model(s). Cases chosen at {label}'s training-OOF Youden threshold "
+            f"{maps.threshold:.3f} (p = the test prediction)."
+        )
+    else:
+        note = (
+            f"Task {target.task.key} ({target.task.title}). Fold ensemble of {maps.n_models} model(s). Cases "
+            f"chosen at {label}'s training-OOF Youden threshold {maps.threshold:.3f} on p({target.label}) "
+            "(p = the test prediction)."
+        )
     flat = maps.cams.reshape(len(maps.cams), -1)
     if np.all(flat.max(axis=1) - flat.min(axis=1) <= 1e-6):
         note += (
@@ -241,14 +292,31 @@ def _draw_figure(run: RunDirs, maps: _ModelMaps, *, layer: str, dpi: int) -> Pat
         )
     plot = plot_gradcam_us if maps.modality.key == "us" else plot_gradcam_mri
     path = run.figures / f"gradcam_{maps.modality.key}.png"
-    fig = plot(_figure_cases(maps), path, dpi=dpi, layer=layer, note=note)
+    kw = {} if target.is_paper else {"target": target.label}
+    fig = plot(_figure_cases(maps, target), path, dpi=dpi, layer=layer, note=note, **kw)
     plt.close(fig)
     return path
+
+
+def _cases_table(cases: pd.DataFrame, test_views: Mapping[str, pd.DataFrame], target: _Target) -> pd.DataFrame:
+    """``tables/gradcam_cases.csv``: binary task (target ``positive``) as :func:`select_cases` returns it; otherwise
+    the one-vs-rest columns named for what they are (``her2_class, target_class, is_target, p_target``)."""
+    if target.is_paper:
+        return cases
+    cls = [
+        test_views[m].set_index("patient_id").loc[p, "her2_class"] for m, p in zip(cases["model"], cases["patient_id"])
+    ]
+    out = cases.rename(columns={"her2": "is_target", "p_her2": "p_target"})
+    out.insert(2, "her2_class", cls)
+    out.insert(3, "target_class", target.name)
+    return out
 
 
 def run_gradcam(
     run: RunDirs,
     *,
+    task: str = "binary",
+    target_class: str = "",
     models: Sequence[str] | None = None,
     folds: int | Sequence[int] | None = None,
     max_patients: int | None = None,
@@ -266,6 +334,13 @@ def run_gradcam(
         Reads ``run.manifest`` (and the source images and masks it lists, for Figure 4),
         ``run.params/02_preprocess.json`` (ROI settings; ROIs and their crop boxes come from ``run.cache``),
         ``run.models/<model>/fold{k}.pt`` and ``run.predictions/{us,mri}_{oof,test}.csv``.
+    task : {"binary", "three-class", "low-vs-zero"}, keyword-only
+        The task the models were trained for (:data:`her2lib.contract.TASKS`): its patients
+        (:func:`her2lib.data.task_cohort`) and its prediction files (class tasks:
+        :func:`her2lib.contract.read_class_predictions`).
+    target_class : str, keyword-only
+        The class whose logit the maps explain, one of the task's classes (:func:`her2lib.gradcam.explained_class`);
+        empty = ``positive`` (binary, three-class) or ``low`` (low-vs-zero).
     models : sequence of {"dl_us", "dl_mri"}, optional, keyword-only
         None: the models that exist (:func:`available_models`, with a notice for a skipped one).
     folds : int, sequence of int or None, keyword-only
@@ -297,21 +372,28 @@ def run_gradcam(
     Notes
     -----
     Figure-4 cases are chosen per model at that model's Youden threshold on its **training OOF** predictions
-    (:func:`her2lib.gradcam.select_cases`). The map is the fold ensemble of :func:`her2lib.gradcam.cohort_cams`
-    (mean of max-normalised fold maps, not the Grad-CAM of the averaged prediction).
+    (:func:`her2lib.gradcam.select_cases`); for a class task (or the binary task's ``negative`` class) on the
+    one-vs-rest view of the target class (:func:`her2lib.gradcam.one_vs_rest`: positive = the target class,
+    score = its probability), and ``gradcam_cases.csv`` then has the columns ``outcome, patient_id, her2_class,
+    target_class, is_target, p_target, model, threshold``. The map is the fold ensemble of
+    :func:`her2lib.gradcam.cohort_cams` (mean of max-normalised fold maps, not the Grad-CAM of the averaged
+    prediction), for the target class's logit.
     """
+    t = _task(task)
+    target = _Target(t, *explained_class(t, target_class))
     layers = {**TARGET_LAYERS, **(target_layers or {})}
     keys = _models_to_explain(run, models)
-    cohort = load_cohort(run.manifest, check_files="exists")
+    cohort = task_cohort(load_cohort(run.manifest, check_files="exists"), t)
     spec = PreprocessSpec.from_params(run.params / "02_preprocess.json")
     files: list[Path] = []
-    energies, case_tabs, tests = [], [], {}
+    energies, case_tabs, tests, views = [], [], {}, {}
     for key in keys:
         maps = _explain_model(
             run,
             key,
             cohort,
             spec,
+            target=target,
             layer=layers[key],
             folds=folds,
             max_patients=max_patients,
@@ -322,10 +404,11 @@ def run_gradcam(
         energies.append(maps.energy)
         case_tabs.append(maps.cases)
         tests[key] = maps.localisation
-        files.append(_draw_figure(run, maps, layer=layers[key], dpi=dpi))
+        views[key] = maps.test
+        files.append(_draw_figure(run, maps, target, layer=layers[key], dpi=dpi))
     energy = pd.concat(energies, ignore_index=True)
     summary = energy_summary(energy, tests)
-    cases_all = pd.concat(case_tabs, ignore_index=True)
+    cases_all = _cases_table(pd.concat(case_tabs, ignore_index=True), views, target)
     files += [
         write_csv(run.tables / "gradcam_energy.csv", energy),
         write_csv(run.tables / "gradcam_energy_summary.csv", summary),
