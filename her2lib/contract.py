@@ -637,10 +637,13 @@ def read_class_test_folds(
 def class_codes(df: pd.DataFrame, task_: str | Task) -> np.ndarray:
     """Label codes (int, ``j`` = ``task.classes[j]``) of a class-task table's ``her2_class`` column."""
     t = _class_task(task_)
-    codes = pd.Categorical(df["her2_class"], categories=list(t.classes)).codes
-    if (codes < 0).any():
-        raise DataError(f"her2_class values outside {list(t.classes)}: {sorted(set(df['her2_class'][codes < 0]))}.")
-    return codes.astype(np.int64)
+    bad = ~df["her2_class"].isin(t.classes)
+    if bad.any():
+        raise DataError(
+            f"her2_class values outside {list(t.classes)}: {sorted(map(str, set(df.loc[bad, 'her2_class'])))} "
+            f"(patients {df.loc[bad, 'patient_id'].astype(str).tolist()[:10] if 'patient_id' in df else '?'})."
+        )
+    return pd.Categorical(df["her2_class"], categories=list(t.classes)).codes.astype(np.int64)
 
 
 def class_proba(df: pd.DataFrame, task_: str | Task) -> np.ndarray:
