@@ -650,7 +650,7 @@ def evaluate_classes(
     confusion = pd.concat([p[2] for p in parts], ignore_index=True)
     lvz = pd.DataFrame([p[3] for p in parts])
     comparisons = _comparisons(preds, level=level)
-    text = class_results_paragraph(t, class_auc, class_metrics, lvz, comparisons)
+    text = class_results_paragraph(t, class_auc, class_metrics, low_vs_zero=lvz, comparisons=comparisons)
     return ClassEvaluationResult(
         task=t,
         class_auc=class_auc,
@@ -720,6 +720,7 @@ def class_results_paragraph(
     task: str | Task,
     class_auc: pd.DataFrame,
     class_metrics: pd.DataFrame,
+    *,
     low_vs_zero: pd.DataFrame | None = None,
     comparisons: pd.DataFrame | None = None,
 ) -> str:
