@@ -499,7 +499,7 @@ def _class_problems(out: pd.DataFrame, t: Task, source: str, cols: tuple[str, ..
 
 
 def validate_class_predictions(
-    df: pd.DataFrame, task_: str | Task, source: str = "predictions", split: str | None = None
+    df: pd.DataFrame, task_: str | Task, source: str = "predictions", *, split: str | None = None
 ) -> pd.DataFrame:
     """Check one class-task prediction table (:func:`class_prediction_columns`) and return a clean copy.
 
@@ -554,7 +554,7 @@ def read_class_predictions(path: str | os.PathLike, task_: str | Task, split: st
             f"prediction file {path} not found; run the notebook that writes it first (03_train_us, 04_train_mri, "
             "05_fusion, with the same task)."
         )
-    return validate_class_predictions(pd.read_csv(path, dtype={"patient_id": str}), task_, str(path), split)
+    return validate_class_predictions(pd.read_csv(path, dtype={"patient_id": str}), task_, str(path), split=split)
 
 
 def read_class_test_folds(
