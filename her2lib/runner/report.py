@@ -68,6 +68,14 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "predicted probability (on the diagonal = well calibrated), with the number of patients per probability.",
     "figures/decision_curve.png": "Decision curve: net benefit of acting on each model at each threshold "
     "probability, against treating every patient as HER2-positive or none.",
+    "figures/roc_classes.png": "One-vs-rest ROC curves on the test cohort, one panel per HER2 class (zero, low, "
+    "positive). Legend: AUC (95% DeLong CI). Dots: each model's operating point at its decision rule (chosen on "
+    "the training cohort's out-of-fold predictions).",
+    "figures/confusion_matrices.png": "Confusion matrices of each model on the test cohort at its decision rule "
+    "(chosen on the training cohort's out-of-fold predictions): counts (mean over the fold models) and row "
+    "percentages.",
+    "figures/roc_low_vs_zero.png": "HER2-low vs HER2-zero among the HER2-negative test patients (the question of "
+    "trastuzumab deruxtecan eligibility): ROC curves with AUC (95% DeLong CI).",
     "figures/learning_curve_us.png": "Learning curves of DL-US per fold: training and selection-set loss, and the "
     "selection-set AUC with the chosen epoch.",
     "figures/learning_curve_mri.png": "Learning curves of DL-MRI per fold: training and selection-set loss, and "
@@ -83,6 +91,19 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "tables/calibration.csv": "Calibration per model and probability bin (the points of the calibration figure), "
     "with calibration-in-the-large, calibration slope and Brier score.",
     "tables/decision_curve.csv": "Net benefit per model and threshold probability (the decision curve).",
+    "tables/class_auc.csv": "One-vs-rest AUC of each HER2 class with its DeLong 95% CI, and the macro-average AUC "
+    "with a stratified bootstrap CI, per model (test cohort).",
+    "tables/class_metrics.csv": "Sensitivity, specificity, PPV and NPV of each HER2 class (one against the rest) "
+    "with exact 95% CIs at the decision rule chosen on the training out-of-fold predictions, with accuracy and "
+    "balanced accuracy.",
+    "tables/decision_rules.csv": "Decision rule of each model: class weights chosen to maximise the balanced "
+    "accuracy on the training cohort's out-of-fold predictions, and how the rule was applied to the test cohort.",
+    "tables/confusion.csv": "Confusion matrices in long format: true by predicted class, counts averaged over the "
+    "fold models, with the share of the true class.",
+    "tables/low_vs_zero_auc.csv": "HER2-low vs HER2-zero AUC (95% DeLong CI) among the HER2-negative test "
+    "patients, per model, with the score used.",
+    "tables/class_delong.csv": "Paired DeLong comparisons of the models' one-vs-rest AUCs per class and of their "
+    "HER2-low vs HER2-zero AUCs: difference, 95% CI, Z and two-sided P.",
     "tables/fusion_protocols.csv": "The fusion model DL-US&MRI fitted leakage-free (training cohort) and as the "
     "paper did (in the test cohort), with the difference in test AUC.",
     "tables/fusion_coefficients.csv": "Coefficients of the fusion model (logistic regression on the DL-US and "

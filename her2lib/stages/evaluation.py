@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..contract import MODELS, model_label
+from ..contract import MODELS, Task, model_label
+from ..contract import task as _task
 from ..errors import DataError
 from ..evaluate import EvaluationResult, available_models, evaluate_models, load_predictions
+from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_class_predictions
 from ..figures.evaluation import plot_calibration, plot_decision_curve, plot_performance, plot_roc
+from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
 from ..io import write_csv, write_text
 from ._common import RunDirs, notice
 
@@ -52,6 +55,7 @@ def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
 def run_evaluation(
     run: RunDirs,
     *,
+    task: str | Task = "binary",
     ci_method: str = "delong",
     level: float = 0.95,
     n_bins: int = 5,
@@ -59,8 +63,9 @@ def run_evaluation(
     seed: int = 0,
     dpi: int = 300,
     models: Sequence[str] | None = None,
-) -> EvaluationResult:
-    """Compute and write everything of ``06_evaluation`` (:func:`her2lib.evaluate.evaluate_models`).
+) -> EvaluationResult | ClassEvaluationResult:
+    """Compute and write everything of ``06_evaluation`` (:func:`her2lib.evaluate.evaluate_models`; for a class
+    task :func:`her2lib.evaluate_classes.evaluate_classes`).
 
     ``models=None`` evaluates the models whose prediction files exist (:func:`models_to_evaluate`; one, two or
     three), with DeLong comparisons only for the pairs among them. The epoch-selection protocol of each model
@@ -71,10 +76,20 @@ def run_evaluation(
     ``delong.csv``, ``calibration.csv``, ``decision_curve.csv``, ``results_text.md`` and ``figures/roc.png``
     (+ ``roc.svg``), ``performance.png``, ``calibration.png``, ``decision_curve.png``.
 
+    A class task (``three-class``, ``low-vs-zero``) reads the same prediction files with its class columns
+    (:func:`her2lib.evaluate_classes.load_class_predictions`) and writes ``tables/class_auc.csv``,
+    ``class_metrics.csv``, ``decision_rules.csv``, ``confusion.csv``, ``low_vs_zero_auc.csv``, ``class_delong.csv``,
+    ``results_text.md`` and ``figures/roc_classes.png`` (three-class only: for two classes it is the HER2-low vs
+    HER2-zero curve), ``confusion_matrices.png``, ``roc_low_vs_zero.png`` (each + SVG); ``ci_method`` and ``n_bins``
+    do not apply to it (AUC intervals are DeLong's, the macro AUC's a bootstrap).
+
     Parameters
     ----------
     run : RunDirs
         The run's folders.
+    task : str or Task
+        ``"binary"`` (the paper's; default), ``"three-class"`` or ``"low-vs-zero"``
+        (:data:`her2lib.contract.TASKS`).
     ci_method, level, n_bins, n_boot, seed
         As :func:`her2lib.evaluate.evaluate_models`.
     dpi : int
@@ -84,7 +99,7 @@ def run_evaluation(
 
     Returns
     -------
-    EvaluationResult
+    EvaluationResult or ClassEvaluationResult
         The tables, with ``files`` listing what was written.
 
     Raises
@@ -98,6 +113,9 @@ def run_evaluation(
             f"{run.predictions}: no prediction files (us/mri/fusion _oof.csv and _test.csv); run "
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
+    t = _task(task)
+    if not t.is_binary:
+        return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
     preds = load_predictions(run.predictions, keys, models_dir=run.models)
     prot_path = run.tables / "fusion_protocols.csv"
     prot = pd.read_csv(prot_path) if prot_path.is_file() and "dl_us_mri" in preds else None
@@ -124,4 +142,31 @@ def run_evaluation(
         fdir / "decision_curve.png",
         fdir / "roc.svg",
     ]
+    return dataclasses.replace(res, files=tuple(files))
+
+
+def _run_class_evaluation(
+    run: RunDirs, t: Task, keys: Sequence[str], *, level: float, n_boot: int, seed: int, dpi: int
+) -> ClassEvaluationResult:
+    """The class-task branch of :func:`run_evaluation`."""
+    preds = load_class_predictions(run.predictions, t, keys, models_dir=run.models)
+    res = evaluate_classes(preds, t, level=level, n_boot=n_boot, seed=seed)
+    tdir, fdir = run.tables, run.figures
+    files = [
+        write_csv(tdir / "class_auc.csv", res.class_auc),
+        write_csv(tdir / "class_metrics.csv", res.class_metrics),
+        write_csv(tdir / "decision_rules.csv", res.decision_rules),
+        write_csv(tdir / "confusion.csv", res.confusion),
+        write_csv(tdir / "low_vs_zero_auc.csv", res.low_vs_zero),
+        write_csv(tdir / "class_delong.csv", res.comparisons),
+        write_text(tdir / "results_text.md", res.text),
+    ]
+    figs = []
+    if t.n_classes > 2:
+        plot_roc_classes(preds, res.class_auc, fdir / "roc_classes.png", class_metrics=res.class_metrics, dpi=dpi)
+        figs.append(fdir / "roc_classes.png")
+    plot_confusion_matrices(res.confusion, classes=t.classes, path=fdir / "confusion_matrices.png", dpi=dpi)
+    plot_roc_low_vs_zero(preds, res.low_vs_zero, fdir / "roc_low_vs_zero.png", class_metrics=res.class_metrics, dpi=dpi)
+    figs += [fdir / "confusion_matrices.png", fdir / "roc_low_vs_zero.png"]
+    files += figs + [f.with_suffix(".svg") for f in figs]
     return dataclasses.replace(res, files=tuple(files))
