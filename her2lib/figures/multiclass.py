@@ -219,6 +219,10 @@ def plot_confusion_matrices(
     return fig
 
 
+#: a legend drawn over ROC curves stays readable: a white, nearly opaque box without an edge
+_LEGEND_BOX = {"frameon": True, "framealpha": 0.9, "facecolor": "white", "edgecolor": "none"}
+
+
 def _auc_legend(row) -> str:
     return f"{row['label']}: {row['auc']:.3f} ({row['ci_low']:.3f}\u2013{row['ci_high']:.3f})"
 
@@ -280,7 +284,7 @@ def plot_roc_classes(
                 if met_at is not None and (key, c) in met_at.index:
                     m = met_at.loc[(key, c)]
                     ax.plot(1 - m["specificity"], m["sensitivity"], "o", color=color, ms=7, mec="white", mew=1.2)
-            ax.legend(loc="lower right", title="AUC (95% CI, DeLong)", title_fontsize=9.5, frameon=False, fontsize=9)
+            ax.legend(loc="lower right", title="AUC (95% CI, DeLong)", title_fontsize=9.5, fontsize=9, **_LEGEND_BOX)
         axes[0].set_ylabel("Sensitivity (true-positive rate)")
         note = "; \u25cf operating point at the OOF decision rule" if met_at is not None else ""
         fig.suptitle(f"One-vs-rest ROC curves, test cohort (n = {len(y)}){note}")
@@ -346,7 +350,7 @@ def plot_roc_low_vs_zero(
         ax.set_xlabel("1 \u2212 Specificity (HER2-zero called low)")
         score_txt = "P(low)" if t.n_classes == 2 else "P(low) / (P(low) + P(zero))"
         ax.legend(
-            loc="lower right", title=f"AUC (95% CI, DeLong)\nscore: {score_txt}", title_fontsize=9.5, frameon=False
+            loc="lower right", title=f"AUC (95% CI, DeLong)\nscore: {score_txt}", title_fontsize=9.5, **_LEGEND_BOX
         )
         if dots is not None:
             note = "\u25cf operating point at the\nOOF decision rule"
