@@ -1,6 +1,7 @@
 # her2lib — the two commands of the README, plus helpers. Every target is idempotent.
 #   make reproduce   build the embedded cohort and regenerate reports/default/ (all notebooks, default profile)
 #   make test        lint (ruff), unit tests and doctests, one end-to-end run of the smoke profile
+#   make three-class the HER2-zero / -low / -positive question -> reports/three_class/ (same as PROFILE=three_class)
 #   make lab         JupyterLab on notebooks/ with the project's `her2lib` kernel (LAB_ARGS="..." adds options)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -12,7 +13,7 @@ KERNEL := $(VENV)/share/jupyter/kernels/her2lib/kernel.json
 LAB_ARGS ?=
 PROFILE ?= default
 
-.PHONY: install reproduce test lab smoke paper bench clean-reports strip lint
+.PHONY: install reproduce test lab smoke paper three-class bench clean-reports strip lint
 
 install: $(STAMP) $(KERNEL)
 
@@ -35,6 +36,10 @@ smoke: $(STAMP)
 
 paper: $(STAMP)
 	$(PY) -m her2lib.runner --profile paper
+
+# The three-class HER2 question (zero / low / positive) at the default profile's CPU size -> reports/three_class/
+three-class: $(STAMP)
+	$(PY) -m her2lib.runner --profile three_class
 
 test: $(STAMP) $(KERNEL)
 	$(VENV)/bin/ruff check .
