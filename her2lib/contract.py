@@ -591,6 +591,9 @@ def validate_class_test_folds(
     problems = _class_problems(out, t, source, class_test_fold_columns(t))
     if not problems:
         out["patient_id"] = out["patient_id"].astype(str)
+        mf = pd.to_numeric(out["model_fold"], errors="coerce")
+        if mf.isna().any() or (mf < 0).any() or (mf != np.round(mf)).any():
+            problems.append(f"{source}: model_fold must be an integer >= 0.")
     if not problems and ((out["split"] != "test").any() or out.duplicated(["patient_id", "model_fold"]).any()):
         problems.append(f"{source}: only test patients, one row per patient and fold model, belong here.")
     if not problems and test is not None:
@@ -641,7 +644,8 @@ def class_codes(df: pd.DataFrame, task_: str | Task) -> np.ndarray:
     if bad.any():
         raise DataError(
             f"her2_class values outside {list(t.classes)}: {sorted(map(str, set(df.loc[bad, 'her2_class'])))} "
-            f"(patients {df.loc[bad, 'patient_id'].astype(str).tolist()[:10] if 'patient_id' in df else '?'})."
+            f"(patients {df.loc[bad, 'patient_id'].astype(str).tolist()[:10] if 'patient_id' in df else '?'}); keep "
+            "the task's patients only (her2lib.data.task_cohort) and predictions of the same task."
         )
     return pd.Categorical(df["her2_class"], categories=list(t.classes)).codes.astype(np.int64)
 

@@ -912,6 +912,8 @@ def task_cohort(df: pd.DataFrame, task: str | Task) -> pd.DataFrame:
             "task='binary'."
         )
     undefined = df["her2_class"].isna()
+    if t.keep is not None and "positive" not in t.keep:  # HER2-positive patients are not the task's anyway
+        undefined &= df["her2"] != 1
     why = df.attrs.get("her2_class_undefined", {})
     excluded = {str(p): why.get(str(p), "HER2 class undefined") for p in df.loc[undefined, "patient_id"]}
     if excluded:

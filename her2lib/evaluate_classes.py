@@ -479,7 +479,8 @@ class ClassEvaluationResult:
     ----------
     task : Task
     class_auc : DataFrame
-        Per model: one-vs-rest AUC per class (DeLong CI) and the macro row (bootstrap CI).
+        Per model: one-vs-rest AUC per class (DeLong CI) and the macro row (bootstrap CI); with two classes
+        (low-vs-zero) one row, the AUC of the second class (HER2-low) with its DeLong CI.
     class_metrics : DataFrame
         Per model and class: sensitivity, specificity, PPV, NPV (exact CIs) at the OOF rule, with the model's
         accuracy and balanced accuracy repeated on each of its rows.
@@ -528,6 +529,8 @@ def _model_tables(mp: ClassPredictions, rule: DecisionRule, *, level: float, n_b
     head = {"model": mp.key, "label": mp.label}
     ma = multiclass_auc(y, P, classes=t.classes, level=level, n_boot=n_boot, seed=seed)
     auc_rows = ma.to_frame().assign(**head, n_test=ma.n)
+    if t.n_classes == 2:  # both one-vs-rest rows and the macro row are one AUC: keep the positive class's (DeLong)
+        auc_rows = auc_rows[auc_rows["class"] == t.classes[1]].reset_index(drop=True)
     cm = averaged_confusion(y, mp.test_models(), rule)
     per, overall = confusion_metrics(cm, t.classes, level=level)
     n_models = mp.test_folds["model_fold"].nunique() if mp.test_folds is not None else 1

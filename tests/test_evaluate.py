@@ -187,7 +187,11 @@ def test_load_predictions_mismatch(tmp_path):
 def test_run_evaluation_end_to_end(tmp_path):
     run = _write(make_predictions(seed=3, sep_us=0.7, sep_mri=0.5), tmp_path)
     run_fusion(run)
+    stale = [run.tables / "class_auc.csv", run.figures / "confusion_matrices.png"]  # a class-task run's, earlier
+    for p in stale:
+        p.write_text("stale\n")
     res = run_evaluation(run, n_boot=200, dpi=80)
+    assert not any(p.exists() for p in stale)  # index.html shows only this (binary) run's results
     perf = pd.read_csv(run.tables / "performance.csv")
     assert perf["label"].tolist() == ["DL-US", "DL-MRI", "DL-US&MRI"]
     assert (perf.auc_ci_low <= perf.auc).all() and (perf.auc <= perf.auc_ci_high).all()

@@ -395,6 +395,9 @@ def test_stage_writes_the_class_task_outputs(task, tmp_path):
         assert (run.figures / f"{name}.png").stat().st_size > 0
     assert (run.figures / "roc_classes.png").is_file() == (task == "three-class")
     assert not (run.figures / "roc.png").exists() and not (run.tables / "delong.csv").exists()
+    assert not (run.tables / "performance.csv").exists()  # the old binary run's table is not shown as this run's
+    per_model = res.class_auc.groupby("model").size()
+    assert (per_model == (4 if task == "three-class" else 1)).all()  # low-vs-zero: one AUC, not three copies of it
     assert set(res.files) == {p for p in res.files if p.is_file()}
     # every table and figure the stage writes has a caption in the report
     for p in res.files:

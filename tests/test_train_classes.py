@@ -131,3 +131,27 @@ def test_task_cohort_rejects_what_it_cannot_train():
         out = data.task_cohort(undefined, "three-class")
     assert undefined.patient_id[0] in out.attrs["task_excluded"] and len(out) == len(undefined) - 1
     assert data.task_cohort(df, "binary") is df
+
+
+def test_binary_cv_without_test_patients_gives_an_empty_test_table(tmp_path):
+    df = _cohort((6, 6, 6), (0, 0, 0))
+    folds = train.assign_folds(df, n_folds=2, seed=0)
+    cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+    res = train.run_cv(df, _inputs(df), cfg, replace(US, epochs=1), folds, tmp_path / "m", progress=False)
+    assert len(res.test) == 0 and list(res.test.columns) == list(contract.PREDICTION_COLUMNS)
+
+
+def test_training_refuses_folds_of_another_task(tmp_path):
+    df = _cohort()
+    binary = train.assign_folds(df, n_folds=2, seed=0)
+    train.write_folds(tmp_path / "binary.csv", df, binary)
+    with pytest.raises(DataError, match="stratified on 'her2'.*re-run 02_preprocess with the same task"):
+        train.read_folds(tmp_path / "binary.csv", df, label="her2_class")
+    classes = train.assign_folds(df, n_folds=2, seed=0, label="her2_class")
+    train.write_folds(tmp_path / "classes.csv", df, classes, label="her2_class")
+    assert train.read_folds(tmp_path / "classes.csv", df, label="her2_class").equals(classes)
+    with pytest.raises(DataError, match="stratified on 'her2_class'"):
+        train.read_folds(tmp_path / "classes.csv", df)
+    relabelled = df.assign(her2_class=df.her2_class.replace({"zero": "low", "low": "zero"}))
+    with pytest.raises(DataError, match="split/her2_class differ"):
+        train.read_folds(tmp_path / "classes.csv", relabelled, label="her2_class")

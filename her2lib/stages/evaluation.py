@@ -19,7 +19,36 @@ from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_cla
 from ..figures.evaluation import plot_calibration, plot_decision_curve, plot_performance, plot_roc
 from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
 from ..io import write_csv, write_text
-from ._common import RunDirs, notice
+from ._common import RunDirs, notice, remove_stale
+
+#: what each kind of task writes (tables/, figures/); a run folder holds one task, so switching the task of a folder
+#: removes the other kind's files (index.html would otherwise show them as this run's)
+_BINARY_OUTPUTS = (
+    "tables/performance.csv",
+    "tables/performance_fold_models.csv",
+    "tables/delong.csv",
+    "tables/calibration.csv",
+    "tables/decision_curve.csv",
+    "figures/roc.png",
+    "figures/roc.svg",
+    "figures/performance.png",
+    "figures/calibration.png",
+    "figures/decision_curve.png",
+)
+_CLASS_OUTPUTS = (
+    "tables/class_auc.csv",
+    "tables/class_metrics.csv",
+    "tables/decision_rules.csv",
+    "tables/confusion.csv",
+    "tables/low_vs_zero_auc.csv",
+    "tables/class_delong.csv",
+    "figures/roc_classes.png",
+    "figures/roc_classes.svg",
+    "figures/confusion_matrices.png",
+    "figures/confusion_matrices.svg",
+    "figures/roc_low_vs_zero.png",
+    "figures/roc_low_vs_zero.svg",
+)
 
 __all__ = ["models_to_evaluate", "run_evaluation"]
 
@@ -114,6 +143,7 @@ def run_evaluation(
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
     t = _task(task)
+    remove_stale(*(run.root / rel for rel in (_CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS)))
     if not t.is_binary:
         return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
     preds = load_predictions(run.predictions, keys, models_dir=run.models)
@@ -162,7 +192,9 @@ def _run_class_evaluation(
         write_text(tdir / "results_text.md", res.text),
     ]
     figs = []
-    if t.n_classes > 2:
+    if t.n_classes == 2:  # low-vs-zero: its one ROC is roc_low_vs_zero.png
+        remove_stale(fdir / "roc_classes.png", fdir / "roc_classes.svg")
+    else:
         plot_roc_classes(preds, res.class_auc, fdir / "roc_classes.png", class_metrics=res.class_metrics, dpi=dpi)
         figs.append(fdir / "roc_classes.png")
     plot_confusion_matrices(res.confusion, classes=t.classes, path=fdir / "confusion_matrices.png", dpi=dpi)

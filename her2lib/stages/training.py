@@ -92,7 +92,7 @@ def train_modality(
     t = _task(task)
     cohort = task_cohort(cohort, t)
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
-    folds = read_folds(run.predictions / "folds.csv", cohort)
+    folds = read_folds(run.predictions / "folds.csv", cohort, label=t.label_column)
     print("inputs:", x.shape)
     n_folds = int(folds[folds >= 0].nunique())
     log_progress(run, "start", model=mod.label, total=n_folds * training.epochs)

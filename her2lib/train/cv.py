@@ -196,7 +196,8 @@ def _assemble(
     oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[cols]
     test = rows.iloc[test_idx].copy()
     test["fold"] = -1
-    _set_proba(test, t, np.mean(test_probs, axis=0) if test_probs else np.zeros((0, t.n_classes)))
+    empty = np.zeros(0) if t.is_binary else np.zeros((0, t.n_classes))  # a cohort without test patients
+    _set_proba(test, t, np.mean(test_probs, axis=0) if test_probs else empty)
     test = test.sort_values("patient_id").reset_index(drop=True)[cols]
     test_folds = (
         pd.concat(test_fold_parts).sort_values(["patient_id", "model_fold"]).reset_index(drop=True)[fold_cols]

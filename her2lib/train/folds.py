@@ -95,26 +95,43 @@ def write_folds(path: str | os.PathLike, df: pd.DataFrame, folds: pd.Series, *, 
     return write_csv(path, out)
 
 
-def read_folds(path: str | os.PathLike, df: pd.DataFrame) -> pd.Series:
+def read_folds(path: str | os.PathLike, df: pd.DataFrame, *, label: str = "her2") -> pd.Series:
     """Read a folds file (from :func:`write_folds`) and align it with ``df``'s rows.
+
+    ``label`` is the column the folds must have been stratified on (``her2``, or ``her2_class`` for the class
+    tasks): a file written for another task is refused, so notebooks 03/04 never train on folds of another task.
 
     Raises
     ------
     DataError
-        If a patient is missing, a test patient has a fold, or a split/label disagrees with ``df``.
+        If a patient is missing, a test patient has a fold, a split/label disagrees with ``df``, or the file was
+        written for another task.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; run notebooks/02_preprocess.ipynb first (same out_dir).")
     f = pd.read_csv(path, dtype={"patient_id": str})
-    m = df[["patient_id", "split", "her2"]].merge(f, on="patient_id", how="left", suffixes=("", "_file"))
+    written_for = "her2_class" if "her2_class" in f.columns else "her2"
+    if written_for != label:
+        raise DataError(
+            f"{path}: these folds were stratified on {written_for!r}, but this notebook's task uses {label!r}; "
+            "re-run 02_preprocess with the same task as notebooks 03-07 (same out_dir)."
+        )
+    cols = ["patient_id", "split", "her2"] + ([label] if label != "her2" else [])
+    m = df[cols].merge(f, on="patient_id", how="left", suffixes=("", "_file"))
     problems = [f"patient {p}: not in {path}" for p in m.loc[m["fold"].isna(), "patient_id"]]
     bad = m["fold"].notna() & ((m["split"] != m["split_file"]) | (m["her2"] != m["her2_file"]))
-    problems += [f"patient {p}: split/her2 differ from {path}" for p in m.loc[bad, "patient_id"]]
+    if label != "her2":
+        bad |= m["fold"].notna() & (m[label] != m[f"{label}_file"])
+    problems += [f"patient {p}: split/{label} differ from {path}" for p in m.loc[bad, "patient_id"]]
     leak = m["fold"].notna() & (m["split"] == "test") & (m["fold"] != -1)
     problems += [f"patient {p}: test patient with a CV fold" for p in m.loc[leak, "patient_id"]]
     if problems:
-        raise DataError(f"{path} does not match the cohort ({len(problems)} problems); re-run 02_preprocess.", problems)
+        raise DataError(
+            f"{path} does not match the cohort ({len(problems)} problems: {'; '.join(problems[:5])}"
+            f"{' ...' if len(problems) > 5 else ''}); re-run 02_preprocess.",
+            problems,
+        )
     return pd.Series(m["fold"].astype(int).to_numpy(), index=df.index, name="fold")
 
 
