@@ -224,7 +224,9 @@ def load_predictions(
     return out
 
 
-def _check_same_patients(preds: Mapping[str, ModelPredictions]) -> None:
+def _check_same_patients(preds: Mapping[str, ModelPredictions], label: str = "her2") -> None:
+    """Every model's OOF and test tables hold the same patients with the same ``label`` (``her2``; the class tasks'
+    ``her2_class``); a DataError naming the patients otherwise."""
     keys = list(preds)
     if not keys:
         raise ParameterError("no models to evaluate.")
@@ -239,10 +241,12 @@ def _check_same_patients(preds: Mapping[str, ModelPredictions]) -> None:
                     f"only in {ref.label}: {sorted(ids_a - ids_b)[:10]}, only in {preds[key].label}: "
                     f"{sorted(ids_b - ids_a)[:10]}. Re-run the notebooks on one cohort."
                 )
-            diff = a.merge(b, on="patient_id").query("her2_x != her2_y").patient_id.tolist()
+            both = a.merge(b, on="patient_id")
+            diff = both.loc[both[f"{label}_x"] != both[f"{label}_y"], "patient_id"].tolist()
             if diff:
+                what = "HER2 status" if label == "her2" else "the HER2 class"
                 raise DataError(
-                    f"{ref.label} and {preds[key].label} {part} predictions disagree on HER2 status "
+                    f"{ref.label} and {preds[key].label} {part} predictions disagree on {what} "
                     f"for patients {diff[:10]}."
                 )
 

@@ -55,7 +55,7 @@ from .contract import (
 )
 from .contract import task as _task
 from .errors import DataError, ParameterError
-from .evaluate import DELONG_COLUMNS, _selection_label
+from .evaluate import DELONG_COLUMNS, _check_same_patients, _selection_label
 from .stats import auc_ci, delong_test, multiclass_auc
 from .stats._common import as_class_labels, as_probability_matrix, check_classes, check_level, clopper_pearson
 
@@ -344,30 +344,8 @@ def load_class_predictions(
         sel = _selection_label(Path(models_dir) if models_dir else None, key)
         oof = oof.sort_values("patient_id").reset_index(drop=True)
         out[key] = ClassPredictions(key, model_label(key), t, oof, test, folds, sel)
-    _check_same_patients(out)
+    _check_same_patients(out, label="her2_class")
     return out
-
-
-def _check_same_patients(preds: Mapping[str, ClassPredictions]) -> None:
-    keys = list(preds)
-    if not keys:
-        raise ParameterError("no models to evaluate.")
-    ref = preds[keys[0]]
-    for key in keys[1:]:
-        for part in ("oof", "test"):
-            a, b = getattr(ref, part), getattr(preds[key], part)
-            if set(a.patient_id) != set(b.patient_id):
-                raise DataError(
-                    f"{ref.label} and {preds[key].label} {part} predictions cover different patients: only in "
-                    f"{ref.label}: {sorted(set(a.patient_id) - set(b.patient_id))[:10]}, only in {preds[key].label}: "
-                    f"{sorted(set(b.patient_id) - set(a.patient_id))[:10]}. Re-run the notebooks on one cohort."
-                )
-            diff = a.merge(b, on="patient_id").query("her2_class_x != her2_class_y").patient_id.tolist()
-            if diff:
-                raise DataError(
-                    f"{ref.label} and {preds[key].label} {part} predictions disagree on the HER2 class of patients "
-                    f"{diff[:10]}."
-                )
 
 
 # ----------------------------------------------------------------------------------------------------------------

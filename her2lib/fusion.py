@@ -59,6 +59,7 @@ from .stats.roc import auc
 __all__ = [
     "EPS",
     "logit",
+    "joined_pairs",
     "join_modalities",
     "FusionModel",
     "fit_fusion",
@@ -95,6 +96,35 @@ def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     return np.log(q) - np.log1p(-q)
 
 
+def joined_pairs(
+    us: pd.DataFrame, mri: pd.DataFrame, *, label: str, us_source: str, mri_source: str, fix: str
+) -> pd.DataFrame:
+    """The inner join of two validated prediction tables on ``patient_id`` (columns suffixed ``_us`` / ``_mri``);
+    a DataError listing every patient in one table only or whose ``label``, ``split`` or ``fold`` differ, ending in
+    "Re-run 03_train_us and 04_train_mri ``fix``." Shared by the binary and the class-task fusion."""
+    m = us.merge(mri, on="patient_id", how="outer", suffixes=("_us", "_mri"), indicator=True)
+    problems: list[str] = []
+    for side, here, there in (("left_only", us_source, mri_source), ("right_only", mri_source, us_source)):
+        only = sorted(m.loc[m["_merge"] == side, "patient_id"])
+        if only:
+            problems.append(f"patients {only[:10]} (n={len(only)}) are in {here} but not in {there}.")
+    both = m[m["_merge"] == "both"]
+    for col in (label, "split", "fold"):
+        diff = sorted(both.loc[both[f"{col}_us"] != both[f"{col}_mri"], "patient_id"])
+        if diff:
+            problems.append(
+                f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} (n={len(diff)})."
+            )
+    if problems:
+        raise DataError(
+            "DL-US and DL-MRI predictions do not describe the same patients: "
+            + " ".join(problems)
+            + f" Re-run 03_train_us and 04_train_mri {fix}.",
+            problems,
+        )
+    return both
+
+
 def join_modalities(
     us: pd.DataFrame,
     mri: pd.DataFrame,
@@ -128,28 +158,9 @@ def join_modalities(
     if check_input:
         us = validate_predictions(us, us_source)
         mri = validate_predictions(mri, mri_source)
-    m = us.merge(mri, on="patient_id", how="outer", suffixes=("_us", "_mri"), indicator=True)
-    problems: list[str] = []
-    only_us = sorted(m.loc[m["_merge"] == "left_only", "patient_id"])
-    only_mri = sorted(m.loc[m["_merge"] == "right_only", "patient_id"])
-    if only_us:
-        problems.append(f"patients {only_us[:10]} (n={len(only_us)}) are in {us_source} but not in {mri_source}.")
-    if only_mri:
-        problems.append(f"patients {only_mri[:10]} (n={len(only_mri)}) are in {mri_source} but not in {us_source}.")
-    both = m[m["_merge"] == "both"]
-    for col in ("her2", "split", "fold"):
-        diff = sorted(both.loc[both[f"{col}_us"] != both[f"{col}_mri"], "patient_id"])
-        if diff:
-            problems.append(
-                f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} (n={len(diff)})."
-            )
-    if problems:
-        raise DataError(
-            "DL-US and DL-MRI predictions do not describe the same patients: "
-            + " ".join(problems)
-            + " Re-run 03_train_us and 04_train_mri on the same cohort and fold assignment.",
-            problems,
-        )
+    both = joined_pairs(
+        us, mri, label="her2", us_source=us_source, mri_source=mri_source, fix="on the same cohort and fold assignment"
+    )
     out = pd.DataFrame(
         {
             "patient_id": both["patient_id"],

@@ -56,7 +56,7 @@ from .contract import (
 )
 from .contract import task as _get_task
 from .errors import DataError, ParameterError
-from .fusion import EPS
+from .fusion import EPS, joined_pairs
 from .stats._common import as_class_labels, as_probability_matrix, check_classes, check_level
 from .stats.roc import auc
 
@@ -147,26 +147,14 @@ def join_class_modalities(
     if check_input:
         us = validate_class_predictions(us, t, us_source)
         mri = validate_class_predictions(mri, t, mri_source)
-    m = us.merge(mri, on="patient_id", how="outer", suffixes=("_us", "_mri"), indicator=True)
-    problems: list[str] = []
-    for side, here, there in (("left_only", us_source, mri_source), ("right_only", mri_source, us_source)):
-        only = sorted(m.loc[m["_merge"] == side, "patient_id"])
-        if only:
-            problems.append(f"patients {only[:10]} (n={len(only)}) are in {here} but not in {there}.")
-    both = m[m["_merge"] == "both"]
-    for col in ("her2_class", "split", "fold"):
-        diff = sorted(both.loc[both[f"{col}_us"] != both[f"{col}_mri"], "patient_id"])
-        if diff:
-            problems.append(
-                f"{col} differs between {us_source} and {mri_source} for patients {diff[:10]} (n={len(diff)})."
-            )
-    if problems:
-        raise DataError(
-            "DL-US and DL-MRI predictions do not describe the same patients: "
-            + " ".join(problems)
-            + f" Re-run 03_train_us and 04_train_mri with task={t.key!r} on the same cohort and fold assignment.",
-            problems,
-        )
+    both = joined_pairs(
+        us,
+        mri,
+        label="her2_class",
+        us_source=us_source,
+        mri_source=mri_source,
+        fix=f"with task={t.key!r} on the same cohort and fold assignment",
+    )
     out = pd.DataFrame(
         {
             "patient_id": both["patient_id"],
