@@ -242,7 +242,7 @@ def test_figure_titles_name_the_target_class(tmp_path):
 
     text = " ".join(" ".join(t.get_text().split()) for t in fig.findobj(match=Text))
     plt.close(fig)
-    assert "Grad-CAM for the HER2-low logit" in text and "P7: HER2-low, p(HER2-low) = 0.64" in text
+    assert "Grad-CAM for the HER2-low logit" in text and "P7: HER2-low p(HER2-low) = 0.64" in text
     assert "positive = HER2-low" in text and "HER2+" not in text and "HER2-positive" not in text
     with pytest.raises(ParameterError, match="true_class"):
         plot_gradcam_us([{k: v for k, v in case.items() if k != "true_class"}], target="HER2-low")
@@ -262,7 +262,7 @@ def test_figure_titles_name_the_target_class(tmp_path):
     fig = plot_gradcam_mri([case3], tmp_path / "mri.png", target="HER2-low", dpi=60)
     text = " ".join(" ".join(t.get_text().split()) for t in fig.findobj(match=Text))
     plt.close(fig)
-    assert "DL-MRI Grad-CAM for the HER2-low logit" in text and "P7: HER2-zero, p(HER2-low) = 0.64" in text
+    assert "DL-MRI Grad-CAM for the HER2-low logit" in text and "P7: HER2-zero p(HER2-low) = 0.64" in text
     with pytest.raises(ParameterError, match="true_class"):
         plot_gradcam_mri([{k: v for k, v in case3.items() if k != "true_class"}], target="HER2-low")
 

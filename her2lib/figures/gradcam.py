@@ -35,7 +35,8 @@ def _title(case: Mapping, target: str | None = None) -> str:
     out = case.get("outcome", "")
     label = f"{out} ({_OUTCOME_NAMES[out]})" if out in _OUTCOME_NAMES else str(out)
     if target is not None:
-        return f"{label}\n{case['patient_id']}: {case['true_class']}, p({target}) = {case['p_her2']:.2f}"
+        # three lines: class names are long ("HER2-positive"), two panels' one-line titles would overlap
+        return f"{label}\n{case['patient_id']}: {case['true_class']}\np({target}) = {case['p_her2']:.2f}"
     sign = "+" if int(case["her2"]) == 1 else "\u2212"
     return f"{label}\n{case['patient_id']}: HER2{sign}, p(HER2+) = {case['p_her2']:.2f}"
 
