@@ -9,9 +9,11 @@
 
 The configs describe the architecture only (the paper's defaults; notebook profiles overlay them); how a model is
 trained (optimiser, schedule, Mixup, precision) is :class:`her2lib.train.TrainConfig`. ``config.json`` beside the
-checkpoints records both. The factories never download anything: weights come only from an optional local
-checkpoint file. Output index 1 of the logits is HER2-positive (binary task); for the class tasks of
-:data:`her2lib.contract.TASKS` logit ``j`` is ``task.classes[j]`` (``num_classes = task.n_classes``).
+checkpoints records both. The factories download nothing unless asked: weights come from an optional local
+checkpoint file (DL-MRI: e.g. MedicalNet's ``resnet_18.pth``), or, for DL-US with ``pretrained=True``, from
+timm's ImageNet weights (downloaded by timm). Output index 1 of the logits is HER2-positive (binary task); for the
+class tasks of :data:`her2lib.contract.TASKS` logit ``j`` is ``task.classes[j]`` (``num_classes =
+task.n_classes``).
 
 Science layer.
 """
@@ -60,6 +62,10 @@ class DLUSConfig:
     checkpoint : str or None
         Optional LOCAL weights file (timm/ImageNet ConvNeXt V2 ``.pth``/``.safetensors`` or a state dict);
         the 3-channel stem is summed to 1 channel and the classifier re-initialised. Never downloaded.
+    pretrained : bool
+        Start from timm's ImageNet weights of ``variant``, which timm DOWNLOADS (Hugging Face hub; cached under
+        ``~/.cache/huggingface``): the one download her2lib makes, and only when asked for. The paper's learning
+        rate (2e-5) is a fine-tuning rate. Stem and classifier are adapted as for ``checkpoint``; give one of the two.
     """
 
     variant: str = "convnextv2_tiny"
@@ -68,6 +74,7 @@ class DLUSConfig:
     num_classes: int = 2
     drop_path_rate: float = 0.1
     checkpoint: str | None = None
+    pretrained: bool = False
     kind: str = field(default="dl_us", init=False)
 
     @property
@@ -127,7 +134,12 @@ def _validate(cfg: ModelConfig) -> None:
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_file():
         raise ParameterError(
             f"{cfg.kind}: checkpoint={cfg.checkpoint!r} is not a file. her2lib never downloads "
-            "weights; give a local file or checkpoint=None (random initialisation)."
+            "weights for checkpoint=; give a local file or checkpoint=None (random initialisation)."
+        )
+    if getattr(cfg, "pretrained", False) and cfg.checkpoint is not None:
+        raise ParameterError(
+            f"{cfg.kind}: pretrained=True (timm's ImageNet weights, downloaded) and checkpoint={cfg.checkpoint!r} "
+            "(a local file) both name the starting weights; give one of them."
         )
 
 
@@ -151,6 +163,8 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
         )
     look_up_option(cfg.variant, timm.list_models("convnextv2_*"), name="variant")
     kw: dict[str, Any] = dict(in_chans=cfg.in_chans, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
+    if cfg.pretrained:
+        return _imagenet_dl_us(cfg, kw)
     if cfg.checkpoint is None:
         return timm.create_model(cfg.variant, pretrained=False, **kw)
     # Local file only: timm adapts the stem to in_chans and drops the mismatched classifier.
@@ -160,6 +174,20 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
         pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve()), hf_hub_id=None, url=None),
         **kw,
     )
+
+
+def _imagenet_dl_us(cfg: DLUSConfig, kw: dict[str, Any]) -> nn.Module:
+    """ConvNeXt V2 with timm's ImageNet weights (``pretrained=True``: timm downloads them once, then uses its cache);
+    a ParameterError naming the parameter and the offline fix when they cannot be had."""
+    try:
+        return timm.create_model(cfg.variant, pretrained=True, **kw)
+    except (OSError, RuntimeError, ValueError) as exc:  # no network, hub refused, no weights for this variant
+        raise ParameterError(
+            f"dl_us: pretrained=True, but timm could not fetch the ImageNet weights of {cfg.variant!r} "
+            f"({type(exc).__name__}: {exc}). Fix: run once on a machine that reaches huggingface.co (timm caches "
+            "the file under ~/.cache/huggingface), or download the weights elsewhere and give "
+            "checkpoint=<local file> with pretrained=False."
+        ) from exc
 
 
 def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
@@ -219,8 +247,15 @@ _CONFIGS = {"dl_us": DLUSConfig, "dl_mri": DLMRIConfig}
 
 
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    """Plain dict (JSON-ready) of a config, including its ``kind``."""
-    return asdict(cfg)
+    """Plain dict (JSON-ready) of a config, including its ``kind``.
+
+    ``pretrained`` is left out while False (its default), so the ``config.json`` files and fold fingerprints of runs
+    made before the option existed stay valid (a finished fold is reused only when its fingerprint matches).
+    """
+    d = asdict(cfg)
+    if d.get("pretrained") is False:
+        del d["pretrained"]
+    return d
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:

@@ -78,3 +78,53 @@ def test_augmentation_seeded_and_shape_preserving(dims, size):
     assert torch.equal(x, x.clone())  # input untouched
     with pytest.raises(ParameterError, match="expected"):
         aug(torch.zeros(2, 1, *[s + 1 for s in size]))
+
+
+def test_pretrained_imagenet_weights_are_asked_for_and_fail_clearly(monkeypatch, tmp_path):
+    """``pretrained=True`` is the one download (through timm); it is never made unless asked, and without network it
+    fails naming the parameter and the offline fix (timm is monkeypatched: no test touches the network)."""
+    import timm
+
+    calls = []
+
+    def fake_create(name, pretrained=False, **kw):
+        calls.append(pretrained)
+        if pretrained and not kw.get("pretrained_cfg_overlay"):
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=pretrained, **kw)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto"))
+    assert calls == [False]  # the default downloads nothing
+    with pytest.raises(ParameterError, match=r"pretrained=True.*convnextv2_atto.*huggingface.*checkpoint=<local file>"):
+        models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", pretrained=True))
+    torch.save(real("convnextv2_atto", num_classes=1000).state_dict(), tmp_path / "atto.pth")
+    with pytest.raises(ParameterError, match="give one of them"):
+        models.build_dl_us(
+            models.DLUSConfig(variant="convnextv2_atto", pretrained=True, checkpoint=str(tmp_path / "atto.pth"))
+        )
+
+
+def test_pretrained_false_keeps_the_config_and_fingerprints_of_earlier_runs():
+    d = models.config_to_dict(models.DLUSConfig(variant="convnextv2_atto"))
+    assert "pretrained" not in d  # configs (and fold fingerprints) written before the option stay the same
+    assert models.config_from_dict(d) == models.DLUSConfig(variant="convnextv2_atto")
+    on = models.config_to_dict(models.DLUSConfig(variant="convnextv2_atto", pretrained=True))
+    assert on["pretrained"] is True and models.config_from_dict(on).pretrained is True
+
+
+def test_medicalnet_style_checkpoint_loads(tmp_path):
+    """A MedicalNet ``resnet_18.pth``-like file: ``module.``-prefixed keys under ``state_dict`` and a segmentation head
+    (``conv_seg``) the classifier does not have; the backbone loads, the rest is skipped with a warning."""
+    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
+    src = models.build_dl_mri(cfg)
+    state = {f"module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}
+    state["module.conv_seg.0.weight"] = torch.zeros(32, 512, 3, 3, 3)
+    torch.save({"state_dict": state}, tmp_path / "resnet_18.pth")
+    with pytest.warns(UserWarning, match="skipped 1 tensors"):
+        dst = models.build_dl_mri(
+            models.DLMRIConfig(image_size=16, conv1_t_stride=2, checkpoint=str(tmp_path / "resnet_18.pth"))
+        )
+    assert torch.equal(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    assert not torch.equal(dst.fc.weight, src.fc.weight)  # the classifier starts afresh
