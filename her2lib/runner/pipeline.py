@@ -6,6 +6,7 @@ Usage::
     python -m her2lib.runner --profile smoke --out /tmp/x  # another output folder
     python -m her2lib.runner --profile default --only 05 06
     python -m her2lib.runner --profile default --from 03
+    python -m her2lib.runner --profile paper --dry-run      # every notebook at paper sizes, in minutes
 
 A profile (``configs/<profile>.yaml``) has a ``common`` section injected into every notebook and a
 ``notebooks`` section with one mapping per notebook stem. Every injected name must exist in that notebook's
@@ -51,7 +52,18 @@ from .notebook import NOTEBOOK_DIR, parameter_names
 from .progress import ProgressMonitor
 from .report import write_index
 
-__all__ = ["CONFIG_DIR", "PROFILES", "load_profile", "list_notebooks", "plan", "run_pipeline", "NotebookFailed", "main"]
+__all__ = [
+    "CONFIG_DIR",
+    "PROFILES",
+    "DRY_RUN",
+    "dry_run_profile",
+    "load_profile",
+    "list_notebooks",
+    "plan",
+    "run_pipeline",
+    "NotebookFailed",
+    "main",
+]
 
 CONFIG_DIR = REPO_ROOT / "configs"
 PROFILES = ("smoke", "default", "paper")
@@ -60,6 +72,32 @@ PROFILES = ("smoke", "default", "paper")
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 _NB_PATTERN = re.compile(r"^(\d\d)_[A-Za-z0-9_]+\.ipynb$")
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+#: What ``--dry-run`` changes in a profile: training stops after 2 batches of each of 2 epochs (so a resume state
+#: is written and read back), Grad-CAM maps 2 patients plus the Figure-4 cases, the resampling tests run short.
+#: Everything else (cohort, input sizes, models, batch size, precision, target layers) stays the profile's.
+DRY_RUN: dict[str, dict[str, Any]] = {
+    "03_train_us": {"epochs": 2, "max_steps": 2, "checkpoint_every": 1},
+    "04_train_mri": {"epochs": 2, "max_steps": 2, "checkpoint_every": 1},
+    "05_fusion": {"n_boot": 100},
+    "06_evaluation": {"n_boot": 100},
+    "07_gradcam": {"max_patients": 2, "n_permutations": 99},
+}
+
+
+def dry_run_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` (from :func:`load_profile`) with the :data:`DRY_RUN` overrides, named ``<name>-dry-run``.
+
+    >>> p = dry_run_profile({"name": "paper", "path": "paper.yaml", "common": {}, "notebooks": {"03_train_us": {"epochs": 300}}})
+    >>> p["name"], p["notebooks"]["03_train_us"]["epochs"], p["notebooks"]["03_train_us"]["max_steps"]
+    ('paper-dry-run', 2, 2)
+    """
+    notebooks = {k: dict(v) for k, v in profile["notebooks"].items()}
+    for stem, overrides in DRY_RUN.items():
+        notebooks[stem] = {**notebooks.get(stem, {}), **overrides}
+    name = f"{profile['name']}-dry-run"
+    return {**profile, "name": name, "common": {**profile["common"], "profile": name}, "notebooks": notebooks}
 
 
 class NotebookFailed(Her2libError):
@@ -191,8 +229,12 @@ def run_pipeline(
     config_dir: str | os.PathLike = CONFIG_DIR,
     kernel_name: str = "python3",
     log_output: bool = False,
+    dry_run: bool = False,
 ) -> Path:
     """Execute the numbered notebooks for one profile; return the output folder.
+
+    ``dry_run=True`` runs the profile with :data:`DRY_RUN`'s overrides (:func:`dry_run_profile`) into
+    ``reports/<profile>-dry-run/`` by default: every notebook and code path at the profile's sizes, in minutes.
 
     Raises
     ------
@@ -208,6 +250,8 @@ def run_pipeline(
         Ctrl-C: the kernel is stopped, the lock released; the note says how to resume.
     """
     prof = load_profile(profile, config_dir)
+    if dry_run:
+        prof = dry_run_profile(prof)
     out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
     steps = plan(prof, out, notebook_dir=notebook_dir, only=only, start=start)
     with lock.run_lock(out, profile=prof["name"]):
@@ -216,7 +260,10 @@ def run_pipeline(
             print(
                 f"her2lib: removed {len(swept)} temporary file(s) an interrupted batch left in {out}.", file=sys.stderr
             )
-        resume = shlex.join(["python", "-m", "her2lib.runner", "--profile", str(profile), "--out", str(out)])
+        resume = shlex.join(
+            ["python", "-m", "her2lib.runner", "--profile", str(profile), "--out", str(out)]
+            + (["--dry-run"] if dry_run else [])
+        )
         return _run_steps(
             prof, out, steps, notebook_dir=notebook_dir, kernel_name=kernel_name, log_output=log_output, resume=resume
         )
@@ -316,10 +363,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebook numbers")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook number")
     parser.add_argument("--log-output", action="store_true", help="stream notebook output to the log")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="every notebook at the profile's sizes, training 2 batches x 2 epochs per fold, Grad-CAM of 2 patients",
+    )
     args = parser.parse_args(argv)
     previous = _sigterm_as_interrupt()
     try:
-        out = run_pipeline(args.profile, args.out, only=args.only, start=args.start, log_output=args.log_output)
+        out = run_pipeline(
+            args.profile,
+            args.out,
+            only=args.only,
+            start=args.start,
+            log_output=args.log_output,
+            dry_run=args.dry_run,
+        )
     except Her2libError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, NotebookFailed) else 2

@@ -42,6 +42,9 @@ class TrainConfig:
         Mixed precision with dynamic loss scaling; None = on for CUDA, off on CPU.
     channels_last : bool or None
         None = on for CUDA only.
+    max_steps : int or None
+        Stop every epoch after this many batches (a dry run: every code path at full size in minutes); None = whole
+        epochs.
     """
 
     lr: float
@@ -55,16 +58,23 @@ class TrainConfig:
     label_smoothing: float = 0.1
     amp: bool | None = None
     channels_last: bool | None = None
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ParameterError(f"TrainConfig: {name}={getattr(self, name)} must be > 0.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ParameterError(f"TrainConfig: max_steps={self.max_steps} must be >= 1 (or None: whole epochs).")
         look_up_option(self.lr_schedule, LR_SCHEDULES, name="lr_schedule")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-ready)."""
-        return asdict(self)
+        """Plain dict (JSON-ready). ``max_steps`` is left out while None, so the fold fingerprints and
+        ``config.json`` of runs made before the option stay valid."""
+        d = asdict(self)
+        if d["max_steps"] is None:
+            del d["max_steps"]
+        return d
 
 
 #: The paper's training settings per model key.

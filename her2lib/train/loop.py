@@ -136,7 +136,8 @@ def train_one_epoch(
 ) -> tuple[float, int]:
     """One training epoch over in-memory tensors (the loop :func:`fit_fold` runs and the benchmark times).
 
-    Batches are drawn by ``gen`` (a trailing single sample is skipped: BatchNorm needs two), augmented on the
+    Batches are drawn by ``gen`` (a trailing single sample is skipped: BatchNorm needs two; only the first
+    ``training.max_steps`` are used when it is set), augmented on the
     CPU by ``aug``, mixed by timm ``mixup`` (drawing from ``np_rs``), moved to ``device`` and stepped with
     autocast + ``scaler`` when ``training`` enables AMP.
 
@@ -149,7 +150,8 @@ def train_one_epoch(
     amp, cl = _use_amp(training, device), _use_cl(training, device)
     model.train()
     tot, cnt = 0.0, 0
-    for idx in _batches(len(x_train), training.batch_size, gen, even=mixup is not None):
+    batches = _batches(len(x_train), training.batch_size, gen, even=mixup is not None)
+    for idx in batches[: training.max_steps]:  # max_steps None: every batch
         xb, yb = x_train[idx], y_train[idx]
         if aug is not None:
             xb = aug(xb)
