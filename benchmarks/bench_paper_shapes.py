@@ -2,8 +2,10 @@
 and of the real training loop, for DL-US (ConvNeXt V2 tiny, 256 x 256) and DL-MRI (3D ResNet18, 96^3, first-conv
 stride 1), and the ratio real loop / bare step (target >= 0.9 on a GPU).
 
-* loader alone = what the real loop does before the model: batches drawn from the in-memory ROI tensor, per-sample
-  MONAI augmentation on the CPU (:class:`her2lib.transforms.BatchAugmenter`), Mixup (DL-US), transfer to the device;
+* loader alone = what the real loop does before the model: batches drawn from the in-memory ROI tensor, the
+  augmentation, Mixup (DL-US), transfer to the device; timed for both augmentation backends: "batched" (torch ops on
+  the device, :class:`her2lib.batch_augment.BatchedAugmenter`, inputs kept on a GPU by
+  :func:`her2lib.train.place_inputs`) and "monai" (MONAI per sample on the CPU, :class:`her2lib.transforms.BatchAugmenter`);
 * bare step and real loop = :func:`bench_train_loop.bench` (the same model, optimiser, loss and precision; real loop
   = :func:`her2lib.train.train_one_epoch`), timed alternately in one process so a shared machine slows both alike.
 
@@ -34,23 +36,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_loop import bench  # noqa: E402
+from bench_train_loop import bench, make_augmenter  # noqa: E402
 
 from her2lib import models, train  # noqa: E402
+from her2lib.batch_augment import BatchedAugmenter  # noqa: E402
 from her2lib.train import loop, runtime  # noqa: E402
-from her2lib.transforms import AugmentSpec, BatchAugmenter  # noqa: E402
+
+BACKENDS = ("batched", "monai")
 
 
 def loader_alone(cfg, training, x: torch.Tensor, y: torch.Tensor, *, dev: torch.device, rounds: int) -> float:
-    """Median samples/s of one epoch's input pipeline without the model (batches, augmentation, Mixup, transfer)."""
-    aug = BatchAugmenter(cfg.spatial_dims, cfg.input_shape[1:], spec=AugmentSpec(), seed=0)
+    """Median samples/s of one epoch's input pipeline without the model (batches, the augmentation of
+    ``training.augment_backend``, Mixup, transfer), as :func:`her2lib.train.train_one_epoch` runs it."""
+    aug = make_augmenter(cfg, training, dev=dev)
     mixup = train.make_mixup(training, num_classes=cfg.num_classes)
     cl = runtime._use_cl(training, dev)
+    x = train.place_inputs(x, device=dev, training=training)
     rates = []
-    for r in range(rounds + 1):  # the first round warms MONAI's grids up
+    for r in range(rounds + 1):  # the first round warms MONAI's grids and the GPU kernels up
         t, n = time.perf_counter(), 0
         for idx in loop._batches(len(x), training.batch_size, torch.Generator().manual_seed(r), mixup is not None):
-            xb, yb = aug(x[idx]), y[idx]
+            xb, yb = x[idx.to(x.device)], y[idx].to(dev)
+            xb = aug(xb.to(dev)) if isinstance(aug, BatchedAugmenter) else aug(xb.cpu()).to(dev)
             if mixup is not None:
                 with runtime._numpy_global_rng(np.random.RandomState(r)):
                     xb, yb = mixup(xb.clone(), yb)
@@ -78,21 +85,26 @@ def run(args) -> list[dict]:
     for modality, cfg in _configs(args):
         if args.only and modality != args.only:
             continue
-        training = replace(train.PAPER_TRAINING[cfg.kind], batch_size=batch)
+        training = replace(train.PAPER_TRAINING[cfg.kind], batch_size=batch, augment_backend=args.backend)
         n = batch * args.steps
         rng = np.random.default_rng(0)
         x = torch.from_numpy(rng.normal(size=(n, *cfg.input_shape)).astype(np.float32))
         y = torch.as_tensor(np.tile([0, 1], n)[:n].astype(np.int64))
         with runtime._deterministic(dev):
             res = bench(cfg, training, x, y, dev=dev, rounds=args.rounds)
-        res["loader_samples_per_s"] = loader_alone(cfg, training, x, y, dev=dev, rounds=args.rounds)
+        for backend in BACKENDS:
+            res[f"loader_{backend}_samples_per_s"] = loader_alone(
+                cfg, replace(training, augment_backend=backend), x, y, dev=dev, rounds=args.rounds
+            )
         if dev.type == "cuda":
             res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         rows.append(res)
         print(
             f"{res['model']:7s} {res['input']:>10s} batch {batch:2d} x {args.steps} steps: loader alone "
-            f"{res['loader_samples_per_s']:8.1f} samples/s | bare step {res['bare_samples_per_s']:8.2f} samples/s | "
-            f"real loop {res['loop_samples_per_s']:8.2f} samples/s | ratio real/bare {res['ratio']:.3f}"
+            f"{res['loader_batched_samples_per_s']:8.1f} samples/s (batched on {dev.type}; MONAI on the CPU "
+            f"{res['loader_monai_samples_per_s']:.1f} samples/s) | bare step {res['bare_samples_per_s']:8.2f} "
+            f"samples/s | real loop ({args.backend}) {res['loop_samples_per_s']:8.2f} samples/s | ratio real/bare "
+            f"{res['ratio']:.3f}"
             + (f" | peak GPU memory {res['peak_gpu_memory_gib']:.1f} GiB" if "peak_gpu_memory_gib" in res else ""),
             flush=True,
         )
@@ -110,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (medians are printed)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", choices=["us", "mri"], default=None)
+    ap.add_argument("--backend", choices=BACKENDS, default="batched", help="the real loop's augmentation")
     args = ap.parse_args(argv)
     dev = train.resolve_device(args.device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none"

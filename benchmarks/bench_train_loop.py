@@ -1,8 +1,9 @@
 """Training-loop efficiency: samples/s of the real loop vs the bare model step, for DL-US and DL-MRI.
 
 * real loop = :func:`her2lib.train.train_one_epoch`: batches drawn from the in-memory ROI tensor (loaded once from
-  the on-disk ROI cache), per-sample MONAI augmentation, Mixup (DL-US), device transfer, forward, backward,
-  AdamW step with the loss scaler;
+  the on-disk ROI cache; on a GPU kept there by :func:`her2lib.train.place_inputs` when it fits), the augmentation
+  of ``training.augment_backend`` (batched on the device, or MONAI per sample on the CPU), Mixup (DL-US), device
+  transfer, forward, backward, AdamW step with the loss scaler;
 * bare step = the same model, optimiser and loss on one ready batch already on the device.
 
 The two are timed alternately (``--rounds`` times) in one process, so a machine shared with other jobs slows
@@ -33,9 +34,16 @@ from timm.loss import SoftTargetCrossEntropy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from her2lib import models, roi, train  # noqa: E402
+from her2lib.batch_augment import BatchedAugmenter  # noqa: E402
 from her2lib.data import load_cohort  # noqa: E402
 from her2lib.train import loop, runtime  # noqa: E402
 from her2lib.transforms import AugmentSpec, BatchAugmenter  # noqa: E402
+
+
+def make_augmenter(cfg, training, *, dev: torch.device, seed: int = 0):
+    """The augmenter the training loop builds for ``training.augment_backend`` on ``dev``."""
+    cls = BatchedAugmenter if training.resolved_backend(dev.type) == "batched" else BatchAugmenter
+    return cls(cfg.spatial_dims, cfg.input_shape[1:], spec=AugmentSpec(), seed=seed)
 
 
 def _sync(dev: torch.device) -> None:
@@ -69,9 +77,10 @@ def bench(cfg, training, x: torch.Tensor, y: torch.Tensor, *, dev: torch.device,
         model = model.to(memory_format=runtime._memory_format(cfg.spatial_dims))
     opt = train.make_optimizer(model, training)
     scaler = torch.amp.GradScaler(dev.type, enabled=runtime._use_amp(training, dev))
-    aug = BatchAugmenter(cfg.spatial_dims, cfg.input_shape[1:], spec=AugmentSpec(), seed=seed)
+    aug = make_augmenter(cfg, training, dev=dev, seed=seed)
     mixup = train.make_mixup(training, num_classes=cfg.num_classes)
     bs = training.batch_size
+    x = train.place_inputs(x, device=dev, training=training)
     n_steps = len(loop._batches(len(x), bs, torch.Generator().manual_seed(0), mixup is not None))
     xb = runtime._to_device(x[:bs].clone(), dev, cl)
     if mixup is not None:

@@ -36,7 +36,7 @@ from . import config, cv, folds, loop, optim, runtime
 from .config import PAPER_TRAINING, TrainConfig
 from .cv import SELECTION_SETS, SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
 from .folds import assign_folds, inner_split, read_folds, write_folds
-from .loop import EpochHook, FoldResult, fit_fold, train_one_epoch
+from .loop import EpochHook, FoldResult, fit_fold, place_inputs, train_one_epoch
 from .optim import make_mixup, make_optimizer, make_scheduler
 from .runtime import epoch_metrics, predict_proba, resolve_device
 
@@ -52,6 +52,7 @@ __all__ = [
     "predict_proba",
     "fit_fold",
     "train_one_epoch",
+    "place_inputs",
     "make_optimizer",
     "make_scheduler",
     "make_mixup",

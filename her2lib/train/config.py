@@ -12,10 +12,13 @@ from typing import Any
 from ..errors import ParameterError
 from ..options import look_up_option
 
-__all__ = ["TrainConfig", "PAPER_TRAINING", "LR_SCHEDULES", "split_config_dict"]
+__all__ = ["TrainConfig", "PAPER_TRAINING", "LR_SCHEDULES", "AUGMENT_BACKENDS", "split_config_dict"]
 
 #: learning-rate schedules of :func:`her2lib.train.make_scheduler`
 LR_SCHEDULES = ("cosine", "constant")
+#: augmentation implementations: batched torch ops on the training device (:mod:`her2lib.batch_augment`), MONAI's
+#: per-sample transforms on the CPU (:mod:`her2lib.transforms`), or "auto" (batched on CUDA, MONAI on the CPU)
+AUGMENT_BACKENDS = ("auto", "batched", "monai")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,15 @@ class TrainConfig:
     max_steps : int or None
         Stop every epoch after this many batches (a dry run: every code path at full size in minutes); None = whole
         epochs.
+    patience : int or None
+        Early stopping: end the fold's training once this many epochs have passed without a better selection-set
+        AUC (the schedule still runs over ``epochs``; the best epoch is kept as without it); None = every epoch.
+    augment_backend : {"auto", "batched", "monai"}
+        "batched": the augmentations as batched torch operations on the training device
+        (:mod:`her2lib.batch_augment`; what feeds a GPU); "monai": MONAI's transforms sample by sample on the CPU
+        (:mod:`her2lib.transforms`; her2lib 0.1's path). Same augmentations and distributions, different draws.
+        "auto": batched on a CUDA device, MONAI on the CPU (where the two run at about the same speed and MONAI
+        keeps earlier CPU runs' results); see :meth:`resolved_backend`.
     """
 
     lr: float
@@ -59,6 +71,8 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool | None = None
     max_steps: int | None = None
+    patience: int | None = None
+    augment_backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "epochs"):
@@ -66,15 +80,25 @@ class TrainConfig:
                 raise ParameterError(f"TrainConfig: {name}={getattr(self, name)} must be > 0.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ParameterError(f"TrainConfig: max_steps={self.max_steps} must be >= 1 (or None: whole epochs).")
+        if self.patience is not None and self.patience < 1:
+            raise ParameterError(f"TrainConfig: patience={self.patience} must be >= 1 (or None: every epoch).")
         look_up_option(self.lr_schedule, LR_SCHEDULES, name="lr_schedule")
+        look_up_option(self.augment_backend, AUGMENT_BACKENDS, name="augment_backend")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-ready). ``max_steps`` is left out while None, so the fold fingerprints and
-        ``config.json`` of runs made before the option stay valid."""
+        """Plain dict (JSON-ready). ``max_steps`` and ``patience`` are left out while None and ``augment_backend``
+        while "auto", so the fold fingerprints and ``config.json`` of runs made before these options stay valid."""
         d = asdict(self)
-        if d["max_steps"] is None:
-            del d["max_steps"]
+        for name, default in (("max_steps", None), ("patience", None), ("augment_backend", "auto")):
+            if d[name] == default:
+                del d[name]
         return d
+
+    def resolved_backend(self, device_type: str) -> str:
+        """The augmentation backend used on a device of type ``device_type`` ("cpu", "cuda")."""
+        if self.augment_backend != "auto":
+            return self.augment_backend
+        return "batched" if device_type == "cuda" else "monai"
 
 
 #: The paper's training settings per model key.

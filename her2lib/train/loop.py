@@ -31,6 +31,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batch_augment import BatchedAugmenter
 from ..errors import ParameterError, UndefinedMetricWarning
 from ..io import atomic_path
 from ..models import ModelConfig, build_model, config_to_dict
@@ -51,7 +52,7 @@ from .runtime import (
     resolve_device,
 )
 
-__all__ = ["FoldResult", "fit_fold", "train_one_epoch", "EpochHook"]
+__all__ = ["FoldResult", "fit_fold", "train_one_epoch", "place_inputs", "EpochHook"]
 
 EpochHook = Callable[[int, int, dict], None]
 
@@ -79,6 +80,31 @@ def _hash(*parts: Any) -> str:
             h.update(json.dumps(p, sort_keys=True, default=str).encode())
         h.update(b"|")
     return h.hexdigest()
+
+
+def place_inputs(x: torch.Tensor, *, device: torch.device, training: TrainConfig, budget: float = 0.25) -> torch.Tensor:
+    """Where the training loop keeps an input tensor: on a CUDA ``device`` when augmentation runs there
+    (``training.augment_backend == "batched"``) and the tensor takes at most ``budget`` of the free GPU memory
+    (then a batch is an index into GPU memory: no CPU work and no transfer per step); otherwise on the CPU, in
+    pinned memory on a CUDA machine so that batches are copied asynchronously. ``training.augment_backend`` "auto"
+    means batched on CUDA (:meth:`TrainConfig.resolved_backend`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        float32 ``(n, C, *spatial)`` on the CPU (not modified).
+    device : torch.device
+    training : TrainConfig
+    budget : float
+        Largest fraction of the free GPU memory the tensor may take.
+    """
+    if device.type != "cuda":
+        return x
+    if training.resolved_backend(device.type) == "batched":
+        free, _total = torch.cuda.mem_get_info(device)
+        if x.numel() * x.element_size() <= budget * free:
+            return x.to(device)
+    return x.pin_memory()
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[torch.Tensor]:
@@ -129,7 +155,7 @@ def train_one_epoch(
     *,
     training: TrainConfig,
     device: torch.device,
-    aug: BatchAugmenter | None,
+    aug: BatchAugmenter | BatchedAugmenter | None,
     mixup,
     gen: torch.Generator,
     np_rs: np.random.RandomState,
@@ -137,9 +163,10 @@ def train_one_epoch(
     """One training epoch over in-memory tensors (the loop :func:`fit_fold` runs and the benchmark times).
 
     Batches are drawn by ``gen`` (a trailing single sample is skipped: BatchNorm needs two; only the first
-    ``training.max_steps`` are used when it is set), augmented on the
-    CPU by ``aug``, mixed by timm ``mixup`` (drawing from ``np_rs``), moved to ``device`` and stepped with
-    autocast + ``scaler`` when ``training`` enables AMP.
+    ``training.max_steps`` are used when it is set) from ``x_train``, which may already sit on ``device``
+    (:func:`place_inputs`). A :class:`~her2lib.batch_augment.BatchedAugmenter` augments the batch on ``device``,
+    a MONAI :class:`~her2lib.transforms.BatchAugmenter` on the CPU before the transfer; then timm ``mixup``
+    (drawing from ``np_rs``) and the step, with autocast + ``scaler`` when ``training`` enables AMP.
 
     Returns
     -------
@@ -152,15 +179,18 @@ def train_one_epoch(
     tot, cnt = 0.0, 0
     batches = _batches(len(x_train), training.batch_size, gen, even=mixup is not None)
     for idx in batches[: training.max_steps]:  # max_steps None: every batch
-        xb, yb = x_train[idx], y_train[idx]
-        if aug is not None:
-            xb = aug(xb)
+        xb, yb = x_train[idx.to(x_train.device)], y_train[idx.to(y_train.device)]
+        if isinstance(aug, BatchedAugmenter):
+            xb = aug(xb.to(device, non_blocking=True))
+        elif aug is not None:
+            xb = aug(xb.cpu())
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         if mixup is not None:
             with _numpy_global_rng(np_rs):
                 xb, yt = mixup(xb.clone(), yb)
         else:
             yt = yb
-        xb, yt = _to_device(xb, device, cl), yt.to(device, non_blocking=True)
+        xb = _to_device(xb, device, cl)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
             logits = model(xb)
         loss = soft_ce(logits.float(), yt) if mixup is not None else ce(logits.float(), yt)
@@ -194,6 +224,7 @@ class _Progress:
     best_metrics: dict = field(default_factory=dict)
     best_state: dict | None = None
     start: int = 0
+    best_saved: int = -1  # the best epoch that fold{k}_best.pt holds
 
 
 @dataclass(frozen=True)
@@ -259,6 +290,7 @@ def _resume(run: _FoldRun, tr: _Trainer) -> _Progress:
             best_metrics=dict(bk["best_metrics"]),
             best_state=bk["model"],
             start=int(st["epoch"]) + 1,
+            best_saved=int(bk["best_epoch"]),
         )
     warnings.warn(
         f"{run.state_path}: checkpoint from another configuration/data; training fold {run.fold} afresh.",
@@ -307,13 +339,22 @@ def _keep_if_best(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int, row:
     if prog.best_key is None or key > prog.best_key:
         prog.best_key, prog.best_epoch, prog.best_metrics = key, epoch + 1, row
         prog.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tr.model.state_dict().items()}
-        _save(
-            run.best_path,
-            {"model": prog.best_state, "best_epoch": epoch + 1, "best_metrics": row, "fingerprint": run.fingerprint},
-        )
 
 
 def _save_resume_state(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int) -> None:
+    """Write the best weights so far (when they changed since the last write) and then the resume state: the two
+    files always agree on the best epoch (written only here, an improvement costs no disk write of its own)."""
+    if prog.best_saved != prog.best_epoch:
+        _save(
+            run.best_path,
+            {
+                "model": prog.best_state,
+                "best_epoch": prog.best_epoch,
+                "best_metrics": prog.best_metrics,
+                "fingerprint": run.fingerprint,
+            },
+        )
+        prog.best_saved = prog.best_epoch
     _save(
         run.state_path,
         {
@@ -342,10 +383,15 @@ def _train_epochs(
     aug: BatchAugmenter | None,
     bar,
 ) -> None:
-    """Epochs ``prog.start`` .. ``epochs - 1``: train, score the selection set, keep the best, checkpoint."""
+    """Epochs ``prog.start`` .. ``epochs - 1``: train, score the selection set, keep the best, checkpoint; stop
+    early when ``training.patience`` says so (also right away, when resumed after the stop's last checkpoint)."""
     mixup = make_mixup(run.training, num_classes=run.num_classes)
     epochs = run.training.epochs
+    x_train = place_inputs(x_train, device=run.device, training=run.training)
+    x_val = place_inputs(x_val, device=run.device, training=run.training)
     for epoch in bar:
+        if prog.history and _stops_early(run.training, prog, epoch - 1):
+            break
         es = _epoch_seed(run.seed, run.fold, epoch)
         torch.manual_seed(es)
         gen = torch.Generator().manual_seed(es)
@@ -376,6 +422,23 @@ def _train_epochs(
         bar.set_postfix(val_auc=f"{met['auc']:.3f}", best=prog.best_epoch)
         if run.epoch_hook is not None:
             run.epoch_hook(run.fold, epoch, row)
+    bar.close()
+
+
+def _augmenter(
+    model_cfg: ModelConfig, training: TrainConfig, dev: torch.device, *, augment: AugmentSpec | None, seed: int
+) -> BatchAugmenter | BatchedAugmenter | None:
+    """The training augmentation of ``training.resolved_backend(dev.type)``; None without ``augment``."""
+    if augment is None:
+        return None
+    cls = BatchedAugmenter if training.resolved_backend(dev.type) == "batched" else BatchAugmenter
+    return cls(model_cfg.spatial_dims, model_cfg.input_shape[1:], spec=augment, seed=seed)
+
+
+def _stops_early(training: TrainConfig, prog: _Progress, epoch: int) -> bool:
+    """Early stopping: ``training.patience`` epochs (0-based ``epoch`` just finished) without a better selection
+    key than the best epoch's."""
+    return training.patience is not None and (epoch + 1) - prog.best_epoch >= training.patience
 
 
 def fit_fold(
@@ -488,11 +551,7 @@ def fit_fold(
     torch.manual_seed(_epoch_seed(seed, fold, 10**6))
     tr = _build_trainer(model_cfg, training, dev)
     prog = _resume(run, tr) if resume and run.state_path.exists() else _Progress()
-    aug = (
-        BatchAugmenter(model_cfg.spatial_dims, model_cfg.input_shape[1:], spec=augment, seed=seed)
-        if augment is not None
-        else None
-    )
+    aug = _augmenter(model_cfg, training, dev, augment=augment, seed=seed)
     bar = tqdm(
         range(prog.start, training.epochs),
         desc=f"{model_cfg.kind} fold {fold}",

@@ -1,0 +1,135 @@
+"""The training loop's speed options: early stopping (``TrainConfig.patience``), the batched device-side
+augmentation backend (``augment_backend="batched"``) and where the inputs live (``place_inputs``).
+
+Each is checked against the run without it: early stopping must keep exactly the epochs an unstopped run has up to
+the stop (same seeds per epoch, so the same history rows) and stop where the rule says; the batched backend must be
+the one used, deterministic, and resume to byte-identical checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from her2lib import models, train
+from her2lib.batch_augment import BatchedAugmenter
+from her2lib.errors import ParameterError
+
+CFG = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
+BASE = replace(train.PAPER_TRAINING["dl_us"], lr=1e-3, batch_size=4, mixup=False)
+
+
+def _data(n_train=12, n_val=6, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    df = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)], "split": "train", "her2": np.arange(n) % 2})
+    x = rng.normal(size=(n, 1, 32, 32)).astype(np.float32)
+    x[df.her2.to_numpy() == 1, :, 8:24, 8:24] += 0.5
+    x = torch.as_tensor(x)
+    return x[:n_train], df.iloc[:n_train], x[n_train:], df.iloc[n_train:]
+
+
+def _fit(tc, out, **kw):
+    xt, tr, xv, va = _data()
+    return train.fit_fold(CFG, tc, xt, tr, xv, va, fold=0, out_dir=out, progress=False, **kw)
+
+
+def test_config_validates_and_keeps_old_fingerprints():
+    with pytest.raises(ParameterError, match="patience"):
+        replace(BASE, patience=0)
+    with pytest.raises(ParameterError, match="augment_backend"):
+        replace(BASE, augment_backend="kornia")
+    d = BASE.to_dict()
+    assert "patience" not in d and "augment_backend" not in d  # defaults: the dict (and fingerprints) of before
+    d = replace(BASE, patience=3, augment_backend="batched").to_dict()
+    assert d["patience"] == 3 and d["augment_backend"] == "batched"
+    # "auto": batched on CUDA, MONAI on the CPU (her2lib 0.1's CPU results); explicit choices are kept
+    assert BASE.augment_backend == "auto"
+    assert BASE.resolved_backend("cpu") == "monai" and BASE.resolved_backend("cuda") == "batched"
+    assert replace(BASE, augment_backend="batched").resolved_backend("cpu") == "batched"
+    assert replace(BASE, augment_backend="monai").resolved_backend("cuda") == "monai"
+
+
+def test_early_stopping_keeps_the_unstopped_runs_epochs(tmp_path):
+    full = _fit(replace(BASE, epochs=8), tmp_path / "full")
+    aucs = [r["val_auc"] for r in full.history]
+    patience = 2
+    stopped = _fit(replace(BASE, epochs=8, patience=patience), tmp_path / "stopped")
+    # where the rule says: the first epoch e (1-based) with e - best_so_far(e) >= patience
+    best, stop = 0, None
+    keys = [(a, -r["val_loss"]) for a, r in zip(aucs, full.history)]
+    for e in range(1, 9):
+        if best == 0 or keys[e - 1] > keys[best - 1]:
+            best = e
+        if e - best >= patience:
+            stop = e
+            break
+    assert stop is not None and stop < 8, "the fixture must stop early for the test to mean anything"
+    assert len(stopped.history) == stop
+    pd.testing.assert_frame_equal(pd.DataFrame(stopped.history), pd.DataFrame(full.history[:stop]))
+    assert stopped.best_epoch == best
+    if full.best_epoch <= stop:
+        for k, v in full.state_dict.items():
+            assert torch.equal(v, stopped.state_dict[k]), k
+
+
+def test_early_stop_resumes_to_the_same_result(tmp_path):
+    tc = replace(BASE, epochs=8, patience=2, augment_backend="batched")
+    ref = _fit(tc, tmp_path / "ref")
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(fold, epoch, row):
+        if epoch == len(ref.history) - 1:  # the early stop's last epoch, after its resume state is written
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(tc, tmp_path / "run", checkpoint_every=1, epoch_hook=interrupt)
+    seen = []
+    res = _fit(tc, tmp_path / "run", checkpoint_every=1, epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == []  # nothing left to train after the stop
+    assert res.best_epoch == ref.best_epoch and res.history == ref.history
+    assert (tmp_path / "run" / "fold0.pt").read_bytes() == (tmp_path / "ref" / "fold0.pt").read_bytes()
+
+
+def test_batched_backend_is_used_deterministic_and_resumable(tmp_path, monkeypatch):
+    tc = replace(BASE, epochs=3, augment_backend="batched")
+    calls = []
+    real = BatchedAugmenter.__call__
+    monkeypatch.setattr(BatchedAugmenter, "__call__", lambda self, b: calls.append(b.shape) or real(self, b))
+    a = _fit(tc, tmp_path / "a")
+    assert calls and all(s[0] == 4 for s in calls)
+    b = _fit(tc, tmp_path / "b")
+    assert (tmp_path / "a" / "fold0.pt").read_bytes() == (tmp_path / "b" / "fold0.pt").read_bytes()
+    monai = _fit(replace(tc, augment_backend="monai"), tmp_path / "monai")
+    assert monai.history != a.history  # another backend, other draws
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(fold, epoch, row):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(tc, tmp_path / "c", checkpoint_every=1, epoch_hook=interrupt)
+    _fit(tc, tmp_path / "c", checkpoint_every=1)
+    assert (tmp_path / "c" / "fold0.pt").read_bytes() == (tmp_path / "a" / "fold0.pt").read_bytes() and b.history
+
+
+def test_place_inputs():
+    x = torch.zeros(3, 1, 4, 4)
+    assert train.place_inputs(x, device=torch.device("cpu"), training=BASE) is x  # the CPU: as it is
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        dev = torch.device("cuda")
+        assert train.place_inputs(x, device=dev, training=replace(BASE, augment_backend="batched")).is_cuda
+        assert train.place_inputs(x, device=dev, training=BASE).is_cuda  # auto: batched on CUDA
+        monai = replace(BASE, augment_backend="monai")
+        assert train.place_inputs(x, device=dev, training=monai).is_pinned()  # MONAI runs on the CPU
+        assert train.place_inputs(
+            x, device=dev, training=replace(BASE, augment_backend="batched"), budget=0
+        ).is_pinned()
