@@ -10,8 +10,8 @@ same order, same distributions as the MONAI path) run on a whole batch at once, 
    ``U(-translate, translate) * side`` voxels per axis, about the image centre, bilinear, zeros outside;
 3. additive Gaussian noise (``noise_prob``) with a per-sample SD drawn from ``U(0, noise_std)`` (MONAI's
    ``sample_std``);
-4. Gaussian blur (``blur_prob``), one SD per axis from ``blur_sigma``, kernel truncated at 4 SD (scipy's and
-   MONAI's ``truncated=4``), zeros outside;
+4. Gaussian blur (``blur_prob``), one SD per axis from ``blur_sigma``, MONAI's kernel (the Gaussian integrated over
+   each voxel, ``approx="erf"``, truncated at 4 SD), zeros outside;
 5. brightness: ``+ U(-brightness, brightness)`` (``intensity_prob``);
 6. contrast: ``* (1 + U(-contrast, contrast))`` (``intensity_prob``).
 
@@ -30,6 +30,7 @@ Science layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -40,7 +41,7 @@ from .transforms import AugmentSpec
 
 __all__ = ["AugmentParams", "draw_params", "apply_params", "BatchedAugmenter", "gaussian_kernels"]
 
-#: Gaussian kernels are truncated at this many SDs (scipy ``gaussian_filter(truncate=4.0)``, MONAI ``truncated``)
+#: Gaussian kernels are truncated at this many SDs (MONAI ``GaussianFilter(truncated=4.0)``)
 TRUNCATE = 4.0
 
 
@@ -147,8 +148,8 @@ def draw_params(
 # ----------------------------------------------------------------------------------------------- the operations
 def _flip(x: torch.Tensor, flip: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     for j, a in enumerate(axes):
-        sel = flip[:, j].to(x.device)
-        if bool(sel.any()):
+        if bool(flip[:, j].any()):  # decided on the CPU mask: no device synchronisation
+            sel = flip[:, j].to(x.device)
             x = torch.where(sel.view(-1, *[1] * (x.ndim - 1)), x.flip(2 + a), x)
     return x
 
@@ -169,10 +170,13 @@ def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
 
 
 def gaussian_kernels(sigma: torch.Tensor, *, truncate: float = TRUNCATE) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels, one per SD, on a common support.
+    """MONAI's 1-D Gaussian kernels (``gaussian_1d(approx="erf")``, what ``RandGaussianSmooth`` uses), one per SD,
+    on a common support.
 
-    Sample ``i``'s kernel has scipy's radius ``int(truncate * sigma_i + 0.5)``; entries outside it are 0, so it
-    equals ``scipy.ndimage.gaussian_filter``'s kernel padded with zeros to the largest radius ``R``.
+    Entry ``k`` of sample ``i``'s kernel is the Gaussian's mass over ``[k - 1/2, k + 1/2]``,
+    ``(erf((k + 1/2) / (sqrt(2) sigma_i)) - erf((k - 1/2) / (sqrt(2) sigma_i))) / 2``, for ``|k|`` up to MONAI's
+    radius ``int(max(truncate * sigma_i, 0.5) + 0.5)`` and 0 beyond it (MONAI does not renormalise the truncated
+    kernel). Padding every kernel with zeros to the largest radius ``R`` leaves the filter unchanged.
 
     Parameters
     ----------
@@ -185,11 +189,12 @@ def gaussian_kernels(sigma: torch.Tensor, *, truncate: float = TRUNCATE) -> torc
         float64 (n, 2R + 1).
     """
     sigma = sigma.to(torch.float64)
-    radius = (truncate * sigma + 0.5).floor()
+    radius = (torch.clamp(truncate * sigma, min=0.5) + 0.5).floor()
     big = int(radius.max().item()) if len(sigma) else 0
-    k = torch.arange(-big, big + 1, dtype=torch.float64)
-    w = torch.exp(-0.5 * (k[None, :] / sigma[:, None]) ** 2) * (k.abs()[None, :] <= radius[:, None])
-    return w / w.sum(dim=1, keepdim=True)
+    k = torch.arange(-big, big + 1, dtype=torch.float64)[None, :]
+    t = 1.0 / (math.sqrt(2.0) * sigma[:, None])
+    w = 0.5 * (torch.erf(t * (k + 0.5)) - torch.erf(t * (k - 0.5)))
+    return w.clamp(min=0) * (k.abs() <= radius[:, None])
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

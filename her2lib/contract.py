@@ -40,6 +40,8 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "MANIFEST_HEAD",
     "SPLITS",
+    "SELECTIONS",
+    "SELECTION_SETS",
     "HER2_IHC_CODES",
     "FISH_CODES",
     "HER2_CLASSES",
@@ -122,6 +124,13 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "split", "her2")
 #: Column order of a manifest written by her2lib (descriptive columns follow).
 MANIFEST_HEAD: tuple[str, ...] = REQUIRED_COLUMNS + PATH_COLUMNS
 SPLITS: tuple[str, ...] = ("train", "test")
+#: epoch-selection protocols of :func:`her2lib.train.run_cv` -> label written to the tables
+SELECTIONS = {
+    "inner": "inner validation split of the fold's training part (her2lib default)",
+    "heldout": "held-out fold (paper protocol; OOF optimistic)",
+}
+#: the set each protocol scores epochs on, in a few words (figure titles, progress lines)
+SELECTION_SETS = {"inner": "inner validation split", "heldout": "held-out fold"}
 HER2_IHC_CODES: tuple[str, ...] = ("0", "1+", "2+", "3+")
 FISH_CODES: tuple[str, ...] = ("positive", "negative", "not_done")
 CONTINUOUS_COLUMNS: tuple[str, ...] = ("age", "mri_size_mm")

@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 from .contract import DL_MODELS, Task, class_codes
 from .contract import task as _task
 from .errors import ParameterError
+from .lesion import largest_lesion_slice, lesion_centre
 from .options import did_you_mean, look_up_option
 
 __all__ = [
@@ -580,34 +581,6 @@ def localisation_test(
         energy_own=own,
         energy_others=others,
     )
-
-
-def lesion_centre(mask: np.ndarray) -> tuple[int, ...]:
-    """Integer centre of mass of the lesion mask (array index order); the array centre if the mask is empty."""
-    m = np.asarray(mask) > 0
-    if not m.any():
-        return tuple(int(s // 2) for s in m.shape)
-    idx = np.argwhere(m)
-    return tuple(int(round(v)) for v in idx.mean(axis=0))
-
-
-def largest_lesion_slice(mask: np.ndarray) -> int:
-    """Index along axis 0 (z) of the slice with the largest lesion area; ties go to the slice nearest the
-    lesion's centre of mass (then the lower index). The middle slice for an empty mask.
-
-    Parameters
-    ----------
-    mask : ndarray, shape (D, H, W)
-    """
-    m = np.asarray(mask) > 0
-    if m.ndim != 3:
-        raise ParameterError(f"largest_lesion_slice: need a (D, H, W) mask; got shape {m.shape}.")
-    area = m.reshape(m.shape[0], -1).sum(axis=1)
-    if not area.any():
-        return m.shape[0] // 2
-    zc = float((np.arange(len(area)) * area).sum() / area.sum())
-    best = np.flatnonzero(area == area.max())
-    return int(best[np.argmin(np.abs(best - zc))])
 
 
 # ----------------------------------------------------------------------------------------------------------------

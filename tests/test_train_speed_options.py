@@ -7,6 +7,7 @@ the one used, deterministic, and resume to byte-identical checkpoints."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -77,8 +78,9 @@ def test_early_stopping_keeps_the_unstopped_runs_epochs(tmp_path):
 
 
 def test_early_stop_resumes_to_the_same_result(tmp_path):
-    tc = replace(BASE, epochs=8, patience=2, augment_backend="batched")
+    tc = replace(BASE, epochs=10, patience=1, augment_backend="batched")
     ref = _fit(tc, tmp_path / "ref")
+    assert len(ref.history) < 10, "the fixture must stop early for the test to mean anything"
 
     class Stop(Exception):
         pass
@@ -118,7 +120,43 @@ def test_batched_backend_is_used_deterministic_and_resumable(tmp_path, monkeypat
     with pytest.raises(Stop):
         _fit(tc, tmp_path / "c", checkpoint_every=1, epoch_hook=interrupt)
     _fit(tc, tmp_path / "c", checkpoint_every=1)
-    assert (tmp_path / "c" / "fold0.pt").read_bytes() == (tmp_path / "a" / "fold0.pt").read_bytes() and b.history
+    assert (tmp_path / "c" / "fold0.pt").read_bytes() == (tmp_path / "a" / "fold0.pt").read_bytes()
+    assert b.history == a.history
+
+
+def test_fingerprint_hashes_the_backend_that_runs(tmp_path):
+    """ "auto" and "monai" on the CPU are the same MONAI run (same fingerprint: the finished fold is reused);
+    "batched" is another run (retrained)."""
+    _fit(replace(BASE, epochs=1), tmp_path)
+    seen = []
+    _fit(replace(BASE, epochs=1, augment_backend="monai"), tmp_path, epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == []  # reused
+    _fit(replace(BASE, epochs=1, augment_backend="batched"), tmp_path, epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == [0]  # retrained
+
+
+def test_resume_between_checkpoints_after_a_new_best(tmp_path):
+    """checkpoint_every=2 and an interruption after an improvement that no checkpoint holds yet: the run resumes
+    from the last checkpoint (no restart) and ends byte-identical."""
+    tc = replace(BASE, epochs=6)
+    ref = _fit(tc, tmp_path / "ref", checkpoint_every=2)
+    assert ref.best_epoch > 1
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(fold, epoch, row):
+        if epoch == 4:  # checkpoints after epochs 2 and 4 (1-based): this is after epoch 5
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(tc, tmp_path / "run", checkpoint_every=2, epoch_hook=interrupt)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "training fold 0 afresh" would raise
+        _fit(tc, tmp_path / "run", checkpoint_every=2, epoch_hook=lambda f, e, r: seen.append(e))
+    assert seen == [4, 5]
+    assert (tmp_path / "run" / "fold0.pt").read_bytes() == (tmp_path / "ref" / "fold0.pt").read_bytes()
 
 
 def test_place_inputs():

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..errors import ParameterError
-from ..gradcam import largest_lesion_slice, lesion_centre
 from ..io import save_figure
+from ..lesion import largest_lesion_slice, lesion_centre
 
 __all__ = ["plot_gradcam_us", "plot_gradcam_mri"]
 
@@ -256,7 +256,7 @@ def plot_gradcam_mri(
     matplotlib.figure.Figure
         Columns: axial slice with lesion outline and ROI box; the same with the Grad-CAM; coronal reformat
         (z upwards, through the lesion's centre row) with the Grad-CAM. The axial slice is the one with the
-        largest lesion area (:func:`~her2lib.gradcam.largest_lesion_slice`).
+        largest lesion area (:func:`~her2lib.lesion.largest_lesion_slice`).
     """
     if not cases:
         raise ParameterError("plot_gradcam_mri: no cases to plot.")

@@ -11,9 +11,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..contract import SELECTION_SETS
 from ..io import save_figure
 from ..options import look_up_option
-from ..train import SELECTION_SETS
 
 __all__ = ["plot_learning_curves"]
 
@@ -38,7 +38,7 @@ def plot_learning_curves(
         PNG written atomically.
     title : str
     selection : {"inner", "heldout"}
-        Which set the solid lines and the chosen epoch refer to (:data:`her2lib.train.SELECTIONS`).
+        Which set the solid lines and the chosen epoch refer to (:data:`her2lib.contract.SELECTIONS`).
     auc_label : str
         Name of the selection metric (``"macro AUC"`` for the three-class task).
 

@@ -21,6 +21,8 @@ from ..contract import (
     DL_MODELS,
     MODELS,
     PREDICTION_COLUMNS,
+    SELECTION_SETS,
+    SELECTIONS,
     TEST_FOLD_COLUMNS,
     Task,
     class_codes,
@@ -49,14 +51,6 @@ __all__ = [
     "write_predictions",
     "oof_performance",
 ]
-
-#: epoch-selection protocols of :func:`run_cv` -> label written to the tables
-SELECTIONS = {
-    "inner": "inner validation split of the fold's training part (her2lib default)",
-    "heldout": "held-out fold (paper protocol; OOF optimistic)",
-}
-#: the set each protocol scores epochs on, in a few words (figure titles, progress lines)
-SELECTION_SETS = {"inner": "inner validation split", "heldout": "held-out fold"}
 
 
 @dataclass

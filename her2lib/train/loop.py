@@ -85,9 +85,10 @@ def _hash(*parts: Any) -> str:
 def place_inputs(x: torch.Tensor, *, device: torch.device, training: TrainConfig, budget: float = 0.25) -> torch.Tensor:
     """Where the training loop keeps an input tensor: on a CUDA ``device`` when augmentation runs there
     (``training.augment_backend == "batched"``) and the tensor takes at most ``budget`` of the free GPU memory
-    (then a batch is an index into GPU memory: no CPU work and no transfer per step); otherwise on the CPU, in
-    pinned memory on a CUDA machine so that batches are copied asynchronously. ``training.augment_backend`` "auto"
-    means batched on CUDA (:meth:`TrainConfig.resolved_backend`).
+    (then a batch is an index into GPU memory: no CPU work and no transfer per step); otherwise where it is, on the
+    CPU, and each batch is copied to the device (a plain copy: an indexed batch of a pinned tensor would not be
+    pinned, so pinning the whole tensor would buy nothing). ``training.augment_backend`` "auto" means batched on
+    CUDA (:meth:`TrainConfig.resolved_backend`).
 
     Parameters
     ----------
@@ -104,7 +105,7 @@ def place_inputs(x: torch.Tensor, *, device: torch.device, training: TrainConfig
         free, _total = torch.cuda.mem_get_info(device)
         if x.numel() * x.element_size() <= budget * free:
             return x.to(device)
-    return x.pin_memory()
+    return x
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator, even: bool) -> list[torch.Tensor]:
@@ -425,6 +426,17 @@ def _train_epochs(
     bar.close()
 
 
+def _hashed_training(training: TrainConfig, dev: torch.device) -> dict[str, Any]:
+    """``training.to_dict()`` with the augmentation backend that runs on ``dev``: "batched" is hashed, MONAI (also
+    "auto" on a CPU) is left out as before the option, so a CPU run and a her2lib 0.1 run keep their fingerprints
+    and a run never resumes or reuses folds made with the other backend."""
+    d = training.to_dict()
+    d.pop("augment_backend", None)
+    if training.resolved_backend(dev.type) == "batched":
+        d["augment_backend"] = "batched"
+    return d
+
+
 def _augmenter(
     model_cfg: ModelConfig, training: TrainConfig, dev: torch.device, *, augment: AugmentSpec | None, seed: int
 ) -> BatchAugmenter | BatchedAugmenter | None:
@@ -519,7 +531,7 @@ def fit_fold(
     fingerprint = _hash(
         # one flat dict, as her2lib 0.1 hashed its single config, so earlier runs' finished folds and resume
         # states stay valid (the model and training fields do not overlap)
-        {**config_to_dict(model_cfg), **training.to_dict()},
+        {**config_to_dict(model_cfg), **_hashed_training(training, dev)},
         asdict(augment) if augment else None,
         seed,
         fold,
