@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "her2lib needs Python 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint requirements-lock.txt --editable ".[test]"
+	$(PY) -m pip install --quiet --constraint requirements-lock.txt --editable ".[test,distributed]"
 	$(PY) -c "import torch, timm, monai, her2lib; print('her2lib environment ready: torch', torch.__version__)"
 	touch $(STAMP)
 

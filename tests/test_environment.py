@@ -16,7 +16,8 @@ def _norm(spec: str) -> tuple[str, str]:
 
 def test_every_dependency_is_pinned_exactly_and_environment_yml_agrees():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    pins = project["dependencies"] + extras["test"] + extras["distributed"]
     assert all("==" in p for p in pins), [p for p in pins if "==" not in p]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "python=3.11" in env["dependencies"]

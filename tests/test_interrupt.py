@@ -316,7 +316,7 @@ def test_ctrl_c_then_sigkill_during_training_then_rerun_gives_identical_outputs(
     compared = [
         p.relative_to(smoke_run) for d in ("predictions", "tables", "models") for p in (smoke_run / d).rglob("*")
     ]
-    compared = [p for p in compared if (smoke_run / p).is_file()]
+    compared = [p for p in compared if (smoke_run / p).is_file() and p.name != "jobs.json"]  # jobs.json: wall times
     assert len(compared) > 30
     differ = [str(p) for p in compared if (smoke_run / p).read_bytes() != (run / p).read_bytes()]
     assert not differ, f"outputs differ from the uninterrupted run: {differ}"

@@ -42,6 +42,8 @@ def train_modality(
     selection: str = "inner",
     inner_fraction: float = 0.2,
     task: str | Task = "binary",
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> CVResult | None:
     """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
 
@@ -60,7 +62,7 @@ def train_modality(
         The architecture (its kind must be the modality's model).
     training : TrainConfig
         How it is trained.
-    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction
+    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction, executor, ray_address
         As :func:`her2lib.train.run_cv`.
     task : str or Task
         ``"binary"``, ``"three-class"`` or ``"low-vs-zero"``: the patients trained and predicted
@@ -113,6 +115,8 @@ def train_modality(
         inner_fraction=inner_fraction,
         epoch_hook=_epoch_reporter(run, mod.label, n_folds, training.epochs, selection, auc=_auc_name(t)),
         task=t,
+        executor=executor,
+        ray_address=ray_address or None,
     )
     log_progress(run, "end", model=mod.label)
     write_predictions(result, run.predictions, prefix)

@@ -38,6 +38,7 @@ from ..models import ModelConfig, build_model, config_from_dict, config_to_dict
 from ..options import look_up_option
 from ..transforms import DEFAULT_AUGMENT, AugmentSpec, _epoch_seed
 from .config import TrainConfig, split_config_dict
+from .executors import FoldJob, fit_job, train_folds
 from .folds import _check_cohort, inner_split
 from .loop import EpochHook, FoldResult, fit_fold
 from .runtime import _memory_format, _use_cl, class_epoch_metrics, epoch_metrics, predict_proba, resolve_device
@@ -234,6 +235,8 @@ def run_cv(
     selection: str = "inner",
     inner_fraction: float = 0.2,
     task: str | Task = "binary",
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> CVResult:
     """Cross-validate one model on the training cohort and predict the test cohort.
 
@@ -264,6 +267,12 @@ def run_cv(
         ``"binary"`` (labels ``her2``), or a class task (labels ``her2_class``, every patient of ``cohort`` must have
         one of the task's classes: :func:`her2lib.data.task_cohort`); ``model_cfg.num_classes`` must be its number
         of classes. Folds, inner split and epoch selection (macro AUC for three classes) use the task's labels.
+    executor : {"local", "ray"}
+        Where the fold models train (:mod:`her2lib.train.executors`): one after another in this process, or as Ray
+        tasks first (same outputs, byte for byte); ``jobs.json`` in ``out_dir`` records the executor, the cluster's
+        resources and each fold's host, device and wall time.
+    ray_address : str, optional
+        ``executor="ray"``: None/"" starts a local Ray for this call; "auto" or "host:port" joins a cluster.
 
     Returns
     -------
@@ -291,31 +300,28 @@ def run_cv(
     fvals = folds.to_numpy()
     oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
     test_idx = np.flatnonzero(~is_train)
+    sets, jobs = {}, []
     for k in fold_ids:
         fit_idx, sel_idx, va, extra = _fold_sets(
             rows, is_train, fvals, k, selection=selection, inner_fraction=inner_fraction, seed=seed, label=label
         )
         if not t.is_binary:  # the class tasks' labels are codes of their classes (the binary fingerprint is 0.1's)
             extra["task"] = t.key
-        res = fit_fold(
-            model_cfg,
-            training,
-            x[fit_idx],
-            rows.iloc[fit_idx],
-            x[sel_idx],
-            rows.iloc[sel_idx],
-            fold=k,
-            out_dir=out_dir,
-            seed=seed,
-            device=dev,
-            augment=augment,
-            resume=resume,
-            checkpoint_every=checkpoint_every,
-            progress=progress,
-            epoch_hook=epoch_hook,
-            fingerprint_extra=extra,
-            label=label,
-        )
+        sets[k] = (fit_idx, sel_idx, va)
+        args = (model_cfg, training, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx])
+        options = {"out_dir": out_dir, "seed": seed, "device": dev, "augment": augment, "resume": resume}
+        options |= {"checkpoint_every": checkpoint_every, "progress": progress, "epoch_hook": epoch_hook}
+        jobs.append(FoldJob(k, args, options | {"fingerprint_extra": extra, "label": label}))
+    record = train_folds(jobs, executor=executor, ray_address=ray_address, progress=progress)
+    ray_done = {j["fold"] for j in record["jobs"]}
+    for job in jobs:
+        k = job.fold
+        fit_idx, sel_idx, va = sets[k]
+        if k in ray_done:  # trained by a Ray task: this call finds fold{k}.pt by its fingerprint
+            res = fit_fold(*job.args, fold=k, **{**job.options, "resume": True})
+        else:
+            res, rec = fit_job(job, num_threads=torch.get_num_threads())
+            record["jobs"].append(rec)
         model = _fold_model(model_cfg, training, res, dev)
         multi = not t.is_binary
         part = rows.iloc[va].copy()
@@ -334,6 +340,7 @@ def run_cv(
     oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts, t)
     history = pd.DataFrame(hist)
     write_csv(out_dir / "metrics.csv", history)
+    write_json(out_dir / "jobs.json", record)
     return CVResult(
         oof=oof,
         test=test,

@@ -1,0 +1,161 @@
+"""Where the fold models are trained: in this process one after another (``"local"``), or as Ray tasks on a local
+Ray or an existing Ray cluster (``"ray"``).
+
+Science layer. A job is one :func:`her2lib.train.fit_fold` call (one model x fold). With ``executor="ray"``,
+:func:`train_folds` sends every job to Ray first; each job writes its checkpoints and its finished ``fold{k}.pt``
+atomically into the model folder (which every Ray node must see: one machine, or shared storage). Then
+:func:`her2lib.train.run_cv` runs its usual loop, which finds each finished fold by its fingerprint and reuses it,
+so the merge (predictions, tables) is the local code and the outputs are the local run's byte for byte:
+
+* a job runs with the driver's torch thread count (CPU results depend on it) and asks Ray for that many CPUs, or
+  for one GPU when the device is CUDA;
+* a job whose worker dies is retried by Ray (``max_retries``) and resumes from its last checkpoint
+  (:func:`her2lib.train.fit_fold`'s resume is byte-exact);
+* Ray is optional (``pip install her2lib[distributed]``); without it ``executor="ray"`` raises a
+  :class:`~her2lib.errors.ParameterError` naming the extra.
+
+Each job reports its host, device, threads and wall time; :func:`train_folds` returns them with the executor and the
+cluster's resources (``run_cv`` writes them to ``jobs.json`` in the model folder).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ParameterError
+from ..options import look_up_option
+from .loop import FoldResult, fit_fold
+
+__all__ = ["EXECUTORS", "FoldJob", "train_folds", "fit_job", "run_job"]
+
+#: training executors of :func:`train_folds` / :func:`her2lib.train.run_cv`
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class FoldJob:
+    """The arguments of one :func:`her2lib.train.fit_fold` call (positional ones first, then ``options``)."""
+
+    fold: int
+    args: tuple
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_job(job: FoldJob, *, num_threads: int) -> tuple[FoldResult, dict[str, Any]]:
+    """Run one job in this process with ``num_threads`` torch threads: its :class:`FoldResult` and the record
+    :func:`train_folds` keeps of it (fold, host, pid, device, threads, wall_s, best_epoch)."""
+    torch.set_num_threads(int(num_threads))
+    t0 = time.perf_counter()
+    res = fit_fold(*job.args, fold=job.fold, **job.options)
+    device = str(job.options.get("device", "cpu"))
+    return res, {
+        "fold": int(job.fold),
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "threads": int(num_threads),
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "best_epoch": int(res.best_epoch),
+    }
+
+
+def run_job(job: FoldJob, *, num_threads: int) -> dict[str, Any]:
+    """A Ray task: :func:`fit_job` without the weights (they stay in the job's ``fold{k}.pt``)."""
+    return fit_job(job, num_threads=num_threads)[1]
+
+
+def _import_ray():
+    try:
+        import ray  # lazy: the optional extra her2lib[distributed]; the local executor never needs it
+    except ImportError as exc:
+        raise ParameterError(
+            "executor='ray' needs Ray, the optional extra: pip install 'her2lib[distributed]' (or pip install ray); "
+            "or use executor='local'."
+        ) from exc
+    return ray
+
+
+def _ray_jobs(
+    jobs: list[FoldJob], *, ray_address: str | None, num_threads: int, gpu: bool, max_retries: int, report: Callable
+) -> tuple[list[dict], dict]:
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=ray_address or None, include_dashboard=False, log_to_driver=False)
+    try:
+        resources = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+        need = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": min(num_threads, int(resources.get("CPU", 1)))}
+        remote = ray.remote(max_retries=max_retries, retry_exceptions=False, **need)(run_job)
+        pending = {remote.remote(job, num_threads=num_threads): job.fold for job in jobs}
+        done = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                pending.pop(ref)
+                done.append(ray.get(ref))
+                report(done[-1], len(done), len(jobs))
+        return sorted(done, key=lambda r: r["fold"]), resources
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def train_folds(
+    jobs: list[FoldJob],
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    max_retries: int = 3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the jobs with ``executor`` (``"local"``: nothing here, :func:`her2lib.train.run_cv` trains them in
+    its loop).
+
+    Parameters
+    ----------
+    jobs : list of FoldJob
+    executor : {"local", "ray"}
+    ray_address : str, optional
+        None or "": start a local Ray for these jobs (stopped afterwards); "auto" or "host:port": join that
+        cluster. A Ray already initialised in this process is used as it is.
+    max_retries : int
+        Ray retries of a job whose worker died (each retry resumes from the job's checkpoint).
+    progress : bool
+        Print a line per finished job.
+
+    Returns
+    -------
+    dict
+        ``executor``, ``ray_address``, ``resources`` (the cluster's, Ray only) and ``jobs`` (one record per job:
+        fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by ``run_cv``).
+    """
+    look_up_option(executor, EXECUTORS, name="executor")
+    record: dict[str, Any] = {"executor": executor, "ray_address": ray_address or None, "resources": {}, "jobs": []}
+    if executor == "local" or not jobs:
+        return record
+    device = str(jobs[0].options.get("device", "cpu"))
+
+    def report(rec: dict, n_done: int, n_all: int) -> None:
+        if progress:
+            print(
+                f"ray: fold {rec['fold']} done on {rec['host']} ({rec['device']}) in {rec['wall_s']:.1f} s "
+                f"[{n_done}/{n_all}]",
+                flush=True,
+            )
+
+    record["jobs"], record["resources"] = _ray_jobs(
+        jobs,
+        ray_address=ray_address,
+        num_threads=torch.get_num_threads(),
+        gpu=device.startswith("cuda"),
+        max_retries=max_retries,
+        report=report,
+    )
+    return record
