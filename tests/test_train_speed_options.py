@@ -18,6 +18,7 @@ import torch
 from her2lib import models, train
 from her2lib.batch_augment import BatchedAugmenter
 from her2lib.errors import ParameterError
+from her2lib.figures.training import plot_learning_curves
 
 CFG = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
 BASE = replace(train.PAPER_TRAINING["dl_us"], lr=1e-3, batch_size=4, mixup=False)
@@ -171,3 +172,16 @@ def test_place_inputs():
         assert train.place_inputs(
             x, device=dev, training=replace(BASE, augment_backend="batched"), budget=0
         ).is_pinned()
+
+
+def test_learning_curves_say_when_early_stopping_ended_a_fold():
+    rows = [
+        {"fold": f, "epoch": e, "train_loss": 1.0, "val_loss": 1.0, "val_auc": 0.5 + 0.01 * e}
+        for f in (0, 1)
+        for e in range(1, (6 if f == 0 else 4) + 1)
+    ]
+    history = pd.DataFrame(rows)
+    title = plot_learning_curves(history, title="DL-US", epochs=6)._suptitle.get_text()
+    assert title.startswith("DL-US: ") and "early stopping" in title and "epoch 6" in title
+    assert plot_learning_curves(history[history.fold == 0], title="DL-US", epochs=6)._suptitle.get_text() == "DL-US"
+    assert plot_learning_curves(history, title="DL-US")._suptitle.get_text() == "DL-US"  # epochs unknown: no claim

@@ -25,6 +25,7 @@ def plot_learning_curves(
     title: str = "",
     selection: str = "inner",
     auc_label: str = "AUC",
+    epochs: int | None = None,
 ) -> Figure | None:
     """Learning curves: training/selection-set loss and selection-set AUC per epoch, one line per fold.
 
@@ -41,6 +42,9 @@ def plot_learning_curves(
         Which set the solid lines and the chosen epoch refer to (:data:`her2lib.contract.SELECTIONS`).
     auc_label : str
         Name of the selection metric (``"macro AUC"`` for the three-class task).
+    epochs : int, optional
+        The epochs each fold was given (``TrainConfig.epochs``); when a fold's curve ends before, the title says
+        that early stopping ended it.
 
     Returns
     -------
@@ -65,6 +69,9 @@ def plot_learning_curves(
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes[1].legend(fontsize=8)
+    if epochs is not None and len(history) and bool((history.groupby("fold")["epoch"].max() < epochs).any()):
+        title = f"{title}: " if title else ""
+        title += f"a curve that ends before epoch {epochs} is a fold ended by early stopping"
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -128,6 +128,7 @@ def train_modality(
         title=title,
         selection=selection,
         auc_label=_auc_name(t),
+        epochs=training.epochs,
     )
     return result
 
