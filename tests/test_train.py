@@ -168,7 +168,7 @@ def test_mri_cv_never_fits_on_test_patients(tmp_path, monkeypatch):
         fitted.extend(rv.patient_id)
         return real(cfg, tc, xt, rt, xv, rv, **kw)
 
-    monkeypatch.setattr(train.cv, "fit_fold", spy)
+    monkeypatch.setattr(train.executors, "fit_fold", spy)  # the local executor's fit (train.executors.fit_job)
     cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
     res = train.run_cv(
         df, x, cfg, replace(MRI_TRAINING, epochs=1, batch_size=4, lr=1e-3), folds, tmp_path, progress=False
@@ -235,11 +235,12 @@ def test_selection_set_and_heldout_fold(tmp_path, monkeypatch, selection):
         calls.append((kw["fold"], set(rt.patient_id), set(rv.patient_id)))
         return real(cfg, tc, xt, rt, xv, rv, **kw)
 
-    monkeypatch.setattr(train.cv, "fit_fold", spy)
+    monkeypatch.setattr(train.executors, "fit_fold", spy)  # the local executor's fit (train.executors.fit_job)
     cfg = models.DLUSConfig(variant="convnextv2_atto", image_size=32)
     res = train.run_cv(
         df, x, cfg, _us(epochs=2, batch_size=4, mixup=False), folds, tmp_path, progress=False, selection=selection
     )
+    assert [c[0] for c in calls] == [0, 1]  # the spy saw both folds' fits
     for k, fit_ids, sel_ids in calls:
         heldout = set(df.patient_id[folds == k])
         assert not fit_ids & sel_ids and not fit_ids & heldout

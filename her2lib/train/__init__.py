@@ -32,7 +32,7 @@ Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``
 reproducibility and resuming see :mod:`her2lib.train.loop`.
 """
 
-from . import config, cv, folds, loop, optim, runtime
+from . import config, cv, executors, folds, loop, optim, runtime
 from .config import PAPER_TRAINING, TrainConfig
 from .cv import SELECTION_SETS, SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
 from .folds import assign_folds, inner_split, read_folds, write_folds
@@ -67,6 +67,7 @@ __all__ = [
     "oof_performance",
     "config",
     "cv",
+    "executors",
     "folds",
     "loop",
     "optim",
