@@ -3,7 +3,8 @@ byte, also when a worker is killed mid-job (Ray retries it, it resumes from its 
 training notebooks with ``executor: ray`` against the session's smoke run.
 
 Reference: the local executor's outputs (``fold{k}.pt`` files compared as bytes, prediction frames exactly).
-Ray tests start a local Ray with 2 CPUs (about 10 s each); they are skipped where Ray is not installed.
+Ray tests start a local Ray (about 10 s each) in a child process, never in the pytest process (see
+:func:`_ray_cv_in_child`); they are skipped where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -71,11 +72,53 @@ def test_local_jobs_are_recorded(tmp_path):
     assert all(j["device"] == "cpu" and j["wall_s"] > 0 and j["host"] for j in rec["jobs"])
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def ray_cv(out: str, kill_marker: str | None = None) -> None:
+    """``run_cv`` with ``executor="ray"`` into ``out`` (run in a child process by :func:`_ray_cv_in_child`); with
+    ``kill_marker``, the first attempt of fold 1 kills its worker after epoch 2 and leaves its pid in the marker."""
+    marker = Path(kill_marker) if kill_marker else None
+
+    def kill_once(fold, epoch, row):  # runs in the Ray worker
+        if marker is not None and fold == 1 and epoch == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+    res = _cv(Path(out), executor="ray", epoch_hook=kill_once)
+    train.write_predictions(res, Path(out) / "pred", "us")
+
+
+def _ray_cv_in_child(out: Path, kill_marker: Path | None = None) -> None:
+    """Ray starts in a child process, never in the pytest process: ray.init there changed how the runner started
+    later by tests/test_interrupt.py took Ctrl-C (the run went on to the end)."""
+    code = f"import sys; sys.path[:0] = [{str(TESTS)!r}]; import test_executors as t; t.ray_cv(*sys.argv[1:])"
+    args = [str(out)] + ([str(kill_marker)] if kill_marker else [])
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _same_files(ref: Path, run: Path) -> None:
+    """Fold models, metrics and prediction files of two run_cv model folders, byte for byte."""
+    names = ["fold0.pt", "fold1.pt", "metrics.csv"]
+    names += [f"pred/{p.name}" for p in (ref / "pred").glob("*.csv")]
+    assert len(names) >= 6
+    differ = [n for n in names if (ref / n).read_bytes() != (run / n).read_bytes()]
+    assert not differ, differ
+
+
+def _local_cv(out: Path) -> None:
+    res = _cv(out)
+    train.write_predictions(res, out / "pred", "us")
+
+
 def test_ray_jobs_give_the_local_outputs_byte_for_byte(tmp_path):
     pytest.importorskip("ray")
-    ref = _cv(tmp_path / "local")
-    res = _cv(tmp_path / "ray", executor="ray")
-    _same_outputs(ref, res, tmp_path / "local", tmp_path / "ray")
+    _local_cv(tmp_path / "local")
+    _ray_cv_in_child(tmp_path / "ray")
+    _same_files(tmp_path / "local", tmp_path / "ray")
     rec = json.loads((tmp_path / "ray" / "jobs.json").read_text())
     assert rec["executor"] == "ray" and rec["resources"]["CPU"] >= 1
     assert [j["fold"] for j in rec["jobs"]] == [0, 1] and all(j["pid"] != os.getpid() for j in rec["jobs"])
@@ -83,17 +126,11 @@ def test_ray_jobs_give_the_local_outputs_byte_for_byte(tmp_path):
 
 def test_a_killed_worker_is_retried_and_resumes_to_the_same_outputs(tmp_path):
     pytest.importorskip("ray")
-    ref = _cv(tmp_path / "local")
+    _local_cv(tmp_path / "local")
     marker = tmp_path / "killed"
-
-    def kill_once(fold, epoch, row):  # runs in the Ray worker: the first attempt of fold 1 dies after epoch 2
-        if fold == 1 and epoch == 1 and not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os._exit(1)
-
-    res = _cv(tmp_path / "ray", executor="ray", epoch_hook=kill_once)
+    _ray_cv_in_child(tmp_path / "ray", kill_marker=marker)
     assert marker.exists(), "the worker was not killed: the test tested nothing"
-    _same_outputs(ref, res, tmp_path / "local", tmp_path / "ray")
+    _same_files(tmp_path / "local", tmp_path / "ray")
     rec = json.loads((tmp_path / "ray" / "jobs.json").read_text())
     fold1 = next(j for j in rec["jobs"] if j["fold"] == 1)
     assert fold1["pid"] != int(marker.read_text())  # finished by another worker process
