@@ -267,15 +267,21 @@ def _start_and_stop_in_training(
     the process, its stderr and the kernels it had."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    check = None
+    if while_running is not None:  # started as soon as the batch holds its lock, so it runs while the batch does
+        while not (run / lock.LOCK_NAME).exists():  # (the smoke profile's training lasts only a few seconds)
+            assert proc.poll() is None and time.time() - t0 < 120, "the runner never took its lock"
+            time.sleep(0.01)
+        check = while_running(proc)
     models = run / "models" / "dl_us"
     while not [p for p in models.glob("fold*_state.pt") if p.stat().st_mtime > t0]:
         assert proc.poll() is None, f"the runner ended before training checkpointed: {proc.communicate()[1][-3000:]}"
         assert time.time() - t0 < 400, "no DL-US resume state within 400 s"
         time.sleep(0.03)
     kernels = _children(proc.pid)
-    if while_running is not None:
-        while_running(proc)
     os.killpg(proc.pid, sig)
+    if check is not None:
+        check()
     _, err = proc.communicate(timeout=120)
     return proc, err, kernels
 
@@ -291,12 +297,18 @@ def test_ctrl_c_then_sigkill_during_training_then_rerun_gives_identical_outputs(
     _copy_before_training(smoke_run, run)
     cmd = [*RUNNER, "--profile", profile, "--out", str(run), "--from", "03"]
 
-    def second_batch_is_refused(first: subprocess.Popen) -> None:
-        second = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    def second_batch_is_refused(first: subprocess.Popen):
+        """Start the same command while the first batch holds the lock; the returned check reads its answer."""
         held = json.loads((run / lock.LOCK_NAME).read_text())
-        assert second.returncode == 2 and held["pid"] == first.pid, second.stderr[-2000:]
-        assert f"error: Another her2lib batch is running into {run}: PID {first.pid}" in second.stderr
-        assert f"started {held['started_at']}" in second.stderr
+        second = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stderr=subprocess.PIPE, text=True)
+
+        def check() -> None:
+            _, err = second.communicate(timeout=120)
+            assert second.returncode == 2 and held["pid"] == first.pid, err[-2000:]
+            assert f"error: Another her2lib batch is running into {run}: PID {first.pid}" in err
+            assert f"started {held['started_at']}" in err
+
+        return check
 
     proc, err, kernels = _start_and_stop_in_training(cmd, run, signal.SIGINT, second_batch_is_refused)
     assert proc.returncode == 130, err[-3000:]
