@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ParameterError
-from .transforms import AugmentSpec
+from .transforms import AugmentSpec, _checked_geometry
 
 __all__ = ["AugmentParams", "draw_params", "apply_params", "BatchedAugmenter", "gaussian_kernels"]
 
@@ -275,16 +275,9 @@ class BatchedAugmenter:
     """
 
     def __init__(self, spatial_dims: int, spatial_size, *, spec: AugmentSpec | None = None, seed: int = 0):
-        if spatial_dims not in (2, 3):
-            raise ParameterError(f"spatial_dims={spatial_dims}: use 2 (US) or 3 (MRI).")
-        self.spatial_dims = spatial_dims
-        self.spatial_size = tuple(int(s) for s in spatial_size)
-        if len(self.spatial_size) != spatial_dims:
-            raise ParameterError(f"spatial_size={self.spatial_size} does not have {spatial_dims} entries.")
         self.spec = spec or AugmentSpec()
-        axes = self.spec.flip_axes if self.spec.flip_axes is not None else (spatial_dims - 1,)
-        if any(a < 0 or a >= spatial_dims for a in axes):
-            raise ParameterError(f"flip_axes={axes}: spatial axes are 0..{spatial_dims - 1}.")
+        self.spatial_dims = spatial_dims
+        self.spatial_size, _ = _checked_geometry(spatial_dims, spatial_size, self.spec)
         if not 0 < self.spec.blur_sigma[0] <= self.spec.blur_sigma[1]:
             raise ParameterError(f"blur_sigma={self.spec.blur_sigma}: need 0 < low <= high.")
         self.generator = torch.Generator()

@@ -80,6 +80,19 @@ class AugmentSpec:
 DEFAULT_AUGMENT = AugmentSpec()
 
 
+def _checked_geometry(spatial_dims: int, spatial_size, spec: AugmentSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``spatial_size`` as ints and the flip axes of ``spec``, or a ParameterError (both augmentation backends)."""
+    if spatial_dims not in (2, 3):
+        raise ParameterError(f"spatial_dims={spatial_dims}: use 2 (US) or 3 (MRI).")
+    spatial_size = tuple(int(s) for s in spatial_size)
+    if len(spatial_size) != spatial_dims:
+        raise ParameterError(f"spatial_size={spatial_size} does not have {spatial_dims} entries.")
+    axes = tuple(spec.flip_axes) if spec.flip_axes is not None else (spatial_dims - 1,)
+    if any(a < 0 or a >= spatial_dims for a in axes):
+        raise ParameterError(f"flip_axes={axes}: spatial axes are 0..{spatial_dims - 1}.")
+    return spatial_size, axes
+
+
 def build_augmentation(spatial_dims: int, spatial_size, *, spec: AugmentSpec | None = None, seed: int = 0):
     """MONAI ``Compose`` of the paper's augmentations for one channel-first sample.
 
@@ -98,14 +111,7 @@ def build_augmentation(spatial_dims: int, spatial_size, *, spec: AugmentSpec | N
         Maps a tensor ``(1, *spatial_size)`` to a tensor of the same shape.
     """
     spec = spec or AugmentSpec()
-    if spatial_dims not in (2, 3):
-        raise ParameterError(f"spatial_dims={spatial_dims}: use 2 (US) or 3 (MRI).")
-    spatial_size = tuple(int(s) for s in spatial_size)
-    if len(spatial_size) != spatial_dims:
-        raise ParameterError(f"spatial_size={spatial_size} does not have {spatial_dims} entries.")
-    axes = spec.flip_axes if spec.flip_axes is not None else (spatial_dims - 1,)
-    if any(a < 0 or a >= spatial_dims for a in axes):
-        raise ParameterError(f"flip_axes={axes}: spatial axes are 0..{spatial_dims - 1}.")
+    spatial_size, axes = _checked_geometry(spatial_dims, spatial_size, spec)
     sigma = tuple(float(s) for s in spec.blur_sigma)
     blur_kw = {k: sigma for k in ("sigma_x", "sigma_y", "sigma_z")[:spatial_dims]}
     ts = [RandFlip(prob=spec.flip_prob, spatial_axis=a) for a in axes]
