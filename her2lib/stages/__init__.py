@@ -38,6 +38,7 @@ _STAGES = {
     "train_modality": "training",
     "run_fusion": "fusion",
     "run_evaluation": "evaluation",
+    "evaluate_repetitions": "evaluation",
     "run_gradcam": "gradcam",
     "GradCAMRun": "gradcam",
 }

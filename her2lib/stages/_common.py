@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,24 @@ from ..contract import modality as _modality
 from ..contract import resolve_path
 from ..data import available_modalities
 
-__all__ = ["RunDirs", "PROGRESS_LOG", "notice", "modality_present", "remove_stale", "log_progress"]
+__all__ = [
+    "RunDirs",
+    "PROGRESS_LOG",
+    "REPEATS_DIR",
+    "notice",
+    "modality_present",
+    "remove_stale",
+    "log_progress",
+]
 
 
 #: Where in a run folder the training progress is logged (:func:`log_progress`), relative to the folder.
 PROGRESS_LOG = Path("logs") / "progress.jsonl"
+
+
+#: Subfolder of ``predictions/``, ``tables/``, ``figures/`` and ``models/`` holding repetitions 1, 2, ... of a
+#: repeated cross-validation (``repeats/r1``, ...); repetition 0 is the single run, in the folders themselves.
+REPEATS_DIR = "repeats"
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,45 @@ class RunDirs:
     def progress_log(self) -> Path:
         """``logs/progress.jsonl``: one JSON line per training epoch, which the batch runner shows live."""
         return self.root / PROGRESS_LOG
+
+    def repeat(self, r: int) -> RunDirs:
+        """The folders of repetition ``r`` of a repeated cross-validation (created): ``self`` for ``r = 0``;
+        otherwise ``predictions``, ``tables``, ``figures`` and ``models`` are their ``repeats/r{r}`` subfolders and
+        the cohort, ROI cache, parameters and progress log are shared."""
+        if int(r) == 0:
+            return self
+        sub = Path(REPEATS_DIR) / f"r{int(r)}"
+        dirs = replace(
+            self,
+            figures=self.figures / sub,
+            tables=self.tables / sub,
+            predictions=self.predictions / sub,
+            models=self.models / sub,
+        )
+        for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models):
+            d.mkdir(parents=True, exist_ok=True)
+        return dirs
+
+    def repeats(self) -> list[int]:
+        """The repetitions notebook 02 set up: 0 and every ``r`` with ``predictions/repeats/r{r}/folds.csv``."""
+        found = [
+            int(m.group(1))
+            for p in (self.predictions / REPEATS_DIR).glob("r*/folds.csv")
+            if (m := re.fullmatch(r"r([1-9][0-9]*)", p.parent.name))
+        ]
+        return [0, *sorted(found)]
+
+    def remove_repeats(self, *, keep: int) -> list[Path]:
+        """Remove the prediction, table and figure folders of repetitions ``r >= keep`` (an earlier run's, when this
+        one has fewer); their fold models stay in ``models/repeats`` (reused by fingerprint if they come back)."""
+        removed = []
+        for base in (self.predictions, self.tables, self.figures):
+            for d in sorted((base / REPEATS_DIR).glob("r*")):
+                m = re.fullmatch(r"r([1-9][0-9]*)", d.name)
+                if m and int(m.group(1)) >= keep and d.is_dir():
+                    shutil.rmtree(d)
+                    removed.append(d)
+        return removed
 
     @classmethod
     def from_out_dir(cls, out_dir: str | os.PathLike, cohort_dir: str | os.PathLike) -> RunDirs:

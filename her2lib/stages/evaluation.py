@@ -16,8 +16,10 @@ from ..contract import task as _task
 from ..errors import DataError
 from ..evaluate import EvaluationResult, available_models, evaluate_models, load_predictions
 from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_class_predictions
+from ..evaluate_repeats import RepeatedCVResult, evaluate_repeats
 from ..figures.evaluation import plot_calibration, plot_decision_curve, plot_performance, plot_roc
 from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
+from ..figures.repeats import plot_repeats
 from ..io import write_csv, write_text
 from ._common import RunDirs, notice, remove_stale
 
@@ -35,6 +37,14 @@ _BINARY_OUTPUTS = (
     "figures/calibration.png",
     "figures/decision_curve.png",
 )
+#: what a repeated cross-validation adds (:func:`evaluate_repetitions`)
+_REPEAT_OUTPUTS = (
+    "tables/repeats_auc.csv",
+    "tables/repeats_delong.csv",
+    "tables/repeats_summary.csv",
+    "tables/repeats_text.md",
+    "figures/repeats.png",
+)
 _CLASS_OUTPUTS = (
     "tables/class_auc.csv",
     "tables/class_metrics.csv",
@@ -50,7 +60,7 @@ _CLASS_OUTPUTS = (
     "figures/roc_low_vs_zero.svg",
 )
 
-__all__ = ["models_to_evaluate", "run_evaluation"]
+__all__ = ["models_to_evaluate", "run_evaluation", "evaluate_repetitions"]
 
 
 def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
@@ -143,7 +153,8 @@ def run_evaluation(
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
     t = _task(task)
-    remove_stale(*(run.root / rel for rel in (_CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS)))
+    stale = _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS
+    remove_stale(*(run.root / rel for rel in stale))
     if not t.is_binary:
         return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
     preds = load_predictions(run.predictions, keys, models_dir=run.models)
@@ -202,3 +213,51 @@ def _run_class_evaluation(
     figs += [fdir / "confusion_matrices.png", fdir / "roc_low_vs_zero.png"]
     files += figs + [f.with_suffix(".svg") for f in figs]
     return dataclasses.replace(res, files=tuple(files))
+
+
+def evaluate_repetitions(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -> RepeatedCVResult | None:
+    """The repeated cross-validation's part of notebook 06 (:func:`her2lib.evaluate_repeats.evaluate_repeats`).
+
+    Reads the prediction files of every repetition notebook 02 set up (:meth:`RunDirs.repeats`; repetition ``r >=
+    1`` in ``predictions/repeats/r{r}``) for the models the single run has. Writes ``tables/repeats_auc.csv`` (test
+    and OOF AUC per repetition and model), ``repeats_delong.csv`` (paired DeLong per repetition and pair),
+    ``repeats_summary.csv`` (mean, SD, percentiles beside the single run), ``repeats_text.md`` and
+    ``figures/repeats.png``.
+
+    Parameters
+    ----------
+    run : RunDirs
+    level : float
+        Central share of the percentile interval (0.95: 2.5th-97.5th percentiles).
+    dpi : int
+        PNG resolution.
+
+    Returns
+    -------
+    RepeatedCVResult or None
+        None for a single cross-validation (``n_repeats = 1``): nothing is written, and these files of an earlier
+        repeated run in the same folder are removed.
+    """
+    repeats = run.repeats()
+    if len(repeats) < 2:
+        remove_stale(*(run.root / rel for rel in _REPEAT_OUTPUTS))
+        return None
+    keys = models_to_evaluate(run, quiet=True)
+    per_repeat = {}
+    for r in repeats:
+        rep = run.repeat(r)
+        missing = [k for k in keys if k not in available_models(rep.predictions)]
+        if missing:
+            raise DataError(
+                f"{rep.predictions}: repetition {r} has no predictions of {[model_label(k) for k in missing]}; "
+                "run notebooks 03-05 again (they train and fuse every repetition notebook 02 set up)."
+            )
+        per_repeat[r] = load_predictions(rep.predictions, keys, models_dir=rep.models)
+    res = evaluate_repeats(per_repeat, level=level)
+    tdir = run.tables
+    write_csv(tdir / "repeats_auc.csv", res.auc)
+    write_csv(tdir / "repeats_delong.csv", res.delong)
+    write_csv(tdir / "repeats_summary.csv", res.summary)
+    write_text(tdir / "repeats_text.md", res.text)
+    plot_repeats(res, run.figures / "repeats.png", dpi=dpi)
+    return res

@@ -69,6 +69,10 @@ def run_fusion(
     (per fold model pair, when ``{us,mri}_test_folds.csv`` exist), ``fusion_test_paper.csv`` (paper protocol,
     labelled), ``tables/fusion_coefficients.csv`` and ``fusion_protocols.csv``.
 
+    With the repetitions of a repeated cross-validation (notebook 02's ``n_repeats``, binary task), every repetition
+    ``r >= 1`` is fused the same way in its own folders (:meth:`RunDirs.repeat`); the result returned is
+    repetition 0's.
+
     ``task="three-class"`` or ``"low-vs-zero"``: :func:`her2lib.fusion_classes.fuse_classes`, multinomial logistic
     regression on log-probability ratios, leakage-free protocol only. Writes ``predictions/fusion_oof.csv``,
     ``fusion_test.csv``, ``fusion_test_folds.csv`` (class-task columns,
@@ -106,6 +110,19 @@ def run_fusion(
         return None
     if not t.is_binary:
         return _run_class_fusion(run, t, inputs, level=level, eps=eps)
+    res = _run_binary_fusion(run, inputs, level=level, eps=eps, n_boot=n_boot, seed=seed)
+    for r in run.repeats()[1:]:  # repetitions of a repeated cross-validation (notebook 02's n_repeats)
+        rep = run.repeat(r)
+        _run_binary_fusion(rep, fusion_inputs(rep), level=level, eps=eps, n_boot=n_boot, seed=seed)
+    if len(run.repeats()) > 1:
+        print(f"DL-US&MRI fitted in each of {len(run.repeats())} repetitions ({run.predictions / 'repeats'})")
+    return res
+
+
+def _run_binary_fusion(
+    run: RunDirs, inputs: dict[str, Path], *, level: float, eps: float, n_boot: int, seed: int
+) -> FusionResult:
+    """The binary branch of :func:`run_fusion` for one repetition's folders: read, fuse (:func:`fuse`), write."""
     us_test = read_predictions(inputs["us_test"], "test")
     mri_test = read_predictions(inputs["mri_test"], "test")
     res = fuse(

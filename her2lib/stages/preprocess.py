@@ -6,17 +6,18 @@ Stages layer: imports science and core modules only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from ..contract import MODALITIES, Task
 from ..contract import task as _task
 from ..data import task_cohort
+from ..errors import ParameterError
 from ..figures.preprocess import plot_roi_examples
 from ..io import write_csv
 from ..roi import PreprocessSpec, preprocess_cohort, roi_boxes
-from ..train import assign_folds, write_folds
+from ..train import assign_folds, repeat_seed, write_folds
 from ._common import RunDirs, modality_present, remove_stale
 
 __all__ = ["Preprocessed", "preprocess_modalities"]
@@ -39,6 +40,9 @@ class Preprocessed:
         The patients of the task (:func:`her2lib.data.task_cohort`; the whole cohort for the binary task).
     label : str
         The task's label column (``her2`` or ``her2_class``): the folds are stratified on it.
+    repeat_folds : list of pandas.Series
+        The folds of repetitions 1, 2, ... of a repeated cross-validation (``n_repeats - 1`` of them;
+        ``predictions/repeats/r{r}/folds.csv``); empty for a single run.
     """
 
     folds: pd.Series
@@ -46,6 +50,7 @@ class Preprocessed:
     boxes: pd.DataFrame | None
     cohort: pd.DataFrame | None = None
     label: str = "her2"
+    repeat_folds: list = field(default_factory=list)
 
 
 def preprocess_modalities(
@@ -58,6 +63,7 @@ def preprocess_modalities(
     n_examples: int = 3,
     progress: bool = True,
     task: str | Task = "binary",
+    n_repeats: int = 1,
 ) -> Preprocessed:
     """Everything of notebook 02: folds, ROIs (through the cache), box table and the before/after figure.
 
@@ -80,6 +86,11 @@ def preprocess_modalities(
     task : str or Task
         ``"binary"``, ``"three-class"`` or ``"low-vs-zero"``: the patients (:func:`her2lib.data.task_cohort`) whose
         ROIs are made and the label the folds are stratified on (:attr:`her2lib.contract.Task.label_column`).
+    n_repeats : int
+        Repetitions of the cross-validation (binary task). 1 (default): the single run. More: repetition ``r >= 1``
+        gets its own folds, seeded by :func:`her2lib.train.repeat_seed` ``(seed, r)``, in
+        ``predictions/repeats/r{r}/folds.csv``; notebooks 03-06 then train, fuse and evaluate every repetition. The
+        prediction, table and figure folders of repetitions an earlier run had beyond ``n_repeats`` are removed.
 
     Returns
     -------
@@ -88,9 +99,15 @@ def preprocess_modalities(
         box table and figure of an earlier run are removed.
     """
     t = _task(task)
+    if int(n_repeats) < 1 or (int(n_repeats) > 1 and not t.is_binary):
+        raise ParameterError(
+            f"n_repeats={n_repeats}: give 1 (a single cross-validation) or more repetitions of the binary task "
+            f"(task={t.key!r} supports n_repeats=1 only)."
+        )
     cohort = task_cohort(cohort, t)
     folds = assign_folds(cohort, n_folds=n_folds, seed=seed, label=t.label_column)
     write_folds(run.predictions / "folds.csv", cohort, folds, label=t.label_column)
+    repeat_folds = _write_repeat_folds(run, cohort, n_folds=n_folds, seed=seed, n_repeats=int(n_repeats))
     inputs = {}
     for m in MODALITIES:
         if modality_present(cohort, m, f"{m.upper()} preprocessing (and every later {m.upper()} step)"):
@@ -98,8 +115,24 @@ def preprocess_modalities(
             print(f"{m.upper()} inputs:", inputs[m][0].shape)
     if not inputs:
         remove_stale(run.tables / "roi_boxes.csv", run.figures / "roi_examples.png")
-        return Preprocessed(folds=folds, inputs=inputs, boxes=None, cohort=cohort, label=t.label_column)
+        return Preprocessed(folds, inputs, None, cohort, t.label_column, repeat_folds)
     boxes = roi_boxes(cohort, inputs)
     write_csv(run.tables / "roi_boxes.csv", boxes)
     plot_roi_examples(cohort, inputs, n=n_examples, path=run.figures / "roi_examples.png", seed=seed)
-    return Preprocessed(folds=folds, inputs=inputs, boxes=boxes, cohort=cohort, label=t.label_column)
+    return Preprocessed(folds, inputs, boxes, cohort, t.label_column, repeat_folds)
+
+
+def _write_repeat_folds(run: RunDirs, cohort: pd.DataFrame, *, n_folds: int, seed: int, n_repeats: int) -> list:
+    """Folds of repetitions ``1 .. n_repeats - 1`` (written to their folders); stale repetitions removed."""
+    run.remove_repeats(keep=n_repeats)
+    out = []
+    for r in range(1, n_repeats):
+        folds = assign_folds(cohort, n_folds=n_folds, seed=repeat_seed(seed, r))
+        write_folds(run.repeat(r).predictions / "folds.csv", cohort, folds)
+        out.append(folds)
+    if n_repeats > 1:
+        print(
+            f"{n_repeats} repetitions of the {n_folds}-fold cross-validation (folds of repetition r >= 1 in "
+            f"{run.predictions / 'repeats'})"
+        )
+    return out

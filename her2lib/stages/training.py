@@ -18,7 +18,16 @@ from ..figures.training import plot_learning_curves
 from ..io import write_csv
 from ..models import ModelConfig
 from ..roi import PreprocessSpec, preprocess_cohort
-from ..train import SELECTION_SETS, CVResult, EpochHook, TrainConfig, read_folds, run_cv, write_predictions
+from ..train import (
+    SELECTION_SETS,
+    CVResult,
+    EpochHook,
+    TrainConfig,
+    read_folds,
+    repeat_seed,
+    run_repeated_cv,
+    write_predictions,
+)
 from ..transforms import DEFAULT_AUGMENT, AugmentSpec
 from ._common import RunDirs, log_progress, modality_present, notice, remove_stale
 
@@ -52,7 +61,10 @@ def train_modality(
     run : RunDirs
         Reads ``run.cache`` (ROIs of notebook 02) and ``run.predictions/folds.csv``; writes the fold models
         under ``run.models/dl_<modality>``, ``run.predictions/<modality>_{oof,test,test_folds}.csv``,
-        ``run.tables/dl_<modality>_folds.csv`` and ``run.figures/learning_curve_<modality>.png``.
+        ``run.tables/dl_<modality>_folds.csv`` and ``run.figures/learning_curve_<modality>.png``. With the
+        repetitions notebook 02 set up (its ``n_repeats``; :meth:`RunDirs.repeats`), every repetition ``r >= 1``
+        gets the same files in its folders (:meth:`RunDirs.repeat`), trained with seed
+        :func:`her2lib.train.repeat_seed` ``(seed, r)``; all repetitions' fold jobs go to the executor together.
     cohort : pandas.DataFrame
         From :func:`her2lib.data.load_cohort`.
     modality : {"us", "mri"}
@@ -72,7 +84,7 @@ def train_modality(
     Returns
     -------
     CVResult or None
-        None (after printing a notice and removing the files an earlier run in the same folder wrote for this
+        Repetition 0's (the single run's) result, or None (after printing a notice and removing the files an earlier run in the same folder wrote for this
         modality, so later notebooks cannot use them) when no patient has an image of ``modality``.
     """
     mod = _modality(modality)
@@ -94,18 +106,27 @@ def train_modality(
     t = _task(task)
     cohort = task_cohort(cohort, t)
     x, _, _ = preprocess_cohort(cohort, modality, spec, run.cache, progress=progress)
-    folds = read_folds(run.predictions / "folds.csv", cohort, label=t.label_column)
+    repeats = run.repeats() if t.is_binary else [0]
+    runs = [run.repeat(r) for r in repeats]
+    folds = [read_folds(r.predictions / "folds.csv", cohort, label=t.label_column) for r in runs]
     print("inputs:", x.shape)
-    n_folds = int(folds[folds >= 0].nunique())
-    log_progress(run, "start", model=mod.label, total=n_folds * training.epochs)
-    result = run_cv(
+    if len(repeats) > 1:
+        print(f"{len(repeats)} repetitions of the cross-validation (notebook 02's folds), seeds from seed={seed}")
+    n_folds = int(folds[0][folds[0] >= 0].nunique())
+    log_progress(run, "start", model=mod.label, total=len(repeats) * n_folds * training.epochs)
+    hooks = [
+        _epoch_reporter(run, mod.label, n_folds, training.epochs, selection, auc=_auc_name(t), repeat=(r, len(repeats)))
+        for r in repeats
+    ]
+    results = run_repeated_cv(
         cohort,
         x,
         model_cfg,
         training,
         folds,
-        run.models / mod.model,
-        seed=seed,
+        [r.models / mod.model for r in runs],
+        seeds=[repeat_seed(seed, r) for r in repeats],
+        epoch_hooks=hooks,
         device=device,
         augment=augment,
         resume=resume,
@@ -113,13 +134,20 @@ def train_modality(
         progress=progress,
         selection=selection,
         inner_fraction=inner_fraction,
-        epoch_hook=_epoch_reporter(run, mod.label, n_folds, training.epochs, selection, auc=_auc_name(t)),
         task=t,
         executor=executor,
         ray_address=ray_address or None,
     )
     log_progress(run, "end", model=mod.label)
-    write_predictions(result, run.predictions, prefix)
+    for r, result in zip(runs, results):
+        _write_outputs(r, result, modality, t, selection=selection, epochs=training.epochs)
+    return results[0]
+
+
+def _write_outputs(run: RunDirs, result: CVResult, modality: str, t: Task, *, selection: str, epochs: int) -> None:
+    """One repetition's prediction files, fold table and learning curves (in that repetition's folders)."""
+    mod = _modality(modality)
+    write_predictions(result, run.predictions, _model(mod.model).prefix)
     write_csv(run.tables / f"{mod.model}_folds.csv", result.summary)
     title = mod.label if t.is_binary else f"{mod.label}, {t.title}"
     plot_learning_curves(
@@ -128,9 +156,8 @@ def train_modality(
         title=title,
         selection=selection,
         auc_label=_auc_name(t),
-        epochs=training.epochs,
+        epochs=epochs,
     )
-    return result
 
 
 def _auc_name(t: Task) -> str:
@@ -139,14 +166,23 @@ def _auc_name(t: Task) -> str:
 
 
 def _epoch_reporter(
-    run: RunDirs, label: str, n_folds: int, epochs: int, selection: str, *, auc: str = "AUC"
+    run: RunDirs,
+    label: str,
+    n_folds: int,
+    epochs: int,
+    selection: str,
+    *,
+    auc: str = "AUC",
+    repeat: tuple[int, int] = (0, 1),
 ) -> EpochHook:
-    """An epoch hook printing one line per epoch into the notebook and logging it for the batch runner."""
+    """An epoch hook printing one line per epoch into the notebook and logging it for the batch runner;
+    ``repeat = (r, n_repeats)`` names the repetition in the line when there are several."""
     where = SELECTION_SETS[selection]
+    rep = f" repeat {repeat[0]}/{repeat[1] - 1}" if repeat[1] > 1 else ""
 
     def report(fold: int, epoch: int, row: dict) -> None:
         line = (
-            f"{label} fold {fold} ({fold + 1}/{n_folds}) epoch {row['epoch']}/{epochs}: train loss "
+            f"{label}{rep} fold {fold} ({fold + 1}/{n_folds}) epoch {row['epoch']}/{epochs}: train loss "
             f"{row['train_loss']:.3f}, {where} loss {row['val_loss']:.3f}, {auc} {row['val_auc']:.3f}"
         )
         print(line, flush=True)
@@ -163,6 +199,7 @@ def _epoch_reporter(
             val_auc=float(row["val_auc"]),
             auc_name=auc,
             line=line,
+            **({"repeat": repeat[0], "n_repeats": repeat[1]} if repeat[1] > 1 else {}),
         )
 
     return report

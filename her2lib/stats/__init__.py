@@ -12,6 +12,8 @@ Science layer (imports core only).
   (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score; ``brier_score``, ``calibration_curve``
   (reliability curve with Clopper-Pearson intervals).
 * :mod:`her2lib.stats.decision` — ``decision_curve`` (net benefit, Vickers & Elkin 2006).
+* :mod:`her2lib.stats.repeats` — ``repeat_distribution``: a statistic's spread over the repetitions of a repeated
+  cross-validation (mean, SD, empirical percentiles).
 * :mod:`her2lib.stats.multiclass` — ``multiclass_auc`` (one-vs-rest AUCs with DeLong CIs, macro average with a
   stratified bootstrap CI; equal to scikit-learn's ``roc_auc_score(multi_class="ovr", average="macro")``),
   ``confusion_matrix``, ``multiclass_metrics`` (per-class sensitivity/specificity/PPV/NPV, Clopper-Pearson).
@@ -33,6 +35,7 @@ from .multiclass import (
     multiclass_auc,
     multiclass_metrics,
 )
+from .repeats import RepeatDistribution, repeat_distribution
 from .roc import (
     AUCInterval,
     BinaryMetrics,
@@ -81,6 +84,8 @@ __all__ = [
     "brier_score",
     "calibration_curve",
     "decision_curve",
+    "RepeatDistribution",
+    "repeat_distribution",
     "multiclass_auc",
     "MulticlassAUC",
     "confusion_matrix",

@@ -34,8 +34,17 @@ reproducibility and resuming see :mod:`her2lib.train.loop`.
 
 from . import config, cv, executors, folds, loop, optim, runtime
 from .config import PAPER_TRAINING, TrainConfig
-from .cv import SELECTION_SETS, SELECTIONS, CVResult, load_fold_model, oof_performance, run_cv, write_predictions
-from .folds import assign_folds, inner_split, read_folds, write_folds
+from .cv import (
+    SELECTION_SETS,
+    SELECTIONS,
+    CVResult,
+    load_fold_model,
+    oof_performance,
+    run_cv,
+    run_repeated_cv,
+    write_predictions,
+)
+from .folds import assign_folds, inner_split, read_folds, repeat_seed, write_folds
 from .loop import EpochHook, FoldResult, fit_fold, place_inputs, train_one_epoch
 from .optim import make_mixup, make_optimizer, make_scheduler
 from .runtime import epoch_metrics, predict_proba, resolve_device
@@ -47,6 +56,7 @@ __all__ = [
     "read_folds",
     "write_folds",
     "inner_split",
+    "repeat_seed",
     "resolve_device",
     "epoch_metrics",
     "predict_proba",
@@ -62,6 +72,7 @@ __all__ = [
     "SELECTIONS",
     "SELECTION_SETS",
     "run_cv",
+    "run_repeated_cv",
     "load_fold_model",
     "write_predictions",
     "oof_performance",

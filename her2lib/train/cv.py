@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ __all__ = [
     "SELECTION_SETS",
     "CVResult",
     "run_cv",
+    "run_repeated_cv",
     "load_fold_model",
     "write_predictions",
     "oof_performance",
@@ -278,6 +280,131 @@ def run_cv(
     -------
     CVResult
     """
+    plan = _plan_cv(
+        cohort,
+        inputs,
+        model_cfg,
+        training,
+        folds,
+        out_dir,
+        seed=seed,
+        device=device,
+        augment=augment,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        epoch_hook=epoch_hook,
+        selection=selection,
+        inner_fraction=inner_fraction,
+        task=task,
+    )
+    record = train_folds(plan.jobs, executor=executor, ray_address=ray_address, progress=progress)
+    return _finish_cv(plan, record)
+
+
+def run_repeated_cv(
+    cohort: pd.DataFrame,
+    inputs,
+    model_cfg: ModelConfig,
+    training: TrainConfig,
+    folds: Sequence[pd.Series],
+    out_dirs: Sequence[str | os.PathLike],
+    *,
+    seeds: Sequence[int],
+    epoch_hooks: Sequence[EpochHook | None] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    progress: bool = True,
+    **options,
+) -> list[CVResult]:
+    """Repeated cross-validation: :func:`run_cv` once per repetition, with every repetition's fold jobs sent to the
+    executor together (a Ray cluster runs all repetitions x folds side by side).
+
+    Parameters
+    ----------
+    cohort, inputs, model_cfg, training
+        As :func:`run_cv`, shared by the repetitions.
+    folds : sequence of pandas.Series
+        One fold assignment per repetition (:func:`her2lib.train.assign_folds` with
+        :func:`her2lib.train.repeat_seed`).
+    out_dirs : sequence of path
+        One model folder per repetition (each gets :func:`run_cv`'s files).
+    seeds : sequence of int
+        One training seed per repetition.
+    epoch_hooks : sequence of EpochHook or None, optional
+        One per repetition (e.g. progress lines naming the repetition).
+    executor, ray_address, progress
+        As :func:`run_cv`; with ``"ray"`` all repetitions' jobs form one Ray submission.
+    **options
+        The other keywords of :func:`run_cv` (``device``, ``augment``, ``resume``, ``checkpoint_every``,
+        ``selection``, ``inner_fraction``, ``task``).
+
+    Returns
+    -------
+    list of CVResult
+        In the order of ``folds``; each repetition's result is what :func:`run_cv` with its folds, seed and folder
+        returns (one repetition is :func:`run_cv` itself).
+    """
+    n = len(folds)
+    hooks = list(epoch_hooks) if epoch_hooks is not None else [None] * n
+    if not n or len(out_dirs) != n or len(seeds) != n or len(hooks) != n:
+        raise ParameterError(
+            f"run_repeated_cv: {n} fold assignments, {len(out_dirs)} folders, {len(seeds)} seeds and {len(hooks)} "
+            "epoch hooks; give one of each per repetition (at least one)."
+        )
+    plans = [
+        _plan_cv(
+            cohort, inputs, model_cfg, training, f, o, seed=s, progress=progress, epoch_hook=h, repeat=r, **options
+        )
+        for r, (f, o, s, h) in enumerate(zip(folds, out_dirs, seeds, hooks))
+    ]
+    jobs = [job for plan in plans for job in plan.jobs]
+    record = train_folds(jobs, executor=executor, ray_address=ray_address, progress=progress)
+    return [
+        _finish_cv(plan, {**record, "jobs": [j for j in record["jobs"] if j.get("repeat", 0) == plan.repeat]})
+        for plan in plans
+    ]
+
+
+@dataclass
+class _CVPlan:
+    """One repetition's cross-validation before training: its fold jobs and what the merge needs."""
+
+    repeat: int
+    jobs: list[FoldJob]
+    sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    rows: pd.DataFrame
+    x: torch.Tensor
+    test_idx: np.ndarray
+    task: Task
+    model_cfg: ModelConfig
+    training: TrainConfig
+    device: torch.device
+    selection: str
+    out_dir: Path
+
+
+def _plan_cv(
+    cohort: pd.DataFrame,
+    inputs,
+    model_cfg: ModelConfig,
+    training: TrainConfig,
+    folds: pd.Series,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    augment: AugmentSpec | None = DEFAULT_AUGMENT,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    epoch_hook: EpochHook | None = None,
+    selection: str = "inner",
+    inner_fraction: float = 0.2,
+    task: str | Task = "binary",
+    repeat: int = 0,
+) -> _CVPlan:
+    """Validate, write ``config.json`` and build the fold jobs of one cross-validation (see :func:`run_cv`)."""
     look_up_option(selection, SELECTIONS, name="selection")
     t = _task(task)
     x, folds, is_train = _checked_inputs(cohort, inputs, model_cfg, folds)
@@ -298,8 +425,6 @@ def run_cv(
     write_json(out_dir / "config.json", record if t.is_binary else {**record, "task": t.key, "classes": t.classes})
     dev = resolve_device(device)
     fvals = folds.to_numpy()
-    oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
-    test_idx = np.flatnonzero(~is_train)
     sets, jobs = {}, []
     for k in fold_ids:
         fit_idx, sel_idx, va, extra = _fold_sets(
@@ -311,19 +436,31 @@ def run_cv(
         args = (model_cfg, training, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx])
         options = {"out_dir": out_dir, "seed": seed, "device": dev, "augment": augment, "resume": resume}
         options |= {"checkpoint_every": checkpoint_every, "progress": progress, "epoch_hook": epoch_hook}
-        jobs.append(FoldJob(k, args, options | {"fingerprint_extra": extra, "label": label}))
-    record = train_folds(jobs, executor=executor, ray_address=ray_address, progress=progress)
+        jobs.append(FoldJob(k, args, options | {"fingerprint_extra": extra, "label": label}, repeat=repeat))
+    test_idx = np.flatnonzero(~is_train)
+    return _CVPlan(repeat, jobs, sets, rows, x, test_idx, t, model_cfg, training, dev, selection, out_dir)
+
+
+def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
+    """Train what the executor left (the local loop), predict, assemble and write ``metrics.csv`` and ``jobs.json``.
+
+    ``record`` is :func:`train_folds`'s record of this plan's jobs: a fold it holds was trained by a Ray task and is
+    found here by its fingerprint.
+    """
+    t, dev, training, rows, x, test_idx = plan.task, plan.device, plan.training, plan.rows, plan.x, plan.test_idx
+    record = {**record, "jobs": list(record["jobs"])}
     ray_done = {j["fold"] for j in record["jobs"]}
-    for job in jobs:
+    oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
+    multi = not t.is_binary
+    for job in plan.jobs:
         k = job.fold
-        fit_idx, sel_idx, va = sets[k]
+        fit_idx, sel_idx, va = plan.sets[k]
         if k in ray_done:  # trained by a Ray task: this call finds fold{k}.pt by its fingerprint
             res = fit_fold(*job.args, fold=k, **{**job.options, "resume": True})
         else:
             res, rec = fit_job(job, num_threads=torch.get_num_threads())
             record["jobs"].append(rec)
-        model = _fold_model(model_cfg, training, res, dev)
-        multi = not t.is_binary
+        model = _fold_model(plan.model_cfg, training, res, dev)
         part = rows.iloc[va].copy()
         part["fold"] = k
         _set_proba(part, t, predict_proba(model, x[va], training=training, device=dev, all_classes=multi))
@@ -336,18 +473,18 @@ def run_cv(
             _set_proba(tf, t, pt)
             test_fold_parts.append(tf)
         hist.extend(res.history)
-        summ.append(_summary_row(k, res, selection, (len(fit_idx), len(sel_idx), len(va)), part, t))
+        summ.append(_summary_row(k, res, plan.selection, (len(fit_idx), len(sel_idx), len(va)), part, t))
     oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts, t)
     history = pd.DataFrame(hist)
-    write_csv(out_dir / "metrics.csv", history)
-    write_json(out_dir / "jobs.json", record)
+    write_csv(plan.out_dir / "metrics.csv", history)
+    write_json(plan.out_dir / "jobs.json", record)
     return CVResult(
         oof=oof,
         test=test,
         history=history,
         summary=pd.DataFrame(summ),
         test_folds=test_folds,
-        selection=selection,
+        selection=plan.selection,
         task=t.key,
     )
 

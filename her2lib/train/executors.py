@@ -41,21 +41,24 @@ EXECUTORS = ("local", "ray")
 
 @dataclass
 class FoldJob:
-    """The arguments of one :func:`her2lib.train.fit_fold` call (positional ones first, then ``options``)."""
+    """The arguments of one :func:`her2lib.train.fit_fold` call (positional ones first, then ``options``), and the
+    repetition of a repeated cross-validation it belongs to (0: the single run)."""
 
     fold: int
     args: tuple
     options: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0
 
 
 def fit_job(job: FoldJob, *, num_threads: int) -> tuple[FoldResult, dict[str, Any]]:
     """Run one job in this process with ``num_threads`` torch threads: its :class:`FoldResult` and the record
-    :func:`train_folds` keeps of it (fold, host, pid, device, threads, wall_s, best_epoch)."""
+    :func:`train_folds` keeps of it (repeat, fold, host, pid, device, threads, wall_s, best_epoch)."""
     torch.set_num_threads(int(num_threads))
     t0 = time.perf_counter()
     res = fit_fold(*job.args, fold=job.fold, **job.options)
     device = str(job.options.get("device", "cpu"))
     return res, {
+        "repeat": int(job.repeat),
         "fold": int(job.fold),
         "host": platform.node(),
         "pid": os.getpid(),
@@ -93,7 +96,7 @@ def _ray_jobs(
         resources = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
         need = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": min(num_threads, int(resources.get("CPU", 1)))}
         remote = ray.remote(max_retries=max_retries, retry_exceptions=False, **need)(run_job)
-        pending = {remote.remote(job, num_threads=num_threads): job.fold for job in jobs}
+        pending = {remote.remote(job, num_threads=num_threads): (job.repeat, job.fold) for job in jobs}
         done = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -101,7 +104,7 @@ def _ray_jobs(
                 pending.pop(ref)
                 done.append(ray.get(ref))
                 report(done[-1], len(done), len(jobs))
-        return sorted(done, key=lambda r: r["fold"]), resources
+        return sorted(done, key=lambda r: (r["repeat"], r["fold"])), resources
     finally:
         if started:
             ray.shutdown()
@@ -134,7 +137,7 @@ def train_folds(
     -------
     dict
         ``executor``, ``ray_address``, ``resources`` (the cluster's, Ray only) and ``jobs`` (one record per job:
-        fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by ``run_cv``).
+        repeat, fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by ``run_cv``).
     """
     look_up_option(executor, EXECUTORS, name="executor")
     record: dict[str, Any] = {"executor": executor, "ray_address": ray_address or None, "resources": {}, "jobs": []}
@@ -144,8 +147,9 @@ def train_folds(
 
     def report(rec: dict, n_done: int, n_all: int) -> None:
         if progress:
+            rep = f"repeat {rec['repeat']} " if any(j.repeat for j in jobs) else ""
             print(
-                f"ray: fold {rec['fold']} done on {rec['host']} ({rec['device']}) in {rec['wall_s']:.1f} s "
+                f"ray: {rep}fold {rec['fold']} done on {rec['host']} ({rec['device']}) in {rec['wall_s']:.1f} s "
                 f"[{n_done}/{n_all}]",
                 flush=True,
             )

@@ -17,7 +17,7 @@ from ..contract import REQUIRED_COLUMNS, SPLITS
 from ..errors import DataError, ParameterError
 from ..io import write_csv
 
-__all__ = ["assign_folds", "write_folds", "read_folds", "inner_split"]
+__all__ = ["assign_folds", "write_folds", "read_folds", "inner_split", "repeat_seed"]
 
 
 def _check_cohort(df: pd.DataFrame, where: str) -> None:
@@ -85,6 +85,21 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 4, seed: int = 0, *, label: st
     for k, (_, val) in enumerate(skf.split(np.zeros(len(train)), train[label].to_numpy())):
         folds.loc[train.index[val]] = k
     return folds
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repetition ``repeat`` of a repeated cross-validation run with seed ``seed``.
+
+    Repetition 0 is the single run (``seed`` itself, so one repetition is today's run byte for byte); repetition
+    ``r >= 1`` gets ``numpy.random.SeedSequence([seed, r])``'s first 31-bit word, so the repetitions of seeds 0 and
+    1 do not overlap as ``seed + r`` would. The repetition's folds (:func:`assign_folds`) and its training
+    (:func:`her2lib.train.run_cv`'s ``seed``) both use it: a repetition changes the data split and the seed.
+    """
+    if int(repeat) < 0:
+        raise ParameterError(f"repeat={repeat}: repetitions are numbered from 0.")
+    if int(repeat) == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(repeat)]).generate_state(1)[0] % (2**31 - 1))
 
 
 def write_folds(path: str | os.PathLike, df: pd.DataFrame, folds: pd.Series, *, label: str = "her2") -> Path:
