@@ -59,10 +59,13 @@ class RepeatedCVResult:
     summary : DataFrame
         One row per quantity (``test AUC``, ``OOF AUC`` per model; ``AUC difference`` per pair, model ``"A - B"``):
         ``single_run`` (repetition 0), the :class:`~her2lib.stats.RepeatDistribution` fields and, for the
-        differences, ``share_p_below_alpha`` (share of repetitions with DeLong P < ``1 - level``).
+        differences, ``share_p_below_alpha`` (share of the repetitions with a DeLong P, below ``alpha``; every
+        repetition tests the same test cohort, so this is not a replication rate).
     text : str
         A results paragraph.
     n_repeats : int
+    alpha : float
+        The level DeLong P values are counted below.
     method : str
     """
 
@@ -71,6 +74,7 @@ class RepeatedCVResult:
     summary: pd.DataFrame
     text: str
     n_repeats: int
+    alpha: float = 0.05
     method: str = REPEAT_METHOD
 
 
@@ -121,9 +125,12 @@ def _repeat_rows(r: int, preds: Mapping[str, ModelPredictions], keys: list[str])
     return aucs, tests
 
 
-def _summary_row(quantity: str, name: str, values: pd.Series, single: float, level: float, p=None) -> dict:
+def _summary_row(
+    quantity: str, name: str, values: pd.Series, single: float, level: float, p=None, alpha: float = 0.05
+) -> dict:
     dist = repeat_distribution(values.to_numpy(), level=level).to_row()
-    share = float(np.mean(p.to_numpy() < 1 - level)) if p is not None else float("nan")
+    pv = p.dropna().to_numpy() if p is not None else np.zeros(0)
+    share = float(np.mean(pv < alpha)) if len(pv) else float("nan")
     return (
         {"quantity": quantity, "model": name, "single_run": single, "n_repeats": dist.pop("n")}
         | dist
@@ -132,7 +139,7 @@ def _summary_row(quantity: str, name: str, values: pd.Series, single: float, lev
 
 
 def evaluate_repeats(
-    per_repeat: Mapping[int, Mapping[str, ModelPredictions]], *, level: float = 0.95
+    per_repeat: Mapping[int, Mapping[str, ModelPredictions]], *, level: float = 0.95, alpha: float = 0.05
 ) -> RepeatedCVResult:
     """Test AUCs and DeLong comparisons of every repetition, and their spread over the repetitions.
 
@@ -142,7 +149,10 @@ def evaluate_repeats(
         ``repeat -> {model key -> ModelPredictions}`` (:func:`her2lib.evaluate.load_predictions` of each
         repetition's folder); repetition 0 is the single run. Models missing from a repetition are left out.
     level : float, default 0.95
-        Central share of the percentile interval; DeLong P values are counted below ``1 - level``.
+        Central share of the percentile interval. With fewer than about 40 repetitions its ends interpolate between
+        the extreme values (R's type 7), so the summary gives the minimum and maximum too.
+    alpha : float, default 0.05
+        DeLong P values are counted below it (``share_p_below_alpha``).
 
     Returns
     -------
@@ -167,20 +177,23 @@ def evaluate_repeats(
             rows.append(_summary_row(quantity, name, g[col], float(g.loc[g["repeat"] == 0, col].iloc[0]), level))
     for (a, b), g in delong_t.groupby(["model_a", "model_b"], sort=False):
         single = float(g.loc[g["repeat"] == 0, "diff"].iloc[0])
-        rows.append(_summary_row("AUC difference (DeLong)", f"{a} - {b}", g["diff"], single, level, g["p_value"]))
+        rows.append(
+            _summary_row("AUC difference (DeLong)", f"{a} - {b}", g["diff"], single, level, g["p_value"], alpha)
+        )
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return RepeatedCVResult(auc_t, delong_t, summary, repeats_paragraph(summary, level=level), len(per_repeat))
+    text = repeats_paragraph(summary, level=level, alpha=alpha)
+    return RepeatedCVResult(auc_t, delong_t, summary, text, len(per_repeat), alpha)
 
 
-def repeats_paragraph(summary: pd.DataFrame, *, level: float = 0.95) -> str:
+def repeats_paragraph(summary: pd.DataFrame, *, level: float = 0.95, alpha: float = 0.05) -> str:
     """A results paragraph from :attr:`RepeatedCVResult.summary`."""
     pct = f"{50 * (1 - level):g}th-{50 * (1 + level):g}th percentiles"
     n = int(summary["n_repeats"].max())
     parts = []
     for _, s in summary[summary["quantity"] == "test AUC"].iterrows():
         parts.append(
-            f"{s['model']} {s['mean']:.3f} ± {s['sd']:.3f} ({pct} {s['low']:.3f}-{s['high']:.3f}; single run "
-            f"{s['single_run']:.3f})"
+            f"{s['model']} {s['mean']:.3f} ± {s['sd']:.3f} (range {s['minimum']:.3f}-{s['maximum']:.3f}, {pct} "
+            f"{s['low']:.3f}-{s['high']:.3f}; single run {s['single_run']:.3f})"
         )
     text = (
         f"Across {n} repetitions of the cross-validation (new folds and training seed each, the same test cohort), "

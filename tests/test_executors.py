@@ -89,11 +89,30 @@ def ray_cv(out: str, kill_marker: str | None = None) -> None:
     train.write_predictions(res, Path(out) / "pred", "us")
 
 
+def repeated_cv(out: str, executor: str) -> None:
+    """Two repetitions (their own folds and seeds) of ``_cv``'s cohort with ``executor``, into ``out/r0`` and
+    ``out/r1`` (run in a child process for Ray)."""
+    df, x, folds0 = _cohort()
+    folds = [folds0, train.assign_folds(df, n_folds=2, seed=train.repeat_seed(0, 1))]
+    outs = [Path(out) / f"r{r}" for r in (0, 1)]
+    seeds = [train.repeat_seed(0, r) for r in (0, 1)]
+    res = train.run_repeated_cv(
+        df, x, CFG, TRAINING, folds, outs, seeds=seeds, executor=executor, progress=False, checkpoint_every=1
+    )
+    for o, r in zip(outs, res):
+        train.write_predictions(r, o / "pred", "us")
+
+
 def _ray_cv_in_child(out: Path, kill_marker: Path | None = None) -> None:
     """Ray starts in a child process, never in the pytest process: ray.init there changed how the runner started
     later by tests/test_interrupt.py took Ctrl-C (the run went on to the end)."""
-    code = f"import sys; sys.path[:0] = [{str(TESTS)!r}]; import test_executors as t; t.ray_cv(*sys.argv[1:])"
     args = [str(out)] + ([str(kill_marker)] if kill_marker else [])
+    _in_child("ray_cv", args)
+
+
+def _in_child(function: str, args: list[str]) -> None:
+    """``test_executors.<function>(*args)`` in a child Python process (Ray starts there)."""
+    code = f"import sys; sys.path[:0] = [{str(TESTS)!r}]; import test_executors as t; t.{function}(*sys.argv[1:])"
     done = subprocess.run(
         [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
     )
@@ -134,6 +153,28 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_outputs(tmp_path):
     rec = json.loads((tmp_path / "ray" / "jobs.json").read_text())
     fold1 = next(j for j in rec["jobs"] if j["fold"] == 1)
     assert fold1["pid"] != int(marker.read_text())  # finished by another worker process
+
+
+def test_all_repetitions_go_to_ray_together_and_match_the_local_run(tmp_path):
+    """Repeated cross-validation on Ray: the 2 repetitions x 2 folds form one submission (4 jobs in one Ray
+    session, recorded with their repetition) and give the local executor's files byte for byte."""
+    pytest.importorskip("ray")
+    repeated_cv(str(tmp_path / "local"), "local")
+    _in_child("repeated_cv", [str(tmp_path / "ray"), "ray"])
+    for r in ("r0", "r1"):
+        _same_files(tmp_path / "local" / r, tmp_path / "ray" / r)
+        rec = json.loads((tmp_path / "ray" / r / "jobs.json").read_text())
+        assert rec["executor"] == "ray" and [(j["repeat"], j["fold"]) for j in rec["jobs"]] == [
+            (int(r[1]), 0),
+            (int(r[1]), 1),
+        ]
+    pids = {
+        j["pid"] for r in ("r0", "r1") for j in json.loads((tmp_path / "ray" / r / "jobs.json").read_text())["jobs"]
+    }
+    assert os.getpid() not in pids
+    assert (tmp_path / "local" / "r0" / "fold0.pt").read_bytes() != (
+        tmp_path / "local" / "r1" / "fold0.pt"
+    ).read_bytes()
 
 
 @pytest.mark.e2e

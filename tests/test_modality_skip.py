@@ -79,12 +79,16 @@ def test_train_modality_skips_an_absent_modality_and_removes_stale_predictions(r
     cohort = _cohort(us=False, mri=True)
     _write_preds(run.predictions, "us", cohort)  # left over from an earlier run in the same folder
     write_csv(run.tables / "dl_us_folds.csv", pd.DataFrame({"fold": [0]}))
+    rep = run.repeat(1)  # and from a repetition of a repeated cross-validation
+    (rep.predictions / "folds.csv").write_text("patient_id\n")
+    _write_preds(rep.predictions, "us", cohort)
     spec = roi.PreprocessSpec(us_size=16, mri_size=8)
     out = train_modality(run, cohort, "us", spec, object(), object())
     assert out is None
     assert "No ultrasound images in this cohort" in capsys.readouterr().out
     assert not (run.predictions / "us_oof.csv").exists() and not (run.predictions / "us_test.csv").exists()
     assert not (run.tables / "dl_us_folds.csv").exists()
+    assert not list(rep.predictions.glob("us_*")) and (rep.predictions / "folds.csv").exists()
     assert not (run.models / "dl_us").exists()
     assert train.oof_performance(None) is None
     assert plot_learning_curves(None) is None
@@ -106,12 +110,16 @@ def test_run_fusion_skips_without_both_models(run, capsys):
 
     cohort = _cohort()
     _write_preds(run.predictions, "mri", cohort)
-    for stale in ("fusion_oof.csv", "fusion_test.csv"):
-        (run.predictions / stale).write_text("stale")
-    (run.tables / "fusion_protocols.csv").write_text("stale")
+    rep = run.repeat(2)  # a repetition of an earlier repeated cross-validation
+    (rep.predictions / "folds.csv").write_text("patient_id\n")
+    for r in (run, rep):
+        for stale in ("fusion_oof.csv", "fusion_test.csv"):
+            (r.predictions / stale).write_text("stale")
+        (r.tables / "fusion_protocols.csv").write_text("stale")
     assert run_fusion(run) is None
     assert "the fusion is skipped" in capsys.readouterr().out
-    assert not list(run.predictions.glob("fusion_*")) and not list(run.tables.glob("fusion_*"))
+    for r in (run, rep):
+        assert not list(r.predictions.glob("fusion_*")) and not list(r.tables.glob("fusion_*"))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

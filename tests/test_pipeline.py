@@ -234,3 +234,31 @@ def test_strip_notebook_removes_outputs(tmp_path):
     assert strip_notebook(path) is True
     assert is_clean(json.loads(path.read_text()))
     assert strip_notebook(path) is False
+
+
+def test_set_overrides_single_parameters_and_is_recorded(toy):
+    name = toy["profile"](notebooks={"00_alpha": {"x": 21}})
+    out = _run(toy, name, only=["00", "02"], overrides=["00.x=4", "00_alpha.x=5"])  # the later one wins
+    assert (out / "tables" / "gamma.csv").read_text() == "twice\n10\n"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert (
+        prov["profile"]["overrides"] == ["00.x=4", "00_alpha.x=5"]
+        and prov["profile"]["notebooks"]["00_alpha"]["x"] == 5
+    )
+    prof = pipeline.load_profile(name, toy["cfg"])
+    new = pipeline.apply_overrides(prof, ["common.seed=3", "01.fail=true"], notebook_dir=toy["nbdir"])
+    assert new["common"]["seed"] == 3 and new["notebooks"]["01_beta"] == {"fail": True}
+    assert prof["common"]["seed"] == 0 and "01_beta" not in prof["notebooks"]  # the loaded profile is not changed
+    for bad, msg in (("00.x", "SECTION.NAME=VALUE"), ("x=1", "SECTION.NAME=VALUE"), ("07.x=1", "neither")):
+        with pytest.raises(ParameterError, match=msg):
+            pipeline.apply_overrides(prof, [bad], notebook_dir=toy["nbdir"])
+    with pytest.raises(ParameterError, match="unknown parameter 'y'"):  # refused before anything runs
+        _run(toy, name, overrides=["00.y=1"])
+    assert (
+        pipeline.apply_overrides(prof, ["00.x=1e-3"], notebook_dir=toy["nbdir"])["notebooks"]["00_alpha"]["x"] == 1e-3
+    )
+    with pytest.raises(ParameterError, match="give a value"):
+        pipeline.apply_overrides(prof, ["00.x="], notebook_dir=toy["nbdir"])
+    with pytest.raises(ParameterError, match="with --dry-run"):  # the dry run would silently replace it
+        pipeline._refuse_dry_run_overrides(["03.epochs=10"], {"notebooks": {"03_train_us": {"epochs": 10}}})
+    pipeline._refuse_dry_run_overrides(["03.lr=0.1"], {"notebooks": {"03_train_us": {"lr": 0.1}}})  # not a dry-run key

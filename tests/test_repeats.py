@@ -73,7 +73,7 @@ def test_repeat_seeds():
     assert train.repeat_seed(7, 0) == 7  # repetition 0 is the single run
     seeds = {(s, r): train.repeat_seed(s, r) for s in (0, 1, 2) for r in range(6)}
     assert len(set(seeds.values())) == len(seeds)  # seed 0's repetitions do not reuse seed 1's (seed + r would)
-    assert train.repeat_seed(0, 3) == train.repeat_seed(0, 3) and 0 <= train.repeat_seed(0, 3) < 2**31 - 1
+    assert train.repeat_seed(0, 3) == 465539300  # SeedSequence([0, 3])'s first word mod 2**31 - 1: fixed forever
     with pytest.raises(ParameterError, match="repeat"):
         train.repeat_seed(0, -1)
 
@@ -117,7 +117,7 @@ def test_evaluate_repeats_against_scikit_learn_and_the_statistics_module():
         a, b = per[row["repeat"]][lab[row["model_a"]]].test, per[row["repeat"]][lab[row["model_b"]]].test
         ref = roc_auc_score(a["her2"], a["p_her2"]) - roc_auc_score(b["her2"], b["p_her2"])
         assert row["diff"] == pytest.approx(ref, abs=1e-12)
-        assert row["p_value"] == delong_test(a["her2"], a["p_her2"], b["p_her2"]).pvalue
+        assert row["p_value"] == delong_test(a["her2"], a["p_her2"], b["p_her2"]).pvalue  # wiring: a vs b, not b vs a
     s = res.summary.set_index(["quantity", "model"])
     for model, g in res.auc.groupby("model"):
         v = g.sort_values("repeat")["test_auc"].tolist()
@@ -131,7 +131,12 @@ def test_evaluate_repeats_against_scikit_learn_and_the_statistics_module():
         row = s.loc[("AUC difference (DeLong)", f"{a} - {b}")]
         assert row["share_p_below_alpha"] == pytest.approx(np.mean(g["p_value"] < 0.05))
         assert row["mean"] == pytest.approx(statistics.mean(g["diff"]), abs=1e-12)
-    assert "Across 5 repetitions" in res.text and "DL-US&MRI - DL-US" in res.text
+    assert "Across 5 repetitions" in res.text and "DL-US&MRI - DL-US" in res.text and "P < 0.05 in" in res.text
+    res01 = evaluate_repeats(per, alpha=0.01)  # alpha is its own keyword, not 1 - level
+    assert res01.summary["level"].eq(0.95).all()
+    s01 = res01.summary.set_index(["quantity", "model"])
+    for (a, b), g in res.delong.groupby(["model_a", "model_b"]):
+        assert s01.loc[("AUC difference (DeLong)", f"{a} - {b}"), "share_p_below_alpha"] == np.mean(g["p_value"] < 0.01)
 
 
 def test_evaluate_repeats_refuses_what_is_not_a_repeated_run():
@@ -150,7 +155,10 @@ def test_evaluate_repeats_refuses_what_is_not_a_repeated_run():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path):
+def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path, monkeypatch):
+    submitted = []
+    real = train.cv.train_folds
+    monkeypatch.setattr(train.cv, "train_folds", lambda jobs, **kw: submitted.append(jobs) or real(jobs, **kw))
     df, x, folds0 = _cohort()
     folds = [folds0, train.assign_folds(df, n_folds=2, seed=train.repeat_seed(0, 1))]
     assert not folds[0].equals(folds[1])
@@ -161,7 +169,9 @@ def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path):
     res = train.run_repeated_cv(
         df, x, CFG, TRAINING, folds, outs, seeds=seeds, epoch_hooks=hooks, progress=False, checkpoint_every=1
     )
+    assert all(j.index is not None and j.args[2] is submitted[0][0].args[2] for j in submitted[0])  # one shared x
     assert {(r, f) for r, f, _ in seen} == {(0, 0), (0, 1), (1, 0), (1, 1)}  # each repetition's hook saw its folds
+    assert [[(j.repeat, j.fold) for j in jobs] for jobs in submitted] == [[(0, 0), (0, 1), (1, 0), (1, 1)]]  # one go
     for r in (0, 1):
         ref_dir = tmp_path / "single" / f"r{r}"
         ref = train.run_cv(df, x, CFG, TRAINING, folds[r], ref_dir, seed=seeds[r], progress=False, checkpoint_every=1)
@@ -174,6 +184,8 @@ def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path):
     assert not res[0].test.equals(res[1].test)  # another split and seed: other models
     with pytest.raises(ParameterError, match="one of each per repetition"):
         train.run_repeated_cv(df, x, CFG, TRAINING, folds, outs[:1], seeds=seeds, progress=False)
+    with pytest.raises(ParameterError, match="distinct"):
+        train.run_repeated_cv(df, x, CFG, TRAINING, folds, outs, seeds=seeds, repeats=[1, 1], progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,7 +231,14 @@ def test_smoke_notebooks_with_two_repetitions(smoke_run, tmp_path):
     summary = pd.read_csv(run / "tables" / "repeats_summary.csv")
     assert set(summary["n_repeats"]) == {2} and len(summary) == 9
     assert (run / "figures" / "repeats.png").stat().st_size > 20_000
+    assert "Across 2 repetitions" in (run / "index.html").read_text()  # the report's Results show the spread
+    jobs = json.loads((run / "provenance.json").read_text())["notebooks"]["03_train_us"]["training_jobs"]
+    assert [j["file"] for j in jobs] == ["models/dl_us/jobs.json", "models/repeats/r1/dl_us/jobs.json"]
+    assert [[(x["repeat"], x["fold"]) for x in j["jobs"]] for j in jobs] == [[(r, k) for k in range(4)] for r in (0, 1)]
+    assert all(j["executor"] == "local" and all(x["host"] and x["wall_s"] > 0 for x in j["jobs"]) for j in jobs)
     prof["notebooks"]["02_preprocess"]["n_repeats"] = 1
     _run(prof, tmp_path / "smoke_one.yaml", run, "02", "06")
-    assert not (run / "predictions" / "repeats" / "r1").exists()
+    for base in ("predictions", "tables", "figures"):
+        assert not (run / base / "repeats" / "r1").exists(), base
+    assert (run / "models" / "repeats" / "r1" / "dl_us" / "fold0.pt").is_file()  # kept for reuse by fingerprint
     assert not (run / "tables" / "repeats_summary.csv").exists() and not (run / "figures" / "repeats.png").exists()

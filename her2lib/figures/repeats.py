@@ -41,7 +41,7 @@ def _strip(ax, i: int, values: np.ndarray, color: str, filled: np.ndarray, s: pd
 
 def plot_repeats(result: RepeatedCVResult, path: str | os.PathLike | None = None, *, dpi: int = 300) -> Figure:
     """Two panels: (A) test AUC of each model, (B) the paired DeLong AUC difference of each pair (hollow points:
-    DeLong P >= ``1 - level``), per repetition, with the mean, the percentile interval and the single run.
+    DeLong P >= ``result.alpha``), per repetition, with the mean, the percentile interval and the single run.
 
     Returns
     -------
@@ -67,7 +67,7 @@ def plot_repeats(result: RepeatedCVResult, path: str | os.PathLike | None = None
         for i, (a, b) in enumerate(pairs):
             g = result.delong[(result.delong["model_a"] == a) & (result.delong["model_b"] == b)].sort_values("repeat")
             s = summ[(summ["quantity"] == "AUC difference (DeLong)") & (summ["model"] == f"{a} - {b}")].iloc[0]
-            sig = g["p_value"].to_numpy() < 1 - level
+            sig = g["p_value"].to_numpy() < result.alpha
             _strip(ax_diff, i, g["diff"].to_numpy(), MODEL_COLORS.get(_KEY_OF_LABEL.get(a), "0.4"), sig, s)
         ax_diff.axhline(0.0, color="0.45", lw=0.9)
         ax_diff.set_xticks(range(len(pairs)), [f"{a}\nvs {b}" for a, b in pairs])
@@ -76,7 +76,7 @@ def plot_repeats(result: RepeatedCVResult, path: str | os.PathLike | None = None
         ax_diff.set_title("B  AUC differences per repetition", loc="left")
         for ax in (ax_auc, ax_diff):
             ax.grid(axis="y", alpha=0.25)
-        alpha = f"{1 - level:.2g}"
+        alpha = f"{result.alpha:g}"
         handles = [
             Line2D([], [], marker="o", ls="", color="0.4", label="one repetition"),
             Line2D([], [], marker="o", ls="", mfc="white", mec="0.4", label=f"DeLong P ≥ {alpha}"),

@@ -166,6 +166,82 @@ def load_profile(profile: str | os.PathLike, config_dir: str | os.PathLike = CON
     }
 
 
+def apply_overrides(
+    profile: dict[str, Any], overrides: Sequence[str], *, notebook_dir: str | os.PathLike = NOTEBOOK_DIR
+) -> dict[str, Any]:
+    """A copy of ``profile`` with ``--set`` overrides applied.
+
+    Parameters
+    ----------
+    profile : dict
+        From :func:`load_profile`.
+    overrides : sequence of str
+        ``SECTION.NAME=VALUE``: ``SECTION`` is ``common``, a notebook's stem (``02_preprocess``) or its number
+        (``02``); ``VALUE`` is read as YAML (``5``, ``1e-3``, ``true``, ``[96, 96]``, ``ray``). Later ones win. The
+        run folder is still ``--out`` (default ``reports/<profile>/``): give another ``--out`` for a variant you
+        want to keep beside the profile's own run.
+
+    Returns
+    -------
+    dict
+        The profile with the values set and ``overrides`` (the strings, for provenance); the parameter names are
+        checked later against the notebooks' ``parameters`` cells, like the profile's own.
+    """
+    prof = {
+        **profile,
+        "common": dict(profile["common"]),
+        "notebooks": {k: dict(v) for k, v in profile["notebooks"].items()},
+    }
+    stems = [p.stem for p in list_notebooks(notebook_dir)]
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ParameterError(f"--set {item!r}: write SECTION.NAME=VALUE, e.g. --set 02_preprocess.n_repeats=5.")
+        value = _override_value(item, raw)
+        if section == "common":
+            if name == "out_dir":
+                raise ParameterError("--set common.out_dir: the output folder is set by --out.")
+            prof["common"][name] = value
+            continue
+        match = [s for s in stems if section in (s, s[:2])]
+        if len(match) != 1:
+            raise ParameterError(
+                f"--set {item!r}: {section!r} is neither 'common' nor a notebook (stem or number) of {notebook_dir}."
+                f"{did_you_mean(section, stems)}"
+            )
+        prof["notebooks"].setdefault(match[0], {})[name] = value
+    prof["overrides"] = [*profile.get("overrides", []), *overrides]
+    return prof
+
+
+def _override_value(item: str, raw: str) -> Any:
+    """The value of ``--set item``: YAML, with ``1e-3`` a number (YAML 1.1 reads it as a string); none refused."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"--set {item!r}: the value is not valid YAML ({exc}).") from exc
+    if value is None:
+        raise ParameterError(f"--set {item!r}: give a value after '=' (e.g. --set 03.epochs=10).")
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()) else value
+    return value
+
+
+def _refuse_dry_run_overrides(overrides: Sequence[str], prof: dict[str, Any]) -> None:
+    """``--dry-run`` sets :data:`DRY_RUN`'s parameters; an override of one of them would be silently lost."""
+    for stem, keys in DRY_RUN.items():
+        for name in keys:
+            if name in prof["notebooks"].get(stem, {}) and any(
+                o.split("=", 1)[0].strip() in (f"{stem}.{name}", f"{stem[:2]}.{name}") for o in overrides
+            ):
+                raise ParameterError(
+                    f"--set {stem}.{name} with --dry-run: the dry run sets {name} itself "
+                    f"({DRY_RUN[stem][name]}); drop one of the two."
+                )
+
+
 def list_notebooks(notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``) in ``notebook_dir``, in order."""
     return sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NB_PATTERN.match(p.name))
@@ -230,8 +306,12 @@ def run_pipeline(
     kernel_name: str = "python3",
     log_output: bool = False,
     dry_run: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Path:
     """Execute the numbered notebooks for one profile; return the output folder.
+
+    ``overrides`` (``--set SECTION.NAME=VALUE``, :func:`apply_overrides`) change single parameters of the profile
+    for this batch; ``provenance.json`` records them and the values the notebooks ran with.
 
     ``dry_run=True`` runs the profile with :data:`DRY_RUN`'s overrides (:func:`dry_run_profile`) into
     ``reports/<profile>-dry-run/`` by default: every notebook and code path at the profile's sizes, in minutes.
@@ -250,6 +330,10 @@ def run_pipeline(
         Ctrl-C: the kernel is stopped, the lock released; the note says how to resume.
     """
     prof = load_profile(profile, config_dir)
+    if overrides:
+        prof = apply_overrides(prof, overrides, notebook_dir=notebook_dir)
+        if dry_run:
+            _refuse_dry_run_overrides(overrides, prof)
     if dry_run:
         prof = dry_run_profile(prof)
     out = resolve_path(out_dir) if out_dir else REPO_ROOT / "reports" / prof["name"]
@@ -262,6 +346,7 @@ def run_pipeline(
             )
         resume = shlex.join(
             ["python", "-m", "her2lib.runner", "--profile", str(profile), "--out", str(out)]
+            + [a for o in overrides for a in ("--set", o)]
             + (["--dry-run"] if dry_run else [])
         )
         return _run_steps(
@@ -364,6 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook number")
     parser.add_argument("--log-output", action="store_true", help="stream notebook output to the log")
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="override one parameter, e.g. --set 02_preprocess.n_repeats=5 or --set 03.epochs=10 (repeatable)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="every notebook at the profile's sizes, training 2 batches x 2 epochs per fold, Grad-CAM of 2 patients",
@@ -378,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start,
             log_output=args.log_output,
             dry_run=args.dry_run,
+            overrides=args.overrides,
         )
     except Her2libError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -108,7 +108,7 @@ class ProgressMonitor:
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} epochs [{elapsed}<{remaining}]{postfix}",
             )
         elif kind == "epoch" and self.bar is not None:
-            rep = f"repeat {event['repeat']}/{event['n_repeats'] - 1} " if event.get("n_repeats", 1) > 1 else ""
+            rep = f"repeat {event['repeat']} " if event.get("n_repeats", 1) > 1 else ""
             self.bar.set_postfix_str(
                 f"{rep}fold {event.get('fold')} ({int(event.get('fold', 0)) + 1}/{event.get('n_folds')}) epoch "
                 f"{event.get('epoch')}/{event.get('epochs')} loss {event.get('val_loss', float('nan')):.3f} "

@@ -196,6 +196,7 @@ def start(out: Path, profile: dict[str, Any]) -> dict[str, Any]:
             "sha256": sha256_file(profile["path"]),
             "common": profile["common"],
             "notebooks": profile["notebooks"],
+            "overrides": list(profile.get("overrides", [])),
         },
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -245,6 +246,26 @@ def end_notebook(record: dict[str, Any], wall_s: float, status: str, *, error: s
             ):
                 outputs.append(str(rel))
         record["outputs"] = sorted(outputs)
+        jobs = [o for o in record["outputs"] if o.startswith("models/") and o.endswith("/jobs.json")]
+        if jobs:
+            record["training_jobs"] = [_jobs_summary(out, rel) for rel in jobs]
+
+
+def _jobs_summary(out: Path, rel: str) -> dict[str, Any]:
+    """What a model folder's ``jobs.json`` (:func:`her2lib.train.executors.train_folds`) says, for the run's
+    provenance: executor, cluster resources and, per job, repetition, fold, host, device, threads and wall time."""
+    try:
+        rec = json.loads((out / rel).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"file": rel, "error": f"unreadable: {exc}"}
+    keep = ("repeat", "fold", "host", "device", "threads", "wall_s")
+    return {
+        "file": rel,
+        "executor": rec.get("executor"),
+        "ray_address": rec.get("ray_address"),
+        "resources": rec.get("resources", {}),
+        "jobs": [{k: j.get(k) for k in keep} for j in rec.get("jobs", [])],
+    }
 
 
 def save(out: Path, prov: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ __all__ = ["PAPER_ITEMS", "write_index", "markdown_html"]
 
 _e = html.escape
 RESULTS_TEXT = "tables/results_text.md"
+REPEATS_TEXT = "tables/repeats_text.md"
 
 # The paper's tables and figures, in its order: (file relative to the run folder, label, caption).
 PAPER_ITEMS: tuple[tuple[str, str, str], ...] = (
@@ -76,6 +77,9 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "percentages.",
     "figures/roc_low_vs_zero.png": "HER2-low vs HER2-zero among the HER2-negative test patients (the question of "
     "trastuzumab deruxtecan eligibility): ROC curves with AUC (95% DeLong CI).",
+    "figures/repeats.png": "Repeated cross-validation: each model's test AUC and each paired DeLong AUC difference in "
+    "every repetition (new folds and training seed, the same test cohort), their mean and 2.5th-97.5th percentiles; "
+    "the diamond is repetition 0, the single run reported above.",
     "figures/learning_curve_us.png": "Learning curves of DL-US per fold: training and selection-set loss, and the "
     "selection-set AUC with the chosen epoch.",
     "figures/learning_curve_mri.png": "Learning curves of DL-MRI per fold: training and selection-set loss, and "
@@ -87,6 +91,10 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "tables/performance.csv": "Figure 3B in numbers: every metric with its confidence interval, the threshold and "
     "how it was chosen.",
     "tables/delong.csv": "DeLong comparisons of the models' AUCs: difference, 95% CI, Z and two-sided P.",
+    "tables/repeats_summary.csv": "Repeated cross-validation: test and OOF AUC of each model and the DeLong AUC "
+    "differences, summarised over the repetitions (mean, SD, percentiles) beside the single run.",
+    "tables/repeats_auc.csv": "Repeated cross-validation: test and OOF AUC of each model in each repetition.",
+    "tables/repeats_delong.csv": "Repeated cross-validation: paired DeLong test of each pair in each repetition.",
     "tables/performance_fold_models.csv": "AUC, sensitivity and specificity of each fold model on the test cohort.",
     "tables/calibration.csv": "Calibration per model and probability bin (the points of the calibration figure), "
     "with calibration-in-the-large, calibration slope and Brier score.",
@@ -265,10 +273,10 @@ def _header(prov: dict[str, Any], out: Path) -> list[str]:
     ]
     results = out / RESULTS_TEXT
     if results.is_file():
-        parts.append(
-            "<h2 id='results'>Results</h2><div class='results'>"
-            f"{markdown_html(results.read_text(encoding='utf-8'))}</div>"
-        )
+        repeats = out / REPEATS_TEXT  # a repeated cross-validation's paragraph, when the run has one
+        text = results.read_text(encoding="utf-8")
+        text += ("\n\n" + repeats.read_text(encoding="utf-8")) if repeats.is_file() else ""
+        parts.append(f"<h2 id='results'>Results</h2><div class='results'>{markdown_html(text)}</div>")
     return parts
 
 

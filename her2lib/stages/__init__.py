@@ -13,7 +13,7 @@ notebook                  stage                                                 
 02_preprocess             :func:`preprocess_modalities`                                :mod:`.preprocess`
 03_train_us, 04_train_mri :func:`train_modality`                                       :mod:`.training`
 05_fusion                 :func:`run_fusion`                                           :mod:`.fusion`
-06_evaluation             :func:`run_evaluation`                                       :mod:`.evaluation`
+06_evaluation             :func:`run_evaluation`, :func:`evaluate_repetitions`         :mod:`.evaluation`
 07_gradcam                :func:`run_gradcam`                                          :mod:`.gradcam`
 ========================  ===========================================================  =====================
 

@@ -215,7 +215,9 @@ def _run_class_evaluation(
     return dataclasses.replace(res, files=tuple(files))
 
 
-def evaluate_repetitions(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -> RepeatedCVResult | None:
+def evaluate_repetitions(
+    run: RunDirs, *, level: float = 0.95, alpha: float = 0.05, dpi: int = 300
+) -> RepeatedCVResult | None:
     """The repeated cross-validation's part of notebook 06 (:func:`her2lib.evaluate_repeats.evaluate_repeats`).
 
     Reads the prediction files of every repetition notebook 02 set up (:meth:`RunDirs.repeats`; repetition ``r >=
@@ -229,6 +231,8 @@ def evaluate_repetitions(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -
     run : RunDirs
     level : float
         Central share of the percentile interval (0.95: 2.5th-97.5th percentiles).
+    alpha : float
+        DeLong P values are counted below it.
     dpi : int
         PNG resolution.
 
@@ -253,7 +257,7 @@ def evaluate_repetitions(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -
                 "run notebooks 03-05 again (they train and fuse every repetition notebook 02 set up)."
             )
         per_repeat[r] = load_predictions(rep.predictions, keys, models_dir=rep.models)
-    res = evaluate_repeats(per_repeat, level=level)
+    res = evaluate_repeats(per_repeat, level=level, alpha=alpha)
     tdir = run.tables
     write_csv(tdir / "repeats_auc.csv", res.auc)
     write_csv(tdir / "repeats_delong.csv", res.delong)

@@ -96,7 +96,7 @@ def run_fusion(
     FusionResult, ClassFusionResult or None
         None, after printing a notice, when a DL-US or DL-MRI prediction file is missing (a single-modality
         cohort: notebook 03 or 04 skipped training). Then no fusion file is written and stale fusion outputs of
-        an earlier run in the same folders are removed, so notebook 06 cannot evaluate them.
+        an earlier run in the same folders (every repetition's) are removed, so notebook 06 cannot evaluate them.
     """
     t = _get_task(task)
     inputs = fusion_inputs(run)
@@ -106,7 +106,7 @@ def run_fusion(
             f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
             "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped."
         )
-        remove_stale(*fusion_outputs(run))
+        remove_stale(*(p for r in run.repeats() for p in fusion_outputs(run.repeat(r))))
         return None
     if not t.is_binary:
         return _run_class_fusion(run, t, inputs, level=level, eps=eps)

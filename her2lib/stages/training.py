@@ -84,13 +84,16 @@ def train_modality(
     Returns
     -------
     CVResult or None
-        Repetition 0's (the single run's) result, or None (after printing a notice and removing the files an earlier run in the same folder wrote for this
-        modality, so later notebooks cannot use them) when no patient has an image of ``modality``.
+        Repetition 0's (the single run's) result, or None (after printing a notice and removing the files an
+        earlier run in the same folder wrote for this modality, in every repetition's folders, so later notebooks
+        cannot use them) when no patient has an image of ``modality``.
     """
     mod = _modality(modality)
     prefix = _model(mod.model).prefix
-    outputs = [prediction_path(run.predictions, prefix, kind) for kind in ("oof", "test", "test_folds")]
-    outputs += [run.tables / f"{mod.model}_folds.csv", run.figures / f"learning_curve_{modality}.png"]
+    outputs = []
+    for rep in map(run.repeat, run.repeats()):
+        outputs += [prediction_path(rep.predictions, prefix, kind) for kind in ("oof", "test", "test_folds")]
+        outputs += [rep.tables / f"{mod.model}_folds.csv", rep.figures / f"learning_curve_{modality}.png"]
     if not modality_present(cohort, modality, quiet=True):
         notice(
             f"No {mod.name} images in this cohort: {mod.label} is skipped (nothing is trained, no predictions "
@@ -126,6 +129,7 @@ def train_modality(
         folds,
         [r.models / mod.model for r in runs],
         seeds=[repeat_seed(seed, r) for r in repeats],
+        repeats=repeats,
         epoch_hooks=hooks,
         device=device,
         augment=augment,
@@ -176,9 +180,9 @@ def _epoch_reporter(
     repeat: tuple[int, int] = (0, 1),
 ) -> EpochHook:
     """An epoch hook printing one line per epoch into the notebook and logging it for the batch runner;
-    ``repeat = (r, n_repeats)`` names the repetition in the line when there are several."""
+    ``repeat = (r, n_repeats)`` names repetition ``r`` in the line when there are several."""
     where = SELECTION_SETS[selection]
-    rep = f" repeat {repeat[0]}/{repeat[1] - 1}" if repeat[1] > 1 else ""
+    rep = f" repeat {repeat[0]}" if repeat[1] > 1 else ""
 
     def report(fold: int, epoch: int, row: dict) -> None:
         line = (

@@ -28,6 +28,10 @@ Protocol, without test-set leakage:
   The test cohort never enters :func:`fit_fold` (it raises if a test patient reaches it) and never chooses
   anything.
 
+Repeated cross-validation (:func:`run_repeated_cv`): repetition ``r`` has its own folds and training seed
+(:func:`repeat_seed`; repetition 0 is the single run, byte for byte) and its own model folder; every repetition's
+fold jobs go to the executor (:mod:`~her2lib.train.executors`) in one submission.
+
 Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``, learning curves). For
 reproducibility and resuming see :mod:`her2lib.train.loop`.
 """

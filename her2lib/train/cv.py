@@ -311,6 +311,7 @@ def run_repeated_cv(
     out_dirs: Sequence[str | os.PathLike],
     *,
     seeds: Sequence[int],
+    repeats: Sequence[int] | None = None,
     epoch_hooks: Sequence[EpochHook | None] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
@@ -331,6 +332,8 @@ def run_repeated_cv(
         One model folder per repetition (each gets :func:`run_cv`'s files).
     seeds : sequence of int
         One training seed per repetition.
+    repeats : sequence of int, optional
+        The repetitions' numbers (default ``0 .. n - 1``), recorded with each job (``jobs.json``).
     epoch_hooks : sequence of EpochHook or None, optional
         One per repetition (e.g. progress lines naming the repetition).
     executor, ray_address, progress
@@ -347,16 +350,17 @@ def run_repeated_cv(
     """
     n = len(folds)
     hooks = list(epoch_hooks) if epoch_hooks is not None else [None] * n
-    if not n or len(out_dirs) != n or len(seeds) != n or len(hooks) != n:
+    ids = [int(r) for r in repeats] if repeats is not None else list(range(n))
+    if not n or {len(out_dirs), len(seeds), len(hooks), len(ids)} != {n} or len(set(ids)) != n:
         raise ParameterError(
-            f"run_repeated_cv: {n} fold assignments, {len(out_dirs)} folders, {len(seeds)} seeds and {len(hooks)} "
-            "epoch hooks; give one of each per repetition (at least one)."
+            f"run_repeated_cv: {n} fold assignments, {len(out_dirs)} folders, {len(seeds)} seeds, {len(hooks)} "
+            f"epoch hooks and repetitions {ids}; give one of each per repetition (at least one), distinct numbers."
         )
     plans = [
         _plan_cv(
             cohort, inputs, model_cfg, training, f, o, seed=s, progress=progress, epoch_hook=h, repeat=r, **options
         )
-        for r, (f, o, s, h) in enumerate(zip(folds, out_dirs, seeds, hooks))
+        for r, f, o, s, h in zip(ids, folds, out_dirs, seeds, hooks)
     ]
     jobs = [job for plan in plans for job in plan.jobs]
     record = train_folds(jobs, executor=executor, ray_address=ray_address, progress=progress)
@@ -433,10 +437,10 @@ def _plan_cv(
         if not t.is_binary:  # the class tasks' labels are codes of their classes (the binary fingerprint is 0.1's)
             extra["task"] = t.key
         sets[k] = (fit_idx, sel_idx, va)
-        args = (model_cfg, training, x[fit_idx], rows.iloc[fit_idx], x[sel_idx], rows.iloc[sel_idx])
         options = {"out_dir": out_dir, "seed": seed, "device": dev, "augment": augment, "resume": resume}
         options |= {"checkpoint_every": checkpoint_every, "progress": progress, "epoch_hook": epoch_hook}
-        jobs.append(FoldJob(k, args, options | {"fingerprint_extra": extra, "label": label}, repeat=repeat))
+        options |= {"fingerprint_extra": extra, "label": label}
+        jobs.append(FoldJob(k, (model_cfg, training, x, rows), options, repeat=repeat, index=(fit_idx, sel_idx)))
     test_idx = np.flatnonzero(~is_train)
     return _CVPlan(repeat, jobs, sets, rows, x, test_idx, t, model_cfg, training, dev, selection, out_dir)
 
@@ -456,7 +460,7 @@ def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
         k = job.fold
         fit_idx, sel_idx, va = plan.sets[k]
         if k in ray_done:  # trained by a Ray task: this call finds fold{k}.pt by its fingerprint
-            res = fit_fold(*job.args, fold=k, **{**job.options, "resume": True})
+            res = fit_fold(*job.fit_args(), fold=k, **{**job.options, "resume": True})
         else:
             res, rec = fit_job(job, num_threads=torch.get_num_threads())
             record["jobs"].append(rec)

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,13 +41,32 @@ EXECUTORS = ("local", "ray")
 
 @dataclass
 class FoldJob:
-    """The arguments of one :func:`her2lib.train.fit_fold` call (positional ones first, then ``options``), and the
-    repetition of a repeated cross-validation it belongs to (0: the single run)."""
+    """One :func:`her2lib.train.fit_fold` call: its positional arguments, ``options`` and the repetition of a
+    repeated cross-validation it belongs to (0: the single run).
+
+    With ``index = (fit_idx, sel_idx)``, ``args`` is ``(model_cfg, training, x, rows)`` holding the whole cohort's
+    inputs, shared by every job of a cross-validation, and the fit and selection sets are sliced only when the job
+    runs (:meth:`fit_args`): planning R repetitions x K folds does not hold R x K copies of the inputs. Without it,
+    ``args`` are ``fit_fold``'s positional arguments as they are.
+    """
 
     fold: int
     args: tuple
     options: dict[str, Any] = field(default_factory=dict)
     repeat: int = 0
+    index: tuple | None = None
+
+    def fit_args(self) -> tuple:
+        """``fit_fold``'s positional arguments: ``(model_cfg, training, x_fit, rows_fit, x_sel, rows_sel)``."""
+        if self.index is None:
+            return self.args
+        model_cfg, training, x, rows = self.args
+        fit, sel = self.index
+        return model_cfg, training, x[fit], rows.iloc[fit], x[sel], rows.iloc[sel]
+
+    def without_inputs(self) -> FoldJob:
+        """This job with its shared inputs ``x`` left out (Ray sends them once, :func:`run_job` puts them back)."""
+        return replace(self, args=(*self.args[:2], None, *self.args[3:]))
 
 
 def fit_job(job: FoldJob, *, num_threads: int) -> tuple[FoldResult, dict[str, Any]]:
@@ -55,7 +74,7 @@ def fit_job(job: FoldJob, *, num_threads: int) -> tuple[FoldResult, dict[str, An
     :func:`train_folds` keeps of it (repeat, fold, host, pid, device, threads, wall_s, best_epoch)."""
     torch.set_num_threads(int(num_threads))
     t0 = time.perf_counter()
-    res = fit_fold(*job.args, fold=job.fold, **job.options)
+    res = fit_fold(*job.fit_args(), fold=job.fold, **job.options)
     device = str(job.options.get("device", "cpu"))
     return res, {
         "repeat": int(job.repeat),
@@ -69,9 +88,27 @@ def fit_job(job: FoldJob, *, num_threads: int) -> tuple[FoldResult, dict[str, An
     }
 
 
-def run_job(job: FoldJob, *, num_threads: int) -> dict[str, Any]:
-    """A Ray task: :func:`fit_job` without the weights (they stay in the job's ``fold{k}.pt``)."""
+def run_job(job: FoldJob, x=None, *, num_threads: int) -> dict[str, Any]:
+    """A Ray task: :func:`fit_job` without the weights (they stay in the job's ``fold{k}.pt``); ``x``: the shared
+    inputs of a job sent :meth:`FoldJob.without_inputs` (Ray resolves them from its object store)."""
+    if x is not None:
+        job = replace(job, args=(*job.args[:2], x, *job.args[3:]))
     return fit_job(job, num_threads=num_threads)[1]
+
+
+def _submit(ray, remote, jobs: list[FoldJob], num_threads: int) -> dict:
+    """Submit every job; the shared inputs of jobs with an ``index`` go to the object store once per tensor."""
+    shared, pending = {}, {}
+    for job in jobs:
+        if job.index is None:
+            ref = remote.remote(job, num_threads=num_threads)
+        else:
+            x = job.args[2]
+            if id(x) not in shared:
+                shared[id(x)] = ray.put(x)
+            ref = remote.remote(job.without_inputs(), shared[id(x)], num_threads=num_threads)
+        pending[ref] = (job.repeat, job.fold)
+    return pending
 
 
 def _import_ray():
@@ -96,7 +133,7 @@ def _ray_jobs(
         resources = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
         need = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": min(num_threads, int(resources.get("CPU", 1)))}
         remote = ray.remote(max_retries=max_retries, retry_exceptions=False, **need)(run_job)
-        pending = {remote.remote(job, num_threads=num_threads): (job.repeat, job.fold) for job in jobs}
+        pending = _submit(ray, remote, jobs, num_threads)
         done = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -137,7 +174,8 @@ def train_folds(
     -------
     dict
         ``executor``, ``ray_address``, ``resources`` (the cluster's, Ray only) and ``jobs`` (one record per job:
-        repeat, fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by ``run_cv``).
+        repeat, fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by
+        ``run_cv`` / ``run_repeated_cv``).
     """
     look_up_option(executor, EXECUTORS, name="executor")
     record: dict[str, Any] = {"executor": executor, "ray_address": ray_address or None, "resources": {}, "jobs": []}

@@ -91,8 +91,8 @@ def repeat_seed(seed: int, repeat: int) -> int:
     """The seed of repetition ``repeat`` of a repeated cross-validation run with seed ``seed``.
 
     Repetition 0 is the single run (``seed`` itself, so one repetition is today's run byte for byte); repetition
-    ``r >= 1`` gets ``numpy.random.SeedSequence([seed, r])``'s first 31-bit word, so the repetitions of seeds 0 and
-    1 do not overlap as ``seed + r`` would. The repetition's folds (:func:`assign_folds`) and its training
+    ``r >= 1`` gets the first 32-bit word of ``numpy.random.SeedSequence([seed, r])`` modulo ``2**31 - 1``, so the
+    repetitions of seeds 0 and 1 do not overlap as ``seed + r`` would. The repetition's folds (:func:`assign_folds`) and its training
     (:func:`her2lib.train.run_cv`'s ``seed``) both use it: a repetition changes the data split and the seed.
     """
     if int(repeat) < 0:
