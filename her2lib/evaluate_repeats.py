@@ -201,11 +201,14 @@ def repeats_paragraph(summary: pd.DataFrame, *, level: float = 0.95, alpha: floa
     )
     diffs = summary[summary["quantity"] == "AUC difference (DeLong)"]
     if len(diffs):
-        alpha = f"{1 - level:.2g}"
-        text += " " + "; ".join(
-            f"{s['model']}: AUC difference {s['mean']:+.3f} ± {s['sd']:.3f}, DeLong P < {alpha} in "
-            f"{s['share_p_below_alpha']:.0%} of repetitions"
+        text += " Paired DeLong AUC differences: " + "; ".join(
+            f"{s['model']} {s['mean']:+.3f} ± {s['sd']:.3f} (range {s['minimum']:+.3f} to {s['maximum']:+.3f}), "
+            f"P < {alpha:g} in {s['share_p_below_alpha']:.0%} of the repetitions"
             for _, s in diffs.iterrows()
         )
         text += "."
-    return text + " The spread is that of the data split and the seed on this cohort, not a confidence interval.\n"
+    return (
+        text + " The spread is that of the data split and the seed on this cohort, not a confidence interval, and "
+        "the repetitions test the same patients, so the share of P values below the level is not a replication "
+        "rate.\n"
+    )
