@@ -40,6 +40,8 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "MANIFEST_HEAD",
     "SPLITS",
+    "EVAL_SPLITS",
+    "PAPER_SPLITS",
     "SELECTIONS",
     "SELECTION_SETS",
     "HER2_IHC_CODES",
@@ -123,7 +125,14 @@ PATH_COLUMNS: tuple[str, ...] = ("us_image", "us_mask", "mri_image", "mri_mask")
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "split", "her2")
 #: Column order of a manifest written by her2lib (descriptive columns follow).
 MANIFEST_HEAD: tuple[str, ...] = REQUIRED_COLUMNS + PATH_COLUMNS
-SPLITS: tuple[str, ...] = ("train", "test")
+#: The manifest's ``split`` values: ``train`` (cross-validation, thresholds, fusion: everything fitted), ``test``
+#: (the internal test cohort, as the paper's) and ``external`` (an external validation cohort: another site or
+#: scanner, evaluated beside ``test``, never fitted on).
+SPLITS: tuple[str, ...] = ("train", "test", "external")
+#: The splits a model is evaluated on (:data:`SPLITS` without ``train``), in report order.
+EVAL_SPLITS: tuple[str, ...] = ("test", "external")
+#: The two cohorts of the paper's Tables 1-3 (an external cohort is described on its own).
+PAPER_SPLITS: tuple[str, ...] = ("train", "test")
 #: epoch-selection protocols of :func:`her2lib.train.run_cv` -> label written to the tables
 SELECTIONS = {
     "inner": "inner validation split of the fold's training part (her2lib default)",
@@ -241,9 +250,15 @@ PREDICTION_COLUMNS: tuple[str, ...] = ("patient_id", "split", "fold", "her2", "p
 TEST_FOLD_COLUMNS: tuple[str, ...] = ("patient_id", "split", "her2", "model_fold", "p_her2")
 
 
+#: the kinds of prediction file (:func:`prediction_path`): training OOF, then per evaluation split the fold-model mean
+#: and the per-fold-model table
+PREDICTION_KINDS: tuple[str, ...] = ("oof", "test", "test_folds", "external", "external_folds")
+
+
 def prediction_path(predictions_dir: str | os.PathLike, prefix: str, kind: str) -> Path:
-    """``predictions_dir / f"{prefix}_{kind}.csv"`` with ``kind`` one of ``oof``, ``test``, ``test_folds``."""
-    look_up_option(kind, ("oof", "test", "test_folds"), name="kind")
+    """``predictions_dir / f"{prefix}_{kind}.csv"`` with ``kind`` one of :data:`PREDICTION_KINDS` (``oof``,
+    ``test``, ``test_folds``, ``external``, ``external_folds``)."""
+    look_up_option(kind, PREDICTION_KINDS, name="kind")
     return Path(predictions_dir) / f"{prefix}_{kind}.csv"
 
 
@@ -255,10 +270,10 @@ def _fold_problems(out: pd.DataFrame, source: str, problems: list[str]) -> pd.Se
     if bad_fold:
         problems.append(f"{source}: fold must be an integer (patients {bad_fold[:10]}).")
     else:
-        bad_test = out.loc[(out["split"] == "test") & (fold != -1), "patient_id"].tolist()
+        bad_test = out.loc[(out["split"] != "train") & (fold != -1), "patient_id"].tolist()
         bad_train = out.loc[(out["split"] == "train") & (fold < 0), "patient_id"].tolist()
         if bad_test:
-            problems.append(f"{source}: test patients must have fold == -1 (patients {bad_test[:10]}).")
+            problems.append(f"{source}: test and external patients must have fold == -1 (patients {bad_test[:10]}).")
         if bad_train:
             problems.append(f"{source}: training patients need a fold >= 0 (patients {bad_train[:10]}).")
     return fold
@@ -301,7 +316,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
         problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
     bad_split = out.loc[~out["split"].isin(["train", "test"]), "patient_id"].tolist()
     if bad_split:
-        problems.append(f"{source}: split must be 'train' or 'test' (patients {bad_split[:10]}).")
+        problems.append(f"{source}: split must be 'train', 'test' or 'external' (patients {bad_split[:10]}).")
     if split is not None:
         other = out.loc[out["split"] != split, "patient_id"].tolist()
         if other:
@@ -541,7 +556,7 @@ def validate_class_predictions(
         problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
     bad_split = out.loc[~out["split"].isin(SPLITS), "patient_id"].tolist()
     if bad_split:
-        problems.append(f"{source}: split must be 'train' or 'test' (patients {bad_split[:10]}).")
+        problems.append(f"{source}: split must be 'train', 'test' or 'external' (patients {bad_split[:10]}).")
     if split is not None and (out["split"] != split).any():
         problems.append(
             f"{source}: expected only split == {split!r} rows, but patients "

@@ -42,6 +42,7 @@ from .contract import (
     HER2_CLASSES,
     HER2_IHC_CODES,
     MODALITIES,
+    PAPER_SPLITS,
     REQUIRED_COLUMNS,
     SPLITS,
     Task,
@@ -614,7 +615,7 @@ def _check_ids_split_labels(df: pd.DataFrame, manifest: Path, problems: list[str
         if s not in SPLITS:
             problems.append(
                 f"patient {_row_label(pids, i)}: split {df['split'].iloc[i]!r} in {manifest.name} "
-                f"must be 'train' or 'test'.{did_you_mean(s, SPLITS)}"
+                f"must be 'train', 'test' or 'external'.{did_you_mean(s, SPLITS)}"
             )
     df["split"] = split
     her2 = []
@@ -712,11 +713,12 @@ def _check_her2_class(df: pd.DataFrame, pids: pd.Series, manifest: Path, problem
         if cls is None:
             undefined[pid] = why
     df["her2_class"] = pd.Series(classes, index=df.index, dtype=object)
+    present = [sp for sp in SPLITS if sp in PAPER_SPLITS or (df["split"] == sp).any()]  # external only when there
     counts = {
         split: {c: int(sum(k == c for k, s in zip(classes, df["split"]) if s == split)) for c in HER2_CLASSES}
-        for split in SPLITS
+        for split in present
     }
-    for split in SPLITS:
+    for split in present:
         counts[split]["undefined"] = int(sum(k is None for k, s in zip(classes, df["split"]) if s == split))
     return {"her2_class_counts": counts, "her2_class_undefined": undefined}
 

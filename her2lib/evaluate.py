@@ -43,7 +43,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import MODELS, PAIRS, modality, model, model_label, prediction_path, read_predictions, read_test_folds
+from .contract import (
+    EVAL_SPLITS,
+    MODELS,
+    PAIRS,
+    modality,
+    model,
+    model_label,
+    prediction_path,
+    read_predictions,
+    read_test_folds,
+)
 from .errors import DataError, ParameterError
 from .options import look_up_option
 from .stats import (
@@ -76,6 +86,10 @@ __all__ = [
     "DELONG_COLUMNS",
     "EvaluationResult",
     "evaluate_models",
+    "COHORT_NAMES",
+    "INTERNAL_EXTERNAL_COLUMNS",
+    "internal_external_table",
+    "internal_external_paragraph",
 ]
 
 DELONG_COLUMNS = [
@@ -141,13 +155,15 @@ class ModelPredictions:
         return wide.loc[self.test["patient_id"]].to_numpy()
 
 
-def available_models(predictions_dir: str | os.PathLike) -> list[str]:
-    """Model keys whose ``<prefix>_oof.csv`` and ``<prefix>_test.csv`` both exist, in the paper's order.
+def available_models(predictions_dir: str | os.PathLike, *, cohort: str = "test") -> list[str]:
+    """Model keys whose ``<prefix>_oof.csv`` and ``<prefix>_<cohort>.csv`` both exist, in the paper's order.
 
     Parameters
     ----------
     predictions_dir : path
         The run's ``predictions`` folder.
+    cohort : {"test", "external"}
+        The evaluation cohort.
 
     Returns
     -------
@@ -159,7 +175,7 @@ def available_models(predictions_dir: str | os.PathLike) -> list[str]:
         k
         for k, m in MODELS.items()
         if prediction_path(predictions_dir, m.prefix, "oof").is_file()
-        and prediction_path(predictions_dir, m.prefix, "test").is_file()
+        and prediction_path(predictions_dir, m.prefix, cohort).is_file()
     ]
 
 
@@ -181,6 +197,7 @@ def load_predictions(
     models: Sequence[str] = tuple(MODELS),
     *,
     models_dir: str | os.PathLike | None = None,
+    cohort: str = "test",
 ) -> dict[str, ModelPredictions]:
     """Read ``{us,mri,fusion}_{oof,test}.csv`` (and ``_test_folds.csv`` where present) and check the models
     describe the same test patients.
@@ -193,6 +210,10 @@ def load_predictions(
         Model keys (:data:`her2lib.contract.MODELS`: ``dl_us``, ``dl_mri``, ``dl_us_mri``).
     models_dir : path, optional
         The run's ``models`` folder: the epoch-selection protocol is read from ``dl_*/config.json``.
+    cohort : {"test", "external"}
+        The evaluation cohort read into :attr:`ModelPredictions.test`: the internal test cohort
+        (``{prefix}_test.csv``, ``_test_folds.csv``) or the external validation cohort (``{prefix}_external.csv``,
+        ``_external_folds.csv``); the OOF predictions are the training cohort's either way.
 
     Returns
     -------
@@ -206,12 +227,13 @@ def load_predictions(
     ParameterError
         An unknown model key.
     """
+    look_up_option(cohort, EVAL_SPLITS, name="cohort")
     prefixes = {key: model(key).prefix for key in models}
     out = {}
     for key in models:
         oof = read_predictions(prediction_path(predictions_dir, prefixes[key], "oof"), "train")
-        test = read_predictions(prediction_path(predictions_dir, prefixes[key], "test"), "test")
-        folds = read_test_folds(prediction_path(predictions_dir, prefixes[key], "test_folds"), test)
+        test = read_predictions(prediction_path(predictions_dir, prefixes[key], cohort), cohort)
+        folds = read_test_folds(prediction_path(predictions_dir, prefixes[key], f"{cohort}_folds"), test)
         out[key] = ModelPredictions(
             key,
             model_label(key),
@@ -542,8 +564,16 @@ def _fmt_p(p: float) -> str:
     return "P < 0.0001" if p < 1e-4 else f"P = {p:.4f}"
 
 
+#: how the Results text names each evaluation cohort
+COHORT_NAMES = {"test": "test cohort", "external": "external validation cohort"}
+
+
 def results_paragraph(
-    performance: pd.DataFrame, delong: pd.DataFrame | None = None, protocols: pd.DataFrame | None = None
+    performance: pd.DataFrame,
+    delong: pd.DataFrame | None = None,
+    protocols: pd.DataFrame | None = None,
+    *,
+    cohort: str = "test",
 ) -> str:
     """The Results text in the paper's style, generated from :func:`performance_table` (and
     :func:`delong_table`, the fusion protocol table of :func:`her2lib.fusion.fuse`).
@@ -582,7 +612,7 @@ def results_paragraph(
                 f"{_f3(r['auc_exact_binomial_ci_high'])}"
             )
         parts.append(
-            f"In the test cohort, {r['label']} achieved an AUC of {_f3(r['auc'])} ({lvl}% CI: "
+            f"In the {COHORT_NAMES[cohort]}, {r['label']} achieved an AUC of {_f3(r['auc'])} ({lvl}% CI: "
             f"{_f3(r['auc_ci_low'])}\u2013{_f3(r['auc_ci_high'])}{eb}), with an accuracy of "
             f"{_f3(r['accuracy'])}, "
             f"sensitivity of {_pct(r['sensitivity'])}, specificity of {_pct(r['specificity'])}, PPV of "
@@ -632,6 +662,70 @@ def results_paragraph(
     return "\n\n".join(parts) + "\n"
 
 
+INTERNAL_EXTERNAL_COLUMNS = (
+    "model",
+    "label",
+    "auc_test",
+    "auc_external",
+    "diff",
+    "statistic",
+    "df",
+    "p_value",
+    "n_pos_test",
+    "n_neg_test",
+    "n_pos_external",
+    "n_neg_external",
+    "method",
+)
+
+
+def internal_external_table(
+    test: Mapping[str, ModelPredictions], external: Mapping[str, ModelPredictions]
+) -> pd.DataFrame:
+    """Each model's test-cohort AUC against its external-cohort AUC: the unpaired DeLong test (the two cohorts are
+    different patients; pROC ``roc.test(paired = FALSE)``), for the models in both.
+
+    Returns
+    -------
+    DataFrame
+        :data:`INTERNAL_EXTERNAL_COLUMNS` (``diff = auc_test - auc_external``; ``statistic`` is pROC's D with
+        ``df`` degrees of freedom).
+    """
+    rows = []
+    for key in [k for k in test if k in external]:
+        a, b = test[key].test, external[key].test
+        r = _roc.delong_test_unpaired(a["her2"], a["p_her2"], b["her2"], b["p_her2"])
+        rows.append(
+            {
+                "model": key,
+                "label": test[key].label,
+                "auc_test": r.auc_a,
+                "auc_external": r.auc_b,
+                "diff": r.diff,
+                "statistic": r.statistic,
+                "df": r.df,
+                "p_value": r.pvalue,
+                "n_pos_test": r.n_pos_a,
+                "n_neg_test": r.n_neg_a,
+                "n_pos_external": r.n_pos_b,
+                "n_neg_external": r.n_neg_b,
+                "method": r.method,
+            }
+        )
+    return pd.DataFrame(rows, columns=INTERNAL_EXTERNAL_COLUMNS)
+
+
+def internal_external_paragraph(table: pd.DataFrame) -> str:
+    """One sentence per model from :func:`internal_external_table`."""
+    parts = [
+        f"{r['label']}: AUC {_f3(r['auc_test'])} in the test cohort vs {_f3(r['auc_external'])} in the external "
+        f"validation cohort (difference {r['diff']:+.3f}, unpaired DeLong D = {r['statistic']:.2f}, "
+        f"{_fmt_p(r['p_value'])})"
+        for _, r in table.iterrows()
+    ]
+    return "Internal vs external validation (unpaired DeLong test): " + "; ".join(parts) + ".\n"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Everything of notebook 06
 # ----------------------------------------------------------------------------------------------------------------
@@ -658,6 +752,7 @@ def evaluate_models(
     n_boot: int = 2000,
     seed: int = 0,
     protocols: pd.DataFrame | None = None,
+    cohort: str = "test",
 ) -> EvaluationResult:
     """Every table of ``06_evaluation`` and the Results text, for the models in ``preds``.
 
@@ -672,6 +767,8 @@ def evaluate_models(
         Quantile bins of the reliability curve (:func:`her2lib.stats.calibration_curve`).
     protocols : DataFrame, optional
         The fusion protocol table (``fusion_protocols.csv``) for the Results text.
+    cohort : {"test", "external"}
+        Which cohort ``preds`` hold (:func:`load_predictions`'s ``cohort``): names it in the Results text.
 
     Returns
     -------
@@ -697,6 +794,6 @@ def evaluate_models(
         delong=dl,
         calibration=cal,
         decision=dec,
-        text=results_paragraph(perf, dl, protocols),
+        text=results_paragraph(perf, dl, protocols, cohort=cohort),
         fold_models=fold_tab,
     )

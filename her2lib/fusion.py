@@ -67,6 +67,7 @@ __all__ = [
     "FusionResult",
     "protocol_difference_ci",
     "fuse",
+    "apply_fusion",
 ]
 
 EPS = 1e-6
@@ -639,6 +640,37 @@ def fuse(
     )
 
 
+def apply_fusion(
+    model: FusionModel,
+    us: pd.DataFrame,
+    mri: pd.DataFrame,
+    *,
+    us_folds: pd.DataFrame | None = None,
+    mri_folds: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The leakage-free fusion model (fitted on the training OOF predictions by :func:`fuse`) applied to another
+    evaluation cohort, e.g. the external validation cohort, exactly as :func:`fuse` applies it to the test cohort.
+
+    Parameters
+    ----------
+    model : FusionModel
+        :attr:`FusionResult.model`. Nothing is refitted: the cohort's labels are never read.
+    us, mri : DataFrame
+        Both models' fold-mean predictions of the cohort (prediction-file columns, ``fold == -1``), validated.
+    us_folds, mri_folds : DataFrame, optional
+        Each fold model's predictions of the cohort (:data:`~her2lib.contract.TEST_FOLD_COLUMNS`), validated against
+        ``us`` / ``mri``: when both are given the model is applied per fold model pair and the results averaged.
+
+    Returns
+    -------
+    (DataFrame, DataFrame or None)
+        The fused fold-mean predictions (prediction-file columns) and the per-fold-pair ones (or None).
+    """
+    joined = join_modalities(us, mri, us_source="DL-US", mri_source="DL-MRI", check_input=False)
+    pred, folds, _ = _apply_leakage_free(model, joined, us_folds, mri_folds)
+    return pred, folds
+
+
 def _apply_leakage_free(
     model: FusionModel, test: pd.DataFrame, us_test_folds: pd.DataFrame | None, mri_test_folds: pd.DataFrame | None
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
@@ -655,7 +687,7 @@ def _apply_leakage_free(
     test_folds = pd.DataFrame(
         {
             "patient_id": tf["patient_id"],
-            "split": "test",
+            "split": tf["split_us"],
             "her2": tf["her2_us"],
             "model_fold": tf["model_fold"],
             "p_her2": fused,

@@ -82,7 +82,7 @@ from scipy import ndimage, stats
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from .contract import MANIFEST_HEAD, SPLITS, table_spec
+from .contract import MANIFEST_HEAD, PAPER_SPLITS, table_spec
 from .data import her2_classes, write_nifti, write_png
 from .errors import ParameterError
 from .io import write_csv, write_json
@@ -103,6 +103,8 @@ __all__ = [
     "render_us",
     "render_mri",
     "render_mri_mask",
+    "shift_us",
+    "shift_mri",
     "r_wilcox_p",
     "match_mann_whitney_p",
     "PAPER_MW_P",
@@ -140,6 +142,17 @@ class SynthKnobs:
     low_signal : float
         Shift (in SDs, >= 0) of the image-driving latent scores of HER2-low patients (HER2-negative with IHC 1+ or
         2+) towards the HER2-positives; 0 = the images carry no HER2-low vs HER2-zero information. Default 0.
+    n_external : int
+        Patients of an external validation site (``split = "external"``, ids ``EXT001...``), drawn from the test
+        cohort's distribution after the training and test patients, whose tables, images and ids stay those of a
+        cohort without them. Default 0.
+    external_shift : float
+        Strength (>= 0) of the external site's acquisition shift (:func:`shift_us`, :func:`shift_mri`: another
+        scanner's intensity scaling, dynamic range / contrast, resolution and noise); 0 = the same scanner,
+        1 = a clearly different one. Default 1.
+    external_her2_share : float
+        HER2-positive share of the external site, in (0, 1); 0 = the test cohort's share (paper: 19 of 48).
+        Default 0.
     n_jobs : int
         Worker processes for rendering (results do not depend on it). Default 1.
     """
@@ -151,6 +164,9 @@ class SynthKnobs:
     her2_signal: float = 2.5
     modality_noise: float = 1.0
     low_signal: float = 0.0
+    n_external: int = 0
+    external_shift: float = 1.0
+    external_her2_share: float = 0.0
     n_jobs: int = 1
 
     @property
@@ -189,6 +205,13 @@ def knobs_from(**knobs: Any) -> SynthKnobs:
         )
     if k.n_jobs < 1:
         raise ParameterError(f"n_jobs={k.n_jobs} must be >= 1.")
+    if k.n_external < 0 or k.external_shift < 0 or not 0 <= k.external_her2_share < 1:
+        raise ParameterError(
+            f"n_external={k.n_external} and external_shift={k.external_shift} must be >= 0 and "
+            f"external_her2_share={k.external_her2_share} in [0, 1) (0: the test cohort's share)."
+        )
+    if 0 < k.n_external < 4:
+        raise ParameterError(f"n_external={k.n_external}: an external site needs >= 4 patients (both classes).")
     return k
 
 
@@ -347,12 +370,15 @@ def _assign_exact(priority: np.ndarray, levels_in_order: list, counts_in_order: 
     return out
 
 
-def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs) -> pd.DataFrame:
+def _split_table(rng: np.random.Generator, split: str, n: int, k: SynthKnobs, her2_share: float = 0.0) -> pd.DataFrame:
     spec = table_spec()
     cat = {v["column"]: v for v in spec["categorical"]}
 
     def counts(col: str) -> dict:
         v = cat[col]
+        if col == "her2" and her2_share:  # an external site's own prevalence (both classes kept)
+            pos = min(max(int(round(her2_share * n)), 1), n - 1)
+            return {1: pos, 0: n - pos}
         return dict(zip(v["codes"], scale_counts(v[split], n)))
 
     noise = lambda: rng.standard_normal(n)  # noqa: E731
@@ -613,6 +639,12 @@ def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFra
     df = df.iloc[perm].reset_index(drop=True)
     width = max(3, len(str(len(df))))
     df.insert(0, "patient_id", [f"SYN{i + 1:0{width}d}" for i in range(len(df))])
+    if k.n_external:  # its own generator: the training and test patients are those of a cohort without it
+        ext_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
+        ext = _split_table(ext_rng, "test", k.n_external, k, her2_share=k.external_her2_share)
+        ext["split"] = "external"
+        ext.insert(0, "patient_id", [f"EXT{i + 1:03d}" for i in range(len(ext))])
+        df = pd.concat([df, ext], ignore_index=True)
     return df
 
 
@@ -635,7 +667,7 @@ def paper_count_table(df: pd.DataFrame) -> pd.DataFrame:
     for v in spec["categorical"]:
         if v["column"] not in df.columns:
             continue
-        for split in SPLITS:
+        for split in PAPER_SPLITS:
             scaled = scale_counts(v[split], int(n_split.get(split, 0)))
             col = df.loc[df["split"] == split, v["column"]].astype(str)
             for lev, code, npap, nsc in zip(v["levels"], v["codes"], v[split], scaled):
@@ -1240,6 +1272,59 @@ def render_mri(row: dict, rng: np.random.Generator, k: SynthKnobs) -> tuple[np.n
 # ----------------------------------------------------------------------------------------------------------
 # Cohort
 # ----------------------------------------------------------------------------------------------------------
+def shift_us(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Another ultrasound scanner's B-mode image of the same tissue: a different dynamic range (log-compression
+    exponent ``1 + 0.35 s``), gain (``x (1 + 0.2 s)``), coarser lateral resolution (Gaussian blur, SD ``0.8 s`` px
+    across, ``0.4 s`` px in depth) and more electronic noise (SD ``0.03 s`` of full scale), ``s = strength``.
+
+    Parameters
+    ----------
+    img : np.ndarray, uint8, shape (H, W)
+        A B-mode image of :func:`render_us`.
+    rng : numpy.random.Generator
+    strength : float
+        0 returns the image unchanged.
+
+    Returns
+    -------
+    np.ndarray, uint8, shape (H, W)
+    """
+    if not strength:
+        return img
+    x = img.astype(np.float32) / 255.0
+    x = (x ** (1.0 + 0.35 * strength)) * (1.0 + 0.2 * strength)
+    x = ndimage.gaussian_filter(x, (0.4 * strength, 0.8 * strength))
+    x = x + 0.03 * strength * rng.standard_normal(x.shape, dtype=np.float32)
+    return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def shift_mri(vol: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Another MRI scanner's volume of the same tissue: other signal units (``x (1 + 0.5 s)``), another contrast
+    (power law ``1 + 0.3 s`` on the normalised signal, as a field strength / sequence change), coarser in-plane
+    resolution (Gaussian blur, SD ``0.8 s`` voxels in-plane, ``0.3 s`` across slices) and more noise (SD
+    ``0.03 s`` of the normalised signal), ``s = strength``.
+
+    Parameters
+    ----------
+    vol : np.ndarray, int16, shape (z, y, x)
+        A volume of :func:`render_mri` (signal x 750).
+    rng : numpy.random.Generator
+    strength : float
+        0 returns the volume unchanged.
+
+    Returns
+    -------
+    np.ndarray, int16, shape (z, y, x)
+    """
+    if not strength:
+        return vol
+    v = vol.astype(np.float32) / 750.0
+    v = np.clip(v, 0, None) ** (1.0 + 0.3 * strength)
+    v = ndimage.gaussian_filter(v, (0.3 * strength, 0.8 * strength, 0.8 * strength))
+    v = np.abs(v + 0.03 * strength * rng.standard_normal(v.shape, dtype=np.float32)) * (1.0 + 0.5 * strength)
+    return np.clip(np.round(v * 750.0), 0, 32767).astype(np.int16)
+
+
 def _render_patient(args: tuple) -> dict:
     row, index, seed, knobs_dict, out_dir = args
     k = SynthKnobs(**knobs_dict)
@@ -1248,9 +1333,12 @@ def _render_patient(args: tuple) -> dict:
     rng_mri = np.random.default_rng(np.random.SeedSequence([int(seed), 2, int(index)]))
     out = Path(out_dir)
     img, mask = render_us(row, rng_us, k)
+    vol, vmask = render_mri(row, rng_mri, k)
+    if row["split"] == "external" and k.external_shift:  # the external site's scanner (own generator)
+        rng_site = np.random.default_rng(np.random.SeedSequence([int(seed), 4, int(index)]))
+        img, vol = shift_us(img, rng_site, k.external_shift), shift_mri(vol, rng_site, k.external_shift)
     write_png(out / "us" / f"{pid}.png", img)
     write_png(out / "us" / f"{pid}_mask.png", mask)
-    vol, vmask = render_mri(row, rng_mri, k)
     write_nifti(out / "mri" / f"{pid}.nii.gz", vol, k.mri_spacing)
     write_nifti(out / "mri" / f"{pid}_mask.nii.gz", vmask, k.mri_spacing)
     return {
@@ -1267,6 +1355,9 @@ def synth_params(n_patients: int = 197, seed: int = 0, **knobs: Any) -> dict:
     k = knobs_from(**knobs)
     d = asdict(k)
     d.pop("n_jobs")  # does not change the output
+    if not d["n_external"]:  # no external site: the record of cohorts built before these knobs existed
+        for key in ("n_external", "external_shift", "external_her2_share"):
+            d.pop(key)
     if not d["low_signal"]:
         # low_signal = 0 builds today's cohort: leaving the key out keeps the synth_params.json of cohorts built
         # before the knob existed equal to this record, so prepare_cohort reuses them instead of rebuilding

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..evaluate import THRESHOLD_RULES, ModelPredictions, roc_points
+from ..evaluate import COHORT_NAMES, THRESHOLD_RULES, ModelPredictions, roc_points
 from ..io import save_figure
 from ..stats import brier_score, calibration_curve, decision_curve
 from ._style import MODEL_COLORS, style
 
-__all__ = ["plot_roc", "plot_performance", "plot_calibration", "plot_decision_curve"]
+__all__ = ["plot_roc", "plot_performance", "plot_calibration", "plot_decision_curve", "plot_internal_external"]
 
 
 def plot_roc(
@@ -30,8 +30,10 @@ def plot_roc(
     *,
     dpi: int = 300,
     svg: bool = True,
+    cohort: str = "test",
 ) -> Figure:
-    """Figure 3A: test-cohort ROC curves, legend with AUC and its 95% CI (method named in the legend title).
+    """Figure 3A: test-cohort ROC curves, legend with AUC and its 95% CI (method named in the legend title);
+    ``cohort="external"``: the same for the external validation cohort (:func:`her2lib.evaluate.load_predictions`).
 
     Returns
     -------
@@ -63,7 +65,7 @@ def plot_roc(
         ax.set_xlabel("1 \u2212 Specificity (false-positive rate)")
         ax.set_ylabel("Sensitivity (true-positive rate)")
         n_pos, n_neg = int(perf["n_pos"].iloc[0]), int(perf["n_neg"].iloc[0])
-        ax.set_title(f"ROC curves, test cohort (n = {n_pos + n_neg}; {n_pos} HER2+)")
+        ax.set_title(f"ROC curves, {COHORT_NAMES[cohort]} (n = {n_pos + n_neg}; {n_pos} HER2+)")
         method = str(perf["auc_ci_method"].iloc[0]).split(" (")[0]
         ax.legend(loc="lower right", title=f"AUC (95% CI, {method})", title_fontsize=9.5, frameon=False)
         per_fold = "threshold_rule" in perf and str(perf["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"]
@@ -91,7 +93,12 @@ _METRIC_LABELS = (
 
 
 def plot_performance(
-    performance: pd.DataFrame, path: str | os.PathLike | None = None, *, dpi: int = 300, svg: bool = False
+    performance: pd.DataFrame,
+    path: str | os.PathLike | None = None,
+    *,
+    dpi: int = 300,
+    svg: bool = False,
+    cohort: str = "test",
 ) -> Figure:
     """Figure 3B: grouped bars of AUC, accuracy, sensitivity, specificity, PPV, NPV and F1 per model, with 95% CI
     error bars and the value printed above each bar.
@@ -144,7 +151,7 @@ def plot_performance(
             and str(performance["threshold_rule"].iloc[0]) == THRESHOLD_RULES["per-fold"]
         )
         ax.set_title(
-            "Diagnostic performance, test cohort (thresholds: Youden on training OOF"
+            f"Diagnostic performance, {COHORT_NAMES[cohort]} (thresholds: Youden on training OOF"
             + ("; metrics: mean of the fold models)" if per_fold else ")")
         )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=n_models, frameon=False)
@@ -165,7 +172,12 @@ def plot_performance(
 
 
 def plot_calibration(
-    preds: Mapping[str, ModelPredictions], path: str | os.PathLike | None = None, *, n_bins: int = 5, dpi: int = 300
+    preds: Mapping[str, ModelPredictions],
+    path: str | os.PathLike | None = None,
+    *,
+    n_bins: int = 5,
+    dpi: int = 300,
+    cohort: str = "test",
 ) -> Figure:
     """Reliability curves (quantile bins, observed fraction with 95% CI) of each model on the test cohort, with
     the Brier score in the legend and the distribution of predictions underneath.
@@ -199,7 +211,7 @@ def plot_calibration(
         ax.set_xlim(0, 1)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("Observed HER2-positive fraction")
-        ax.set_title(f"Calibration, test cohort ({n_bins} quantile bins)")
+        ax.set_title(f"Calibration, {COHORT_NAMES[cohort]} ({n_bins} quantile bins)")
         ax.legend(loc="upper left", frameon=False)
         ax.grid(alpha=0.25)
         axh.set_xlabel("Predicted probability of HER2-positive")
@@ -215,6 +227,7 @@ def plot_decision_curve(
     *,
     dpi: int = 300,
     max_threshold: float = 0.9,
+    cohort: str = "test",
 ) -> Figure:
     """Decision curves (net benefit vs threshold probability) of each model on the test cohort, with
     treat-all and treat-none.
@@ -239,9 +252,55 @@ def plot_decision_curve(
         ax.set_xlim(0, max_threshold)
         ax.set_xlabel("Threshold probability")
         ax.set_ylabel("Net benefit")
-        ax.set_title("Decision curve, test cohort")
+        ax.set_title(f"Decision curve, {COHORT_NAMES[cohort]}")
         ax.legend(loc="upper right", frameon=False)
         ax.grid(alpha=0.25)
+        if path is not None:
+            save_figure(fig, path, dpi)
+    return fig
+
+
+def plot_internal_external(
+    test: Mapping[str, ModelPredictions],
+    external: Mapping[str, ModelPredictions],
+    table: pd.DataFrame,
+    path: str | os.PathLike | None = None,
+    *,
+    dpi: int = 300,
+) -> Figure:
+    """One panel per model: its ROC curve in the test cohort (solid) and in the external validation cohort (dashed),
+    with both AUCs and the unpaired DeLong P (:func:`her2lib.evaluate.internal_external_table`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    tab = table.set_index("model")
+    keys = [k for k in test if k in external and k in tab.index]
+    with style():
+        fig = Figure(figsize=(4.2 * max(len(keys), 1), 4.6), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, max(len(keys), 1), sharey=True))
+        for ax, key in zip(axes, keys):
+            r, color = tab.loc[key], MODEL_COLORS.get(key)
+            ax.plot([0, 1], [0, 1], ls=":", color="0.55", lw=1)
+            for preds, ls, name, a in (
+                (test, "-", "test", r["auc_test"]),
+                (external, "--", "external", r["auc_external"]),
+            ):
+                mp = preds[key]
+                pts = roc_points(mp.test["her2"], mp.test["p_her2"])
+                n, n_pos = len(mp.test), int(mp.test["her2"].sum())
+                ax.plot(pts.fpr, pts.tpr, ls=ls, color=color, lw=2, label=f"{name} (n = {n}, {n_pos} HER2+): {a:.3f}")
+            p = r["p_value"]
+            ax.set_title(f"{test[key].label}\nunpaired DeLong P {'< 0.001' if p < 0.001 else f'= {p:.3f}'}")
+            ax.set_xlim(-0.01, 1.01)
+            ax.set_ylim(-0.01, 1.01)
+            ax.set_aspect("equal")
+            ax.set_xlabel("1 \u2212 Specificity")
+            ax.legend(loc="lower right", title="cohort: AUC", title_fontsize=9, fontsize=8.5, frameon=False)
+            ax.grid(alpha=0.25)
+        axes[0].set_ylabel("Sensitivity")
+        fig.suptitle("Internal (test) vs external validation")
         if path is not None:
             save_figure(fig, path, dpi)
     return fig

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import synth
 from ..adapters import IMPORTERS
-from ..contract import resolve_path
+from ..contract import PAPER_SPLITS, resolve_path
 from ..errors import DataError, ParameterError
 from ..figures.cohort import cohort_gallery
 from ..io import write_csv
@@ -166,7 +166,13 @@ def cohort_tables(run: RunDirs, cohort: pd.DataFrame, *, alpha: float = 0.05) ->
     CohortTables
         ``result[name]`` is the table written to ``tables/<name>.csv``.
     """
-    result = _cohort_tables(cohort, alpha=alpha)
+    paper = cohort[cohort["split"].isin(PAPER_SPLITS)]
+    if len(paper) < len(cohort):
+        notice(
+            f"{len(cohort) - len(paper)} external-validation patients are not in Tables 1-3 (training vs test "
+            "cohort, as the paper's)."
+        )
+    result = _cohort_tables(paper, alpha=alpha)
     if result.absent:
         notice(
             f"The cohort has no column for {len(result.absent)} variable(s) of Tables 1-3, left out of the "

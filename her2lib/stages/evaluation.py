@@ -14,10 +14,23 @@ import pandas as pd
 from ..contract import MODELS, Task, model_label
 from ..contract import task as _task
 from ..errors import DataError
-from ..evaluate import EvaluationResult, available_models, evaluate_models, load_predictions
+from ..evaluate import (
+    EvaluationResult,
+    available_models,
+    evaluate_models,
+    internal_external_paragraph,
+    internal_external_table,
+    load_predictions,
+)
 from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_class_predictions
 from ..evaluate_repeats import RepeatedCVResult, evaluate_repeats
-from ..figures.evaluation import plot_calibration, plot_decision_curve, plot_performance, plot_roc
+from ..figures.evaluation import (
+    plot_calibration,
+    plot_decision_curve,
+    plot_internal_external,
+    plot_performance,
+    plot_roc,
+)
 from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
 from ..figures.repeats import plot_repeats
 from ..io import write_csv, write_text
@@ -36,6 +49,22 @@ _BINARY_OUTPUTS = (
     "figures/performance.png",
     "figures/calibration.png",
     "figures/decision_curve.png",
+)
+#: what an external validation cohort adds (``split == "external"`` in the manifest)
+_EXTERNAL_OUTPUTS = (
+    "tables/external/performance.csv",
+    "tables/external/performance_fold_models.csv",
+    "tables/external/delong.csv",
+    "tables/external/calibration.csv",
+    "tables/external/decision_curve.csv",
+    "tables/external/results_text.md",
+    "tables/internal_vs_external.csv",
+    "figures/external/roc.png",
+    "figures/external/roc.svg",
+    "figures/external/performance.png",
+    "figures/external/calibration.png",
+    "figures/external/decision_curve.png",
+    "figures/internal_vs_external.png",
 )
 #: what a repeated cross-validation adds (:func:`evaluate_repetitions`)
 _REPEAT_OUTPUTS = (
@@ -153,7 +182,7 @@ def run_evaluation(
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
     t = _task(task)
-    stale = _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS
+    stale = _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS + _EXTERNAL_OUTPUTS
     remove_stale(*(run.root / rel for rel in stale))
     if not t.is_binary:
         return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
@@ -183,7 +212,40 @@ def run_evaluation(
         fdir / "decision_curve.png",
         fdir / "roc.svg",
     ]
+    kw = dict(ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed)
+    files += _evaluate_external(run, preds, dpi=dpi, **kw)
     return dataclasses.replace(res, files=tuple(files))
+
+
+def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, **options) -> list:
+    """The external validation cohort (``{prefix}_external.csv`` of the evaluated models): the test cohort's tables
+    and figures under ``tables/external``, ``figures/external``, and the unpaired DeLong comparison of each model's
+    test and external AUC (``tables/internal_vs_external.csv``, ``figures/internal_vs_external.png``). Without
+    external predictions nothing is written and these files of an earlier run are removed."""
+    keys = [k for k in preds if k in available_models(run.predictions, cohort="external")]
+    if not keys:
+        remove_stale(*(run.root / rel for rel in _EXTERNAL_OUTPUTS))
+        return []
+    ext = load_predictions(run.predictions, keys, models_dir=run.models, cohort="external")
+    res = evaluate_models(ext, cohort="external", **options)
+    both = internal_external_table(preds, ext)
+    tdir, fdir = run.tables / "external", run.figures / "external"
+    files = [
+        write_csv(tdir / "performance.csv", res.performance),
+        write_csv(tdir / "performance_fold_models.csv", res.fold_models),
+        write_csv(tdir / "delong.csv", res.delong),
+        write_csv(tdir / "calibration.csv", res.calibration),
+        write_csv(tdir / "decision_curve.csv", res.decision),
+        write_text(tdir / "results_text.md", res.text + "\n" + internal_external_paragraph(both)),
+        write_csv(run.tables / "internal_vs_external.csv", both),
+    ]
+    plot_roc(ext, res.performance, fdir / "roc.png", dpi=dpi, cohort="external")
+    plot_performance(res.performance, fdir / "performance.png", dpi=dpi, cohort="external")
+    plot_calibration(ext, fdir / "calibration.png", n_bins=options["n_bins"], dpi=dpi, cohort="external")
+    plot_decision_curve(ext, fdir / "decision_curve.png", dpi=dpi, cohort="external")
+    plot_internal_external(preds, ext, both, run.figures / "internal_vs_external.png", dpi=dpi)
+    names = ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png")
+    return files + [fdir / n for n in names] + [run.figures / "internal_vs_external.png"]
 
 
 def _run_class_evaluation(

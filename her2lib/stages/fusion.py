@@ -17,7 +17,7 @@ from ..contract import (
     read_test_folds,
 )
 from ..contract import task as _get_task
-from ..fusion import EPS, FusionResult, fuse
+from ..fusion import EPS, FusionResult, apply_fusion, fuse
 from ..fusion_classes import ClassFusionResult, fuse_classes
 from ..io import write_csv
 from ._common import RunDirs, notice, remove_stale
@@ -45,6 +45,8 @@ def fusion_outputs(run: RunDirs) -> tuple[Path, ...]:
         run.predictions / f"{_FUSION}_test_paper.csv",
         run.tables / "fusion_coefficients.csv",
         run.tables / "fusion_protocols.csv",
+        prediction_path(run.predictions, _FUSION, "external"),
+        prediction_path(run.predictions, _FUSION, "external_folds"),
     )
 
 
@@ -138,7 +140,7 @@ def _run_binary_fusion(
         seed=seed,
         check_input=False,
     )
-    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path, *_ = fusion_outputs(run)
     write_csv(oof_path, res.oof)
     write_csv(test_path, res.test)
     if res.test_folds is not None:
@@ -148,7 +150,26 @@ def _run_binary_fusion(
     write_csv(paper_path, res.paper_test)
     write_csv(coef_path, res.coefficients)
     write_csv(prot_path, res.protocols)
+    _fuse_external(run, res)
     return res
+
+
+def _fuse_external(run: RunDirs, res: FusionResult) -> None:
+    """The leakage-free fusion applied to the external validation cohort, when both models predicted one
+    (``{us,mri}_external.csv``): ``fusion_external.csv`` and ``fusion_external_folds.csv``; removed otherwise."""
+    ext_path, ext_folds_path = fusion_outputs(run)[-2:]
+    paths = {p: prediction_path(run.predictions, p, "external") for p in (_US, _MRI)}
+    if not all(p.is_file() for p in paths.values()):
+        remove_stale(ext_path, ext_folds_path)
+        return
+    ext = {p: read_predictions(path, "external") for p, path in paths.items()}
+    folds = {p: read_test_folds(prediction_path(run.predictions, p, "external_folds"), ext[p]) for p in paths}
+    pred, pred_folds = apply_fusion(res.model, ext[_US], ext[_MRI], us_folds=folds[_US], mri_folds=folds[_MRI])
+    write_csv(ext_path, pred)
+    if pred_folds is not None:
+        write_csv(ext_folds_path, pred_folds)
+    else:
+        remove_stale(ext_folds_path)
 
 
 def _run_class_fusion(run: RunDirs, t: Task, inputs: dict[str, Path], *, level: float, eps: float) -> ClassFusionResult:
@@ -168,13 +189,14 @@ def _run_class_fusion(run: RunDirs, t: Task, inputs: dict[str, Path], *, level: 
         mri_test_folds=read_class_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), t, mri_test),
         check_input=False,
     )
-    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path, *ext = fusion_outputs(run)
     write_csv(oof_path, res.oof)
     write_csv(test_path, res.test)
     if res.test_folds is not None:
         write_csv(folds_path, res.test_folds)
     else:
         remove_stale(folds_path)
+    remove_stale(*ext)  # the class tasks are evaluated on the test cohort only (for now)
     write_csv(coef_path, res.coefficients)
     remove_stale(paper_path, prot_path)
     return res

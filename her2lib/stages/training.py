@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..contract import Task, prediction_path
+from ..contract import PREDICTION_KINDS, Task, prediction_path
 from ..contract import modality as _modality
 from ..contract import model as _model
 from ..contract import task as _task
@@ -92,7 +92,7 @@ def train_modality(
     prefix = _model(mod.model).prefix
     outputs = []
     for rep in map(run.repeat, run.repeats()):
-        outputs += [prediction_path(rep.predictions, prefix, kind) for kind in ("oof", "test", "test_folds")]
+        outputs += [prediction_path(rep.predictions, prefix, kind) for kind in PREDICTION_KINDS]
         outputs += [rep.tables / f"{mod.model}_folds.csv", rep.figures / f"learning_curve_{modality}.png"]
     if not modality_present(cohort, modality, quiet=True):
         notice(

@@ -77,6 +77,9 @@ class CVResult:
     test_folds : pandas.DataFrame
         Every fold model's test probabilities, :data:`~her2lib.contract.TEST_FOLD_COLUMNS` (long format,
         ``model_fold`` = fold of the model), sorted by patient then model fold.
+    external, external_folds : pandas.DataFrame or None
+        As ``test`` and ``test_folds`` for the external validation cohort (``split == "external"``); None when the
+        cohort has none.
     selection : str
         ``"inner"`` or ``"heldout"`` (:data:`SELECTIONS`).
     task : str
@@ -90,6 +93,8 @@ class CVResult:
     test_folds: pd.DataFrame | None = None
     selection: str = "inner"
     task: str = "binary"
+    external: pd.DataFrame | None = None
+    external_folds: pd.DataFrame | None = None
 
 
 def _checked_inputs(
@@ -184,13 +189,18 @@ def _set_proba(frame: pd.DataFrame, t: Task, p: np.ndarray) -> None:
             frame[col] = p[:, j] if len(p) else np.zeros(0)
 
 
+def _oof_table(oof_parts: list, t: Task) -> pd.DataFrame:
+    """The OOF table, sorted by patient."""
+    cols = list(PREDICTION_COLUMNS) if t.is_binary else list(class_prediction_columns(t))
+    return pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[cols]
+
+
 def _assemble(
-    rows: pd.DataFrame, test_idx: np.ndarray, oof_parts: list, test_probs: list, test_fold_parts: list, t: Task
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """OOF table, fold-mean test table and per-fold-model test table, sorted by patient."""
+    rows: pd.DataFrame, test_idx: np.ndarray, test_probs: list, test_fold_parts: list, t: Task
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fold-mean table and per-fold-model table of one evaluation split (test or external), sorted by patient."""
     cols = list(PREDICTION_COLUMNS) if t.is_binary else list(class_prediction_columns(t))
     fold_cols = list(TEST_FOLD_COLUMNS) if t.is_binary else list(class_test_fold_columns(t))
-    oof = pd.concat(oof_parts).sort_values("patient_id").reset_index(drop=True)[cols]
     test = rows.iloc[test_idx].copy()
     test["fold"] = -1
     empty = np.zeros(0) if t.is_binary else np.zeros((0, t.n_classes))  # a cohort without test patients
@@ -201,7 +211,7 @@ def _assemble(
         if test_fold_parts
         else pd.DataFrame(columns=fold_cols)
     )
-    return oof, test, test_folds
+    return test, test_folds
 
 
 def _label_rows(cohort: pd.DataFrame, t: Task, model_cfg: ModelConfig) -> tuple[pd.DataFrame, str]:
@@ -380,6 +390,7 @@ class _CVPlan:
     rows: pd.DataFrame
     x: torch.Tensor
     test_idx: np.ndarray
+    ext_idx: np.ndarray
     task: Task
     model_cfg: ModelConfig
     training: TrainConfig
@@ -441,8 +452,9 @@ def _plan_cv(
         options |= {"checkpoint_every": checkpoint_every, "progress": progress, "epoch_hook": epoch_hook}
         options |= {"fingerprint_extra": extra, "label": label}
         jobs.append(FoldJob(k, (model_cfg, training, x, rows), options, repeat=repeat, index=(fit_idx, sel_idx)))
-    test_idx = np.flatnonzero(~is_train)
-    return _CVPlan(repeat, jobs, sets, rows, x, test_idx, t, model_cfg, training, dev, selection, out_dir)
+    test_idx = np.flatnonzero((rows["split"] == "test").to_numpy())
+    ext_idx = np.flatnonzero((rows["split"] == "external").to_numpy())
+    return _CVPlan(repeat, jobs, sets, rows, x, test_idx, ext_idx, t, model_cfg, training, dev, selection, out_dir)
 
 
 def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
@@ -451,10 +463,11 @@ def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
     ``record`` is :func:`train_folds`'s record of this plan's jobs: a fold it holds was trained by a Ray task and is
     found here by its fingerprint.
     """
-    t, dev, training, rows, x, test_idx = plan.task, plan.device, plan.training, plan.rows, plan.x, plan.test_idx
+    t, dev, training, rows, x = plan.task, plan.device, plan.training, plan.rows, plan.x
     record = {**record, "jobs": list(record["jobs"])}
     ray_done = {j["fold"] for j in record["jobs"]}
-    oof_parts, hist, summ, test_probs, test_fold_parts = [], [], [], [], []
+    oof_parts, hist, summ = [], [], []
+    evals = {"test": (plan.test_idx, [], []), "external": (plan.ext_idx, [], [])}  # rows, probabilities, fold tables
     multi = not t.is_binary
     for job in plan.jobs:
         k = job.fold
@@ -469,27 +482,31 @@ def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
         part["fold"] = k
         _set_proba(part, t, predict_proba(model, x[va], training=training, device=dev, all_classes=multi))
         oof_parts.append(part)
-        if len(test_idx):
-            pt = predict_proba(model, x[test_idx], training=training, device=dev, all_classes=multi)
-            test_probs.append(pt)
-            tf = rows.iloc[test_idx][["patient_id", "split", t.label_column]].copy()
-            tf["model_fold"] = k
-            _set_proba(tf, t, pt)
-            test_fold_parts.append(tf)
+        for idx, probs, fold_parts in evals.values():
+            if len(idx):
+                pt = predict_proba(model, x[idx], training=training, device=dev, all_classes=multi)
+                probs.append(pt)
+                tf = rows.iloc[idx][["patient_id", "split", t.label_column]].copy()
+                tf["model_fold"] = k
+                _set_proba(tf, t, pt)
+                fold_parts.append(tf)
         hist.extend(res.history)
         summ.append(_summary_row(k, res, plan.selection, (len(fit_idx), len(sel_idx), len(va)), part, t))
-    oof, test, test_folds = _assemble(rows, test_idx, oof_parts, test_probs, test_fold_parts, t)
+    test, test_folds = _assemble(rows, *evals["test"], t)
+    external, external_folds = _assemble(rows, *evals["external"], t) if len(plan.ext_idx) else (None, None)
     history = pd.DataFrame(hist)
     write_csv(plan.out_dir / "metrics.csv", history)
     write_json(plan.out_dir / "jobs.json", record)
     return CVResult(
-        oof=oof,
+        oof=_oof_table(oof_parts, t),
         test=test,
         history=history,
         summary=pd.DataFrame(summ),
         test_folds=test_folds,
         selection=plan.selection,
         task=t.key,
+        external=external,
+        external_folds=external_folds,
     )
 
 
@@ -534,7 +551,9 @@ def load_fold_model(models_dir: str | os.PathLike, fold: int, device: str = "cpu
 def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, prefix: str) -> list[Path]:
     """Write ``{prefix}_oof.csv``, ``{prefix}_test.csv`` (:data:`~her2lib.contract.PREDICTION_COLUMNS`; test =
     mean of the fold models) and ``{prefix}_test_folds.csv`` (:data:`~her2lib.contract.TEST_FOLD_COLUMNS`, each
-    fold model's test probability). ``prefix`` is a deep-learning model's prefix, ``"us"`` or ``"mri"``."""
+    fold model's test probability), and for a cohort with an external validation split ``{prefix}_external.csv`` and
+    ``{prefix}_external_folds.csv`` in the same formats (removed when it has none). ``prefix`` is a deep-learning
+    model's prefix, ``"us"`` or ``"mri"``."""
     look_up_option(prefix, [MODELS[k].prefix for k in DL_MODELS], name="prefix")
     out = [
         write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
@@ -542,6 +561,13 @@ def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, pref
     ]
     if result.test_folds is not None:
         out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), result.test_folds))
+    ext = [prediction_path(predictions_dir, prefix, kind) for kind in ("external", "external_folds")]
+    if result.external is not None:
+        out.append(write_csv(ext[0], result.external))
+        out.append(write_csv(ext[1], result.external_folds))
+    else:  # an earlier run's external predictions in the same folder are not this cohort's
+        for p in ext:
+            p.unlink(missing_ok=True)
     return out
 
 

@@ -26,7 +26,7 @@ def _check_cohort(df: pd.DataFrame, where: str) -> None:
         raise DataError(f"{where}: the cohort table lacks columns {missing}.")
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
-        raise DataError(f"{where}: split values {bad} are not 'train'/'test'.")
+        raise DataError(f"{where}: split values {bad} are not 'train', 'test' or 'external'.")
     labels = set(pd.unique(df["her2"]))
     if not labels <= {0, 1}:
         raise DataError(f"{where}: her2 must be 0/1, found {sorted(map(str, labels))}.")
@@ -139,8 +139,8 @@ def read_folds(path: str | os.PathLike, df: pd.DataFrame, *, label: str = "her2"
     if label != "her2":
         bad |= m["fold"].notna() & (m[label] != m[f"{label}_file"])
     problems += [f"patient {p}: split/{label} differ from {path}" for p in m.loc[bad, "patient_id"]]
-    leak = m["fold"].notna() & (m["split"] == "test") & (m["fold"] != -1)
-    problems += [f"patient {p}: test patient with a CV fold" for p in m.loc[leak, "patient_id"]]
+    leak = m["fold"].notna() & (m["split"] != "train") & (m["fold"] != -1)
+    problems += [f"patient {p}: {s} patient with a CV fold" for p, s in m.loc[leak, ["patient_id", "split"]].values]
     if problems:
         raise DataError(
             f"{path} does not match the cohort ({len(problems)} problems: {'; '.join(problems[:5])}"
