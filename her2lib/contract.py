@@ -288,7 +288,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
         Columns ``patient_id, split, fold, her2, p_her2`` (extra columns are kept), one row per patient.
     source : str
         Name used in error messages (usually the file path).
-    split : {"train", "test"} or None
+    split : {"train", "test", "external"} or None
         If given, every row must belong to this split.
 
     Returns
@@ -314,7 +314,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", split: s
     dup = out.loc[out["patient_id"].duplicated(), "patient_id"].tolist()
     if dup:
         problems.append(f"{source}: duplicate patient_id {sorted(set(dup))[:10]}; one row per patient expected.")
-    bad_split = out.loc[~out["split"].isin(["train", "test"]), "patient_id"].tolist()
+    bad_split = out.loc[~out["split"].isin(SPLITS), "patient_id"].tolist()
     if bad_split:
         problems.append(f"{source}: split must be 'train', 'test' or 'external' (patients {bad_split[:10]}).")
     if split is not None:
@@ -393,10 +393,12 @@ def validate_test_folds(
     problems: list[str] = []
     if len(out) == 0:
         problems.append(f"{source}: no rows.")
-    if (out["split"] != "test").any():
+    first = out["split"].iloc[0] if len(out) else "test"
+    odd = ~out["split"].isin(EVAL_SPLITS) | (out["split"] != first)
+    if odd.any():
         problems.append(
-            f"{source}: only test patients belong here (patients "
-            f"{out.loc[out['split'] != 'test', 'patient_id'].tolist()[:10]})."
+            f"{source}: only test patients, or only external patients, belong here (patients "
+            f"{out.loc[odd, 'patient_id'].tolist()[:10]})."
         )
     her2 = pd.to_numeric(out["her2"], errors="coerce")
     p = pd.to_numeric(out["p_her2"], errors="coerce")
@@ -536,7 +538,7 @@ def validate_class_predictions(
         ``"three-class"`` or ``"low-vs-zero"``.
     source : str
         Name used in error messages (usually the file path).
-    split : {"train", "test"} or None
+    split : {"train", "test", "external"} or None
         If given, every row must belong to this split.
 
     Raises

@@ -292,7 +292,9 @@ def plot_internal_external(
                 n, n_pos = len(mp.test), int(mp.test["her2"].sum())
                 ax.plot(pts.fpr, pts.tpr, ls=ls, color=color, lw=2, label=f"{name} (n = {n}, {n_pos} HER2+): {a:.3f}")
             p = r["p_value"]
-            ax.set_title(f"{test[key].label}\nunpaired DeLong P {'< 0.001' if p < 0.001 else f'= {p:.3f}'}")
+            ax.set_title(
+                f"{test[key].label}: test vs external\nunpaired DeLong P {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+            )
             ax.set_xlim(-0.01, 1.01)
             ax.set_ylim(-0.01, 1.01)
             ax.set_aspect("equal")
@@ -300,7 +302,6 @@ def plot_internal_external(
             ax.legend(loc="lower right", title="cohort: AUC", title_fontsize=9, fontsize=8.5, frameon=False)
             ax.grid(alpha=0.25)
         axes[0].set_ylabel("Sensitivity")
-        fig.suptitle("Internal (test) vs external validation")
         if path is not None:
             save_figure(fig, path, dpi)
     return fig

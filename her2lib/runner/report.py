@@ -26,6 +26,7 @@ __all__ = ["PAPER_ITEMS", "write_index", "markdown_html"]
 _e = html.escape
 RESULTS_TEXT = "tables/results_text.md"
 REPEATS_TEXT = "tables/repeats_text.md"
+EXTERNAL_TEXT = "tables/external/results_text.md"
 
 # The paper's tables and figures, in its order: (file relative to the run folder, label, caption).
 PAPER_ITEMS: tuple[tuple[str, str, str], ...] = (
@@ -77,6 +78,14 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "percentages.",
     "figures/roc_low_vs_zero.png": "HER2-low vs HER2-zero among the HER2-negative test patients (the question of "
     "trastuzumab deruxtecan eligibility): ROC curves with AUC (95% DeLong CI).",
+    "figures/internal_vs_external.png": "Internal vs external validation: each model's ROC curve in the test cohort "
+    "(solid) and in the external validation cohort (dashed), with the unpaired DeLong P of the two AUCs.",
+    "figures/external/roc.png": "ROC curves in the external validation cohort (models, thresholds and fusion fitted "
+    "on the training cohort only).",
+    "figures/external/performance.png": "Diagnostic performance in the external validation cohort at the "
+    "training-OOF thresholds.",
+    "figures/external/calibration.png": "Calibration in the external validation cohort (no recalibration).",
+    "figures/external/decision_curve.png": "Decision curve in the external validation cohort.",
     "figures/repeats.png": "Repeated cross-validation: each model's test AUC and each paired DeLong AUC difference in "
     "every repetition (new folds and training seed, the same test cohort), their mean and 2.5th-97.5th percentiles; "
     "the diamond is repetition 0, the single run reported above.",
@@ -91,6 +100,13 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "tables/performance.csv": "Figure 3B in numbers: every metric with its confidence interval, the threshold and "
     "how it was chosen.",
     "tables/delong.csv": "DeLong comparisons of the models' AUCs: difference, 95% CI, Z and two-sided P.",
+    "tables/internal_vs_external.csv": "Each model's test-cohort AUC against its external-cohort AUC: unpaired "
+    "DeLong test (pROC roc.test, paired = FALSE).",
+    "tables/external/performance.csv": "Every metric in the external validation cohort with its confidence interval "
+    "(thresholds from the training OOF predictions).",
+    "tables/external/delong.csv": "Paired DeLong comparisons of the models within the external validation cohort.",
+    "tables/external/calibration.csv": "Calibration in the external validation cohort: intercept, slope, Brier "
+    "score and the reliability-curve points.",
     "tables/repeats_summary.csv": "Repeated cross-validation: test and OOF AUC of each model and the DeLong AUC "
     "differences, summarised over the repetitions (mean, SD, percentiles) beside the single run.",
     "tables/repeats_auc.csv": "Repeated cross-validation: test and OOF AUC of each model in each repetition.",
@@ -277,6 +293,12 @@ def _header(prov: dict[str, Any], out: Path) -> list[str]:
         text = results.read_text(encoding="utf-8")
         text += ("\n\n" + repeats.read_text(encoding="utf-8")) if repeats.is_file() else ""
         parts.append(f"<h2 id='results'>Results</h2><div class='results'>{markdown_html(text)}</div>")
+        external = out / EXTERNAL_TEXT  # an external validation cohort's paragraphs, when the cohort has one
+        if external.is_file():
+            parts.append(
+                "<h3>External validation</h3><div class='results'>"
+                f"{markdown_html(external.read_text(encoding='utf-8'))}</div>"
+            )
     return parts
 
 
@@ -321,9 +343,9 @@ def _paper(out: Path, source: Callable[[str], str]) -> list[str]:
 
 def _extras(out: Path, source: Callable[[str], str]) -> list[str]:
     """Every other figure and table of the run (captioned ones first), then the prediction files."""
-    shown = {rel for rel, _, _ in PAPER_ITEMS} | {RESULTS_TEXT}
-    figures = _listed(out, "figures", (".png",))
-    tables = _listed(out, "tables", (".csv", ".md", ".txt"))
+    shown = {rel for rel, _, _ in PAPER_ITEMS} | {RESULTS_TEXT, REPEATS_TEXT, EXTERNAL_TEXT}
+    figures = _listed(out, "figures", (".png",)) + _listed(out, "figures/external", (".png",))
+    tables = _listed(out, "tables", (".csv", ".md", ".txt")) + _listed(out, "tables/external", (".csv",))
     ordered = [r for r in _FIGURE_ORDER if r in figures] + [r for r in figures if r not in _FIGURE_ORDER]
     ordered += [r for r in _TABLE_ORDER if r in tables] + [r for r in tables if r not in _TABLE_ORDER]
     parts = ["<h2 id='extras'>More figures and tables</h2>"]
