@@ -93,7 +93,16 @@ def _derive_subtypes(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: float, seed: int, params: dict) -> Path:
+def _finish(
+    out: Path,
+    rows: list[dict],
+    skipped: list[dict],
+    test_fraction: float,
+    seed: int,
+    params: dict,
+    *,
+    external: list[str] | None = None,
+) -> Path:
     if not rows:
         write_csv(out / "import_report.csv", pd.DataFrame(skipped, columns=["patient_id", "reason"]))
         raise DataError(
@@ -103,7 +112,19 @@ def _finish(out: Path, rows: list[dict], skipped: list[dict], test_fraction: flo
     df = pd.DataFrame(rows)
     df = df.sort_values("patient_id", kind="stable").reset_index(drop=True)
     df["her2"] = df["her2"].astype(int)
-    df["split"] = stratified_split(df["her2"].to_numpy(), test_fraction=test_fraction, seed=seed)
+    if external:  # these sites are the external validation cohort; train/test are drawn from the others
+        is_ext = df["site"].isin(external).to_numpy()
+        if is_ext.all() or not is_ext.any():
+            raise DataError(
+                f"{out}: external_datasets={external} mark {int(is_ext.sum())} of {len(df)} imported patients as "
+                f"external; name one or more of the sites {sorted(set(df['site']))}, not all of them."
+            )
+        df["split"] = "external"
+        df.loc[~is_ext, "split"] = stratified_split(
+            df.loc[~is_ext, "her2"].to_numpy(), test_fraction=test_fraction, seed=seed
+        )
+    else:
+        df["split"] = stratified_split(df["her2"].to_numpy(), test_fraction=test_fraction, seed=seed)
     for c in ("us_image", "us_mask"):
         df[c] = ""
     for c in df.columns:  # binary columns as integers, blanks where unknown
@@ -157,6 +178,7 @@ def import_mama_mia(
     segmentation: str = "expert",
     copy_images: bool = False,
     datasets: list[str] | None = None,
+    external_datasets: list[str] | None = None,
 ) -> Path:
     """Import MAMA-MIA (DCE-MRI, expert segmentations) as an MRI-only her2lib cohort.
 
@@ -180,6 +202,10 @@ def import_mama_mia(
         manifest references the source files by relative path.
     datasets : list of str, optional
         Keep only these values of the ``dataset`` column (e.g. ``["ISPY2"]``).
+    external_datasets : list of str, optional
+        MAMA-MIA pools several centres' collections (``dataset``: DUKE, ISPY1, ISPY2, NACT): the patients of these
+        collections become the external validation cohort (``split = external``, never fitted on), the others are
+        split into training and test as usual, and the manifest gets a ``site`` column (the collection).
 
     Returns
     -------
@@ -224,6 +250,8 @@ def import_mama_mia(
         else:
             mi, mm = os.path.relpath(img.resolve(), out.resolve()), os.path.relpath(seg.resolve(), out.resolve())
         row: dict[str, Any] = {"patient_id": pid, "her2": int(her2), "mri_image": mi, "mri_mask": mm}
+        if external_datasets:
+            row["site"] = str(r.get("dataset", ""))
         for c in ("er", "pr", "hr"):
             if c in clin:
                 row[c] = _binary(r[c])
@@ -243,8 +271,9 @@ def import_mama_mia(
         "segmentation": segmentation,
         "copy_images": copy_images,
         "datasets": datasets,
+        **({"external_datasets": list(external_datasets)} if external_datasets else {}),
     }
-    return _finish(out, rows, skipped, test_fraction, seed, params)
+    return _finish(out, rows, skipped, test_fraction, seed, params, external=external_datasets)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -202,3 +202,23 @@ def test_prepare_cohort_reuses_a_current_import(mama_tree, tmp_path):
     assert prepare_cohort(tmp_path / "c", source="mama-mia", source_dir=mama_tree, seed=0).stat().st_mtime_ns == stamp
     prepare_cohort(tmp_path / "c", source="mama-mia", source_dir=mama_tree, seed=1)
     assert json.loads((tmp_path / "c" / "import_params.json").read_text())["seed"] == 1
+
+
+def test_mama_mia_collections_as_the_external_cohort(mama_tree, tmp_path):
+    xlsx = mama_tree / "clinical_and_imaging_info.xlsx"
+    clin = pd.read_excel(xlsx, sheet_name="dataset_info")
+    clin.loc[clin["patient_id"].isin([f"DUKE_{i:03d}" for i in range(5, 9)]), "dataset"] = "ISPY2"
+    with pd.ExcelWriter(xlsx) as xw:
+        clin.to_excel(xw, sheet_name="dataset_info", index=False)
+    man = adapters.import_mama_mia(mama_tree, tmp_path / "cohort", test_fraction=0.25, external_datasets=["ISPY2"])
+    with pytest.warns(CohortWarning):
+        df = load_cohort(man)
+    ext = df[df["split"] == "external"]
+    assert sorted(ext["patient_id"]) == [f"DUKE_{i:03d}" for i in range(5, 9)] and set(ext["site"]) == {"ISPY2"}
+    rest = df[df["split"] != "external"]
+    assert (rest["site"] == "DUKE").all() and set(rest["split"]) == {"train", "test"}
+    assert json.loads((man.parent / "import_params.json").read_text())["external_datasets"] == ["ISPY2"]
+    with pytest.raises(DataError, match="not all of them"):
+        adapters.import_mama_mia(mama_tree, tmp_path / "c2", external_datasets=["ISPY2", "DUKE"])
+    with pytest.raises(ParameterError, match="external_datasets"):
+        prepare_cohort(tmp_path / "c3", source="synthetic", external_datasets=["DUKE"])

@@ -264,8 +264,8 @@ def plot_internal_external(
     test: Mapping[str, ModelPredictions],
     external: Mapping[str, ModelPredictions],
     table: pd.DataFrame,
-    path: str | os.PathLike | None = None,
     *,
+    path: str | os.PathLike | None = None,
     dpi: int = 300,
 ) -> Figure:
     """One panel per model: its ROC curve in the test cohort (solid) and in the external validation cohort (dashed),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,18 @@ SOURCES: tuple[str, ...] = ("synthetic", "manifest", *IMPORTERS)
 # ----------------------------------------------------------------------------------------------------------
 # Notebook 00
 # ----------------------------------------------------------------------------------------------------------
-def _import_is_current(rec: Path, source: str, source_dir: Path, seed: int, test_fraction: float) -> bool:
-    """Whether ``import_params.json`` records an import of the same source, folder, seed and test fraction."""
+def _import_is_current(
+    rec: Path, source: str, source_dir: Path, seed: int, test_fraction: float, external: list[str]
+) -> bool:
+    """Whether ``import_params.json`` records an import of the same source, folder, seed, test fraction and
+    external collections."""
     old = json.loads(rec.read_text())
     return (
         old.get("source") == source
         and old.get("source_dir") == str(source_dir.resolve())
         and old.get("seed") == seed
         and old.get("test_fraction") == test_fraction
+        and old.get("external_datasets", []) == external
     )
 
 
@@ -53,6 +58,7 @@ def prepare_cohort(
     seed: int = 0,
     test_fraction: float = 48 / 197,
     progress: bool = True,
+    external_datasets: Sequence[str] = (),
     **knobs: Any,
 ) -> Path:
     """Build, import or locate the cohort; return its manifest (reuse it when built with the same parameters).
@@ -72,6 +78,9 @@ def prepare_cohort(
         Synthetic cohort size, seed and :class:`her2lib.synth.SynthKnobs`; ``seed`` also seeds the real-data split.
     test_fraction : float
         Test fraction of the real-data split.
+    external_datasets : sequence of str
+        ``mama-mia`` only: the source collections (e.g. ``["DUKE"]``) imported as the external validation cohort
+        (:func:`her2lib.adapters.import_mama_mia`).
     progress : bool
         Show progress bars.
 
@@ -81,6 +90,11 @@ def prepare_cohort(
         ``cohort_dir / "manifest.csv"``.
     """
     look_up_option(source, SOURCES, name="source")
+    if external_datasets and source != "mama-mia":
+        raise ParameterError(
+            f"external_datasets={list(external_datasets)} marks collections of MAMA-MIA as external; with "
+            f"source={source!r} put split = external in the manifest instead (or n_external for a synthetic site)."
+        )
     cdir = resolve_path(cohort_dir)
     manifest = cdir / "manifest.csv"
     if source == "synthetic":
@@ -97,9 +111,11 @@ def prepare_cohort(
         raise ParameterError(f"source={source!r} needs source_dir (the data set's root folder).")
     src = resolve_path(source_dir)
     rec = cdir / "import_params.json"
-    if manifest.is_file() and rec.is_file() and _import_is_current(rec, source, src, seed, test_fraction):
+    external = [str(d) for d in external_datasets]
+    if manifest.is_file() and rec.is_file() and _import_is_current(rec, source, src, seed, test_fraction, external):
         return manifest
-    return IMPORTERS[source](src, cdir, test_fraction=test_fraction, seed=seed)
+    extra = {"external_datasets": external} if external else {}
+    return IMPORTERS[source](src, cdir, test_fraction=test_fraction, seed=seed, **extra)
 
 
 @dataclass(frozen=True)

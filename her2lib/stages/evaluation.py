@@ -243,7 +243,7 @@ def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, **options) -> lis
     plot_performance(res.performance, fdir / "performance.png", dpi=dpi, cohort="external")
     plot_calibration(ext, fdir / "calibration.png", n_bins=options["n_bins"], dpi=dpi, cohort="external")
     plot_decision_curve(ext, fdir / "decision_curve.png", dpi=dpi, cohort="external")
-    plot_internal_external(preds, ext, both, run.figures / "internal_vs_external.png", dpi=dpi)
+    plot_internal_external(preds, ext, both, path=run.figures / "internal_vs_external.png", dpi=dpi)
     names = ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png")
     return files + [fdir / n for n in names] + [run.figures / "internal_vs_external.png"]
 
