@@ -6,7 +6,7 @@ image as ``float32`` with its spacing, and :func:`write_nifti` / :func:`write_pn
 
 Manifest columns
 ----------------
-Required: ``patient_id, split (train|test), her2 (0|1)`` and at least one modality pair
+Required: ``patient_id, split (train|test|external), her2 (0|1)`` and at least one modality pair
 ``us_image, us_mask`` or ``mri_image, mri_mask`` (empty cells = that patient lacks the modality).
 Optional descriptive columns: the ``column`` names of ``tables_1_3.json`` with its ``codes``, ``age`` (years),
 ``mri_size_mm`` (mm), ``her2_ihc`` (``0, 1+, 2+, 3+``) and ``fish`` (``positive, negative, not_done``).
