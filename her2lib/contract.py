@@ -41,6 +41,7 @@ __all__ = [
     "MANIFEST_HEAD",
     "SPLITS",
     "EVAL_SPLITS",
+    "PREDICTION_KINDS",
     "PAPER_SPLITS",
     "SELECTIONS",
     "SELECTION_SETS",
@@ -620,7 +621,8 @@ def validate_class_test_folds(
         mf = pd.to_numeric(out["model_fold"], errors="coerce")
         if mf.isna().any() or (mf < 0).any() or (mf != np.round(mf)).any():
             problems.append(f"{source}: model_fold must be an integer >= 0.")
-    if not problems and ((out["split"] != "test").any() or out.duplicated(["patient_id", "model_fold"]).any()):
+    mixed = (~out["split"].isin(EVAL_SPLITS)).any() or out["split"].nunique() > 1
+    if not problems and (mixed or out.duplicated(["patient_id", "model_fold"]).any()):
         problems.append(f"{source}: only test patients, one row per patient and fold model, belong here.")
     if not problems and test is not None:
         mean = out.groupby("patient_id")[list(t.probability_columns)].mean()

@@ -656,7 +656,7 @@ def results_paragraph(
     parts.append(
         f"AUC confidence intervals: {method}; the exact binomial intervals (as the paper / MedCalc) are "
         "given beside them in performance.csv. Thresholds were chosen by Youden's J on the training "
-        f"cohort's out-of-fold predictions (never on the test cohort); {how}. A patient was called "
+        f"cohort's out-of-fold predictions (never on the {COHORT_NAMES[cohort]}); {how}. A patient was called "
         f"HER2-positive when the predicted probability was at or above the threshold.{sel}"
     )
     return "\n\n".join(parts) + "\n"

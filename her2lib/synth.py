@@ -210,8 +210,15 @@ def knobs_from(**knobs: Any) -> SynthKnobs:
             f"n_external={k.n_external} and external_shift={k.external_shift} must be >= 0 and "
             f"external_her2_share={k.external_her2_share} in [0, 1) (0: the test cohort's share)."
         )
-    if 0 < k.n_external < 4:
-        raise ParameterError(f"n_external={k.n_external}: an external site needs >= 4 patients (both classes).")
+    if k.n_external:
+        share = k.external_her2_share or 19 / 48  # 0: the paper's test cohort's share
+        pos = int(round(share * k.n_external))
+        if not 2 <= pos <= k.n_external - 2:
+            raise ParameterError(
+                f"n_external={k.n_external} with a HER2-positive share of {share:.2f} gives {pos} HER2-positive "
+                "patients; the external AUC and its DeLong test need >= 2 of each class (more patients or another "
+                "share)."
+            )
     return k
 
 
@@ -640,7 +647,7 @@ def make_table(n_patients: int = 197, seed: int = 0, **knobs: Any) -> pd.DataFra
     width = max(3, len(str(len(df))))
     df.insert(0, "patient_id", [f"SYN{i + 1:0{width}d}" for i in range(len(df))])
     if k.n_external:  # its own generator: the training and test patients are those of a cohort without it
-        ext_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
+        ext_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 5]))  # key 5: used nowhere else
         ext = _split_table(ext_rng, "test", k.n_external, k, her2_share=k.external_her2_share)
         ext["split"] = "external"
         ext.insert(0, "patient_id", [f"EXT{i + 1:03d}" for i in range(len(ext))])

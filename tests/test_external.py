@@ -178,7 +178,7 @@ def test_smoke_profile_with_an_external_site(smoke_run, tmp_path):
     path.write_text(yaml.safe_dump(prof))
     run = tmp_path / "run"
     cmd = [*RUNNER, "--profile", str(path), "--out", str(run), "--only", "00", "01", "02", "03", "04", "05", "06"]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
     same = [
         Path("predictions") / f"{m}_{k}.csv" for m in ("us", "mri", "fusion") for k in ("oof", "test", "test_folds")
@@ -197,6 +197,10 @@ def test_smoke_profile_with_an_external_site(smoke_run, tmp_path):
     for m in ("us", "mri", "fusion"):
         ext = pd.read_csv(run / "predictions" / f"{m}_external.csv")
         assert len(ext) == 16 and (ext["split"] == "external").all() and ext["her2"].sum() == 4
+    fe, fef = (pd.read_csv(run / "predictions" / f"fusion_{k}.csv") for k in ("external", "external_folds"))
+    assert (fef["split"] == "external").all() and fef["model_fold"].nunique() == 4  # fused per fold-model pair
+    mean = fef.groupby("patient_id")["p_her2"].mean().loc[fe["patient_id"]].to_numpy()
+    np.testing.assert_allclose(mean, fe["p_her2"], rtol=0, atol=1e-12)
     tab = pd.read_csv(run / "tables" / "internal_vs_external.csv")
     assert tab["label"].tolist() == ["DL-US", "DL-MRI", "DL-US&MRI"]
     for _, r in tab.iterrows():
@@ -209,3 +213,19 @@ def test_smoke_profile_with_an_external_site(smoke_run, tmp_path):
     for f in ("external/roc.png", "external/calibration.png", "internal_vs_external.png"):
         assert (run / "figures" / f).stat().st_size > 20_000, f
     assert "External validation" in (run / "index.html").read_text()
+
+
+def test_a_run_without_an_external_cohort_removes_the_external_outputs(tmp_path):
+    """Stale files: an earlier run's external predictions, tables and figures go when this cohort has none."""
+    from her2lib.stages import RunDirs
+    from her2lib.stages.evaluation import _EXTERNAL_OUTPUTS, _evaluate_external
+    from her2lib.stages.fusion import _fuse_external, fusion_external_outputs
+
+    run = RunDirs.from_out_dir(tmp_path / "out", tmp_path / "cohort")
+    stale = [run.root / rel for rel in _EXTERNAL_OUTPUTS] + list(fusion_external_outputs(run))
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("stale")
+    assert _evaluate_external(run, {}, dpi=72, ci_method="delong", level=0.95, n_bins=3, n_boot=10, seed=0) == []
+    _fuse_external(run, None)  # no {us,mri}_external.csv: nothing to fuse
+    assert not [str(p) for p in stale if p.exists()]

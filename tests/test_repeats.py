@@ -196,7 +196,7 @@ def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path, monkeypatch):
 def _run(profile: dict, path: Path, run: Path, *only: str) -> None:
     path.write_text(yaml.safe_dump(profile))
     cmd = [*RUNNER, "--profile", str(path), "--out", str(run), "--only", *only]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

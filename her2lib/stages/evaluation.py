@@ -223,10 +223,16 @@ def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, **options) -> lis
     test and external AUC (``tables/internal_vs_external.csv``, ``figures/internal_vs_external.png``). Without
     external predictions nothing is written and these files of an earlier run are removed."""
     keys = [k for k in preds if k in available_models(run.predictions, cohort="external")]
-    if not keys:
+    ext = load_predictions(run.predictions, keys, models_dir=run.models, cohort="external") if keys else {}
+    counts = next(iter(ext.values())).test["her2"].value_counts() if ext else pd.Series(dtype=int)
+    if not keys or counts.reindex([0, 1], fill_value=0).min() < 2:
+        if keys:
+            notice(
+                f"The external cohort has {counts.get(1, 0)} HER2-positive and {counts.get(0, 0)} HER2-negative "
+                "patients; its AUCs and DeLong tests need at least 2 of each: it is not evaluated."
+            )
         remove_stale(*(run.root / rel for rel in _EXTERNAL_OUTPUTS))
         return []
-    ext = load_predictions(run.predictions, keys, models_dir=run.models, cohort="external")
     res = evaluate_models(ext, cohort="external", **options)
     both = internal_external_table(preds, ext)
     tdir, fdir = run.tables / "external", run.figures / "external"

@@ -22,7 +22,7 @@ from ..fusion_classes import ClassFusionResult, fuse_classes
 from ..io import write_csv
 from ._common import RunDirs, notice, remove_stale
 
-__all__ = ["run_fusion", "fusion_inputs", "fusion_outputs"]
+__all__ = ["run_fusion", "fusion_inputs", "fusion_outputs", "fusion_external_outputs"]
 
 _US, _MRI, _FUSION = (MODELS[k].prefix for k in ("dl_us", "dl_mri", "dl_us_mri"))
 
@@ -45,6 +45,12 @@ def fusion_outputs(run: RunDirs) -> tuple[Path, ...]:
         run.predictions / f"{_FUSION}_test_paper.csv",
         run.tables / "fusion_coefficients.csv",
         run.tables / "fusion_protocols.csv",
+    )
+
+
+def fusion_external_outputs(run: RunDirs) -> tuple[Path, Path]:
+    """The external validation cohort's fusion files (``fusion_external.csv``, ``fusion_external_folds.csv``)."""
+    return (
         prediction_path(run.predictions, _FUSION, "external"),
         prediction_path(run.predictions, _FUSION, "external_folds"),
     )
@@ -108,7 +114,7 @@ def run_fusion(
             f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
             "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped."
         )
-        remove_stale(*(p for r in run.repeats() for p in fusion_outputs(run.repeat(r))))
+        remove_stale(*(p for r in run.repeats() for p in fusion_outputs(run.repeat(r)) + fusion_external_outputs(run)))
         return None
     if not t.is_binary:
         return _run_class_fusion(run, t, inputs, level=level, eps=eps)
@@ -140,7 +146,7 @@ def _run_binary_fusion(
         seed=seed,
         check_input=False,
     )
-    oof_path, test_path, folds_path, paper_path, coef_path, prot_path, *_ = fusion_outputs(run)
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
     write_csv(oof_path, res.oof)
     write_csv(test_path, res.test)
     if res.test_folds is not None:
@@ -157,13 +163,23 @@ def _run_binary_fusion(
 def _fuse_external(run: RunDirs, res: FusionResult) -> None:
     """The leakage-free fusion applied to the external validation cohort, when both models predicted one
     (``{us,mri}_external.csv``): ``fusion_external.csv`` and ``fusion_external_folds.csv``; removed otherwise."""
-    ext_path, ext_folds_path = fusion_outputs(run)[-2:]
+    ext_path, ext_folds_path = fusion_external_outputs(run)
     paths = {p: prediction_path(run.predictions, p, "external") for p in (_US, _MRI)}
     if not all(p.is_file() for p in paths.values()):
         remove_stale(ext_path, ext_folds_path)
         return
     ext = {p: read_predictions(path, "external") for p, path in paths.items()}
     folds = {p: read_test_folds(prediction_path(run.predictions, p, "external_folds"), ext[p]) for p in paths}
+    both = set(ext[_US]["patient_id"]) & set(ext[_MRI]["patient_id"])
+    if len(both) < max(len(ext[_US]), len(ext[_MRI])):
+        notice(
+            f"DL-US&MRI of the external cohort: {len(both)} patients have both images (DL-US predicted "
+            f"{len(ext[_US])}, DL-MRI {len(ext[_MRI])}); the fusion covers those."
+        )
+    ext = {p: e[e["patient_id"].isin(both)].reset_index(drop=True) for p, e in ext.items()}
+    folds = {
+        p: f[f["patient_id"].isin(both)].reset_index(drop=True) if f is not None else None for p, f in folds.items()
+    }
     pred, pred_folds = apply_fusion(res.model, ext[_US], ext[_MRI], us_folds=folds[_US], mri_folds=folds[_MRI])
     write_csv(ext_path, pred)
     if pred_folds is not None:
@@ -189,7 +205,8 @@ def _run_class_fusion(run: RunDirs, t: Task, inputs: dict[str, Path], *, level: 
         mri_test_folds=read_class_test_folds(prediction_path(run.predictions, _MRI, "test_folds"), t, mri_test),
         check_input=False,
     )
-    oof_path, test_path, folds_path, paper_path, coef_path, prot_path, *ext = fusion_outputs(run)
+    oof_path, test_path, folds_path, paper_path, coef_path, prot_path = fusion_outputs(run)
+    ext = fusion_external_outputs(run)
     write_csv(oof_path, res.oof)
     write_csv(test_path, res.test)
     if res.test_folds is not None:
