@@ -169,7 +169,9 @@ def test_repeated_cv_equals_one_run_cv_per_repetition(tmp_path, monkeypatch):
     res = train.run_repeated_cv(
         df, x, CFG, TRAINING, folds, outs, seeds=seeds, epoch_hooks=hooks, progress=False, checkpoint_every=1
     )
-    assert all(j.index is not None and j.args[2] is submitted[0][0].args[2] for j in submitted[0])  # one shared x
+    jobs = submitted[0]  # the inputs are sliced when a job runs: each repetition's jobs share one x, and no copy
+    assert all(j.index is not None and j.args[2] is jobs[2 * j.repeat].args[2] for j in jobs)
+    assert len({j.args[2].data_ptr() for j in jobs}) == 1
     assert {(r, f) for r, f, _ in seen} == {(0, 0), (0, 1), (1, 0), (1, 1)}  # each repetition's hook saw its folds
     assert [[(j.repeat, j.fold) for j in jobs] for jobs in submitted] == [[(0, 0), (0, 1), (1, 0), (1, 1)]]  # one go
     for r in (0, 1):
