@@ -192,32 +192,13 @@ def run_evaluation(
     res = evaluate_models(
         preds, ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed, protocols=prot
     )
-    tdir, fdir = run.tables, run.figures
-    files = [
-        write_csv(tdir / "performance.csv", res.performance),
-        write_csv(tdir / "performance_fold_models.csv", res.fold_models),
-        write_csv(tdir / "delong.csv", res.delong),
-        write_csv(tdir / "calibration.csv", res.calibration),
-        write_csv(tdir / "decision_curve.csv", res.decision),
-        write_text(tdir / "results_text.md", res.text),
-    ]
-    plot_roc(preds, res.performance, fdir / "roc.png", dpi=dpi)
-    plot_performance(res.performance, fdir / "performance.png", dpi=dpi)
-    plot_calibration(preds, fdir / "calibration.png", n_bins=n_bins, dpi=dpi)
-    plot_decision_curve(preds, fdir / "decision_curve.png", dpi=dpi)
-    files += [
-        fdir / "roc.png",
-        fdir / "performance.png",
-        fdir / "calibration.png",
-        fdir / "decision_curve.png",
-        fdir / "roc.svg",
-    ]
+    files = _write_cohort(preds, res, run.tables, run.figures, text=res.text, n_bins=n_bins, dpi=dpi)
     kw = dict(ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed)
     files += _evaluate_external(run, preds, dpi=dpi, **kw)
     return dataclasses.replace(res, files=tuple(files))
 
 
-def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, **options) -> list:
+def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, n_bins: int, **options) -> list:
     """The external validation cohort (``{prefix}_external.csv`` of the evaluated models): the test cohort's tables
     and figures under ``tables/external``, ``figures/external``, and the unpaired DeLong comparison of each model's
     test and external AUC (``tables/internal_vs_external.csv``, ``figures/internal_vs_external.png``). Without
@@ -233,25 +214,43 @@ def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, **options) -> lis
             )
         remove_stale(*(run.root / rel for rel in _EXTERNAL_OUTPUTS))
         return []
-    res = evaluate_models(ext, cohort="external", **options)
+    res = evaluate_models(ext, cohort="external", n_bins=n_bins, **options)
     both = internal_external_table(preds, ext)
-    tdir, fdir = run.tables / "external", run.figures / "external"
+    text = res.text + "\n" + internal_external_paragraph(both)
+    files = _write_cohort(
+        ext,
+        res,
+        run.tables / "external",
+        run.figures / "external",
+        text=text,
+        n_bins=n_bins,
+        dpi=dpi,
+        cohort="external",
+    )
+    files.append(write_csv(run.tables / "internal_vs_external.csv", both))
+    plot_internal_external(preds, ext, both, path=run.figures / "internal_vs_external.png", dpi=dpi)
+    return files + [run.figures / "internal_vs_external.png"]
+
+
+def _write_cohort(
+    preds: dict, res: EvaluationResult, tdir, fdir, *, text: str, n_bins: int, dpi: int, cohort: str = "test"
+) -> list:
+    """One evaluation cohort's tables (performance, fold models, DeLong, calibration, decision curve, Results
+    text) in ``tdir`` and figures (ROC + SVG, performance, calibration, decision curve) in ``fdir``."""
     files = [
         write_csv(tdir / "performance.csv", res.performance),
         write_csv(tdir / "performance_fold_models.csv", res.fold_models),
         write_csv(tdir / "delong.csv", res.delong),
         write_csv(tdir / "calibration.csv", res.calibration),
         write_csv(tdir / "decision_curve.csv", res.decision),
-        write_text(tdir / "results_text.md", res.text + "\n" + internal_external_paragraph(both)),
-        write_csv(run.tables / "internal_vs_external.csv", both),
+        write_text(tdir / "results_text.md", text),
     ]
-    plot_roc(ext, res.performance, fdir / "roc.png", dpi=dpi, cohort="external")
-    plot_performance(res.performance, fdir / "performance.png", dpi=dpi, cohort="external")
-    plot_calibration(ext, fdir / "calibration.png", n_bins=options["n_bins"], dpi=dpi, cohort="external")
-    plot_decision_curve(ext, fdir / "decision_curve.png", dpi=dpi, cohort="external")
-    plot_internal_external(preds, ext, both, path=run.figures / "internal_vs_external.png", dpi=dpi)
-    names = ("roc.png", "roc.svg", "performance.png", "calibration.png", "decision_curve.png")
-    return files + [fdir / n for n in names] + [run.figures / "internal_vs_external.png"]
+    plot_roc(preds, res.performance, fdir / "roc.png", dpi=dpi, cohort=cohort)
+    plot_performance(res.performance, fdir / "performance.png", dpi=dpi, cohort=cohort)
+    plot_calibration(preds, fdir / "calibration.png", n_bins=n_bins, dpi=dpi, cohort=cohort)
+    plot_decision_curve(preds, fdir / "decision_curve.png", dpi=dpi, cohort=cohort)
+    names = ("roc.png", "performance.png", "calibration.png", "decision_curve.png", "roc.svg")
+    return files + [fdir / n for n in names]
 
 
 def _run_class_evaluation(
