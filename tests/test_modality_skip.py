@@ -113,7 +113,7 @@ def test_run_fusion_skips_without_both_models(run, capsys):
     rep = run.repeat(2)  # a repetition of an earlier repeated cross-validation
     (rep.predictions / "folds.csv").write_text("patient_id\n")
     for r in (run, rep):
-        for stale in ("fusion_oof.csv", "fusion_test.csv"):
+        for stale in ("fusion_oof.csv", "fusion_test.csv", "fusion_external.csv"):
             (r.predictions / stale).write_text("stale")
         (r.tables / "fusion_protocols.csv").write_text("stale")
     assert run_fusion(run) is None

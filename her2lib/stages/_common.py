@@ -86,12 +86,8 @@ class RunDirs:
 
     def repeats(self) -> list[int]:
         """The repetitions notebook 02 set up: 0 and every ``r`` with ``predictions/repeats/r{r}/folds.csv``."""
-        found = [
-            int(m.group(1))
-            for p in (self.predictions / REPEATS_DIR).glob("r*/folds.csv")
-            if (m := re.fullmatch(r"r([1-9][0-9]*)", p.parent.name))
-        ]
-        return [0, *sorted(found)]
+        found = (_repeat_number(p.parent.name) for p in (self.predictions / REPEATS_DIR).glob("r*/folds.csv"))
+        return [0, *sorted(r for r in found if r is not None)]
 
     def remove_repeats(self, *, keep: int) -> list[Path]:
         """Remove the prediction, table and figure folders of repetitions ``r >= keep`` (an earlier run's, when this
@@ -99,8 +95,8 @@ class RunDirs:
         removed = []
         for base in (self.predictions, self.tables, self.figures):
             for d in sorted((base / REPEATS_DIR).glob("r*")):
-                m = re.fullmatch(r"r([1-9][0-9]*)", d.name)
-                if m and int(m.group(1)) >= keep and d.is_dir():
+                r = _repeat_number(d.name)
+                if r is not None and r >= keep and d.is_dir():
                     shutil.rmtree(d)
                     removed.append(d)
         return removed
@@ -121,6 +117,12 @@ class RunDirs:
         for d in (dirs.figures, dirs.tables, dirs.predictions, dirs.models, dirs.cache, dirs.params):
             d.mkdir(parents=True, exist_ok=True)
         return dirs
+
+
+def _repeat_number(name: str) -> int | None:
+    """``r`` of a repetition folder's name ``r{r}`` (``r >= 1``), else None."""
+    m = re.fullmatch(r"r([1-9][0-9]*)", name)
+    return int(m.group(1)) if m else None
 
 
 def remove_stale(*paths: str | os.PathLike) -> list[Path]:

@@ -114,16 +114,17 @@ def run_fusion(
             f"DL-US&MRI needs both models' predictions; {', '.join(missing)} not found in {run.predictions} "
             "(the cohort lacks a modality, so notebook 03 or 04 skipped it): the fusion is skipped."
         )
-        remove_stale(*(p for r in run.repeats() for p in fusion_outputs(run.repeat(r)) + fusion_external_outputs(run)))
+        for rep in map(run.repeat, run.repeats()):
+            remove_stale(*fusion_outputs(rep), *fusion_external_outputs(rep))
         return None
     if not t.is_binary:
         return _run_class_fusion(run, t, inputs, level=level, eps=eps)
     res = _run_binary_fusion(run, inputs, level=level, eps=eps, n_boot=n_boot, seed=seed)
-    for r in run.repeats()[1:]:  # repetitions of a repeated cross-validation (notebook 02's n_repeats)
-        rep = run.repeat(r)
+    repeats = run.repeats()
+    for rep in map(run.repeat, repeats[1:]):  # repetitions of a repeated cross-validation (notebook 02's n_repeats)
         _run_binary_fusion(rep, fusion_inputs(rep), level=level, eps=eps, n_boot=n_boot, seed=seed)
-    if len(run.repeats()) > 1:
-        print(f"DL-US&MRI fitted in each of {len(run.repeats())} repetitions ({run.predictions / 'repeats'})")
+    if len(repeats) > 1:
+        print(f"DL-US&MRI fitted in each of {len(repeats)} repetitions ({run.predictions / 'repeats'})")
     return res
 
 
