@@ -12,6 +12,8 @@ Science layer (imports core only).
   (Van Calster et al. 2016; Steyerberg 2019) with Wald CIs, Brier score; ``brier_score``, ``calibration_curve``
   (reliability curve with Clopper-Pearson intervals).
 * :mod:`her2lib.stats.decision` — ``decision_curve`` (net benefit, Vickers & Elkin 2006).
+* :mod:`her2lib.stats.reclassification` — ``reclassification``: category-free NRI and IDI of a new model over an old
+  one with SEs, Wald CIs and P values (Pencina et al. 2008, 2011), as R's ``Hmisc::improveProb``.
 * :mod:`her2lib.stats.repeats` — ``repeat_distribution``: a statistic's spread over the repetitions of a repeated
   cross-validation (mean, SD, empirical percentiles).
 * :mod:`her2lib.stats.multiclass` — ``multiclass_auc`` (one-vs-rest AUCs with DeLong CIs, macro average with a
@@ -35,6 +37,7 @@ from .multiclass import (
     multiclass_auc,
     multiclass_metrics,
 )
+from .reclassification import ReclassificationResult, reclassification
 from .repeats import RepeatDistribution, repeat_distribution
 from .roc import (
     AUCInterval,
@@ -84,6 +87,8 @@ __all__ = [
     "brier_score",
     "calibration_curve",
     "decision_curve",
+    "reclassification",
+    "ReclassificationResult",
     "RepeatDistribution",
     "repeat_distribution",
     "multiclass_auc",
