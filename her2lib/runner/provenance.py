@@ -249,6 +249,11 @@ def end_notebook(record: dict[str, Any], wall_s: float, status: str, *, error: s
         jobs = [o for o in record["outputs"] if o.startswith("models/") and o.endswith("/jobs.json")]
         if jobs:
             record["training_jobs"] = [_jobs_summary(out, rel) for rel in jobs]
+        if "tables/radiomics_settings.json" in record["outputs"]:  # notebook 05's feature-extraction settings
+            try:
+                record["radiomics_settings"] = json.loads((out / "tables/radiomics_settings.json").read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                record["radiomics_settings"] = {"error": f"unreadable: {exc}"}
 
 
 def _jobs_summary(out: Path, rel: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ _e = html.escape
 RESULTS_TEXT = "tables/results_text.md"
 REPEATS_TEXT = "tables/repeats_text.md"
 EXTERNAL_TEXT = "tables/external/results_text.md"
+RADIOMICS_TEXT = "tables/radiomics_text.md"
 
 # The paper's tables and figures, in its order: (file relative to the run folder, label, caption).
 PAPER_ITEMS: tuple[tuple[str, str, str], ...] = (
@@ -66,6 +67,22 @@ PAPER_ITEMS: tuple[tuple[str, str, str], ...] = (
 
 # Captions of the extras; files not named here are listed with their file name only.
 EXTRA_CAPTIONS: dict[str, str] = {
+    "figures/radiomics.png": "What radiomics adds: ROC curves of the radiomics model, DL-US&MRI and "
+    "DL-US&MRI+Radiomics (test cohort; external cohort beside it when there is one), with DeLong 95% CIs, the "
+    "paired DeLong P against DL-US&MRI and the NRI and IDI of adding radiomics; right: the radiomic features the "
+    "LASSO kept, by the number of training folds that kept them.",
+    "tables/radiomics_auc.csv": "Radiomics, DL-US&MRI and DL-US&MRI+Radiomics: AUC with its DeLong 95% CI per "
+    "evaluation cohort.",
+    "tables/radiomics_delong.csv": "Paired DeLong test of the radiomics model and of DL-US&MRI+Radiomics against "
+    "DL-US&MRI: AUC difference, 95% CI, Z and two-sided P.",
+    "tables/radiomics_reclassification.csv": "Reclassification by adding radiomics to DL-US&MRI: category-free NRI "
+    "(events, non-events, overall) and IDI with Wald 95% CIs and P values (as R's Hmisc::improveProb).",
+    "tables/radiomics_features_selected.csv": "Radiomic features with a non-zero LASSO coefficient in at least one "
+    "training fold: number of folds, mean coefficient (per SD of the feature).",
+    "tables/radiomics_folds.csv": "The radiomics model in each training fold: patients, candidate features after "
+    "the filters, features selected, penalty chosen by the inner cross-validation, inner-CV and OOF AUC.",
+    "tables/fusion_radiomics_coefficients.csv": "DL-US&MRI+Radiomics: logistic-regression coefficients of the "
+    "DL-US&MRI and radiomics logits, fitted on the training OOF scores (Wald 95% CIs).",
     "figures/calibration.png": "Calibration on the test cohort: observed HER2-positive fraction against the "
     "predicted probability (on the diagonal = well calibrated), with the number of patients per probability.",
     "figures/decision_curve.png": "Decision curve: net benefit of acting on each model at each threshold "
@@ -299,6 +316,11 @@ def _header(prov: dict[str, Any], out: Path) -> list[str]:
                 "<h3>External validation</h3><div class='results'>"
                 f"{markdown_html(external.read_text(encoding='utf-8'))}</div>"
             )
+        radiomics = out / RADIOMICS_TEXT  # the radiomics comparison, when notebook 05 ran it
+        if radiomics.is_file():
+            parts.append(
+                f"<h3>Radiomics</h3><div class='results'>{markdown_html(radiomics.read_text(encoding='utf-8'))}</div>"
+            )
     return parts
 
 
@@ -343,7 +365,7 @@ def _paper(out: Path, source: Callable[[str], str]) -> list[str]:
 
 def _extras(out: Path, source: Callable[[str], str]) -> list[str]:
     """Every other figure and table of the run (captioned ones first), then the prediction files."""
-    shown = {rel for rel, _, _ in PAPER_ITEMS} | {RESULTS_TEXT, REPEATS_TEXT, EXTERNAL_TEXT}
+    shown = {rel for rel, _, _ in PAPER_ITEMS} | {RESULTS_TEXT, REPEATS_TEXT, EXTERNAL_TEXT, RADIOMICS_TEXT}
     figures = _listed(out, "figures", (".png",)) + _listed(out, "figures/external", (".png",))
     tables = _listed(out, "tables", (".csv", ".md", ".txt")) + _listed(out, "tables/external", (".csv",))
     ordered = [r for r in _FIGURE_ORDER if r in figures] + [r for r in figures if r not in _FIGURE_ORDER]

@@ -23,6 +23,8 @@ from ..evaluate import (
     load_predictions,
 )
 from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_class_predictions
+from ..evaluate_radiomics import REFERENCE as REFERENCE_MODEL
+from ..evaluate_radiomics import compare_radiomics, load_radiomics_predictions
 from ..evaluate_repeats import RepeatedCVResult, evaluate_repeats
 from ..figures.evaluation import (
     plot_calibration,
@@ -32,6 +34,7 @@ from ..figures.evaluation import (
     plot_roc,
 )
 from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
+from ..figures.radiomics import plot_radiomics
 from ..figures.repeats import plot_repeats
 from ..io import write_csv, write_text
 from ._common import RunDirs, notice, remove_stale
@@ -74,6 +77,14 @@ _REPEAT_OUTPUTS = (
     "tables/repeats_text.md",
     "figures/repeats.png",
 )
+#: what the radiomics analysis adds (notebook 05's radiomics model and DL-US&MRI+Radiomics)
+_RADIOMICS_OUTPUTS = (
+    "tables/radiomics_auc.csv",
+    "tables/radiomics_delong.csv",
+    "tables/radiomics_reclassification.csv",
+    "tables/radiomics_text.md",
+    "figures/radiomics.png",
+)
 _CLASS_OUTPUTS = (
     "tables/class_auc.csv",
     "tables/class_metrics.csv",
@@ -89,7 +100,7 @@ _CLASS_OUTPUTS = (
     "figures/roc_low_vs_zero.svg",
 )
 
-__all__ = ["models_to_evaluate", "run_evaluation", "evaluate_repetitions"]
+__all__ = ["models_to_evaluate", "run_evaluation", "evaluate_repetitions", "evaluate_radiomics"]
 
 
 def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
@@ -182,7 +193,9 @@ def run_evaluation(
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
     t = _task(task)
-    stale = _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS + _EXTERNAL_OUTPUTS
+    stale = (
+        _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS + _EXTERNAL_OUTPUTS + _RADIOMICS_OUTPUTS
+    )
     remove_stale(*(run.root / rel for rel in stale))
     if not t.is_binary:
         return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
@@ -195,7 +208,38 @@ def run_evaluation(
     files = _write_cohort(preds, res, run.tables, run.figures, text=res.text, n_bins=n_bins, dpi=dpi)
     kw = dict(ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed)
     files += _evaluate_external(run, preds, dpi=dpi, **kw)
+    files += evaluate_radiomics(run, level=level, dpi=dpi)
     return dataclasses.replace(res, files=tuple(files))
+
+
+def evaluate_radiomics(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -> list:
+    """Radiomics, DL-US&MRI and DL-US&MRI+Radiomics in the test cohort (and the external one, when it has
+    predictions and both classes): :func:`her2lib.evaluate_radiomics.compare_radiomics`. Writes
+    ``tables/radiomics_auc.csv``, ``radiomics_delong.csv`` (paired DeLong against DL-US&MRI),
+    ``radiomics_reclassification.csv`` (NRI, IDI), ``radiomics_text.md`` and ``figures/radiomics.png``; without
+    notebook 05's radiomics files nothing is written and these files of an earlier run are removed."""
+    test = load_radiomics_predictions(run.predictions, cohort="test")
+    if test is None:
+        remove_stale(*(run.root / rel for rel in _RADIOMICS_OUTPUTS))
+        return []
+    cohorts = [(test, compare_radiomics(test, cohort="test", level=level))]
+    ext = load_radiomics_predictions(run.predictions, cohort="external")
+    if ext is not None and ext[REFERENCE_MODEL]["her2"].value_counts().reindex([0, 1], fill_value=0).min() >= 2:
+        cohorts.append((ext, compare_radiomics(ext, cohort="external", level=level)))
+    comps = [c for _, c in cohorts]
+    files = [
+        write_csv(run.tables / "radiomics_auc.csv", pd.concat([c.auc for c in comps], ignore_index=True)),
+        write_csv(run.tables / "radiomics_delong.csv", pd.concat([c.delong for c in comps], ignore_index=True)),
+        write_csv(
+            run.tables / "radiomics_reclassification.csv",
+            pd.concat([c.reclassification for c in comps], ignore_index=True),
+        ),
+        write_text(run.tables / "radiomics_text.md", "\n\n".join(c.text for c in comps) + "\n"),
+    ]
+    selected = pd.read_csv(run.tables / "radiomics_features_selected.csv")
+    n_folds = len(pd.read_csv(run.tables / "radiomics_folds.csv"))
+    plot_radiomics(cohorts, selected, n_folds=n_folds, path=run.figures / "radiomics.png", dpi=dpi)
+    return files + [run.figures / "radiomics.png"]
 
 
 def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, n_bins: int, **options) -> list:
