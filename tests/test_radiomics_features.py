@@ -71,6 +71,58 @@ def test_every_mri_feature_matches_the_ibsi_digital_phantom():
     assert feats["mri_morph_moran_i"] == pytest.approx(0.0397, abs=3e-4)  # the vectorised replacement, in the run
 
 
+def _ibsi_tag_2d(name: str) -> str:
+    """MIRP's in-plane (``by_slice``) tag -> the reference table's 2-D IBSI tag."""
+    t = re.sub(r"_fbn_n6$", "", name)
+    t = re.sub(r"(_d1)?(_a0\.0)?_2d_s_mrg$", "_2D_comb", t)
+    t = re.sub(r"(_d1)?(_a0\.0)?_2d_avg$", "_2D_avg", t)
+    return re.sub(r"(_d1)?(_a0\.0)?_2d$", "_2D", t)
+
+
+def test_every_us_feature_family_matches_the_ibsi_digital_phantom_in_plane():
+    """The US settings (in-plane texture, ``by_slice``) on the phantom's slices against IBSI's 2-D reference values:
+    the MIRP options her2lib passes for US, through the same MIRP input objects."""
+    import mirp
+    from mirp._data_import.numpy_file import ImageNumpyFile, MaskNumpyFile
+
+    image, spacing = read_image(PHANTOM / "phantom.nii.gz")
+    mask, _ = read_image(PHANTOM / "mask.nii.gz")
+    options = RadiomicsSettings(bin_number=6).mirp_options("us")
+    assert options["by_slice"] and "morphology" not in options["base_feature_families"]
+    with rf._exact_spatial_autocorrelation():
+        table = mirp.extract_features(
+            image=rf._mirp_input(ImageNumpyFile, image.astype(float), spacing, "phantom", None),
+            mask=rf._mirp_input(MaskNumpyFile, (mask > 0).astype(np.uint8), spacing, "phantom", None),
+            export_features=True,
+            **options,
+        )[0]
+    ref = pd.read_csv(PHANTOM / "reference_values.csv", sep=";").set_index("tag")
+    feats = {k: float(v) for k, v in table.iloc[0].items() if rf._is_feature(k)}
+    tags = {k: _ibsi_tag_2d(k) for k in feats}
+    assert all(t in ref.index for t in tags.values())
+    wrong = [
+        (k, v)
+        for k, v in feats.items()
+        if not _within(v, ref.at[tags[k], "reference value"], ref.at[tags[k], "tolerance"])
+    ]
+    assert not wrong and len(feats) >= 130
+
+
+def test_standardisation_makes_features_invariant_to_the_scanner_units():
+    rng = np.random.default_rng(3)
+    image = rng.normal(100, 15, size=(10, 16, 16))
+    image[3:8, 4:12, 5:11] += 30
+    mask = np.zeros_like(image)
+    mask[3:8, 4:12, 5:11] = 1
+    z = RadiomicsSettings(normalisation="standardisation")
+    a = extract_lesion_features(image, mask, (2.0, 1.0, 1.0), modality="mri", settings=z)
+    b = extract_lesion_features(3.5 * image + 400, mask, (2.0, 1.0, 1.0), modality="mri", settings=z)
+    assert a.keys() == b.keys()
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-7, atol=1e-9)
+    raw = extract_lesion_features(image, mask, (2.0, 1.0, 1.0), modality="mri")
+    assert raw["mri_stat_mean"] == pytest.approx(image[mask > 0].mean())
+
+
 def _mirp_spatial(pos: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     from mirp._features.morph_3d_data import Data3DSpatial
 
@@ -139,6 +191,12 @@ def test_settings_are_validated():
         RadiomicsSettings(bin_number=1)
     with pytest.raises(ParameterError, match="normalisation"):
         RadiomicsSettings(normalisation="zscore")
+    with pytest.raises(ParameterError, match="fixed bin_width needs normalisation='standardisation'"):
+        RadiomicsSettings(bin_number=0, bin_width=0.25)
+    assert RadiomicsSettings(bin_number=0, bin_width=0.25, normalisation="standardisation").bin_number is None
+    # each modality's cache key depends on its own options only
+    iso = RadiomicsSettings(mri_spacing_mm=1.0)
+    assert iso.key("us") == RadiomicsSettings().key("us") and iso.key("mri") != RadiomicsSettings().key("mri")
     a, b = RadiomicsSettings(), RadiomicsSettings(bin_number=16)
     assert a.key() != b.key() and a.key() == RadiomicsSettings().key()
     assert "mirp" in a.to_dict()["library"]

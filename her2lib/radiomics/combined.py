@@ -14,7 +14,7 @@ Science layer: pure functions on prediction tables.
   k, ``*_test_folds.csv``) and the fused probabilities are averaged, as the DL-US&MRI fusion is.
 
 The comparison a reviewer asks for (paired DeLong against DL-US&MRI, NRI and IDI of the added radiomics) is
-:func:`her2lib.evaluate_radiomics.radiomics_comparison`.
+:func:`her2lib.evaluate_added.compare_added`.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -67,6 +68,7 @@ __all__ = [
     "extract_lesion_features",
     "extract_cohort_features",
     "feature_columns",
+    "FEATURES_VERSION",
 ]
 
 #: Feature families computed in-plane on the 2-D US image (MIRP family names).
@@ -85,9 +87,13 @@ MRI_FAMILIES: tuple[str, ...] = ("morphology", *US_FAMILIES)
 NORMALISATIONS: tuple[str, ...] = ("none", "standardisation")
 #: Voxels kept around the mask's bounding box before MIRP runs (interpolation support; texture reads masked voxels).
 _CROP_MARGIN = 4
-#: Rows per block in :func:`spatial_autocorrelation` (block x n_voxels distance matrix).
-_BLOCK = 512
+#: Largest block (rows x voxels) of :func:`spatial_autocorrelation`'s distance matrix: about 160 MB of float64.
+_BLOCK_CELLS = 20_000_000
+#: Version of her2lib's own feature code (cropping, 2-D shape, normalisation): part of the cache key. Raise it when
+#: that code changes what it computes.
+FEATURES_VERSION = 2
 _ID_COLUMNS = ("patient_id", "cache_key")
+_PATCH_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,16 @@ class RadiomicsSettings:
         Fixed bin number discretisation (IBSI FBN) for the histogram and texture families; default 32. None or 0:
         not used.
     bin_width : float or None
-        Fixed bin width (IBSI FBS) instead, in the image's intensity units; give one of the two (None or 0: not
-        used).
+        Fixed bin width (IBSI FBS) instead, in units of the normalised intensity; give one of the two (None or 0:
+        not used). Needs ``normalisation="standardisation"``: one width cannot suit US grey levels and MRI's
+        arbitrary units at once.
     mri_spacing_mm : float
         Isotropic voxel size (mm) the MRI volume is resampled to before extraction; 0 keeps the native spacing.
     normalisation : {"none", "standardisation"}
-        Intensity normalisation before discretisation.
+        ``"standardisation"``: each image z-scored over all its voxels (the whole image, before the lesion is
+        cropped, so the values do not depend on the crop) before any feature; ``"none"``: raw intensities (the
+        texture families are invariant to a linear rescaling under a fixed bin number; first-order ``stat_*``
+        features then carry the scanner's units).
     us_families, mri_families : tuple of str
         MIRP feature families per modality (defaults :data:`US_FAMILIES`, :data:`MRI_FAMILIES`).
     """
@@ -130,6 +140,11 @@ class RadiomicsSettings:
             raise ParameterError(f"RadiomicsSettings: bin_number must be an integer >= 2; got {self.bin_number!r}.")
         if self.bin_width is not None and not self.bin_width > 0:
             raise ParameterError(f"RadiomicsSettings: bin_width must be > 0; got {self.bin_width!r}.")
+        if self.bin_width is not None and self.normalisation != "standardisation":
+            raise ParameterError(
+                "RadiomicsSettings: a fixed bin_width needs normalisation='standardisation' (US grey levels and MRI "
+                "units differ); use bin_number, or set the normalisation."
+            )
         if not self.mri_spacing_mm >= 0:
             raise ParameterError(
                 f"RadiomicsSettings: mri_spacing_mm must be >= 0 (0 = native); got {self.mri_spacing_mm!r}."
@@ -139,12 +154,18 @@ class RadiomicsSettings:
         object.__setattr__(self, "mri_families", tuple(self.mri_families))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings plus the library versions that compute them (JSON-ready)."""
-        return {**asdict(self), "library": f"mirp {version('mirp')}"}
+        """The settings plus the code and library versions that compute them (JSON-ready)."""
+        libs = ", ".join(f"{lib} {version(lib)}" for lib in ("mirp", "scikit-image", "numpy"))
+        return {**asdict(self), "library": libs, "her2lib_features": FEATURES_VERSION}
 
-    def key(self) -> str:
-        """SHA-256 of :meth:`to_dict` (part of every cached row's key)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    def key(self, modality: str | None = None) -> str:
+        """SHA-256 of :meth:`to_dict` (part of every cached row's key); with ``modality``, of the fields that
+        modality's features depend on only (the US cache survives a change of ``mri_spacing_mm``)."""
+        d = self.to_dict()
+        if modality is not None:
+            other = "mri" if _modality(modality).key == "us" else "us"
+            d = {k: v for k, v in d.items() if not k.startswith(other)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def mirp_options(self, modality: str) -> dict[str, Any]:
         """Keyword arguments of ``mirp.extract_features`` for ``modality`` (``"us"`` or ``"mri"``)."""
@@ -152,7 +173,7 @@ class RadiomicsSettings:
             "base_feature_families": list(self.us_families if modality == "us" else self.mri_families),
             "by_slice": modality == "us",
             "no_approximation": True,
-            "intensity_normalisation": self.normalisation,
+            "intensity_normalisation": "none",  # standardisation is done on the whole image (extract_lesion_features)
         }
         if self.bin_number is not None:
             opts |= {
@@ -194,8 +215,9 @@ def spatial_autocorrelation(positions: np.ndarray, values: np.ndarray) -> tuple[
     dev = g - g.mean()
     moran_nom = geary_nom = w_sum = 0.0
     cols = np.arange(n)
-    for start in range(0, n, _BLOCK):
-        stop = min(start + _BLOCK, n)
+    block = max(1, _BLOCK_CELLS // max(n, 1))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
         d = np.sqrt(((pos[start:stop, None, :] - pos[None, :, :]) ** 2).sum(axis=-1))
         upper = cols[None, :] > np.arange(start, stop)[:, None]
         w = np.zeros_like(d)
@@ -217,15 +239,17 @@ def _mirp_spatial_distribution(self, data: pd.DataFrame) -> tuple[float, float]:
 
 @contextmanager
 def _exact_spatial_autocorrelation():
-    """Within the block, MIRP computes Moran's I and Geary's C by :func:`spatial_autocorrelation`."""
+    """Within the block, MIRP computes Moran's I and Geary's C by :func:`spatial_autocorrelation`. The patch is
+    process-wide: a lock serialises extractions in threads (her2lib's own workers are processes)."""
     from mirp._features.morph_3d_data import Data3DSpatial  # lazy: mirp is imported only when features are computed
 
-    original = Data3DSpatial._spatial_distribution
-    Data3DSpatial._spatial_distribution = _mirp_spatial_distribution
-    try:
-        yield
-    finally:
-        Data3DSpatial._spatial_distribution = original
+    with _PATCH_LOCK:
+        original = Data3DSpatial._spatial_distribution
+        Data3DSpatial._spatial_distribution = _mirp_spatial_distribution
+        try:
+            yield
+        finally:
+            Data3DSpatial._spatial_distribution = original
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -344,6 +368,9 @@ def extract_lesion_features(
             f"{name} ({mod}): radiomics needs a {want}-D image and a non-empty mask of the same shape; got image "
             f"{img.shape}, mask {msk.shape} with {int(msk.sum())} voxels. Check the manifest's {mod}_image and {mod}_mask."
         )
+    if settings.normalisation == "standardisation":  # over the whole image, before the crop
+        sd = float(img.std())
+        img = (img - img.mean()) / (sd if sd > 0 else 1.0)
     img_c, msk_c = _crop(img, msk)
     sp = tuple(spacing) if mod == "mri" else (1.0, *tuple(spacing))
     if mod == "us":
@@ -444,7 +471,7 @@ def extract_cohort_features(
     """
     mod = _modality(modality)
     settings = settings or RadiomicsSettings()
-    skey = settings.key()
+    skey = settings.key(mod.key)
     have = cohort[cohort[mod.image_column].astype(str) != ""]
     jobs, keys = [], {}
     for pid, img, msk in zip(have["patient_id"], have[mod.image_column], have[mod.mask_column]):

@@ -129,6 +129,13 @@ def run_radiomics(
     table["fold"] = read_folds(run.predictions / "folds.csv", cohort).to_numpy()
     features = None
     for mod in available_modalities(cohort, require_all=False):
+        lacking = int((cohort[f"{mod}_image"].astype(str) == "").sum())
+        if lacking:
+            notice(
+                f"Radiomics: {lacking} of {len(cohort)} patients have no {mod.upper()} image; the model imputes their "
+                f"{mod.upper()} features with each fold's training median (a feature missing in more than 20% of a "
+                "fold's training patients is dropped there)."
+            )
         f = extract_cohort_features(
             cohort,
             mod,
@@ -139,8 +146,12 @@ def run_radiomics(
         )
         features = f if features is None else features.merge(f, on="patient_id", how="outer")
     print(f"radiomic features: {len(feature_columns(features))} per patient, {len(features)} patients")
-    write_json(run.tables / "radiomics_settings.json", settings.to_dict())
     cv = run_radiomics_cv(features, table, seed=seed)
+    model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cv.options.items()}
+    write_json(
+        run.tables / "radiomics_settings.json",
+        {"extraction": settings.to_dict(), "model": {"method": cv.method, "seed": seed, **model}},
+    )
     write_radiomics_predictions(cv, run.predictions, prefix=RADIOMICS)
     write_csv(run.tables / "radiomics_features_selected.csv", cv.selected)
     write_csv(run.tables / "radiomics_folds.csv", cv.summary)
