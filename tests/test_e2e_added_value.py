@@ -1,4 +1,4 @@
-"""End to end: the radiomics part of notebooks 05 and 06 in the smoke run (the session-wide ``smoke_run`` fixture of
+"""End to end: the radiomics and DL-US&MRI+Clinical parts of notebooks 05 and 06 in the smoke run (the session-wide ``smoke_run`` fixture of
 tests/conftest.py; no extra batch).
 
 References: scikit-learn ``roc_auc_score`` for every AUC; :func:`her2lib.stats.delong_test` (checked against pROC
@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from her2lib.contract import read_predictions, read_test_folds
 from her2lib.stages import RunDirs
+from her2lib.stages.clinical import clinical_outputs, run_clinical
 from her2lib.stages.radiomics import radiomics_outputs, run_radiomics
 from her2lib.stats import delong_test, reclassification
 
@@ -51,7 +52,8 @@ def test_radiomics_predictions_follow_the_contract_and_the_folds(smoke_run):
         if held["her2"].nunique() == 2:
             assert row["oof_auc"] == pytest.approx(roc_auc_score(held["her2"], held["p_her2"]), abs=1e-12)
     settings = json.loads((smoke_run / "tables" / "radiomics_settings.json").read_text())
-    assert settings["bin_number"] == 32 and settings["library"].startswith("mirp ")
+    assert settings["extraction"]["bin_number"] == 32 and settings["extraction"]["library"].startswith("mirp ")
+    assert settings["model"]["n_candidates"] == 30 and "LASSO" in settings["model"]["method"]
     cache = smoke_run / "cache" / "radiomics"
     assert (cache / "us_features.csv").is_file() and (cache / "mri_features.csv").is_file()
 
@@ -100,10 +102,10 @@ def test_notebook_06_tables_recompute_from_the_prediction_files(smoke_run):
     params = json.loads((smoke_run / "params" / "05_fusion.json").read_text())
     assert params["radiomics"] is True and params["radiomics_bin_number"] == 32
     prov = json.loads((smoke_run / "provenance.json").read_text())
-    assert prov["notebooks"]["05_fusion"]["radiomics_settings"]["bin_number"] == 32
+    assert prov["notebooks"]["05_fusion"]["radiomics_settings"]["extraction"]["bin_number"] == 32
 
 
-def test_radiomics_false_removes_the_files_of_an_earlier_run(smoke_run, tmp_path):
+def test_radiomics_false_and_clinical_false_remove_the_files_of_an_earlier_run(smoke_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(smoke_run, out, ignore=shutil.ignore_patterns("models", "notebooks", "cache"))
     params = json.loads((smoke_run / "params" / "05_fusion.json").read_text())
@@ -112,3 +114,31 @@ def test_radiomics_false_removes_the_files_of_an_earlier_run(smoke_run, tmp_path
     assert len(written) >= 8
     assert run_radiomics(run, enabled=False) is None
     assert not any(p.exists() for p in written)
+    written = [p for p in clinical_outputs(run) if p.is_file()]
+    assert len(written) >= 5
+    assert run_clinical(run, enabled=False) is None
+    assert not any(p.exists() for p in written)
+
+
+def test_dl_us_mri_clinical_files_and_tables(smoke_run):
+    pred, tables = smoke_run / "predictions", smoke_run / "tables"
+    dl = read_predictions(pred / "fusion_test.csv", "test").set_index("patient_id").sort_index()
+    clin = read_predictions(pred / "fusion_clinical_test.csv", "test").set_index("patient_id").sort_index()
+    folds = read_test_folds(pred / "fusion_clinical_test_folds.csv")
+    mean = folds.groupby("patient_id")["p_her2"].mean()
+    np.testing.assert_allclose(clin["p_her2"], mean.loc[clin.index], atol=1e-15)
+    oof = read_predictions(pred / "fusion_clinical_oof.csv", "train")
+    assert set(oof["patient_id"]) == set(read_predictions(pred / "fusion_oof.csv", "train")["patient_id"])
+    coef = pd.read_csv(tables / "clinical_coefficients.csv")
+    assert list(coef["term"][:2]) == ["intercept", "logit_p_dl_us_mri"]
+    screen = pd.read_csv(tables / "clinical_screen.csv")
+    assert {"us_axillary_ln", "mri_margin", "age", "mri_size_mm"} <= set(screen["variable"])
+    y = dl["her2"].to_numpy()
+    auc = pd.read_csv(tables / "clinical_auc.csv").set_index("model")
+    assert auc.at["dl_us_mri_clinical", "auc"] == pytest.approx(roc_auc_score(y, clin["p_her2"]), abs=1e-12)
+    rec = pd.read_csv(tables / "clinical_reclassification.csv").set_index("statistic")
+    r = reclassification(y, dl["p_her2"], clin["p_her2"])
+    assert rec.at["nri", "estimate"] == pytest.approx(r.nri.value, abs=1e-12)
+    assert (smoke_run / "figures" / "nomogram.png").stat().st_size > 10_000
+    assert (smoke_run / "figures" / "clinical.png").stat().st_size > 10_000
+    assert "<h3>BI-RADS descriptors, age and size</h3>" in (smoke_run / "index.html").read_text()

@@ -1,8 +1,9 @@
-"""Figure of the radiomics analysis (notebook ``06_evaluation``): ROC curves of Radiomics, DL-US&MRI and
-DL-US&MRI+Radiomics per evaluation cohort, with the paired DeLong P against DL-US&MRI and the NRI/IDI of adding
-radiomics, and the radiomic features the LASSO kept across the training folds.
+"""Figures of the added-value analyses (notebook ``06_evaluation``): ROC curves of an analysis's models (radiomics:
+Radiomics, DL-US&MRI, DL-US&MRI+Radiomics; clinical: DL-US&MRI, DL-US&MRI+Clinical) per evaluation cohort, with
+the paired DeLong P against DL-US&MRI and the NRI/IDI of the combined model, and (radiomics) the features the LASSO
+kept across the training folds.
 
-Science layer (figures): takes :mod:`her2lib.evaluate_radiomics` results, draws a Figure, saves it atomically when
+Science layer (figures): takes :mod:`her2lib.evaluate_added` results, draws a Figure, saves it atomically when
 given a path.
 """
 
@@ -17,15 +18,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..evaluate import COHORT_NAMES, roc_points
-from ..evaluate_radiomics import RADIOMICS_MODELS, REFERENCE, RadiomicsComparison
+from ..evaluate_added import ANALYSES, REFERENCE, AddedValueComparison
 from ..io import save_figure
 from ..stats.tables import format_pvalue
 from ._style import MODEL_COLORS, style
 
-__all__ = ["RADIOMICS_COLORS", "plot_radiomics"]
+__all__ = ["ADDED_COLORS", "plot_added_value"]
 
-#: DL-US&MRI keeps its colour; radiomics (Okabe-Ito purple) and the combined model (Okabe-Ito sky blue)
-RADIOMICS_COLORS = {"radiomics": "#CC79A7", REFERENCE: MODEL_COLORS[REFERENCE], "dl_us_mri_radiomics": "#56B4E9"}
+#: DL-US&MRI keeps its colour; radiomics (Okabe-Ito purple), the combined models (sky blue, orange)
+ADDED_COLORS = {
+    "radiomics": "#CC79A7",
+    REFERENCE: MODEL_COLORS[REFERENCE],
+    "dl_us_mri_radiomics": "#56B4E9",
+    "dl_us_mri_clinical": "#E69F00",
+}
 _MODALITY_COLORS = {"us": MODEL_COLORS["dl_us"], "mri": MODEL_COLORS["dl_mri"]}
 
 
@@ -34,11 +40,12 @@ def _p(p: float) -> str:
     return f"P {s}" if s.startswith("<") else f"P = {s}"
 
 
-def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: RadiomicsComparison) -> None:
+def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: AddedValueComparison) -> None:
+    models, _, added = ANALYSES[comp.analysis]
     a = comp.auc.set_index("model")
     d = comp.delong.set_index("model")
     ax.plot([0, 1], [0, 1], ls=":", color="0.55", lw=1)
-    for key, (label, _) in RADIOMICS_MODELS.items():
+    for key, (label, _) in models.items():
         t = preds[key]
         pts = roc_points(t["her2"], t["p_her2"])
         r = a.loc[key]
@@ -46,18 +53,20 @@ def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: RadiomicsComparison)
         ax.plot(
             pts.fpr,
             pts.tpr,
-            color=RADIOMICS_COLORS[key],
+            color=ADDED_COLORS[key],
             lw=2.2 if key == REFERENCE else 1.8,
             ls="-" if key != "radiomics" else "--",
             zorder=4 if key == "radiomics" else 3,  # dashed on top: visible where the curves coincide
             label=f"{label}: {r['auc']:.3f} ({r['ci_low']:.3f}\u2013{r['ci_high']:.3f}){vs}",
         )
     rec = comp.reclassification.set_index("statistic")
+    pct = f"{float(a['ci_level'].iloc[0]):.0%}"
     ax.text(
         0.98,
         0.04,
-        "adding radiomics to DL-US&MRI:\n"
-        f"NRI {rec.at['nri', 'estimate']:+.2f} ({rec.at['nri', 'ci_low']:+.2f} to {rec.at['nri', 'ci_high']:+.2f})\n"
+        f"adding {'radiomics' if comp.analysis == 'radiomics' else 'BI-RADS, age, size'} to DL-US&MRI:\n"
+        f"NRI {rec.at['nri', 'estimate']:+.2f} ({pct} CI {rec.at['nri', 'ci_low']:+.2f} to {rec.at['nri', 'ci_high']:+.2f})\n"
+        f"  HER2+ {rec.at['nri_events', 'estimate']:+.2f}, HER2\u2212 {rec.at['nri_nonevents', 'estimate']:+.2f}\n"
         f"IDI {rec.at['idi', 'estimate']:+.3f} ({rec.at['idi', 'ci_low']:+.3f} to {rec.at['idi', 'ci_high']:+.3f})",
         transform=ax.transAxes,
         ha="right",
@@ -75,7 +84,7 @@ def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: RadiomicsComparison)
     ax.legend(
         loc="upper center",
         bbox_to_anchor=(0.5, -0.13),
-        title="AUC (95% CI, DeLong)",
+        title=f"AUC ({pct} CI, DeLong)",
         title_fontsize=8.5,
         fontsize=8,
         frameon=False,
@@ -100,26 +109,27 @@ def _features_panel(ax, selected: pd.DataFrame, n_folds: int, top: int) -> None:
     ax.grid(axis="x", alpha=0.25)
 
 
-def plot_radiomics(
-    cohorts: Sequence[tuple[Mapping[str, pd.DataFrame], RadiomicsComparison]],
-    selected: pd.DataFrame,
+def plot_added_value(
+    cohorts: Sequence[tuple[Mapping[str, pd.DataFrame], AddedValueComparison]],
     *,
-    n_folds: int,
+    selected: pd.DataFrame | None = None,
+    n_folds: int = 4,
     path: str | os.PathLike | None = None,
     dpi: int = 300,
     top: int = 15,
 ) -> Figure:
-    """One ROC panel per evaluation cohort (the three models) and one panel of the selected features.
+    """One ROC panel per evaluation cohort (the analysis's models) and, with ``selected``, one panel of the radiomic
+    features selected.
 
     Parameters
     ----------
-    cohorts : sequence of (predictions, RadiomicsComparison)
-        Per cohort (test, then external when there is one): :func:`her2lib.evaluate_radiomics.
-        load_radiomics_predictions` output and its :func:`~her2lib.evaluate_radiomics.compare_radiomics` result.
-    selected : DataFrame
-        ``tables/radiomics_features_selected.csv`` (``feature, n_folds_selected, ...``).
+    cohorts : sequence of (predictions, AddedValueComparison)
+        Per cohort (test, then external when there is one): :func:`her2lib.evaluate_added.load_added_predictions`
+        output and its :func:`~her2lib.evaluate_added.compare_added` result.
+    selected : DataFrame, optional
+        ``tables/radiomics_features_selected.csv`` (``feature, n_folds_selected, ...``): the radiomics analysis.
     n_folds : int
-        Number of training folds.
+        Number of training folds (the features panel).
     path, dpi
         Where to save the PNG, and its resolution.
     top : int
@@ -129,15 +139,16 @@ def plot_radiomics(
     -------
     matplotlib.figure.Figure
     """
-    n = len(cohorts) + 1
+    n = len(cohorts) + (selected is not None)
     with style():
         fig = Figure(figsize=(5.0 * n, 5.4), layout="constrained")
-        axes = fig.subplots(1, n, gridspec_kw={"width_ratios": [1.15] * (n - 1) + [1.0]})
-        for ax, (preds, comp) in zip(axes[:-1], cohorts):
+        ratios = [1.15] * len(cohorts) + ([1.0] if selected is not None else [])
+        axes = np.atleast_1d(fig.subplots(1, n, gridspec_kw={"width_ratios": ratios}))
+        for ax, (preds, comp) in zip(axes, cohorts):
             _roc_panel(ax, preds, comp)
-        if len(selected):
+        if selected is not None and len(selected):
             _features_panel(axes[-1], selected, n_folds, top)
-        else:
+        elif selected is not None:
             axes[-1].text(0.5, 0.5, "no feature selected", ha="center", va="center")
             axes[-1].set_axis_off()
         if path is not None:

@@ -28,6 +28,7 @@ RESULTS_TEXT = "tables/results_text.md"
 REPEATS_TEXT = "tables/repeats_text.md"
 EXTERNAL_TEXT = "tables/external/results_text.md"
 RADIOMICS_TEXT = "tables/radiomics_text.md"
+CLINICAL_TEXT = "tables/clinical_text.md"
 
 # The paper's tables and figures, in its order: (file relative to the run folder, label, caption).
 PAPER_ITEMS: tuple[tuple[str, str, str], ...] = (
@@ -80,7 +81,20 @@ EXTRA_CAPTIONS: dict[str, str] = {
     "tables/radiomics_features_selected.csv": "Radiomic features with a non-zero LASSO coefficient in at least one "
     "training fold: number of folds, mean coefficient (per SD of the feature).",
     "tables/radiomics_folds.csv": "The radiomics model in each training fold: patients, candidate features after "
-    "the filters, features selected, penalty chosen by the inner cross-validation, inner-CV and OOF AUC.",
+    "the filters, features selected, penalty chosen by the inner cross-validation, inner-CV AUC (optimistic: the "
+    "filters saw all of the fold's training patients) and the AUC on the held-out fold.",
+    "figures/nomogram.png": "Nomogram of DL-US&MRI+Clinical: points of each term's value, total points and the "
+    "probability of HER2-positive (model fitted on the training cohort's OOF scores).",
+    "figures/clinical.png": "What the BI-RADS reading adds: ROC curves of DL-US&MRI and DL-US&MRI+Clinical with "
+    "DeLong 95% CIs, the paired DeLong P and the NRI and IDI.",
+    "tables/clinical_screen.csv": "Univariable likelihood-ratio screen of the BI-RADS descriptors, age and size "
+    "on the training cohort (levels pooled as the model encodes them).",
+    "tables/clinical_coefficients.csv": "DL-US&MRI+Clinical: coefficients and odds ratios with Wald 95% CIs "
+    "(fitted on the training OOF scores).",
+    "tables/clinical_auc.csv": "DL-US&MRI and DL-US&MRI+Clinical: AUC with its DeLong 95% CI per evaluation cohort.",
+    "tables/clinical_delong.csv": "Paired DeLong test of DL-US&MRI+Clinical against DL-US&MRI.",
+    "tables/clinical_reclassification.csv": "Reclassification by adding the BI-RADS descriptors, age and size to "
+    "DL-US&MRI: category-free NRI (events, non-events, overall) and IDI with Wald 95% CIs.",
     "tables/fusion_radiomics_coefficients.csv": "DL-US&MRI+Radiomics: logistic-regression coefficients of the "
     "DL-US&MRI and radiomics logits, fitted on the training OOF scores (Wald 95% CIs).",
     "figures/calibration.png": "Calibration on the test cohort: observed HER2-positive fraction against the "
@@ -316,11 +330,12 @@ def _header(prov: dict[str, Any], out: Path) -> list[str]:
                 "<h3>External validation</h3><div class='results'>"
                 f"{markdown_html(external.read_text(encoding='utf-8'))}</div>"
             )
-        radiomics = out / RADIOMICS_TEXT  # the radiomics comparison, when notebook 05 ran it
-        if radiomics.is_file():
-            parts.append(
-                f"<h3>Radiomics</h3><div class='results'>{markdown_html(radiomics.read_text(encoding='utf-8'))}</div>"
-            )
+        for rel, title in ((RADIOMICS_TEXT, "Radiomics"), (CLINICAL_TEXT, "BI-RADS descriptors, age and size")):
+            added = out / rel  # an added-value comparison, when notebook 05 ran it
+            if added.is_file():
+                parts.append(
+                    f"<h3>{_e(title)}</h3><div class='results'>{markdown_html(added.read_text(encoding='utf-8'))}</div>"
+                )
     return parts
 
 
@@ -365,7 +380,13 @@ def _paper(out: Path, source: Callable[[str], str]) -> list[str]:
 
 def _extras(out: Path, source: Callable[[str], str]) -> list[str]:
     """Every other figure and table of the run (captioned ones first), then the prediction files."""
-    shown = {rel for rel, _, _ in PAPER_ITEMS} | {RESULTS_TEXT, REPEATS_TEXT, EXTERNAL_TEXT, RADIOMICS_TEXT}
+    shown = {rel for rel, _, _ in PAPER_ITEMS} | {
+        RESULTS_TEXT,
+        REPEATS_TEXT,
+        EXTERNAL_TEXT,
+        RADIOMICS_TEXT,
+        CLINICAL_TEXT,
+    }
     figures = _listed(out, "figures", (".png",)) + _listed(out, "figures/external", (".png",))
     tables = _listed(out, "tables", (".csv", ".md", ".txt")) + _listed(out, "tables/external", (".csv",))
     ordered = [r for r in _FIGURE_ORDER if r in figures] + [r for r in figures if r not in _FIGURE_ORDER]

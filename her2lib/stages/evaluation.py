@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
@@ -22,10 +23,11 @@ from ..evaluate import (
     internal_external_table,
     load_predictions,
 )
+from ..evaluate_added import ANALYSES, compare_added, load_added_predictions
+from ..evaluate_added import REFERENCE as REFERENCE_MODEL
 from ..evaluate_classes import ClassEvaluationResult, evaluate_classes, load_class_predictions
-from ..evaluate_radiomics import REFERENCE as REFERENCE_MODEL
-from ..evaluate_radiomics import compare_radiomics, load_radiomics_predictions
 from ..evaluate_repeats import RepeatedCVResult, evaluate_repeats
+from ..figures.added_value import plot_added_value
 from ..figures.evaluation import (
     plot_calibration,
     plot_decision_curve,
@@ -34,7 +36,6 @@ from ..figures.evaluation import (
     plot_roc,
 )
 from ..figures.multiclass import plot_confusion_matrices, plot_roc_classes, plot_roc_low_vs_zero
-from ..figures.radiomics import plot_radiomics
 from ..figures.repeats import plot_repeats
 from ..io import write_csv, write_text
 from ._common import RunDirs, notice, remove_stale
@@ -77,13 +78,17 @@ _REPEAT_OUTPUTS = (
     "tables/repeats_text.md",
     "figures/repeats.png",
 )
-#: what the radiomics analysis adds (notebook 05's radiomics model and DL-US&MRI+Radiomics)
-_RADIOMICS_OUTPUTS = (
-    "tables/radiomics_auc.csv",
-    "tables/radiomics_delong.csv",
-    "tables/radiomics_reclassification.csv",
-    "tables/radiomics_text.md",
-    "figures/radiomics.png",
+#: what the added-value analyses write (notebook 05's radiomics model and DL-US&MRI+Radiomics; DL-US&MRI+Clinical)
+_ADDED_OUTPUTS = tuple(
+    f"{d}/{a}{suffix}"
+    for a in ("radiomics", "clinical")
+    for d, suffix in (
+        ("tables", "_auc.csv"),
+        ("tables", "_delong.csv"),
+        ("tables", "_reclassification.csv"),
+        ("tables", "_text.md"),
+        ("figures", ".png"),
+    )
 )
 _CLASS_OUTPUTS = (
     "tables/class_auc.csv",
@@ -100,7 +105,7 @@ _CLASS_OUTPUTS = (
     "figures/roc_low_vs_zero.svg",
 )
 
-__all__ = ["models_to_evaluate", "run_evaluation", "evaluate_repetitions", "evaluate_radiomics"]
+__all__ = ["models_to_evaluate", "run_evaluation", "evaluate_repetitions", "evaluate_added_value"]
 
 
 def models_to_evaluate(run: RunDirs, *, quiet: bool = False) -> list[str]:
@@ -193,9 +198,7 @@ def run_evaluation(
             "notebooks 03_train_us / 04_train_mri (and 05_fusion) first."
         )
     t = _task(task)
-    stale = (
-        _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS + _EXTERNAL_OUTPUTS + _RADIOMICS_OUTPUTS
-    )
+    stale = _CLASS_OUTPUTS if t.is_binary else _BINARY_OUTPUTS + _REPEAT_OUTPUTS + _EXTERNAL_OUTPUTS + _ADDED_OUTPUTS
     remove_stale(*(run.root / rel for rel in stale))
     if not t.is_binary:
         return _run_class_evaluation(run, t, keys, level=level, n_boot=n_boot, seed=seed, dpi=dpi)
@@ -208,38 +211,47 @@ def run_evaluation(
     files = _write_cohort(preds, res, run.tables, run.figures, text=res.text, n_bins=n_bins, dpi=dpi)
     kw = dict(ci_method=ci_method, level=level, n_bins=n_bins, n_boot=n_boot, seed=seed)
     files += _evaluate_external(run, preds, dpi=dpi, **kw)
-    files += evaluate_radiomics(run, level=level, dpi=dpi)
+    for analysis in ANALYSES:
+        files += evaluate_added_value(run, analysis=analysis, level=level, dpi=dpi)
     return dataclasses.replace(res, files=tuple(files))
 
 
-def evaluate_radiomics(run: RunDirs, *, level: float = 0.95, dpi: int = 300) -> list:
-    """Radiomics, DL-US&MRI and DL-US&MRI+Radiomics in the test cohort (and the external one, when it has
-    predictions and both classes): :func:`her2lib.evaluate_radiomics.compare_radiomics`. Writes
-    ``tables/radiomics_auc.csv``, ``radiomics_delong.csv`` (paired DeLong against DL-US&MRI),
-    ``radiomics_reclassification.csv`` (NRI, IDI), ``radiomics_text.md`` and ``figures/radiomics.png``; without
-    notebook 05's radiomics files nothing is written and these files of an earlier run are removed."""
-    test = load_radiomics_predictions(run.predictions, cohort="test")
+def evaluate_added_value(run: RunDirs, *, analysis: str = "radiomics", level: float = 0.95, dpi: int = 300) -> list:
+    """What radiomics (``analysis="radiomics"``: Radiomics, DL-US&MRI+Radiomics) or the BI-RADS reading
+    (``"clinical"``: DL-US&MRI+Clinical) adds to DL-US&MRI, in the test cohort and in the external one when it has
+    predictions and both classes (:func:`her2lib.evaluate_added.compare_added`). Writes
+    ``tables/<analysis>_auc.csv``, ``_delong.csv`` (paired DeLong against DL-US&MRI), ``_reclassification.csv`` (NRI,
+    IDI), ``_text.md`` and ``figures/<analysis>.png``; without notebook 05's files for the analysis nothing is
+    written and these files of an earlier run are removed."""
+    outputs = [run.root / rel for rel in _ADDED_OUTPUTS if Path(rel).name.startswith(analysis)]
+    test = load_added_predictions(run.predictions, analysis=analysis, cohort="test")
     if test is None:
-        remove_stale(*(run.root / rel for rel in _RADIOMICS_OUTPUTS))
+        remove_stale(*outputs)
         return []
-    cohorts = [(test, compare_radiomics(test, cohort="test", level=level))]
-    ext = load_radiomics_predictions(run.predictions, cohort="external")
+    n_dl = len(pd.read_csv(run.predictions / "fusion_test.csv"))
+    if len(test[REFERENCE_MODEL]) < n_dl:
+        notice(f"{analysis}: {len(test[REFERENCE_MODEL])} of {n_dl} test patients have every model's prediction.")
+    cohorts = [(test, compare_added(test, analysis=analysis, cohort="test", level=level))]
+    ext = load_added_predictions(run.predictions, analysis=analysis, cohort="external")
     if ext is not None and ext[REFERENCE_MODEL]["her2"].value_counts().reindex([0, 1], fill_value=0).min() >= 2:
-        cohorts.append((ext, compare_radiomics(ext, cohort="external", level=level)))
+        cohorts.append((ext, compare_added(ext, analysis=analysis, cohort="external", level=level)))
+    elif ext is not None:
+        notice(f"{analysis}: the external cohort lacks 2 patients of each class; it is not compared.")
     comps = [c for _, c in cohorts]
+    t = run.tables
     files = [
-        write_csv(run.tables / "radiomics_auc.csv", pd.concat([c.auc for c in comps], ignore_index=True)),
-        write_csv(run.tables / "radiomics_delong.csv", pd.concat([c.delong for c in comps], ignore_index=True)),
+        write_csv(t / f"{analysis}_auc.csv", pd.concat([c.auc for c in comps], ignore_index=True)),
+        write_csv(t / f"{analysis}_delong.csv", pd.concat([c.delong for c in comps], ignore_index=True)),
         write_csv(
-            run.tables / "radiomics_reclassification.csv",
-            pd.concat([c.reclassification for c in comps], ignore_index=True),
+            t / f"{analysis}_reclassification.csv", pd.concat([c.reclassification for c in comps], ignore_index=True)
         ),
-        write_text(run.tables / "radiomics_text.md", "\n\n".join(c.text for c in comps) + "\n"),
+        write_text(t / f"{analysis}_text.md", "\n\n".join(c.text for c in comps) + "\n"),
     ]
-    selected = pd.read_csv(run.tables / "radiomics_features_selected.csv")
-    n_folds = len(pd.read_csv(run.tables / "radiomics_folds.csv"))
-    plot_radiomics(cohorts, selected, n_folds=n_folds, path=run.figures / "radiomics.png", dpi=dpi)
-    return files + [run.figures / "radiomics.png"]
+    selected = pd.read_csv(t / "radiomics_features_selected.csv") if analysis == "radiomics" else None
+    n_folds = len(pd.read_csv(t / "radiomics_folds.csv")) if analysis == "radiomics" else 0
+    fig = run.figures / f"{analysis}.png"
+    plot_added_value(cohorts, selected=selected, n_folds=n_folds, path=fig, dpi=dpi)
+    return files + [fig]
 
 
 def _evaluate_external(run: RunDirs, preds: dict, *, dpi: int, n_bins: int, **options) -> list:
