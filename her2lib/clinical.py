@@ -10,8 +10,9 @@ patients are pooled into ``"other"``), age (years) and size (mm). Fitted by maxi
 ``Logit``; Wald intervals).
 
 **Selection, on training patients only.** Each candidate is screened by a univariable likelihood-ratio test in the
-fitting rows; those with P < ``alpha`` enter, the strongest first, up to ``max_terms`` (default: one term per 10
-HER2-positive fitting patients, minus the DL score; Peduzzi et al. 1996). The DL-US&MRI score always enters.
+fitting rows; those with P < ``alpha`` enter, the strongest first, while their coefficients (one per dummy column)
+stay within ``max_terms`` (default: one coefficient per 10 HER2-positive fitting patients, minus the DL score's;
+Peduzzi et al. 1996); a descriptor that would exceed it is skipped. The DL-US&MRI score always enters.
 
 **Leakage-free, like the fusion** (:mod:`her2lib.fusion`): the model is fitted on the training cohort's DL-US&MRI
 OOF scores; its training-cohort scores are cross-fitted (the whole selection and fit repeated without fold k,
@@ -272,7 +273,8 @@ def fit_clinical(
     alpha : float
         Screening level (univariable likelihood-ratio P).
     max_terms : int, optional
-        Most variables besides the DL score; default ``max(1, n_pos // 10 - 1)``.
+        Most coefficients besides the intercept and the DL score (a descriptor with k levels takes k - 1); default
+        ``max(1, n_pos // 10 - 1)``.
     min_count : int
         Levels seen in fewer fitting patients are pooled into ``"other"`` (or dropped if still rare).
     level, eps, fit_on
@@ -291,7 +293,11 @@ def fit_clinical(
     cands = candidates or clinical_candidates()
     screen = screen_candidates(frame, y, candidates=cands, min_count=min_count)
     limit = max(1, n_pos // 10 - 1) if max_terms is None else int(max_terms)
-    chosen = list(screen.loc[screen["p_value"] < alpha, "variable"])[:limit]
+    chosen, used = [], 0
+    for var, df in screen.loc[screen["p_value"] < alpha, ["variable", "df"]].itertuples(index=False):
+        if used + int(df) <= limit:  # the limit counts coefficients (a 3-level descriptor takes 2)
+            chosen.append(var)
+            used += int(df)
     while True:  # a term that makes the fit separate or singular is dropped (the weakest first)
         terms = [_make_term(c, cands[c][0], cands[c][1], frame[c], min_count) for c in chosen]
         X = _design(frame, p_dl, terms, eps)
@@ -316,7 +322,7 @@ def fit_clinical(
         fit_on=fit_on,
         n=len(y),
         n_pos=n_pos,
-        method=f"logit MLE (statsmodels); univariable LR screen P < {alpha}, at most {limit} terms",
+        method=f"logit MLE (statsmodels); univariable LR screen P < {alpha}, at most {limit} coefficients besides the DL score",
         dl_range=(float(dl.min()), float(dl.max())),
     )
 

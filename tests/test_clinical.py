@@ -87,6 +87,10 @@ def test_the_informative_descriptors_enter_and_the_test_labels_are_never_read():
     res = fit_clinical_model(cohort, oof, test, dl_test_folds=_test_folds(test))
     terms = [t.column for t in res.model.terms]
     assert "us_axillary_ln" in terms and "mri_skin" not in terms
+    n_pos = int(oof["her2"].sum())
+    assert len(res.model.columns) - 2 <= max(1, n_pos // 10 - 1)  # coefficients, not variables, are limited
+    one = fit_clinical(cohort[cohort["split"] == "train"], oof["p_her2"], oof["her2"], max_terms=1)
+    assert len(one.columns) == 3
     flipped = cohort.copy()
     flipped.loc[flipped["split"] == "test", "her2"] = 1 - flipped.loc[flipped["split"] == "test", "her2"]
     again = fit_clinical_model(flipped, oof, test, dl_test_folds=_test_folds(test))

@@ -64,7 +64,8 @@ def run_clinical(
     alpha : float
         Univariable screening level.
     max_terms : int
-        Most descriptors besides the DL score; 0: one per 10 HER2-positive training patients, minus one.
+        Most coefficients besides the DL score's (a k-level descriptor takes k - 1); 0: one per 10 HER2-positive
+        training patients, minus one.
     level, eps
         Wald level and logit clipping.
     dpi : int
