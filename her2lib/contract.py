@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, ParameterError
+from .io import write_csv
 from .options import look_up_option
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "TEST_FOLD_COLUMNS",
     "prediction_path",
+    "write_prediction_files",
     "validate_predictions",
     "read_predictions",
     "validate_test_folds",
@@ -261,6 +263,37 @@ def prediction_path(predictions_dir: str | os.PathLike, prefix: str, kind: str) 
     ``test``, ``test_folds``, ``external``, ``external_folds``)."""
     look_up_option(kind, PREDICTION_KINDS, name="kind")
     return Path(predictions_dir) / f"{prefix}_{kind}.csv"
+
+
+def write_prediction_files(
+    predictions_dir: str | os.PathLike,
+    prefix: str,
+    *,
+    oof: pd.DataFrame,
+    test: pd.DataFrame,
+    test_folds: pd.DataFrame | None = None,
+    external: pd.DataFrame | None = None,
+    external_folds: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Write one model's prediction files atomically (:func:`prediction_path` names): ``oof``, ``test``, and
+    ``test_folds`` / ``external`` / ``external_folds`` when given. An absent external cohort removes the external
+    files an earlier run left in the folder (they are not this cohort's); an absent ``test_folds`` leaves its file
+    alone. Returns the paths written."""
+    out = [
+        write_csv(prediction_path(predictions_dir, prefix, "oof"), oof),
+        write_csv(prediction_path(predictions_dir, prefix, "test"), test),
+    ]
+    if test_folds is not None:
+        out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), test_folds))
+    ext = [prediction_path(predictions_dir, prefix, kind) for kind in ("external", "external_folds")]
+    if external is not None:
+        out.append(write_csv(ext[0], external))
+        if external_folds is not None:
+            out.append(write_csv(ext[1], external_folds))
+    else:
+        for path in ext:
+            path.unlink(missing_ok=True)
+    return out
 
 
 def _fold_problems(out: pd.DataFrame, source: str, problems: list[str]) -> pd.Series:

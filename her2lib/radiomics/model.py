@@ -53,12 +53,11 @@ from ..contract import (
     PREDICTION_COLUMNS,
     SPLITS,
     TEST_FOLD_COLUMNS,
-    prediction_path,
     validate_predictions,
     validate_test_folds,
+    write_prediction_files,
 )
 from ..errors import DataError, ParameterError
-from ..io import write_csv
 from ..options import look_up_option
 from ..stats._common import as_binary_labels
 from ..stats.roc import auc
@@ -872,16 +871,12 @@ def write_radiomics_predictions(
             f"prefix={prefix!r}: use a plain file-name prefix other than the paper models' {sorted(_DL_PREFIXES)} "
             "(default 'radiomics'), so the DL predictions are never overwritten."
         )
-    out = [
-        write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
-        write_csv(prediction_path(predictions_dir, prefix, "test"), result.test),
-        write_csv(prediction_path(predictions_dir, prefix, "test_folds"), result.test_folds),
-    ]
-    ext = [prediction_path(predictions_dir, prefix, kind) for kind in ("external", "external_folds")]
-    if result.external is not None:
-        out.append(write_csv(ext[0], result.external))
-        out.append(write_csv(ext[1], result.external_folds))
-    else:  # an earlier run's external predictions in the same folder are not this cohort's
-        for p in ext:
-            p.unlink(missing_ok=True)
-    return out
+    return write_prediction_files(
+        predictions_dir,
+        prefix,
+        oof=result.oof,
+        test=result.test,
+        test_folds=result.test_folds,
+        external=result.external,
+        external_folds=result.external_folds,
+    )

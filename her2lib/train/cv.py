@@ -30,7 +30,7 @@ from ..contract import (
     class_prediction_columns,
     class_proba,
     class_test_fold_columns,
-    prediction_path,
+    write_prediction_files,
 )
 from ..contract import task as _task
 from ..errors import DataError, ParameterError, UndefinedMetricWarning
@@ -555,20 +555,15 @@ def write_predictions(result: CVResult, predictions_dir: str | os.PathLike, pref
     ``{prefix}_external_folds.csv`` in the same formats (removed when it has none). ``prefix`` is a deep-learning
     model's prefix, ``"us"`` or ``"mri"``."""
     look_up_option(prefix, [MODELS[k].prefix for k in DL_MODELS], name="prefix")
-    out = [
-        write_csv(prediction_path(predictions_dir, prefix, "oof"), result.oof),
-        write_csv(prediction_path(predictions_dir, prefix, "test"), result.test),
-    ]
-    if result.test_folds is not None:
-        out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), result.test_folds))
-    ext = [prediction_path(predictions_dir, prefix, kind) for kind in ("external", "external_folds")]
-    if result.external is not None:
-        out.append(write_csv(ext[0], result.external))
-        out.append(write_csv(ext[1], result.external_folds))
-    else:  # an earlier run's external predictions in the same folder are not this cohort's
-        for p in ext:
-            p.unlink(missing_ok=True)
-    return out
+    return write_prediction_files(
+        predictions_dir,
+        prefix,
+        oof=result.oof,
+        test=result.test,
+        test_folds=result.test_folds,
+        external=result.external,
+        external_folds=result.external_folds,
+    )
 
 
 def oof_performance(result: CVResult | None, threshold: float = 0.5) -> dict[str, float] | None:
