@@ -78,6 +78,7 @@ __all__ = [
     "one_vs_rest",
     "TARGET_LAYERS",
     "cohort_cams",
+    "grad_cams",
     "ENERGY_COLUMNS",
     "energy_table",
     "energy_summary",
@@ -191,10 +192,13 @@ def _batch_of_one(model: nn.Module, x: torch.Tensor | np.ndarray) -> torch.Tenso
 
 
 def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Module, class_index: int | None):
-    """Forward ``xt`` in eval mode with a hook on ``target_layer``, backpropagate the target logit.
+    """Forward ``xt`` (a batch of ``n``) in eval mode with a hook on ``target_layer``, backpropagate the sum of the
+    inputs' target logits (in eval mode every input's logit depends on its own activations only, so each input's
+    slice of the gradient is its own Grad-CAM gradient).
 
-    Returns the logits ``(1, n_out)``, the target logit, the class index used and the store holding the layer's
-    activation (``"act"``) and its gradient (``"grad"``, absent when none reached it).
+    Returns the logits ``(n, n_out)``, the summed target logit (input 0's own for ``n = 1``), the class index used
+    and the store holding the layer's activation (``"act"``) and its gradient (``"grad"``, absent when none reached
+    it).
     """
     store: dict[str, torch.Tensor] = {}
 
@@ -214,9 +218,10 @@ def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Modul
             logits = model(xt)
             if logits.ndim == 1:
                 logits = logits.unsqueeze(0)
-            if logits.ndim != 2 or logits.shape[0] != 1:
+            if logits.ndim != 2 or logits.shape[0] != xt.shape[0]:
                 raise ParameterError(
-                    f"grad_cam: the model must return logits (1, n_classes); got {tuple(logits.shape)}."
+                    f"grad_cam: the model must return logits (batch, n_classes) = ({xt.shape[0]}, n_classes); got "
+                    f"{tuple(logits.shape)}."
                 )
             n_out = logits.shape[1]
             if class_index is None:
@@ -233,7 +238,7 @@ def _backward_through(model: nn.Module, xt: torch.Tensor, target_layer: nn.Modul
                     "grad_cam: the target layer was not called in the forward pass; pick a "
                     "layer the model uses (see model.named_modules())."
                 )
-            target = logits[0, class_index]
+            target = logits[:, class_index].sum()
             model.zero_grad(set_to_none=True)
             target.backward()
     finally:
@@ -276,6 +281,62 @@ def _cam_from(
         probability=prob,
         class_index=int(class_index),
     )
+
+
+def grad_cams(
+    model: nn.Module,
+    images: np.ndarray,
+    target_layer: nn.Module | str,
+    *,
+    class_index: int = 1,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Grad-CAM of many inputs, ``batch_size`` at a time: the maps of :func:`grad_cam` (``.cam``, max-normalised
+    per input) with one forward and one backward pass per batch instead of per input.
+
+    In eval mode (BatchNorm on its running statistics, LayerNorm per input) an input's logit does not depend on the
+    other inputs of its batch, so the gradient of the summed target logits is, slice by slice, each input's own.
+    The maps equal :func:`grad_cam`'s up to float rounding of the batched kernels (``tests/test_gradcam.py``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier returning logits ``(n, n_classes)``.
+    images : ndarray, shape (n, C, H, W) or (n, C, D, H, W)
+        Channel-first inputs.
+    target_layer : nn.Module or str
+        As :func:`grad_cam`.
+    class_index : int
+        Explained logit (1 = HER2-positive).
+    batch_size : int
+        Inputs per pass.
+
+    Returns
+    -------
+    ndarray, float32, shape (n, H, W) or (n, D, H, W)
+        Each input's map in [0, 1] (all zeros without positive evidence).
+    """
+    if isinstance(target_layer, str):
+        target_layer = find_layer(model, target_layer)
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim not in (4, 5) or not np.isfinite(images).all():
+        raise ParameterError(f"grad_cams: needs finite (n, C, H, W) or (n, C, D, H, W) inputs; got {images.shape}.")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    out = np.zeros((images.shape[0],) + images.shape[2:], np.float32)
+    for start in range(0, images.shape[0], max(1, int(batch_size))):
+        xt = torch.as_tensor(images[start : start + batch_size], device=device).requires_grad_(True)
+        _, _, _, store = _backward_through(model, xt, target_layer, class_index)
+        if "grad" not in store:
+            raise ParameterError("grad_cams: no gradient reached the target layer.")
+        act, grad = store["act"].detach(), store["grad"].detach()
+        cam = F.relu((grad.mean(dim=tuple(range(2, act.ndim)), keepdim=True) * act).sum(dim=1, keepdim=True))
+        mode = "bilinear" if act.ndim == 4 else "trilinear"
+        up = F.interpolate(cam, size=tuple(xt.shape[2:]), mode=mode, align_corners=False)[:, 0]
+        peak = up.flatten(1).max(dim=1).values.view(-1, *([1] * (up.ndim - 1)))
+        up = torch.where(peak > 0, up / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(up))
+        out[start : start + len(xt)] = up.cpu().numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -838,14 +899,11 @@ def cohort_cams(
     images = np.asarray(images, dtype=np.float32)
     if images.ndim not in (4, 5):
         raise ParameterError(f"cohort_cams: images must be (n, C, H, W) or (n, C, D, H, W); got {images.shape}.")
-    out = np.zeros((images.shape[0],) + images.shape[2:], np.float32)
-    for i in tqdm(range(images.shape[0]), desc=desc, disable=not progress, leave=False):
-        acc = np.zeros(images.shape[2:], np.float64)
-        for m in models:
-            acc += grad_cam(m, images[i], target_layer, class_index=class_index).cam
-        mx = acc.max()
-        out[i] = (acc / mx) if mx > 0 else acc
-    return out
+    acc = np.zeros((images.shape[0],) + images.shape[2:], np.float64)
+    for m in tqdm(models, desc=desc, disable=not progress, leave=False):  # one batched pass per fold model
+        acc += grad_cams(m, images, target_layer, class_index=class_index)
+    peak = acc.reshape(len(acc), -1).max(axis=1).reshape(-1, *([1] * (acc.ndim - 1)))
+    return np.where(peak > 0, acc / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
 
 
 #: Columns of :func:`energy_table` (``tables/gradcam_energy.csv``).

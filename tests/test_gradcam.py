@@ -14,7 +14,16 @@ from torch import nn
 
 from her2lib.errors import ParameterError
 from her2lib.figures.gradcam import plot_gradcam_mri, plot_gradcam_us
-from her2lib.gradcam import energy_fraction, find_layer, grad_cam, lesion_centre, mask_fraction, select_cases
+from her2lib.gradcam import (
+    cohort_cams,
+    energy_fraction,
+    find_layer,
+    grad_cam,
+    grad_cams,
+    lesion_centre,
+    mask_fraction,
+    select_cases,
+)
 
 
 # ------------------------------------------------------------------------------------------------ toy models
@@ -680,3 +689,28 @@ def test_run_gradcam_end_to_end(tmp_path):
         assert t.exact == (t.n_patients >= 3 and math.factorial(t.n_patients) <= 9999)
     with pytest.raises(ParameterError, match="models='dl_ct' is not supported; choose one of \\['dl_us', 'dl_mri'\\]"):
         run_gradcam(run, models=("dl_ct",))
+
+
+# ------------------------------------------------------------------------------------------ batched Grad-CAM
+@pytest.mark.parametrize("dims", [2, 3])
+def test_batched_grad_cams_equal_the_one_input_maps(dims):
+    """grad_cams (one forward/backward per batch) against grad_cam per input: the paper's two backbones, eval mode
+    (BatchNorm on running statistics in the 3-D ResNet, LayerNorm in ConvNeXt). Tolerance 1e-5: float32 batched
+    kernels may round differently."""
+    torch.manual_seed(0)
+    if dims == 2:
+        timm = pytest.importorskip("timm")
+        m, layer = timm.create_model("convnextv2_atto", pretrained=False, num_classes=2), "stages.3"
+        x = np.random.default_rng(1).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    else:
+        nets = pytest.importorskip("monai.networks.nets")
+        m, layer = nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=2), "layer4"
+        x = np.random.default_rng(1).normal(size=(5, 1, 24, 24, 24)).astype(np.float32)
+    m.train()  # grad_cams must switch to eval itself (and restore)
+    batched = grad_cams(m, x, layer, class_index=1, batch_size=3)  # two batches, the second of two
+    assert m.training and batched.shape == (5, *x.shape[2:]) and batched.dtype == np.float32
+    for i in range(len(x)):
+        one = grad_cam(m, x[i], layer, class_index=1).cam
+        np.testing.assert_allclose(batched[i], one, atol=1e-5)
+    ensemble = cohort_cams([m, m], x, layer, progress=False)  # two identical folds: the mean is each map
+    np.testing.assert_allclose(ensemble, batched, atol=1e-6)
