@@ -276,22 +276,17 @@ def write_prediction_files(
     external_folds: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write one model's prediction files atomically (:func:`prediction_path` names): ``oof``, ``test``, and
-    ``test_folds`` / ``external`` / ``external_folds`` when given. An absent external cohort removes the external
-    files an earlier run left in the folder (they are not this cohort's); an absent ``test_folds`` leaves its file
-    alone. Returns the paths written."""
-    out = [
-        write_csv(prediction_path(predictions_dir, prefix, "oof"), oof),
-        write_csv(prediction_path(predictions_dir, prefix, "test"), test),
-    ]
-    if test_folds is not None:
-        out.append(write_csv(prediction_path(predictions_dir, prefix, "test_folds"), test_folds))
-    ext = [prediction_path(predictions_dir, prefix, kind) for kind in ("external", "external_folds")]
-    if external is not None:
-        out.append(write_csv(ext[0], external))
-        if external_folds is not None:
-            out.append(write_csv(ext[1], external_folds))
-    else:
-        for path in ext:
+    ``test_folds`` / ``external`` / ``external_folds`` when given. A table that is None removes the file an earlier
+    run left in the folder (it is not this run's; without ``external`` both external files go). Returns the paths
+    written."""
+    tables = {"oof": oof, "test": test, "test_folds": test_folds, "external": external}
+    tables["external_folds"] = external_folds if external is not None else None
+    out = []
+    for kind, table in tables.items():
+        path = prediction_path(predictions_dir, prefix, kind)
+        if table is not None:
+            out.append(write_csv(path, table))
+        else:
             path.unlink(missing_ok=True)
     return out
 

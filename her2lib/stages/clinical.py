@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..clinical import ClinicalResult, apply_clinical, fit_clinical_model
-from ..contract import prediction_path, read_predictions, read_test_folds
+from ..contract import PREDICTION_KINDS, prediction_path, read_predictions, read_test_folds, write_prediction_files
 from ..contract import task as _get_task
 from ..data import load_cohort
 from ..figures.clinical import plot_nomogram
@@ -26,12 +26,11 @@ __all__ = ["CLINICAL", "run_clinical", "clinical_outputs"]
 
 #: prediction-file prefix of DL-US&MRI+Clinical
 CLINICAL = "fusion_clinical"
-_KINDS = ("oof", "test", "test_folds", "external", "external_folds")
 
 
 def clinical_outputs(run: RunDirs) -> tuple[Path, ...]:
     """Every file :func:`run_clinical` may write (removed when it is skipped)."""
-    preds = tuple(prediction_path(run.predictions, CLINICAL, k) for k in _KINDS)
+    preds = tuple(prediction_path(run.predictions, CLINICAL, k) for k in PREDICTION_KINDS)
     return preds + (
         run.tables / "clinical_screen.csv",
         run.tables / "clinical_coefficients.csv",
@@ -102,22 +101,22 @@ def run_clinical(
         level=level,
         eps=eps,
     )
-    paths = dict(zip(_KINDS, clinical_outputs(run)))
-    write_csv(paths["oof"], res.oof)
-    write_csv(paths["test"], res.test)
-    write_csv(paths["test_folds"], res.test_folds) if res.test_folds is not None else remove_stale(paths["test_folds"])
-    write_csv(run.tables / "clinical_screen.csv", res.screen)
-    write_csv(run.tables / "clinical_coefficients.csv", res.coefficients)
-    plot_nomogram(res.model, path=run.figures / "nomogram.png", dpi=dpi)
     ext_path = prediction_path(run.predictions, "fusion", "external")
+    external = external_folds = None
     if ext_path.is_file():
         dl_ext = read_predictions(ext_path, "external")
         folds = read_test_folds(prediction_path(run.predictions, "fusion", "external_folds"), dl_ext)
-        pred, pred_folds = apply_clinical(res.model, cohort, dl_ext, dl_folds=folds)
-        write_csv(paths["external"], pred)
-        write_csv(paths["external_folds"], pred_folds) if pred_folds is not None else remove_stale(
-            paths["external_folds"]
-        )
-    else:
-        remove_stale(paths["external"], paths["external_folds"])
+        external, external_folds = apply_clinical(res.model, cohort, dl_ext, dl_folds=folds)
+    write_prediction_files(
+        run.predictions,
+        CLINICAL,
+        oof=res.oof,
+        test=res.test,
+        test_folds=res.test_folds,
+        external=external,
+        external_folds=external_folds,
+    )
+    write_csv(run.tables / "clinical_screen.csv", res.screen)
+    write_csv(run.tables / "clinical_coefficients.csv", res.coefficients)
+    plot_nomogram(res.model, path=run.figures / "nomogram.png", dpi=dpi)
     return res

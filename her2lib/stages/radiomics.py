@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..contract import prediction_path, read_predictions, read_test_folds
+from ..contract import PREDICTION_KINDS, prediction_path, read_predictions, read_test_folds, write_prediction_files
 from ..contract import task as _get_task
 from ..data import available_modalities, load_cohort
 from ..fusion import EPS
@@ -39,7 +39,6 @@ __all__ = ["RADIOMICS", "COMBINED", "run_radiomics", "radiomics_outputs", "Radio
 
 #: Prediction-file prefixes: the radiomics model and DL-US&MRI+Radiomics.
 RADIOMICS, COMBINED = "radiomics", "fusion_radiomics"
-_KINDS = ("oof", "test", "test_folds", "external", "external_folds")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class RadiomicsStageResult:
 
 def radiomics_outputs(run: RunDirs) -> tuple[Path, ...]:
     """Every file :func:`run_radiomics` may write in the run folder (removed when it is skipped)."""
-    preds = tuple(prediction_path(run.predictions, p, k) for p in (RADIOMICS, COMBINED) for k in _KINDS)
+    preds = tuple(prediction_path(run.predictions, p, k) for p in (RADIOMICS, COMBINED) for k in PREDICTION_KINDS)
     tables = ("radiomics_features_selected.csv", "radiomics_folds.csv", "radiomics_settings.json")
     return preds + tuple(run.tables / t for t in (*tables, "fusion_radiomics_coefficients.csv"))
 
@@ -166,59 +165,49 @@ def _read(run: RunDirs, prefix: str, kind: str) -> pd.DataFrame | None:
     return read_predictions(path, {"oof": "train"}.get(kind, kind))
 
 
+def _dl_and_radiomics(run: RunDirs, cohort: str) -> tuple | None:
+    """DL-US&MRI's and the radiomics model's predictions of ``cohort`` (``"test"`` or ``"external"``) with their
+    per-fold-model tables, the radiomics ones restricted to the patients DL-US&MRI covers (those with both images;
+    the radiomics model also predicts those with one, from imputed features); None when either lacks the cohort."""
+    dl, rad = _read(run, "fusion", cohort), _read(run, RADIOMICS, cohort)
+    if dl is None or rad is None:
+        return None
+    kind = f"{cohort}_folds"
+    dl_folds = read_test_folds(prediction_path(run.predictions, "fusion", kind), dl)
+    rad_folds = read_test_folds(prediction_path(run.predictions, RADIOMICS, kind), rad)
+    covered = rad["patient_id"].isin(dl["patient_id"])
+    if rad_folds is not None:
+        rad_folds = rad_folds[rad_folds["patient_id"].isin(dl["patient_id"])]
+    return dl, rad[covered].reset_index(drop=True), dl_folds, rad_folds
+
+
 def _combine(run: RunDirs, *, level: float, eps: float) -> CombinedResult | None:
     """DL-US&MRI+Radiomics from ``fusion_*.csv`` and ``radiomics_*.csv``; its files removed when DL-US&MRI is
     missing (a single-modality cohort)."""
-    outputs = [prediction_path(run.predictions, COMBINED, k) for k in _KINDS]
     coef_path = run.tables / "fusion_radiomics_coefficients.csv"
-    dl_oof, dl_test = _read(run, "fusion", "oof"), _read(run, "fusion", "test")
-    if dl_oof is None or dl_test is None:
+    dl_oof, test = _read(run, "fusion", "oof"), _dl_and_radiomics(run, "test")
+    if dl_oof is None or test is None:
         notice("DL-US&MRI+Radiomics needs DL-US&MRI (fusion_oof.csv, fusion_test.csv), which this run lacks: skipped.")
-        remove_stale(*outputs, coef_path)
+        remove_stale(*(prediction_path(run.predictions, COMBINED, k) for k in PREDICTION_KINDS), coef_path)
         return None
-    rad_oof, rad_test = _read(run, RADIOMICS, "oof"), _read(run, RADIOMICS, "test")
-    # DL-US&MRI covers the patients with both images; the radiomics model also those with one (imputed features)
+    rad_oof = _read(run, RADIOMICS, "oof")
     rad_oof = rad_oof[rad_oof["patient_id"].isin(dl_oof["patient_id"])].reset_index(drop=True)
-    rad_test_all, rad_test = (
-        rad_test,
-        rad_test[rad_test["patient_id"].isin(dl_test["patient_id"])].reset_index(drop=True),
-    )
-    folds = {
-        p: read_test_folds(prediction_path(run.predictions, p, "test_folds"), t)
-        for p, t in (("fusion", dl_test), (RADIOMICS, rad_test_all))
-    }
-    if folds[RADIOMICS] is not None:
-        folds[RADIOMICS] = folds[RADIOMICS][folds[RADIOMICS]["patient_id"].isin(dl_test["patient_id"])]
+    dl_test, rad_test, dl_folds, rad_folds = test
     res = fit_combined(
-        dl_oof,
-        rad_oof,
-        dl_test,
-        rad_test,
-        dl_test_folds=folds["fusion"],
-        rad_test_folds=folds[RADIOMICS],
-        level=level,
-        eps=eps,
+        dl_oof, rad_oof, dl_test, rad_test, dl_test_folds=dl_folds, rad_test_folds=rad_folds, level=level, eps=eps
     )
-    oof_path, test_path, folds_path, ext_path, ext_folds_path = outputs
-    write_csv(oof_path, res.oof)
-    write_csv(test_path, res.test)
-    write_csv(folds_path, res.test_folds) if res.test_folds is not None else remove_stale(folds_path)
+    ext = _dl_and_radiomics(run, "external")
+    external, external_folds = (
+        apply_combined(res.model, ext[0], ext[1], dl_folds=ext[2], rad_folds=ext[3]) if ext else (None, None)
+    )
+    write_prediction_files(
+        run.predictions,
+        COMBINED,
+        oof=res.oof,
+        test=res.test,
+        test_folds=res.test_folds,
+        external=external,
+        external_folds=external_folds,
+    )
     write_csv(coef_path, res.coefficients)
-    dl_ext, rad_ext = _read(run, "fusion", "external"), _read(run, RADIOMICS, "external")
-    if dl_ext is None or rad_ext is None:
-        remove_stale(ext_path, ext_folds_path)
-        return res
-    ext_folds = {
-        p: read_test_folds(prediction_path(run.predictions, p, "external_folds"), t)
-        for p, t in (("fusion", dl_ext), (RADIOMICS, rad_ext))
-    }
-    keep = set(dl_ext["patient_id"])  # the external patients DL-US&MRI covers (those with both images)
-    rad_ext = rad_ext[rad_ext["patient_id"].isin(keep)].reset_index(drop=True)
-    if ext_folds[RADIOMICS] is not None:
-        ext_folds[RADIOMICS] = ext_folds[RADIOMICS][ext_folds[RADIOMICS]["patient_id"].isin(keep)]
-    pred, pred_folds = apply_combined(
-        res.model, dl_ext, rad_ext, dl_folds=ext_folds["fusion"], rad_folds=ext_folds[RADIOMICS]
-    )
-    write_csv(ext_path, pred)
-    write_csv(ext_folds_path, pred_folds) if pred_folds is not None else remove_stale(ext_folds_path)
     return res
