@@ -44,6 +44,7 @@ __all__ = [
     "AddedValueComparison",
     "load_added_predictions",
     "compare_added",
+    "p_text",
 ]
 
 #: model key -> (label, prediction-file prefix), in the order of the tables
@@ -184,7 +185,8 @@ def compare_added(
     )
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """``"P = 0.253"`` or ``"P <0.001"`` (three decimals, :func:`her2lib.stats.tables.format_pvalue`)."""
     s = format_pvalue(p)
     return f"P {s}" if s.startswith("<") else f"P = {s}"
 
@@ -209,7 +211,7 @@ def _radiomics_paragraph(
         f"{a.at['dl_us_mri', 'auc']:.3f} ({_fmt_ci(a.at['dl_us_mri', 'ci_low'], a.at['dl_us_mri', 'ci_high'])}) "
         f"for DL-US&MRI (difference {d.at['radiomics', 'diff']:+.3f}, {pct} CI "
         f"{_fmt_ci(d.at['radiomics', 'ci_low'], d.at['radiomics', 'ci_high'])}; paired DeLong "
-        f"{_p(d.at['radiomics', 'p_value'])}). Adding radiomics to DL-US&MRI "
+        f"{p_text(d.at['radiomics', 'p_value'])}). Adding radiomics to DL-US&MRI "
         f"(DL-US&MRI+Radiomics, AUC {a.at[key, 'auc']:.3f}) " + _improvement(d, r, key, pct)
     )
 
@@ -217,12 +219,12 @@ def _radiomics_paragraph(
 def _improvement(d: pd.DataFrame, r: pd.DataFrame, key: str, pct: str) -> str:
     return (
         f"changed the AUC by {d.at[key, 'diff']:+.3f} ({pct} CI {_fmt_ci(d.at[key, 'ci_low'], d.at[key, 'ci_high'])}; "
-        f"paired DeLong {_p(d.at[key, 'p_value'])}). Its category-free NRI was {r.at['nri', 'estimate']:+.3f} "
-        f"({pct} CI {_fmt_ci(r.at['nri', 'ci_low'], r.at['nri', 'ci_high'])}; {_p(r.at['nri', 'p_value'])}): "
+        f"paired DeLong {p_text(d.at[key, 'p_value'])}). Its category-free NRI was {r.at['nri', 'estimate']:+.3f} "
+        f"({pct} CI {_fmt_ci(r.at['nri', 'ci_low'], r.at['nri', 'ci_high'])}; {p_text(r.at['nri', 'p_value'])}): "
         f"{r.at['nri_events', 'estimate']:+.3f} among HER2-positive and {r.at['nri_nonevents', 'estimate']:+.3f} among "
         f"HER2-negative patients (net shares moved in the right direction; the sum is not a proportion). The IDI was "
         f"{r.at['idi', 'estimate']:+.3f} ({_fmt_ci(r.at['idi', 'ci_low'], r.at['idi', 'ci_high'])}; "
-        f"{_p(r.at['idi', 'p_value'])}). NRI and IDI intervals are Wald intervals (Hmisc improveProb), which can be "
+        f"{p_text(r.at['idi', 'p_value'])}). NRI and IDI intervals are Wald intervals (Hmisc improveProb), which can be "
         "too narrow in small cohorts (Kerr et al. 2011); the DeLong comparison is the primary test."
     )
 

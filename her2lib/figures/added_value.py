@@ -18,9 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..evaluate import COHORT_NAMES, roc_points
-from ..evaluate_added import ANALYSES, REFERENCE, AddedValueComparison
+from ..evaluate_added import ANALYSES, REFERENCE, AddedValueComparison, p_text
 from ..io import save_figure
-from ..stats.tables import format_pvalue
 from ._style import MODEL_COLORS, style
 
 __all__ = ["ADDED_COLORS", "plot_added_value"]
@@ -35,11 +34,6 @@ ADDED_COLORS = {
 _MODALITY_COLORS = {"us": MODEL_COLORS["dl_us"], "mri": MODEL_COLORS["dl_mri"]}
 
 
-def _p(p: float) -> str:
-    s = format_pvalue(p)
-    return f"P {s}" if s.startswith("<") else f"P = {s}"
-
-
 def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: AddedValueComparison) -> None:
     models, _, added = ANALYSES[comp.analysis]
     a = comp.auc.set_index("model")
@@ -49,7 +43,7 @@ def _roc_panel(ax, preds: Mapping[str, pd.DataFrame], comp: AddedValueComparison
         t = preds[key]
         pts = roc_points(t["her2"], t["p_her2"])
         r = a.loc[key]
-        vs = "" if key == REFERENCE else f"; vs DL-US&MRI {_p(d.at[key, 'p_value'])}"
+        vs = "" if key == REFERENCE else f"; vs DL-US&MRI {p_text(d.at[key, 'p_value'])}"
         ax.plot(
             pts.fpr,
             pts.tpr,
