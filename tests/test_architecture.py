@@ -253,3 +253,37 @@ def test_notebook_setup_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: the heavy libraries each notebook's imports may load: notebooks that do not train or explain a model must not
+#: pay for torch, timm and MONAI (~8 s per kernel on machine C, more on a slower CPU); 02 resizes with torch only
+NOTEBOOK_HEAVY_IMPORTS = {
+    "00_cohort": set(),
+    "01_cohort_tables": set(),
+    "02_preprocess": {"torch"},
+    "05_fusion": set(),
+    "06_evaluation": set(),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(NOTEBOOK_HEAVY_IMPORTS))
+def test_notebook_imports_load_only_what_the_notebook_needs(stem):
+    """Every import line of the notebook's code cells, run in a fresh interpreter: the heavy libraries loaded must
+    be within :data:`NOTEBOOK_HEAVY_IMPORTS` (a module-level import of ``her2lib.train``'s model code, or of
+    ``her2lib.models``, in a stage these notebooks use fails here)."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    nb = nbformat.read(PACKAGE.parent / "notebooks" / f"{stem}.ipynb", as_version=4)
+    lines = [
+        line
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+        if line.startswith(("import ", "from "))
+    ]
+    code = "\n".join(lines) + "\nimport sys; print(' '.join(m for m in ('torch', 'timm', 'monai') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert set(out.stdout.split()) <= NOTEBOOK_HEAVY_IMPORTS[stem], (stem, out.stdout)

@@ -36,22 +36,49 @@ Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``
 reproducibility and resuming see :mod:`her2lib.train.loop`.
 """
 
-from . import config, cv, executors, folds, loop, optim, runtime
+import importlib
+from typing import Any
+
+from . import config, folds
 from .config import PAPER_TRAINING, TrainConfig
-from .cv import (
-    SELECTION_SETS,
-    SELECTIONS,
-    CVResult,
-    load_fold_model,
-    oof_performance,
-    run_cv,
-    run_repeated_cv,
-    write_predictions,
-)
 from .folds import assign_folds, inner_split, read_folds, repeat_seed, write_folds
-from .loop import EpochHook, FoldResult, fit_fold, place_inputs, train_one_epoch
-from .optim import make_mixup, make_optimizer, make_scheduler
-from .runtime import epoch_metrics, predict_proba, resolve_device
+
+#: names loaded from their submodule on first use: those submodules import torch, timm and MONAI (seconds), which
+#: the notebooks that only need the folds or the training configuration (02, 05) never load
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "SELECTION_SETS",
+            "SELECTIONS",
+            "CVResult",
+            "load_fold_model",
+            "oof_performance",
+            "run_cv",
+            "run_repeated_cv",
+            "write_predictions",
+        ),
+        "cv",
+    ),
+    **dict.fromkeys(("EpochHook", "FoldResult", "fit_fold", "place_inputs", "train_one_epoch"), "loop"),
+    **dict.fromkeys(("make_mixup", "make_optimizer", "make_scheduler"), "optim"),
+    **dict.fromkeys(("epoch_metrics", "predict_proba", "resolve_device"), "runtime"),
+}
+_SUBMODULES = ("cv", "executors", "loop", "optim", "runtime")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "TrainConfig",
