@@ -56,6 +56,7 @@ lab: $(STAMP) $(KERNEL)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_delong.py
 	$(PY) benchmarks/bench_train_loop.py
+	$(PY) benchmarks/bench_executors.py
 	$(PY) benchmarks/bench_gradcam.py
 
 lint: $(STAMP)

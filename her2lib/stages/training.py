@@ -53,6 +53,7 @@ def train_modality(
     task: str | Task = "binary",
     executor: str = "local",
     ray_address: str | None = None,
+    workers: int = 0,
 ) -> CVResult | None:
     """Everything of notebooks 03/04 for one modality, or nothing when the cohort lacks that modality.
 
@@ -74,7 +75,7 @@ def train_modality(
         The architecture (its kind must be the modality's model).
     training : TrainConfig
         How it is trained.
-    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction, executor, ray_address
+    seed, device, augment, resume, checkpoint_every, progress, selection, inner_fraction, executor, ray_address, workers
         As :func:`her2lib.train.run_cv`.
     task : str or Task
         ``"binary"``, ``"three-class"`` or ``"low-vs-zero"``: the patients trained and predicted
@@ -141,6 +142,7 @@ def train_modality(
         task=t,
         executor=executor,
         ray_address=ray_address or None,
+        workers=workers,
     )
     log_progress(run, "end", model=mod.label)
     for r, result in zip(runs, results):

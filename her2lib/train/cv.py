@@ -249,6 +249,7 @@ def run_cv(
     task: str | Task = "binary",
     executor: str = "local",
     ray_address: str | None = None,
+    workers: int = 0,
 ) -> CVResult:
     """Cross-validate one model on the training cohort and predict the test cohort.
 
@@ -279,12 +280,15 @@ def run_cv(
         ``"binary"`` (labels ``her2``), or a class task (labels ``her2_class``, every patient of ``cohort`` must have
         one of the task's classes: :func:`her2lib.data.task_cohort`); ``model_cfg.num_classes`` must be its number
         of classes. Folds, inner split and epoch selection (macro AUC for three classes) use the task's labels.
-    executor : {"local", "ray"}
-        Where the fold models train (:mod:`her2lib.train.executors`): one after another in this process, or as Ray
-        tasks first (same outputs, byte for byte); ``jobs.json`` in ``out_dir`` records the executor, the cluster's
-        resources and each fold's host, device and wall time.
+    executor : {"local", "processes", "ray"}
+        Where the fold models train (:mod:`her2lib.train.executors`): one after another in this process, side by
+        side in worker processes (the local executor's outputs at the workers' thread count), or as Ray tasks first
+        (same outputs, byte for byte); ``jobs.json`` in ``out_dir`` records the executor, the resources and each
+        fold's host, device, threads and wall time.
     ray_address : str, optional
         ``executor="ray"``: None/"" starts a local Ray for this call; "auto" or "host:port" joins a cluster.
+    workers : int
+        ``executor="processes"``: worker processes, 0 = one per core (:func:`her2lib.train.executors.resolve_workers`).
 
     Returns
     -------
@@ -308,7 +312,7 @@ def run_cv(
         inner_fraction=inner_fraction,
         task=task,
     )
-    record = train_folds(plan.jobs, executor=executor, ray_address=ray_address, progress=progress)
+    record = train_folds(plan.jobs, executor=executor, ray_address=ray_address, workers=workers, progress=progress)
     return _finish_cv(plan, record)
 
 
@@ -325,6 +329,7 @@ def run_repeated_cv(
     epoch_hooks: Sequence[EpochHook | None] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    workers: int = 0,
     progress: bool = True,
     **options,
 ) -> list[CVResult]:
@@ -346,8 +351,8 @@ def run_repeated_cv(
         The repetitions' numbers (default ``0 .. n - 1``), recorded with each job (``jobs.json``).
     epoch_hooks : sequence of EpochHook or None, optional
         One per repetition (e.g. progress lines naming the repetition).
-    executor, ray_address, progress
-        As :func:`run_cv`; with ``"ray"`` all repetitions' jobs form one Ray submission.
+    executor, ray_address, workers, progress
+        As :func:`run_cv`; all repetitions' jobs form one submission (Ray, or the worker processes).
     **options
         The other keywords of :func:`run_cv` (``device``, ``augment``, ``resume``, ``checkpoint_every``,
         ``selection``, ``inner_fraction``, ``task``).
@@ -373,7 +378,7 @@ def run_repeated_cv(
         for r, f, o, s, h in zip(ids, folds, out_dirs, seeds, hooks)
     ]
     jobs = [job for plan in plans for job in plan.jobs]
-    record = train_folds(jobs, executor=executor, ray_address=ray_address, progress=progress)
+    record = train_folds(jobs, executor=executor, ray_address=ray_address, workers=workers, progress=progress)
     return [
         _finish_cv(plan, {**record, "jobs": [j for j in record["jobs"] if j.get("repeat", 0) == plan.repeat]})
         for plan in plans
@@ -472,7 +477,7 @@ def _finish_cv(plan: _CVPlan, record: dict) -> CVResult:
     for job in plan.jobs:
         k = job.fold
         fit_idx, sel_idx, va = plan.sets[k]
-        if k in ray_done:  # trained by a Ray task: this call finds fold{k}.pt by its fingerprint
+        if k in ray_done:  # trained by a Ray task or a worker process: this call finds fold{k}.pt by its fingerprint
             res = fit_fold(*job.fit_args(), fold=k, **{**job.options, "resume": True})
         else:
             res, rec = fit_job(job, num_threads=torch.get_num_threads())

@@ -1,5 +1,5 @@
-"""Where the fold models are trained: in this process one after another (``"local"``), or as Ray tasks on a local
-Ray or an existing Ray cluster (``"ray"``).
+"""Where the fold models are trained: in this process one after another (``"local"``), side by side in worker
+processes on this machine (``"processes"``), or as Ray tasks on a local Ray or an existing Ray cluster (``"ray"``).
 
 Science layer. A job is one :func:`her2lib.train.fit_fold` call (one model x fold). With ``executor="ray"``,
 :func:`train_folds` sends every job to Ray first; each job writes its checkpoints and its finished ``fold{k}.pt``
@@ -14,6 +14,12 @@ so the merge (predictions, tables) is the local code and the outputs are the loc
 * Ray is optional (``pip install her2lib[distributed]``); without it ``executor="ray"`` raises a
   :class:`~her2lib.errors.ParameterError` naming the extra.
 
+``"processes"`` trains folds side by side on one machine, for a CPU whose cores one small model's convolutions do not
+all use (on 2 cores it gains 1.0-1.1x: ``benchmarks/bench_executors.py``). Its jobs run in ``workers`` spawned
+processes with ``cores // workers`` torch threads each; as with Ray, each job writes its ``fold{k}.pt`` and :func:`her2lib.train.run_cv` reuses it, so the
+outputs are those of the local executor run with that thread count, byte for byte. Epoch hooks (progress lines)
+are called in this process, in the order the workers report the epochs.
+
 Each job reports its host, device, threads and wall time; :func:`train_folds` returns them with the executor and the
 cluster's resources (``run_cv`` writes them to ``jobs.json`` in the model folder).
 """
@@ -22,8 +28,10 @@ from __future__ import annotations
 
 import os
 import platform
+import queue as queue_mod
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +44,7 @@ from .loop import FoldResult, fit_fold
 __all__ = ["EXECUTORS", "FoldJob", "train_folds", "fit_job", "run_job"]
 
 #: training executors of :func:`train_folds` / :func:`her2lib.train.run_cv`
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "processes", "ray")
 
 
 @dataclass
@@ -147,11 +155,106 @@ def _ray_jobs(
             ray.shutdown()
 
 
+# --------------------------------------------------------------------------------------------- worker processes
+_EVENTS = None  # in a "processes" worker: the queue its epoch hooks send to (set by _init_worker)
+
+
+def _init_worker(events) -> None:
+    """Worker start: keep the parent's epoch queue, and die with the parent (Linux ``PR_SET_PDEATHSIG``), so a
+    killed notebook leaves no worker training into its folder."""
+    global _EVENTS
+    _EVENTS = events
+    try:
+        import ctypes  # lazy: Linux only
+        import signal  # lazy: as above
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when its job does
+        pass
+
+
+@dataclass(frozen=True)
+class _QueuedHook:
+    """A worker's epoch hook: sends ``(job index, fold, epoch, row)`` to the parent, which calls the job's hook."""
+
+    index: int
+
+    def __call__(self, fold: int, epoch: int, row: dict) -> None:
+        _EVENTS.put((self.index, fold, epoch, row))
+
+
+def resolve_workers(workers: int, cores: int | None = None) -> tuple[int, int]:
+    """``(worker processes, torch threads per worker)`` of the ``"processes"`` executor.
+
+    ``workers`` 0 means one per core; each worker gets ``cores // workers`` threads (at least one), ``cores`` being
+    this process's torch thread count (one per core by default). The thread count does not depend on the number of
+    jobs, so a fold's result does not either.
+
+    >>> resolve_workers(0, cores=2), resolve_workers(2, cores=16), resolve_workers(3, cores=2)
+    ((2, 1), (2, 8), (3, 1))
+    """
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise ParameterError(f"workers={workers!r}: give the number of worker processes (0: one per core).")
+    cores = int(cores or torch.get_num_threads())
+    n = int(workers) or cores
+    return n, max(1, cores // n)
+
+
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+    """End a pool at once (an error or Ctrl-C in the parent): the workers' jobs resume from their checkpoints."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(timeout=10)
+
+
+def _process_jobs(jobs: list[FoldJob], *, workers: int, num_threads: int, report: Callable) -> list[dict]:
+    import multiprocessing as mp  # lazy: the "processes" executor only
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: forking a process whose OpenMP pool has run is unsafe
+    events = ctx.Queue()
+    hooks = [job.options.get("epoch_hook") for job in jobs]
+    sent = [
+        replace(job, options={**job.options, "epoch_hook": _QueuedHook(i) if hooks[i] else None, "progress": False})
+        for i, job in enumerate(jobs)
+    ]
+
+    def drain() -> None:
+        while True:
+            try:
+                i, fold, epoch, row = events.get_nowait()
+            except queue_mod.Empty:
+                return
+            hooks[i](fold, epoch, row)
+
+    pool = futures.ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(events,)
+    )
+    done: list[dict] = []
+    try:
+        pending = {pool.submit(run_job, job, num_threads=num_threads) for job in sent}
+        while pending:
+            finished, pending = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+            drain()
+            for fut in finished:
+                done.append(fut.result())
+                report(done[-1], len(done), len(jobs))
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+    drain()  # the last epochs' events, flushed by the workers as they exited
+    return sorted(done, key=lambda r: (r["repeat"], r["fold"]))
+
+
 def train_folds(
     jobs: list[FoldJob],
     *,
     executor: str = "local",
     ray_address: str | None = None,
+    workers: int = 0,
     max_retries: int = 3,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -161,10 +264,12 @@ def train_folds(
     Parameters
     ----------
     jobs : list of FoldJob
-    executor : {"local", "ray"}
+    executor : {"local", "processes", "ray"}
     ray_address : str, optional
         None or "": start a local Ray for these jobs (stopped afterwards); "auto" or "host:port": join that
         cluster. A Ray already initialised in this process is used as it is.
+    workers : int
+        ``"processes"``: worker processes (0: one per core), each with :func:`resolve_workers`' thread count.
     max_retries : int
         Ray retries of a job whose worker died (each retry resumes from the job's checkpoint).
     progress : bool
@@ -173,9 +278,9 @@ def train_folds(
     Returns
     -------
     dict
-        ``executor``, ``ray_address``, ``resources`` (the cluster's, Ray only) and ``jobs`` (one record per job:
-        repeat, fold, host, pid, device, threads, wall_s, best_epoch; Ray only: the local loop's are added by
-        ``run_cv`` / ``run_repeated_cv``).
+        ``executor``, ``ray_address``, ``resources`` (the cluster's, Ray only; ``"processes"``: ``workers`` and
+        ``threads``) and ``jobs`` (one record per job: repeat, fold, host, pid, device, threads, wall_s,
+        best_epoch; with ``"local"`` the local loop's are added by ``run_cv`` / ``run_repeated_cv``).
     """
     look_up_option(executor, EXECUTORS, name="executor")
     record: dict[str, Any] = {"executor": executor, "ray_address": ray_address or None, "resources": {}, "jobs": []}
@@ -187,11 +292,16 @@ def train_folds(
         if progress:
             rep = f"repeat {rec['repeat']} " if any(j.repeat for j in jobs) else ""
             print(
-                f"ray: {rep}fold {rec['fold']} done on {rec['host']} ({rec['device']}) in {rec['wall_s']:.1f} s "
+                f"{executor}: {rep}fold {rec['fold']} done on {rec['host']} ({rec['device']}) in {rec['wall_s']:.1f} s "
                 f"[{n_done}/{n_all}]",
                 flush=True,
             )
 
+    if executor == "processes":
+        n, threads = resolve_workers(workers)
+        record["resources"] = {"workers": n, "threads": threads}
+        record["jobs"] = _process_jobs(jobs, workers=n, num_threads=threads, report=report)
+        return record
     record["jobs"], record["resources"] = _ray_jobs(
         jobs,
         ray_address=ray_address,
