@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -723,6 +724,19 @@ def _check_her2_class(df: pd.DataFrame, pids: pd.Series, manifest: Path, problem
     return {"her2_class_counts": counts, "her2_class_undefined": undefined}
 
 
+def _run_pair_checks(pending: list[tuple[int, tuple]], problems: list[str]) -> None:
+    """In place: :func:`_check_pair` of every pending pair, on a few threads (decompression and decoding release
+    the GIL: 8.6 -> 5.7 s for the default cohort on machine C), each pair's problems inserted where the serial
+    loop would have put them."""
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        found = list(pool.map(lambda args: _check_pair(*args), [args for _, args in pending]))
+    for k in reversed(range(len(pending))):  # from the end, so the earlier positions still hold
+        pos = pending[k][0]
+        problems[pos:pos] = found[k]
+
+
 def _check_files(
     df: pd.DataFrame, pids: pd.Series, manifest: Path, modal_present: list[str], check_files: str, problems: list[str]
 ) -> dict[str, list[str]]:
@@ -730,6 +744,7 @@ def _check_files(
     returns ``{modality: [patients without it]}``."""
     root = manifest.parent
     missing_modal: dict[str, list[str]] = {}
+    pending: list[tuple[int, tuple]] = []  # decoding checks, run on threads below: (where in problems, arguments)
     for m in modal_present:
         ci, cm = MODALITIES[m].columns
         lacking: list[str] = []
@@ -759,9 +774,10 @@ def _check_files(
                             "the manifest (relative to the manifest) or restore the file."
                         )
             else:
-                problems.extend(_check_pair(pid, m, pa, pb, check_files))
+                pending.append((len(problems), (pid, m, pa, pb, check_files)))
         if lacking:
             missing_modal[m] = lacking
+    _run_pair_checks(pending, problems)
     for m, mod in MODALITIES.items():
         if m not in modal_present:
             missing_modal[m] = list(pids)

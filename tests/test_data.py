@@ -274,3 +274,32 @@ def test_gallery(cohort, tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 1000
     assert len(fig.axes) == 2 * 4
     assert fig.canvas.manager is None  # not a pyplot figure: a notebook shows the saved file, once
+
+
+def test_file_problems_are_listed_in_manifest_order(broken):
+    """The decoding checks run on threads; the problems still come in the serial order: by modality, then by
+    manifest row, a missing partner (found without decoding) in its place between them. Reference: the same
+    checks one pair at a time (``_check_pair``) in that order."""
+    from her2lib import data
+
+    dst, man = broken
+    for i in (3, 7, 12):
+        (dst / man.loc[i, "us_image"]).write_bytes(b"\x89PNG garbage")
+    for i in (1, 9):
+        p = dst / man.loc[i, "mri_image"]
+        p.write_bytes(p.read_bytes()[:200])
+    man.loc[5, "us_mask"] = ""
+    with pytest.raises(DataError) as ei:
+        load_cohort(_save(dst, man))
+    lines = [ln.strip(" -") for ln in str(ei.value).splitlines() if ln.strip(" -").startswith("patient ")]
+    pid = man["patient_id"]
+    serial = []
+    for m in ("us", "mri"):
+        for i in range(len(man)):
+            if m == "us" and i == 5:
+                serial.append(f"patient {pid[i]}: us_mask is empty")
+                continue
+            img, msk = (dst / man.loc[i, f"{m}_image"]).resolve(), (dst / man.loc[i, f"{m}_mask"]).resolve()
+            serial += data._check_pair(pid[i], m, img, msk, "full")
+    assert len(lines) == len(serial) == 6
+    assert all(ln.startswith(ref[:40]) for ln, ref in zip(lines, serial)), (lines, serial)
