@@ -32,6 +32,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -612,13 +613,19 @@ def preprocess_cohort(
     rows = list(cohort[["patient_id", *cols]].itertuples(index=False))
     versions = library_versions()
     hashes = _FileHashes(folder.parent)
-    try:
-        for pid, ipath, mpath in tqdm(rows, desc=f"ROI {modality}", disable=not progress, leave=False):
-            key = _key_from_digests(hashes.sha256(ipath), hashes.sha256(mpath), params, versions)
-            res = _cached_roi(folder / f"{key}.npz", pid, modality, ipath, mpath, params)
-            images.append(res.image)
-            masks.append(res.mask)
-            boxes.append(RoiBox.of(res))
+
+    def roi_of(row) -> RoiResult:
+        pid, ipath, mpath = row
+        key = _key_from_digests(hashes.sha256(ipath), hashes.sha256(mpath), params, versions)
+        return _cached_roi(folder / f"{key}.npz", pid, modality, ipath, mpath, params)
+
+    try:  # patients on a few threads (reading, decompressing, hashing and resizing release the GIL), in order
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            results = pool.map(roi_of, rows)
+            for res in tqdm(results, total=len(rows), desc=f"ROI {modality}", disable=not progress, leave=False):
+                images.append(res.image)
+                masks.append(res.mask)
+                boxes.append(RoiBox.of(res))
     finally:
         hashes.save()
     if not images:

@@ -454,3 +454,28 @@ def test_file_digest_index_distrusts_malformed_entries_and_waits_a_coarse_tick(t
     assert roi._FileHashes.RACY_NS >= 2_000_000_000
     assert not hashes._trusted([stat, digest, max(stat[1], stat[2]) + 1_999_999_999], stat)
     assert hashes._trusted([stat, digest, max(stat[1], stat[2]) + 2_000_000_000], stat)
+
+
+@pytest.mark.parametrize("modality", ["us", "mri"])
+def test_threaded_preprocessing_keeps_the_cohort_order_and_the_first_error(tiny_cohort, tmp_path, modality):
+    """The patients are preprocessed on threads: the stacked ROIs and boxes equal ``_compute`` run one patient at a
+    time in cohort order (the reference), and with two broken patients the error names the first in that order."""
+    spec = roi.PreprocessSpec(us_size=16, us_margin_px=10, mri_size=8, mri_margin=4)
+    x, m, boxes = roi.preprocess_cohort(tiny_cohort, modality, spec, tmp_path / "cache", progress=False)
+    params = spec.params_for(modality)
+    for i, r in enumerate(tiny_cohort.itertuples()):
+        ref = roi._compute(modality, getattr(r, f"{modality}_image"), getattr(r, f"{modality}_mask"), params)
+        assert np.array_equal(x[i], ref.image) and np.array_equal(m[i], ref.mask)
+        assert boxes[i] == roi.RoiBox.of(ref)
+    from her2lib.data import write_nifti, write_png
+
+    bad = tiny_cohort.copy()
+    for i in (1, 2):  # an image whose shape differs from its mask's
+        path = tmp_path / (f"bad{i}.png" if modality == "us" else f"bad{i}.nii.gz")
+        if modality == "us":
+            write_png(path, np.zeros((10, 12), np.uint8))
+        else:
+            write_nifti(path, np.zeros((4, 5, 6), np.float32), (3.0, 0.8, 0.8))
+        bad.loc[i, f"{modality}_image"] = str(path)
+    with pytest.raises(DataError, match=r"^patient P1 "):
+        roi.preprocess_cohort(bad, modality, spec, tmp_path / "cache2", progress=False)
