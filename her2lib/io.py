@@ -26,6 +26,7 @@ from typing import Any
 from .errors import OutputError
 
 __all__ = [
+    "usable_cpus",
     "atomic_path",
     "is_temp_name",
     "output_error",
@@ -191,6 +192,13 @@ def save_figure(fig, target: str | os.PathLike, dpi: int = 200, *, svg: bool = F
         with atomic_path(target.with_suffix(".svg")) as tmp, mpl.rc_context({"svg.hashsalt": "her2lib"}):
             fig.savefig(tmp, format="svg", metadata={"Date": None})
     return target
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, which a container or ``taskset`` may narrow; else the count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

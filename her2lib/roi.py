@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from . import data
 from .contract import modality as _modality
 from .errors import DataError, ParameterError
-from .io import atomic_path, sha256_file, write_json
+from .io import atomic_path, sha256_file, usable_cpus, write_json
 from .options import look_up_option
 
 __all__ = [
@@ -567,7 +567,7 @@ def _cached_roi(entry: Path, pid, modality: str, ipath: str, mpath: str, params:
             warnings.warn(
                 f"patient {pid}: corrupt cache entry {entry} ({exc.__class__.__name__}); recomputing it.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=2,  # on preprocess_cohort's threads: a deeper level would point into concurrent.futures
             )
     try:
         res = _compute(modality, ipath, mpath, params)
@@ -620,7 +620,7 @@ def preprocess_cohort(
         return _cached_roi(folder / f"{key}.npz", pid, modality, ipath, mpath, params)
 
     try:  # patients on a few threads (reading, decompressing, hashing and resizing release the GIL), in order
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(4, usable_cpus())) as pool:
             results = pool.map(roi_of, rows)
             for res in tqdm(results, total=len(rows), desc=f"ROI {modality}", disable=not progress, leave=False):
                 images.append(res.image)

@@ -19,7 +19,8 @@ from test_executors import CFG, TRAINING, _cohort, _same_outputs
 
 from her2lib import train
 from her2lib.errors import ParameterError
-from her2lib.train.executors import resolve_workers
+from her2lib.train import executors
+from her2lib.train.executors import FoldJob, resolve_workers, train_folds
 
 
 @pytest.fixture
@@ -86,3 +87,57 @@ def test_an_error_in_a_worker_reaches_the_parent_with_its_message(tmp_path):
     assert str(missing) in str(caught.value)
     assert not multiprocessing.active_children()
     assert not list((tmp_path / "out").glob("fold*.pt"))
+
+
+class _DiesWhenUnpickled:
+    """A job argument whose unpickling (in the worker) ends the worker process at once, as an OOM kill would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_worker_that_dies_is_a_clear_error_naming_the_folds():
+    jobs = [FoldJob(k, (_DiesWhenUnpickled(),), {"device": "cpu"}) for k in (0, 1)]
+    with pytest.raises(RuntimeError, match=r"a worker process died \(folds \[0, 1\] were not finished\)"):
+        train_folds(jobs, executor="processes", workers=2, progress=False)
+    assert not multiprocessing.active_children()
+
+
+def test_an_error_that_cannot_travel_is_sent_with_its_type_and_message(monkeypatch):
+    """An exception whose class cannot be rebuilt from its pickle (constructor with other arguments) would break the
+    pool; the worker sends a RuntimeError with the type, message and traceback instead."""
+
+    class Odd(Exception):
+        def __init__(self, code, why):
+            super().__init__(f"code {code}: {why}")
+
+    def fail(job, x=None, *, num_threads):
+        raise Odd(7, "no weights here")
+
+    monkeypatch.setattr(executors, "run_job", fail)
+    with pytest.raises(RuntimeError, match=r"fold 0: Odd: code 7: no weights here") as caught:
+        executors._job_in_worker(FoldJob(0, ()), num_threads=1)
+    assert "Traceback" in str(caught.value)
+    monkeypatch.setattr(
+        executors, "run_job", lambda job, x=None, *, num_threads: (_ for _ in ()).throw(ValueError("v"))
+    )
+    with pytest.raises(ValueError, match="^v$"):  # a picklable error travels as it is
+        executors._job_in_worker(FoldJob(0, ()), num_threads=1)
+
+
+def test_processes_refuse_a_gpu_and_bad_worker_counts():
+    with pytest.raises(ParameterError, match="executor='local'"):
+        train_folds([FoldJob(0, (), {"device": "cuda:0"})], executor="processes")
+    for bad in (None, "a", float("nan")):
+        with pytest.raises(ParameterError, match="workers"):
+            resolve_workers(bad, cores=2)
+
+
+def test_every_public_name_of_the_training_package_resolves():
+    """``her2lib.train`` loads its model code lazily: every name in ``__all__`` must still be reachable, and a
+    lazily loaded name is its submodule's object (not a stale copy)."""
+    for name in train.__all__:
+        assert getattr(train, name) is not None, name
+    assert train.run_cv is train.cv.run_cv and train.fit_fold is train.loop.fit_fold
+    with pytest.raises(AttributeError):
+        train.no_such_name  # noqa: B018

@@ -36,8 +36,8 @@ Epochs are 1-based in every file and figure (``metrics.csv``, ``dl_*_folds.csv``
 reproducibility and resuming see :mod:`her2lib.train.loop`.
 """
 
-import importlib
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 from . import config, folds
 from .config import PAPER_TRAINING, TrainConfig
@@ -66,18 +66,18 @@ _LAZY = {
 _SUBMODULES = ("cv", "executors", "loop", "optim", "runtime")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
+    """A lazily loaded name, looked up in its submodule each time (not cached here, so a test that patches the
+    submodule's attribute is seen through the package too)."""
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
+    return getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(__all__) | {k for k in globals() if not k.startswith("_")})
 
 
 __all__ = [

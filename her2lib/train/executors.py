@@ -14,11 +14,13 @@ so the merge (predictions, tables) is the local code and the outputs are the loc
 * Ray is optional (``pip install her2lib[distributed]``); without it ``executor="ray"`` raises a
   :class:`~her2lib.errors.ParameterError` naming the extra.
 
-``"processes"`` trains folds side by side on one machine, for a CPU whose cores one small model's convolutions do not
-all use (on 2 cores it gains 1.0-1.1x: ``benchmarks/bench_executors.py``). Its jobs run in ``workers`` spawned
-processes with ``cores // workers`` torch threads each; as with Ray, each job writes its ``fold{k}.pt`` and :func:`her2lib.train.run_cv` reuses it, so the
-outputs are those of the local executor run with that thread count, byte for byte. Epoch hooks (progress lines)
-are called in this process, in the order the workers report the epochs.
+``"processes"`` trains folds side by side on one machine's CPU, for cores that one small model's convolutions do
+not all use (on 2 cores it gains only 1.0-1.1x: ``benchmarks/bench_executors.py``). Its jobs run in ``workers``
+spawned processes with ``cores // workers`` torch threads each; as with Ray, each job writes its ``fold{k}.pt``
+and :func:`her2lib.train.run_cv` reuses it, so the outputs are those of the local executor run with that thread
+count, byte for byte. Epoch hooks (progress lines) are called in this process, in the order the workers report the
+epochs. It refuses a CUDA device (use ``"local"`` or ``"ray"`` there) and an input tensor larger than the free
+/dev/shm it travels through.
 
 Each job reports its host, device, threads and wall time; :func:`train_folds` returns them with the executor and the
 cluster's resources (``run_cv`` writes them to ``jobs.json`` in the model folder).
@@ -159,18 +161,20 @@ def _ray_jobs(
 _EVENTS = None  # in a "processes" worker: the queue its epoch hooks send to (set by _init_worker)
 
 
-def _init_worker(events) -> None:
-    """Worker start: keep the parent's epoch queue, and die with the parent (Linux ``PR_SET_PDEATHSIG``), so a
-    killed notebook leaves no worker training into its folder."""
+def _init_worker(events, parent: int) -> None:
+    """Worker start: keep the parent's epoch queue, and die with the parent (Linux ``PR_SET_PDEATHSIG``; a parent
+    already gone ends the worker at once), so a killed notebook leaves no worker training into its folder."""
     global _EVENTS
     _EVENTS = events
     try:
         import ctypes  # lazy: Linux only
         import signal  # lazy: as above
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the worker ends when its job does
         pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -188,37 +192,82 @@ def resolve_workers(workers: int, cores: int | None = None) -> tuple[int, int]:
 
     ``workers`` 0 means one per core; each worker gets ``cores // workers`` threads (at least one), ``cores`` being
     this process's torch thread count (one per core by default). The thread count does not depend on the number of
-    jobs, so a fold's result does not either.
+    jobs, so a fold's result does not either; with fewer jobs than workers some cores stay idle (on 16 cores and
+    4 folds, ``workers: 4`` gives 4 threads each).
 
     >>> resolve_workers(0, cores=2), resolve_workers(2, cores=16), resolve_workers(3, cores=2)
     ((2, 1), (2, 8), (3, 1))
     """
-    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+    try:
+        ok = not isinstance(workers, bool) and int(workers) == workers and workers >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ParameterError(f"workers={workers!r}: give the number of worker processes (0: one per core).")
     cores = int(cores or torch.get_num_threads())
     n = int(workers) or cores
     return n, max(1, cores // n)
 
 
-def _stop(pool: futures.ProcessPoolExecutor) -> None:
-    """End a pool at once (an error or Ctrl-C in the parent): the workers' jobs resume from their checkpoints."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+def _job_in_worker(job: FoldJob, *, num_threads: int) -> dict[str, Any]:
+    """:func:`run_job` in a worker; an error that would not survive the trip to the parent (pickling) is sent as a
+    RuntimeError carrying its type, message and traceback."""
+    import pickle  # lazy: the error path only
+    import traceback  # lazy: as above
+
+    try:
+        return run_job(job, num_threads=num_threads)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            text = "".join(traceback.format_exception(exc))
+            raise RuntimeError(f"fold {job.fold}: {type(exc).__name__}: {exc}\n{text}") from None
+        raise
+
+
+def _stop(procs: list) -> None:
+    """End the workers at once (an error or Ctrl-C in the parent): SIGINT first, so a checkpoint being written is
+    cleaned up as on Ctrl-C, then SIGTERM; their jobs resume from their last checkpoints."""
+    import signal  # lazy: the error path only
+
     for proc in procs:
-        proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGINT)
     for proc in procs:
-        proc.join(timeout=10)
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+
+
+def _check_shared_memory(jobs: list[FoldJob]) -> None:
+    """The inputs reach the workers through /dev/shm (torch's tensor sharing): refuse, with the fix, where it is
+    too small for them (a container's default is 64 MB)."""
+    inputs = [j.args[2] for j in jobs if len(j.args) > 2 and isinstance(j.args[2], torch.Tensor)]
+    need = sum({id(x): x.nbytes for x in inputs}.values())
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    if need > st.f_bavail * st.f_frsize:
+        raise ParameterError(
+            f"executor='processes': the training inputs ({need / 1e9:.2f} GB) do not fit in /dev/shm "
+            f"({st.f_bavail * st.f_frsize / 1e9:.2f} GB free), through which the workers receive them. Fix: a "
+            "larger /dev/shm (docker run --shm-size=...), or executor='local'."
+        )
 
 
 def _process_jobs(jobs: list[FoldJob], *, workers: int, num_threads: int, report: Callable) -> list[dict]:
     import multiprocessing as mp  # lazy: the "processes" executor only
 
+    _check_shared_memory(jobs)
     ctx = mp.get_context("spawn")  # a fresh interpreter: forking a process whose OpenMP pool has run is unsafe
     events = ctx.Queue()
     hooks = [job.options.get("epoch_hook") for job in jobs]
     sent = [
-        replace(job, options={**job.options, "epoch_hook": _QueuedHook(i) if hooks[i] else None, "progress": False})
-        for i, job in enumerate(jobs)
+        replace(job, options={**job.options, "progress": False, "epoch_hook": None if h is None else _QueuedHook(i)})
+        for i, (job, h) in enumerate(zip(jobs, hooks))
     ]
 
     def drain() -> None:
@@ -230,22 +279,38 @@ def _process_jobs(jobs: list[FoldJob], *, workers: int, num_threads: int, report
             hooks[i](fold, epoch, row)
 
     pool = futures.ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(events,)
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(events, os.getpid())
     )
     done: list[dict] = []
     try:
-        pending = {pool.submit(run_job, job, num_threads=num_threads) for job in sent}
+        pending = {pool.submit(_job_in_worker, job, num_threads=num_threads): job.fold for job in sent}
         while pending:
-            finished, pending = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
+            finished, _ = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
             drain()
             for fut in finished:
-                done.append(fut.result())
+                folds = sorted(pending.values())
+                pending.pop(fut)
+                try:
+                    done.append(fut.result())
+                except futures.BrokenExecutor as exc:
+                    raise RuntimeError(
+                        f"executor='processes': a worker process died (folds {folds} were not finished), e.g. killed "
+                        "for lack of memory. Fix: fewer workers (workers: N), or executor='local'; finished folds are "
+                        "kept and the others resume from their checkpoints."
+                    ) from exc
                 report(done[-1], len(done), len(jobs))
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False)
+        while any(p.is_alive() for p in procs):  # drain while the workers flush their last events and exit
+            drain()
+            for p in procs:
+                p.join(timeout=0.05)
     except BaseException:
-        _stop(pool)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop(procs)
         raise
-    pool.shutdown(wait=True)
-    drain()  # the last epochs' events, flushed by the workers as they exited
+    drain()
     return sorted(done, key=lambda r: (r["repeat"], r["fold"]))
 
 
@@ -298,7 +363,13 @@ def train_folds(
             )
 
     if executor == "processes":
+        if device.startswith("cuda"):
+            raise ParameterError(
+                "executor='processes' trains on the CPU (several folds side by side); on a GPU use executor='local' "
+                "(one fold at a time on the GPU) or executor='ray' (one fold per GPU)."
+            )
         n, threads = resolve_workers(workers)
+        n = min(n, len(jobs))
         record["resources"] = {"workers": n, "threads": threads}
         record["jobs"] = _process_jobs(jobs, workers=n, num_threads=threads, report=report)
         return record
