@@ -241,6 +241,11 @@ def _stop(procs: list) -> None:
             proc.join(timeout=5)
 
 
+def _pool_processes(pool: futures.ProcessPoolExecutor) -> list:
+    """The pool's worker processes (before a shutdown forgets them), to drain their events or stop them."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _check_shared_memory(jobs: list[FoldJob]) -> None:
     """The inputs reach the workers through /dev/shm (torch's tensor sharing): refuse, with the fix, where it is
     too small for them (a container's default is 64 MB)."""
@@ -288,25 +293,25 @@ def _process_jobs(jobs: list[FoldJob], *, workers: int, num_threads: int, report
             finished, _ = futures.wait(pending, timeout=0.5, return_when=futures.FIRST_COMPLETED)
             drain()
             for fut in finished:
-                folds = sorted(pending.values())
-                pending.pop(fut)
+                fold = pending.pop(fut)
                 try:
                     done.append(fut.result())
                 except futures.BrokenExecutor as exc:
+                    folds = sorted([fold, *pending.values()])
                     raise RuntimeError(
                         f"executor='processes': a worker process died (folds {folds} were not finished), e.g. killed "
                         "for lack of memory. Fix: fewer workers (workers: N), or executor='local'; finished folds are "
                         "kept and the others resume from their checkpoints."
                     ) from exc
                 report(done[-1], len(done), len(jobs))
-        procs = list((getattr(pool, "_processes", None) or {}).values())
+        procs = _pool_processes(pool)
         pool.shutdown(wait=False)
         while any(p.is_alive() for p in procs):  # drain while the workers flush their last events and exit
             drain()
             for p in procs:
                 p.join(timeout=0.05)
     except BaseException:
-        procs = list((getattr(pool, "_processes", None) or {}).values())
+        procs = _pool_processes(pool)
         pool.shutdown(wait=False, cancel_futures=True)
         _stop(procs)
         raise
