@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_loop.py
 	$(PY) benchmarks/bench_executors.py
 	$(PY) benchmarks/bench_gradcam.py
+	$(PY) benchmarks/bench_cpu_kernels.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -30,6 +30,7 @@ import torch
 from monai.networks.nets import resnet18
 from torch import nn
 
+from .cpu_kernels import use_cpu_kernels
 from .errors import ParameterError
 from .options import did_you_mean, look_up_option
 
@@ -153,7 +154,8 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
     Returns
     -------
     torch.nn.Module
-        Maps ``(B, 1, H, W)`` float to ``(B, 2)`` logits.
+        Maps ``(B, 1, H, W)`` float to ``(B, 2)`` logits. Its GRN layers take the faster CPU gradient of
+        :mod:`her2lib.cpu_kernels`.
     """
     cfg = cfg or DLUSConfig()
     _validate(cfg)
@@ -164,16 +166,17 @@ def build_dl_us(cfg: DLUSConfig | None = None) -> nn.Module:
     look_up_option(cfg.variant, timm.list_models("convnextv2_*"), name="variant")
     kw: dict[str, Any] = dict(in_chans=cfg.in_chans, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate)
     if cfg.pretrained:
-        return _imagenet_dl_us(cfg, kw)
+        return use_cpu_kernels(_imagenet_dl_us(cfg, kw))
     if cfg.checkpoint is None:
-        return timm.create_model(cfg.variant, pretrained=False, **kw)
+        return use_cpu_kernels(timm.create_model(cfg.variant, pretrained=False, **kw))
     # Local file only: timm adapts the stem to in_chans and drops the mismatched classifier.
-    return timm.create_model(
+    model = timm.create_model(
         cfg.variant,
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(Path(cfg.checkpoint).resolve()), hf_hub_id=None, url=None),
         **kw,
     )
+    return use_cpu_kernels(model)
 
 
 def _imagenet_dl_us(cfg: DLUSConfig, kw: dict[str, Any]) -> nn.Module:
@@ -200,7 +203,8 @@ def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
     Returns
     -------
     torch.nn.Module
-        Maps ``(B, 1, D, H, W)`` float to ``(B, 2)`` logits.
+        Maps ``(B, 1, D, H, W)`` float to ``(B, 2)`` logits. Its 3D convolutions take the faster CPU weight
+        gradient of :mod:`her2lib.cpu_kernels` on tiny volumes.
     """
     cfg = cfg or DLMRIConfig()
     _validate(cfg)
@@ -231,7 +235,7 @@ def build_dl_mri(cfg: DLMRIConfig | None = None) -> nn.Module:
                 stacklevel=2,
             )
         model.load_state_dict(keep, strict=False)
-    return model
+    return use_cpu_kernels(model)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
