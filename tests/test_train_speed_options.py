@@ -185,3 +185,42 @@ def test_learning_curves_say_when_early_stopping_ended_a_fold():
     assert title.startswith("DL-US: ") and "early stopping" in title and "epoch 6" in title
     assert plot_learning_curves(history[history.fold == 0], title="DL-US", epochs=6)._suptitle.get_text() == "DL-US"
     assert plot_learning_curves(history, title="DL-US")._suptitle.get_text() == "DL-US"  # epochs unknown: no claim
+
+
+def test_deterministic_training_skips_the_nan_fill_on_the_cpu_and_restores_it():
+    from her2lib.train.runtime import _deterministic
+
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    with _deterministic(torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert torch.utils.deterministic.fill_uninitialized_memory is before
+
+
+@pytest.mark.parametrize("cfg", [CFG, models.DLMRIConfig(image_size=16, conv1_t_stride=2)], ids=["dl_us", "dl_mri"])
+def test_the_nan_fill_changes_no_weight(cfg, monkeypatch):
+    """Two epochs with torch's NaN fill of uninitialised memory and two without: bit-identical weights (a kernel
+    that read memory before writing it would differ, the NaN fill making it NaN)."""
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(rng.normal(size=(8, *cfg.input_shape)).astype(np.float32))
+    y = torch.as_tensor(np.arange(8) % 2)
+    tc = replace(BASE, batch_size=4, mixup=True)
+    states = []
+    for fill in (True, False):
+        monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", fill)
+        torch.manual_seed(0)
+        model = models.build_model(cfg)
+        opt = train.make_optimizer(model, tc)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        mixup = train.make_mixup(tc, num_classes=2)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            for epoch in range(2):
+                train.train_one_epoch(
+                    model, opt, scaler, x, y, training=tc, device=torch.device("cpu"), aug=None, mixup=mixup,
+                    gen=torch.Generator().manual_seed(epoch), np_rs=np.random.RandomState(epoch),
+                )  # fmt: skip
+        finally:
+            torch.use_deterministic_algorithms(False)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.utils.deterministic
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 from torch import nn
 
@@ -161,19 +162,30 @@ def predict_proba(
 
 @contextlib.contextmanager
 def _deterministic(device: torch.device):
-    """Deterministic algorithms during training, restored afterwards."""
+    """Deterministic algorithms during training, restored afterwards.
+
+    On the CPU, torch's companion setting ``torch.utils.deterministic.fill_uninitialized_memory`` (on by default with
+    deterministic algorithms: every ``torch.empty`` is filled with NaN, a guard against kernels that read memory
+    before writing it) is switched off: it cost 4-7% of a CPU training step and no CPU kernel of the loop reads
+    uninitialised memory (the weights after a run with it on and off are bit-identical:
+    ``tests/test_train_speed_options.py``; resumed and repeated runs stay byte-identical: ``tests/test_interrupt.py``).
+    CUDA keeps torch's default (not measured there)."""
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_bench = torch.backends.cudnn.benchmark
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+    if device.type == "cpu":
+        torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
         torch.backends.cudnn.benchmark = prev_bench
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 @contextlib.contextmanager
