@@ -223,3 +223,32 @@ def test_one_training_step_agrees_with_the_stock_kernels(kind):
     for name, g in res[0][1].items():
         scale = float(g.abs().max()) or 1.0
         torch.testing.assert_close(res[1][1][name], g, rtol=0, atol=1e-5 * scale, msg=name)
+
+
+def test_train_config_switch_reaches_the_training_loop_and_the_fingerprint(tmp_path, monkeypatch):
+    """``TrainConfig(cpu_kernels=False)`` trains with the stock kernels (a spy on the GEMM sees no call) and is a
+    different fold fingerprint; the default (True) is left out of ``to_dict`` so earlier fingerprints stay valid."""
+    import numpy as np
+    import pandas as pd
+
+    from her2lib import train
+
+    calls = []
+    real = cpu_kernels.conv3d_weight_grad
+    monkeypatch.setattr(cpu_kernels, "conv3d_weight_grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = models.DLMRIConfig(image_size=16, conv1_t_stride=2)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(8, 1, 16, 16, 16)).astype(np.float32))
+    df = pd.DataFrame({"patient_id": [f"P{i}" for i in range(8)], "split": "train", "her2": np.arange(8) % 2})
+    results = {}
+    for flag in (True, False):
+        tc = train.TrainConfig(lr=1e-3, weight_decay=0.01, batch_size=4, epochs=1, cpu_kernels=flag)
+        assert ("cpu_kernels" in tc.to_dict()) is (not flag)
+        calls.clear()
+        res = train.fit_fold(
+            cfg, tc, x[:6], df.iloc[:6], x[6:], df.iloc[6:], fold=0, out_dir=tmp_path / str(flag), progress=False
+        )
+        results[flag] = (len(calls), torch.load(tmp_path / str(flag) / "fold0.pt", weights_only=True)["fingerprint"])
+        assert res.best_epoch == 1
+    assert results[True][0] > 0 and results[False][0] == 0
+    assert results[True][1] != results[False][1]

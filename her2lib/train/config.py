@@ -57,6 +57,11 @@ class TrainConfig:
         (:mod:`her2lib.transforms`; her2lib 0.1's path). Same augmentations and distributions, different draws.
         "auto": batched on a CUDA device, MONAI on the CPU (where the two run at about the same speed and MONAI
         keeps earlier CPU runs' results); see :meth:`resolved_backend`.
+    cpu_kernels : bool
+        her2lib's faster CPU gradients (:mod:`her2lib.cpu_kernels`: the weight gradient of 3D convolutions on tiny
+        volumes, ConvNeXt V2's GRN norm); the same mathematics in another summation order, so not bit-identical to
+        torch's and timm's stock kernels. False: the stock kernels (on the same machine, the numerics of her2lib
+        before these kernels). No effect on CUDA.
     """
 
     lr: float
@@ -73,6 +78,7 @@ class TrainConfig:
     max_steps: int | None = None
     patience: int | None = None
     augment_backend: str = "auto"
+    cpu_kernels: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "epochs"):
@@ -86,10 +92,12 @@ class TrainConfig:
         look_up_option(self.augment_backend, AUGMENT_BACKENDS, name="augment_backend")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-ready). ``max_steps`` and ``patience`` are left out while None and ``augment_backend``
-        while "auto", so the fold fingerprints and ``config.json`` of runs made before these options stay valid."""
+        """Plain dict (JSON-ready). ``max_steps`` and ``patience`` are left out while None, ``augment_backend``
+        while "auto" and ``cpu_kernels`` while True, so the fold fingerprints and ``config.json`` of runs made before
+        these options stay valid (a fold trained with the stock kernels before ``cpu_kernels`` existed is reused)."""
         d = asdict(self)
-        for name, default in (("max_steps", None), ("patience", None), ("augment_backend", "auto")):
+        defaults = (("max_steps", None), ("patience", None), ("augment_backend", "auto"), ("cpu_kernels", True))
+        for name, default in defaults:
             if d[name] == default:
                 del d[name]
         return d

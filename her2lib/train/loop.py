@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..batch_augment import BatchedAugmenter
+from ..cpu_kernels import use_cpu_kernels
 from ..errors import ParameterError, UndefinedMetricWarning
 from ..io import atomic_path
 from ..models import ModelConfig, build_model, config_to_dict
@@ -246,7 +247,7 @@ class _FoldRun:
 
 
 def _build_trainer(model_cfg: ModelConfig, training: TrainConfig, dev: torch.device) -> _Trainer:
-    model = build_model(model_cfg)
+    model = use_cpu_kernels(build_model(model_cfg), enabled=training.cpu_kernels)
     model = model.to(dev)
     if _use_cl(training, dev):
         model = model.to(memory_format=_memory_format(model_cfg.spatial_dims))
