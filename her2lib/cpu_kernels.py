@@ -1,23 +1,26 @@
-"""Faster CPU gradients for two layers whose stock CPU kernels are slow at the CPU profiles' sizes.
+"""Faster CPU training for two layers whose stock CPU kernels are slow at the CPU profiles' sizes.
 
-Science layer. Both models keep their architecture, parameters and state-dict names; only how two gradients are
-computed on the CPU changes (same mathematics, other floating-point summation order):
+Science layer. Both models keep their architecture, parameters and state-dict names; what changes is how two
+computations run on the CPU while autograd records (training), in the same mathematics with another
+floating-point summation order:
 
 * **3D convolutions on tiny volumes** (DL-MRI): at the ``default`` profile's ROI (32³, first-conv stride 2) the
-  3D ResNet18's ``layer3`` sees 2³ voxels and ``layer4`` 1³. There oneDNN's weight-gradient kernel is 4-35x slower
-  than its own forward pass (measured: 33 ms for a 512->512 3x3x3 layer at 1³, batch 16, against 1 ms as an
-  im2col + matrix product), and it took most of a DL-MRI training step. :class:`SmallVolumeConv3d` computes that
-  weight gradient as one matrix product (:func:`conv3d_weight_grad`); the forward pass and the input gradient stay
-  oneDNN's (bit-identical to the stock layer).
+  3D ResNet18's ``layer3`` sees 2³ voxels and ``layer4`` 1³. There oneDNN's weight-gradient kernel was 3-40x slower
+  than the same gradient as one im2col + matrix product (machine C; 17-28x for ``layer4`` with AVX2 kernels) and
+  took most of a DL-MRI training step. :class:`SmallVolumeConv3d` computes that weight gradient as one matrix
+  product (:func:`conv3d_weight_grad`); the forward pass and the input gradient stay oneDNN's (bit-identical to the
+  stock layer).
 * **Global Response Normalisation** (DL-US, ConvNeXt V2): timm's LayerNorm2d leaves the activations
   channels-last in memory, and torch's CPU ``norm`` over the two spatial dims of such a tensor is a strided
   reduction, ~15x slower than a sum of squares. :class:`FastGlobalResponseNorm` takes the L2 norm as
-  ``sqrt(sum(x²))`` with torch's own gradient formula (zero where the norm is zero).
+  ``sqrt(sum(x²))`` with torch's own gradient formula (zero where the norm is zero) while training; predictions
+  (``no_grad``) use timm's forward.
 
 :func:`use_cpu_kernels` swaps these classes into a built model in place (:func:`her2lib.models.build_model` does
-it); on CUDA, with another dtype or under autocast the layers run the stock code. Gradients agree with the stock
-kernels to ~1e-6 relative (``tests/test_cpu_kernels.py``), so weights trained with them are not bit-identical to
-weights trained without: a training run is a different (equally valid) floating-point path, as on another CPU.
+it; training follows ``TrainConfig.cpu_kernels``); on CUDA, with another dtype, under autocast or without autograd
+the layers run the stock code, so predictions of given weights do not depend on them. Gradients agree with the
+stock kernels to ~1e-6 relative (``tests/test_cpu_kernels.py``), so weights trained with them are not bit-identical
+to weights trained without: a training run is a different (equally valid) floating-point path, as on another CPU.
 ``benchmarks/bench_cpu_kernels.py`` times both side by side.
 """
 
@@ -103,8 +106,8 @@ def _cpu_float32(x: torch.Tensor) -> bool:
 def uses_gemm(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     """Whether :class:`SmallVolumeConv3d` takes the GEMM weight gradient for input ``x``: float32 on the CPU, a
     plain convolution (no bias, groups, dilation, or non-zero padding mode) and an output of one voxel, or of at
-    most 8 voxels with at least 256 input channels (where oneDNN's kernel was 3-35x slower; below, it was as fast
-    or faster)."""
+    most 8 voxels with at least 256 input channels (where oneDNN's kernel was 3-40x slower on machine C; below, it
+    was about as fast or faster)."""
     if not (_cpu_float32(x) and x.dim() == 5 and torch.is_grad_enabled()):
         return False
     if conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1, 1) or conv.padding_mode != "zeros":
@@ -144,10 +147,11 @@ class _SpatialL2Norm(torch.autograd.Function):
 
 class FastGlobalResponseNorm(GlobalResponseNorm):
     """timm's :class:`~timm.layers.grn.GlobalResponseNorm` (ConvNeXt V2) with the spatial L2 norm as a sum of
-    squares on the CPU (float32, no autocast); otherwise exactly timm's forward. Same parameters."""
+    squares while autograd records on the CPU (float32, no autocast: training); otherwise (predictions under
+    ``no_grad``, CUDA) exactly timm's forward. Same parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _cpu_float32(x):
+        if not (_cpu_float32(x) and torch.is_grad_enabled()):
             return super().forward(x)
         x_g = _SpatialL2Norm.apply(x, self.spatial_dim)
         x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)

@@ -25,6 +25,7 @@ from her2lib.cpu_kernels import (
     use_cpu_kernels,
     uses_gemm,
 )
+from her2lib.errors import ParameterError
 
 
 def _brute_weight_grad(x, g, k, stride, padding):
@@ -252,3 +253,40 @@ def test_train_config_switch_reaches_the_training_loop_and_the_fingerprint(tmp_p
         assert res.best_epoch == 1
     assert results[True][0] > 0 and results[False][0] == 0
     assert results[True][1] != results[False][1]
+
+
+def test_fingerprint_hashes_the_kernels_only_where_they_change_the_numerics():
+    """True on a CPU is hashed (never reuse or resume a stock-kernel fold with her2lib's kernels); False is left out,
+    so folds trained before the option existed match ``cpu_kernels=False``; on CUDA the option changes nothing."""
+    from her2lib import train
+    from her2lib.train.loop import _hashed_training
+
+    on = train.TrainConfig(lr=1e-3, weight_decay=0.01)
+    off = train.TrainConfig(lr=1e-3, weight_decay=0.01, cpu_kernels=False)
+    before_option = {k: v for k, v in off.to_dict().items() if k != "cpu_kernels"}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _hashed_training(on, cpu) == {**before_option, "cpu_kernels": True}
+    assert _hashed_training(off, cpu) == before_option
+    assert _hashed_training(on, cuda) == _hashed_training(off, cuda)
+    assert "cpu_kernels" not in on.to_dict() and off.to_dict()["cpu_kernels"] is False
+    with pytest.raises(ParameterError, match="cpu_kernels"):
+        train.TrainConfig(lr=1e-3, weight_decay=0.01, cpu_kernels=0)
+
+
+def test_predictions_do_not_depend_on_the_kernels():
+    """Without autograd (predictions, selection-set scoring) both models run the stock code: probabilities of given
+    weights are bit-identical with and without her2lib's classes (GRN weights made non-zero: timm starts them at 0)."""
+    torch.manual_seed(0)
+    for model, x in (
+        (models.build_dl_us(models.DLUSConfig(variant="convnextv2_atto", image_size=64)), torch.randn(3, 1, 64, 64)),
+        (models.build_dl_mri(models.DLMRIConfig(image_size=32, conv1_t_stride=2)), torch.randn(3, 1, 32, 32, 32)),
+    ):
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, GlobalResponseNorm):
+                    m.weight.normal_()
+                    m.bias.normal_()
+        stock = use_cpu_kernels(copy.deepcopy(model), enabled=False).eval()
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(x), stock(x))

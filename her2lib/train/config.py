@@ -58,10 +58,11 @@ class TrainConfig:
         "auto": batched on a CUDA device, MONAI on the CPU (where the two run at about the same speed and MONAI
         keeps earlier CPU runs' results); see :meth:`resolved_backend`.
     cpu_kernels : bool
-        her2lib's faster CPU gradients (:mod:`her2lib.cpu_kernels`: the weight gradient of 3D convolutions on tiny
-        volumes, ConvNeXt V2's GRN norm); the same mathematics in another summation order, so not bit-identical to
-        torch's and timm's stock kernels. False: the stock kernels (on the same machine, the numerics of her2lib
-        before these kernels). No effect on CUDA.
+        Train with her2lib's faster CPU kernels (:mod:`her2lib.cpu_kernels`: the weight gradient of 3D convolutions
+        on tiny volumes, ConvNeXt V2's GRN norm); the same mathematics in another summation order, so the weights
+        are not bit-identical to those of torch's and timm's stock kernels. False: the stock kernels (on the same
+        machine, the weights of her2lib before these kernels). Predictions of given weights do not depend on it
+        (they run the stock code). No effect on CUDA. Hashed into the fold fingerprint only when True on a CPU.
     """
 
     lr: float
@@ -90,11 +91,13 @@ class TrainConfig:
             raise ParameterError(f"TrainConfig: patience={self.patience} must be >= 1 (or None: every epoch).")
         look_up_option(self.lr_schedule, LR_SCHEDULES, name="lr_schedule")
         look_up_option(self.augment_backend, AUGMENT_BACKENDS, name="augment_backend")
+        if not isinstance(self.cpu_kernels, bool):
+            raise ParameterError(f"TrainConfig: cpu_kernels={self.cpu_kernels!r} must be True or False.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready). ``max_steps`` and ``patience`` are left out while None, ``augment_backend``
         while "auto" and ``cpu_kernels`` while True, so the fold fingerprints and ``config.json`` of runs made before
-        these options stay valid (a fold trained with the stock kernels before ``cpu_kernels`` existed is reused)."""
+        these options stay valid (the fingerprint hashes ``cpu_kernels`` separately: ``loop._hashed_training``)."""
         d = asdict(self)
         defaults = (("max_steps", None), ("patience", None), ("augment_backend", "auto"), ("cpu_kernels", True))
         for name, default in defaults:

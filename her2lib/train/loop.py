@@ -430,11 +430,16 @@ def _train_epochs(
 def _hashed_training(training: TrainConfig, dev: torch.device) -> dict[str, Any]:
     """``training.to_dict()`` with the augmentation backend that runs on ``dev``: "batched" is hashed, MONAI (also
     "auto" on a CPU) is left out as before the option, so a CPU run and a her2lib 0.1 run keep their fingerprints
-    and a run never resumes or reuses folds made with the other backend."""
+    and a run never resumes or reuses folds made with the other backend. Likewise ``cpu_kernels`` is hashed only
+    where it changes the numerics (True on a CPU): a fold trained with the stock kernels, before the option or with
+    ``cpu_kernels=False``, is never reused or resumed by a run with her2lib's kernels, and is by one with False."""
     d = training.to_dict()
     d.pop("augment_backend", None)
     if training.resolved_backend(dev.type) == "batched":
         d["augment_backend"] = "batched"
+    d.pop("cpu_kernels", None)
+    if dev.type == "cpu" and training.cpu_kernels:
+        d["cpu_kernels"] = True
     return d
 
 
