@@ -386,7 +386,10 @@ def test_resume_restores_the_torch_rng_state(tmp_path, monkeypatch):
 def test_model_folders_of_her2lib_0_1_stay_loadable_and_resumable(tmp_path, monkeypatch):
     """her2lib 0.1 kept the training settings in the model configuration. Its config.json files (the fixture is
     the ``"config"`` of a 0.1 default-profile run) must still load, and its checkpoints must keep their
-    fingerprint: the fingerprint hashes the flat union of the two configurations, which must equal the 0.1 dict."""
+    fingerprint with the kernels they were trained with (``cpu_kernels=False``, torch's stock kernels): the
+    fingerprint hashes the flat union of the two configurations, which must then equal the 0.1 dict. With
+    her2lib's CPU kernels (the default) the fingerprint adds ``cpu_kernels: True``: other numerics, so a 0.1 fold is
+    retrained rather than reused or resumed with them."""
     legacy = json.loads((contract.REPO_ROOT / "tests" / "fixtures" / "model_configs_v0_1.json").read_text())
     for kind, flat in legacy.items():
         arch, training = train.config.split_config_dict(flat)
@@ -401,8 +404,13 @@ def test_model_folders_of_her2lib_0_1_stay_loadable_and_resumable(tmp_path, monk
     hashed = []
     real_hash = train.loop._hash
     monkeypatch.setattr(train.loop, "_hash", lambda *parts: hashed.append(parts[0]) or real_hash(*parts))
+    stock = replace(tc, cpu_kernels=False)
+    train.run_cv(df, _us_inputs(df, rng), cfg, stock, folds, tmp_path / "stock", progress=False)
+    flat = {**models.config_to_dict(cfg), **tc.to_dict()}  # the 0.1 form
+    assert hashed and all(h == flat for h in hashed)
+    hashed.clear()
     train.run_cv(df, _us_inputs(df, rng), cfg, tc, folds, tmp_path / "m", progress=False)
-    assert hashed and all(h == {**models.config_to_dict(cfg), **tc.to_dict()} for h in hashed)  # the 0.1 form
+    assert hashed and all(h == {**flat, "cpu_kernels": True} for h in hashed)
     path = tmp_path / "m" / "config.json"
     meta = json.loads(path.read_text())
     meta["config"] = {**models.config_to_dict(cfg), **tc.to_dict()}  # the 0.1 layout
