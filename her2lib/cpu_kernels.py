@@ -99,8 +99,14 @@ class _GemmWeightGradConv3d(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def _cpu_float32(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+def _cpu_training(x: torch.Tensor) -> bool:
+    """Where the fast paths run: float32 on the CPU, autograd recording, no autocast."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def uses_gemm(conv: nn.Conv3d, x: torch.Tensor) -> bool:
@@ -108,7 +114,7 @@ def uses_gemm(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     plain convolution (no bias, groups, dilation, or non-zero padding mode) and an output of one voxel, or of at
     most 8 voxels with at least 256 input channels (where oneDNN's kernel was 3-40x slower on machine C; below, it
     was about as fast or faster)."""
-    if not (_cpu_float32(x) and x.dim() == 5 and torch.is_grad_enabled()):
+    if not (_cpu_training(x) and x.dim() == 5):
         return False
     if conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1, 1) or conv.padding_mode != "zeros":
         return False
@@ -151,7 +157,7 @@ class FastGlobalResponseNorm(GlobalResponseNorm):
     ``no_grad``, CUDA) exactly timm's forward. Same parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (_cpu_float32(x) and torch.is_grad_enabled()):
+        if not _cpu_training(x):
             return super().forward(x)
         x_g = _SpatialL2Norm.apply(x, self.spatial_dim)
         x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
