@@ -144,8 +144,8 @@ def main(argv=None) -> int:
             continue
         res = epoch_times(cfg, args.n, args.rounds)
         print(
-            f"{cfg.kind} epoch of {args.n} samples: stock kernels {res['stock']:6.2f} s | her2lib kernels "
-            f"{res['her2lib']:6.2f} s | speed-up {res['ratio']:.2f}x",
+            f"{cfg.kind} epoch of {args.n} samples: stock kernels {res['stock']:7.3f} s | her2lib kernels "
+            f"{res['her2lib']:7.3f} s | speed-up {res['ratio']:.2f}x",
             flush=True,
         )
     return 0
