@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +70,27 @@ def simulate_fold_models(
 def fold_model_sim():
     """Large simulated prediction files (20000 training OOF + 20000 test patients, 4 fold models)."""
     return simulate_fold_models()
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory) -> Iterator[Path]:
+    """A temporary folder shared by one test module's fixtures (a pipeline run, a cohort), removed when the module is
+    done if none of the session's tests failed meanwhile: the module-level counterpart of ``tmp_path`` under
+    pyproject's ``tmp_path_retention_policy = "failed"``. A full run writes ~7 GB of fold models (132 MB per DL-MRI
+    fold); kept to the end, they filled CI's disk (stop 23)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failed_before = request.session.testsfailed
+    yield path
+    keep = request.session.testsfailed != failed_before
+    if not keep and request.config.getini("tmp_path_retention_policy") == "failed":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_report_header(config) -> str:
+    """Free disk space where the tests write (a full run peaks at a few GB there; see ``module_tmp_path``)."""
+    where = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())  # pytest's own rule
+    free = shutil.disk_usage(where).free / 2**30
+    return f"her2lib: {free:.1f} GiB free in {where} (the suite's temporary folders need ~3 GiB at their peak)"
 
 
 @pytest.fixture(scope="session")

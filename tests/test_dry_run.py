@@ -29,8 +29,8 @@ def test_dry_run_profile_overrides_only_the_run_length():
 
 
 @pytest.fixture(scope="module")
-def paper_dry_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper_dry_run")
+def paper_dry_run(module_tmp_path):
+    root = module_tmp_path
     prof = yaml.safe_load((pipeline.CONFIG_DIR / "paper.yaml").read_text())
     prof["common"]["cohort_dir"] = str(root / "cohort")
     nb = prof["notebooks"]

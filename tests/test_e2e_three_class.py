@@ -19,9 +19,9 @@ CLASS_FIGURES = ("roc_classes", "confusion_matrices", "roc_low_vs_zero", "learni
 
 
 @pytest.fixture(scope="module")
-def three_class_run(smoke_run, tmp_path_factory):
+def three_class_run(smoke_run, module_tmp_path):
     """Notebooks 02-07 with ``task: three-class`` on the smoke run's cohort (built by notebook 00 of the smoke run)."""
-    root = tmp_path_factory.mktemp("three_class")
+    root = module_tmp_path
     prof = yaml.safe_load((smoke_run.parent / "smoke.yaml").read_text())
     prof["common"]["profile"] = "three_class_smoke"
     for stem in TASK_NOTEBOOKS:
