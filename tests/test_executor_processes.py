@@ -89,6 +89,28 @@ def test_an_error_in_a_worker_reaches_the_parent_with_its_message(tmp_path):
     assert not list((tmp_path / "out").glob("fold*.pt"))
 
 
+def _deaf_to_int_and_term(ready) -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(600)
+
+
+def test_stop_ends_a_worker_that_ignores_sigint_and_sigterm():
+    """The last resort of ``_stop`` (a worker outlived SIGINT and SIGTERM once in CI): SIGKILL after the grace time."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_deaf_to_int_and_term, args=(ready,))
+    proc.start()
+    assert ready.wait(60)
+    executors._stop([proc], grace=0.2)
+    assert not proc.is_alive() and proc.exitcode == -9
+    assert not multiprocessing.active_children()
+
+
 class _DiesWhenUnpickled:
     """A job argument whose unpickling (in the worker) ends the worker process at once, as an OOM kill would."""
 

@@ -226,19 +226,33 @@ def _job_in_worker(job: FoldJob, *, num_threads: int) -> dict[str, Any]:
         raise
 
 
-def _stop(procs: list) -> None:
+def _stop(procs: list, *, grace: float = 5.0) -> None:
     """End the workers at once (an error or Ctrl-C in the parent): SIGINT first, so a checkpoint being written is
-    cleaned up as on Ctrl-C, then SIGTERM; their jobs resume from their last checkpoints."""
+    cleaned up as on Ctrl-C, then SIGTERM, then SIGKILL, ``grace`` seconds apart; their jobs resume from their last
+    checkpoints. Returns when every worker has ended and been reaped."""
     import signal  # lazy: the error path only
 
     for proc in procs:
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGINT)
     for proc in procs:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
+        for end, wait in ((proc.terminate, grace), (proc.kill, grace), (None, 60.0)):
+            if _ended(proc, within=wait):
+                break
+            if end is not None:
+                end()
+
+
+def _ended(proc, *, within: float) -> bool:
+    """Whether ``proc`` ends (and is reaped) within ``within`` seconds. Polled: ``Process.join(timeout)`` can return
+    early with the worker alive (its sentinel pipe closed while a spawned worker was still starting, seen in CI and
+    here: a worker was left running after ``_stop``)."""
+    deadline = time.monotonic() + within
+    while proc.is_alive():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _pool_processes(pool: futures.ProcessPoolExecutor) -> list:
