@@ -8,6 +8,7 @@ PID still is that process, and, for the interrupted run, the outputs of the unin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -259,6 +260,19 @@ def _copy_before_training(src: Path, dst: Path) -> None:
         shutil.copy2(src / f, dst / f)
 
 
+@contextlib.contextmanager
+def _terminal_sigint():
+    """Processes started inside get the SIGINT disposition of a terminal's foreground command (default), also when
+    this suite runs in the background: bash starts a background job (``make test &``, ``nohup ... &``) with SIGINT
+    *ignored*, an ignored signal stays ignored across exec, and a batch started that way rightly ignores Ctrl-C
+    (the test then failed with the whole batch finishing, exit 0: reproduced with SIGINT ignored in the parent)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a Python handler -> SIG_DFL in the child
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_and_stop_in_training(
     cmd: list[str], run: Path, sig: int, while_running=None
 ) -> tuple[subprocess.Popen, str, list[int]]:
@@ -266,7 +280,8 @@ def _start_and_stop_in_training(
     ``fold*_state.pt`` newer than the start), call ``while_running(proc)``, send ``sig`` to the whole group; return
     the process, its stderr and the kernels it had."""
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _terminal_sigint():
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     check = None
     if while_running is not None:  # started as soon as the batch holds its lock, so it runs while the batch does
         while not (run / lock.LOCK_NAME).exists():  # (the smoke profile's training lasts only a few seconds)
