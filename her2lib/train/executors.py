@@ -244,9 +244,8 @@ def _stop(procs: list, *, grace: float = 5.0) -> None:
 
 
 def _ended(proc, *, within: float) -> bool:
-    """Whether ``proc`` ends (and is reaped) within ``within`` seconds. Polled: ``Process.join(timeout)`` can return
-    early with the worker alive (its sentinel pipe closed while a spawned worker was still starting, seen in CI and
-    here: a worker was left running after ``_stop``)."""
+    """Whether ``proc`` ends (and is reaped) within ``within`` seconds, polled. With ``join(timeout)`` instead, a
+    worker was still listed as running after ``_stop`` (CI once; here 2 of 4 tries, its ``exitcode`` None)."""
     deadline = time.monotonic() + within
     while proc.is_alive():
         if time.monotonic() > deadline:
