@@ -236,11 +236,11 @@ def _stop(procs: list, *, grace: float = 5.0) -> None:
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGINT)
     for proc in procs:
-        for end, wait in ((proc.terminate, grace), (proc.kill, grace), (None, 60.0)):
-            if _ended(proc, within=wait):
-                break
-            if end is not None:
-                end()
+        if not _ended(proc, within=grace):
+            proc.terminate()
+            if not _ended(proc, within=grace):
+                proc.kill()
+                _ended(proc, within=60.0)
 
 
 def _ended(proc, *, within: float) -> bool:
