@@ -300,7 +300,7 @@ def _start_and_stop_in_training(
     if check is not None:
         check()
     _, err = proc.communicate(timeout=120)
-    # when it was sent, for a batch that did not stop (CI saw that once: the whole batch finished with 0)
+    # when it was sent, for a batch that does not stop (as one started with SIGINT ignored: see _terminal_sigint)
     err += (
         f"\n[test] {signal.Signals(sig).name} sent {sent:.2f} s after the start ({states[0].name} seen at {seen:.2f} s)"
     )
