@@ -1,4 +1,7 @@
-"""Do her2lib's CPU kernels change the trained models' AUCs? Several training seeds, stock and her2lib kernels.
+"""Do the default profile's speed levers change the trained models' AUCs? Several training seeds, lever off and on.
+
+Two levers (``--lever``): her2lib's CPU kernels (``cpu_kernels``: stock vs her2lib's, early stopping as in the
+profile) and early stopping (``patience``: every epoch vs the profile's patience, her2lib's kernels both times).
 
 ``TrainConfig(cpu_kernels=...)`` (notebooks 03/04's ``cpu_kernels``) decides whether training uses
 :mod:`her2lib.cpu_kernels` or torch's and timm's stock kernels. Both compute the same gradients in another
@@ -8,14 +11,16 @@ another CPU; this benchmark shows whether that difference is more than a seed's.
 From a finished run folder (``--base``, e.g. ``reports/default``: its ROI cache, ``02_preprocess`` parameters and
 folds; only read), it trains notebook 03's or 04's cross-validation (:func:`her2lib.stages.training.train_modality`
 with the profile's settings: early stopping, inner selection split) for each ``--seeds`` seed with both kernel
-choices, alternating which goes first, into a temporary folder. Per run it prints wall time, epochs run, seconds per
-epoch, OOF and test AUC (the mean of the fold models' test probabilities); then the per-epoch speed-up and the
-paired AUC differences with a Wilcoxon signed-rank test.
+choices (or both patience choices), alternating which goes first, into a temporary folder. Per run it prints wall
+time, epochs run, seconds per epoch, OOF and test AUC (the mean of the fold models' test probabilities); then the
+speed-up (per epoch for the kernels, per cross-validation for early stopping) and the paired AUC differences with a
+Wilcoxon signed-rank test.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --seeds 0 1 2 3 4 5 6 7
     .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --seeds 0 --epochs 2  # minutes
+    .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --lever patience --seeds 0 1 2 3
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ from her2lib.stages._common import RunDirs  # noqa: E402
 from her2lib.stages.training import train_modality  # noqa: E402
 
 NOTEBOOK = {"us": "03_train_us", "mri": "04_train_mri"}
+# Per lever: the name of each arm (off, on) and what the speed-up is measured on.
+ARMS = {"cpu_kernels": ("stock", "her2lib"), "patience": ("every epoch", "patience")}
 
 
 def _settings(profile: Path, modality: str) -> dict:
     return yaml.safe_load(profile.read_text())["notebooks"][NOTEBOOK[modality]]
 
 
-def _configs(p: dict, spec, modality: str, *, cpu_kernels: bool, epochs: int | None):
+def _configs(p: dict, spec, modality: str, *, lever: str, on: bool, epochs: int | None):
     if modality == "us":
         cfg = models.DLUSConfig(variant=p.get("variant", "convnextv2_atto"), image_size=spec.us_size)
         wd, mixup = p.get("weight_decay", 0.05), p.get("mixup", True)
@@ -63,13 +70,13 @@ def _configs(p: dict, spec, modality: str, *, cpu_kernels: bool, epochs: int | N
         weight_decay=wd,
         epochs=epochs or p["epochs"],
         mixup=mixup,
-        patience=p.get("patience"),
-        cpu_kernels=cpu_kernels,
+        patience=p.get("patience") if (on or lever != "patience") else None,
+        cpu_kernels=on or lever != "cpu_kernels",
     )
     return cfg, tc
 
 
-def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, cpu_kernels: bool, epochs=None) -> dict:
+def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, lever: str, on: bool, epochs=None) -> dict:
     """Train one cross-validation into ``work`` (made from ``base``'s cache, parameters and folds); its figures."""
     shutil.rmtree(work, ignore_errors=True)
     (work / "predictions").mkdir(parents=True)
@@ -80,7 +87,7 @@ def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, cpu_ke
     run = RunDirs.from_out_dir(work, cohort_dir)
     cohort = data.load_cohort(run.manifest, check_files="exists")
     spec = roi.PreprocessSpec.from_params(run.params / "02_preprocess.json")
-    cfg, tc = _configs(p, spec, modality, cpu_kernels=cpu_kernels, epochs=epochs)
+    cfg, tc = _configs(p, spec, modality, lever=lever, on=on, epochs=epochs)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         train_modality(run, cohort, modality, spec, cfg, tc, seed=seed, augment=transforms.AugmentSpec(),
@@ -105,19 +112,25 @@ def json_param(base: Path, name: str) -> str:
     return str(value if Path(value).is_absolute() else REPO / value)
 
 
-def summary(rows: list[dict]) -> list[str]:
-    """Lines: per-epoch speed-up and paired AUC differences (her2lib - stock) with a Wilcoxon signed-rank test."""
-    by = {(r["seed"], r["cpu_kernels"]): r for r in rows}
+def summary(rows: list[dict], *, lever: str = "cpu_kernels") -> list[str]:
+    """Lines: the speed-up and paired AUC differences (lever on - off) with a Wilcoxon signed-rank test.
+
+    ``rows``: one dict per run with ``seed``, ``on`` (bool), ``wall``, ``s_per_epoch``, ``test_auc``, ``oof_auc``.
+    The kernels' speed-up is per epoch; early stopping's per cross-validation (it saves epochs, not time per epoch).
+    """
+    off_name, on_name = ARMS[lever]
+    by = {(r["seed"], r["on"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
-    out = [f"per-epoch speed-up (stock / her2lib), median of {len(seeds)} seeds: "
-           f"{statistics.median(by[s, False]['s_per_epoch'] / by[s, True]['s_per_epoch'] for s in seeds):.2f}x"]  # fmt: skip
+    what, unit = ("per-epoch", "s_per_epoch") if lever == "cpu_kernels" else ("per cross-validation", "wall")
+    ratio = statistics.median(by[s, False][unit] / by[s, True][unit] for s in seeds)
+    out = [f"{what} speed-up ({off_name} / {on_name}), median of {len(seeds)} seeds: {ratio:.2f}x"]
     for key in ("test_auc", "oof_auc"):
         a = np.array([by[s, False][key] for s in seeds])
         b = np.array([by[s, True][key] for s in seeds])
         d = b - a
         p = stats.wilcoxon(b, a).pvalue if len(seeds) > 1 and np.any(d != 0) else float("nan")
         out.append(
-            f"{key}: stock {a.mean():.3f} (sd {a.std(ddof=1) if len(a) > 1 else 0:.3f}) | her2lib {b.mean():.3f} "
+            f"{key}: {off_name} {a.mean():.3f} (sd {a.std(ddof=1) if len(a) > 1 else 0:.3f}) | {on_name} {b.mean():.3f} "
             f"| paired difference {d.mean():+.3f} ({d.min():+.3f} to {d.max():+.3f}), Wilcoxon P = {p:.2f}"
         )
     return out
@@ -130,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modality", choices=["us", "mri"], default="mri")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs (a quick check)")
+    ap.add_argument("--lever", choices=sorted(ARMS), default="cpu_kernels", help="what the two arms differ in")
     args = ap.parse_args(argv)
     p = _settings(args.profile, args.modality)
     rows = []
@@ -137,14 +151,14 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for flag in (False, True) if seed % 2 else (True, False):
                 res = run_one(args.base, Path(tmp) / f"{flag}_{seed}", p, args.modality, seed=seed,
-                              cpu_kernels=flag, epochs=args.epochs)  # fmt: skip
-                rows.append({"seed": seed, "cpu_kernels": flag, **res})
+                              lever=args.lever, on=flag, epochs=args.epochs)  # fmt: skip
+                rows.append({"seed": seed, "on": flag, **res})
                 print(
-                    f"seed {seed} {'her2lib' if flag else 'stock':7s}: {res['wall']:6.1f} s, {res['epochs']} epochs, "
+                    f"seed {seed} {ARMS[args.lever][flag]:11s}: {res['wall']:6.1f} s, {res['epochs']} epochs, "
                     f"{res['s_per_epoch']:.2f} s/epoch, OOF AUC {res['oof_auc']:.3f}, test AUC {res['test_auc']:.3f}",
                     flush=True,
                 )
-    for line in summary(rows):
+    for line in summary(rows, lever=args.lever):
         print(line)
     return 0
 
