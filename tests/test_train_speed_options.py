@@ -73,6 +73,9 @@ def test_early_stopping_keeps_the_unstopped_runs_epochs(tmp_path):
     assert len(stopped.history) == stop
     pd.testing.assert_frame_equal(pd.DataFrame(stopped.history), pd.DataFrame(full.history[:stop]))
     assert stopped.best_epoch == best
+    # replaying the rule over the unstopped history (train.replay_early_stopping) gives what the loop did
+    assert train.replay_early_stopping(full.history, patience) == train.stopping.Replay(patience, best, stop)
+    assert train.replay_early_stopping(full.history, None) == train.stopping.Replay(None, full.best_epoch, 8)
     if full.best_epoch <= stop:
         for k, v in full.state_dict.items():
             assert torch.equal(v, stopped.state_dict[k]), k

@@ -3,8 +3,10 @@ training and evaluation"; "Stratified sampling was used to divide the dataset fo
 
 Science layer. Modules: :mod:`~her2lib.train.config` (:class:`TrainConfig`: how a model is trained),
 :mod:`~her2lib.train.folds` (folds, inner split), :mod:`~her2lib.train.runtime` (device, precision, determinism,
-prediction, metrics), :mod:`~her2lib.train.optim` (optimiser, schedule, Mixup), :mod:`~her2lib.train.loop` (one
-fold: epochs, checkpoints, resume) and :mod:`~her2lib.train.cv` (cross-validation, prediction files, fold models).
+prediction, metrics), :mod:`~her2lib.train.optim` (optimiser, schedule, Mixup), :mod:`~her2lib.train.stopping` (the
+epoch-selection and early-stopping rule, and its replay over a finished fold's history), :mod:`~her2lib.train.loop`
+(one fold: epochs, checkpoints, resume) and :mod:`~her2lib.train.cv` (cross-validation, prediction files, fold
+models).
 
 Protocol, without test-set leakage:
 
@@ -39,9 +41,10 @@ reproducibility and resuming see :mod:`her2lib.train.loop`.
 import importlib as _importlib
 from typing import Any as _Any
 
-from . import config, folds
+from . import config, folds, stopping
 from .config import PAPER_TRAINING, TrainConfig
 from .folds import assign_folds, inner_split, read_folds, repeat_seed, write_folds
+from .stopping import replay_early_stopping
 
 #: names loaded from their submodule on first use: those submodules import torch, timm and MONAI (seconds), which
 #: the notebooks that only need the folds or the training configuration (02, 05) never load
@@ -88,6 +91,7 @@ __all__ = [
     "write_folds",
     "inner_split",
     "repeat_seed",
+    "replay_early_stopping",
     "resolve_device",
     "epoch_metrics",
     "predict_proba",
@@ -114,4 +118,5 @@ __all__ = [
     "loop",
     "optim",
     "runtime",
+    "stopping",
 ]

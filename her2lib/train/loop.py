@@ -52,6 +52,7 @@ from .runtime import (
     predict_proba,
     resolve_device,
 )
+from .stopping import selection_key, stops_early
 
 __all__ = ["FoldResult", "fit_fold", "train_one_epoch", "place_inputs", "EpochHook"]
 
@@ -336,8 +337,7 @@ def _selection_row(
 
 
 def _keep_if_best(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int, row: dict, met: dict) -> None:
-    auc = met["auc"] if np.isfinite(met["auc"]) else -1.0
-    key = (auc, -row["val_loss"])
+    key = selection_key(met["auc"], row["val_loss"])
     if prog.best_key is None or key > prog.best_key:
         prog.best_key, prog.best_epoch, prog.best_metrics = key, epoch + 1, row
         prog.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tr.model.state_dict().items()}
@@ -456,7 +456,7 @@ def _augmenter(
 def _stops_early(training: TrainConfig, prog: _Progress, epoch: int) -> bool:
     """Early stopping: ``training.patience`` epochs (0-based ``epoch`` just finished) without a better selection
     key than the best epoch's."""
-    return training.patience is not None and (epoch + 1) - prog.best_epoch >= training.patience
+    return stops_early(epoch + 1, prog.best_epoch, training.patience)
 
 
 def fit_fold(
