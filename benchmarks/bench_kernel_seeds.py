@@ -50,6 +50,7 @@ from her2lib.stages._common import RunDirs  # noqa: E402
 from her2lib.stages.training import train_modality  # noqa: E402
 
 NOTEBOOK = {"us": "03_train_us", "mri": "04_train_mri"}
+REPLAY_PATIENCES = (3, 5, 8, 10, 15)
 # Per lever: the name of each arm (off, on) and what the speed-up is measured on.
 ARMS = {"cpu_kernels": ("stock", "her2lib"), "patience": ("every epoch", "patience")}
 
@@ -94,16 +95,36 @@ def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, lever:
                        checkpoint_every=5, progress=False)  # fmt: skip
     wall = time.perf_counter() - t0
     kind = cfg.kind
-    epochs_run = int(len(pd.read_csv(work / "models" / kind / "metrics.csv")))
+    metrics = pd.read_csv(work / "models" / kind / "metrics.csv")
+    epochs_run = len(metrics)
     oof = pd.read_csv(work / "predictions" / f"{modality}_oof.csv")
     test = pd.read_csv(work / "predictions" / f"{modality}_test.csv")
     return {
+        "replay": replay_line(metrics) if tc.patience is None else "",
         "wall": wall,
         "epochs": epochs_run,
         "s_per_epoch": wall / epochs_run,
         "oof_auc": roc_auc_score(oof["her2"], oof["p_her2"]),
         "test_auc": roc_auc_score(test["her2"], test["p_her2"]),
     }
+
+
+def replay_line(metrics: pd.DataFrame, patiences=REPLAY_PATIENCES) -> str:
+    """For an unstopped cross-validation's ``metrics.csv``: per patience, the epochs early stopping would have run
+    and in how many folds it would have chosen another epoch than every epoch did (:func:`train.replay_early_stopping`;
+    exact, since a stopped fold's epochs are the unstopped fold's first ones). A fold whose choice is the same has
+    the same weights, so only the folds counted here can move the AUCs."""
+    folds = [g.sort_values("epoch").to_dict("records") for _, g in metrics.groupby("fold")]
+    full = [train.replay_early_stopping(f, None) for f in folds]
+    parts = []
+    for k in patiences:
+        r = [train.replay_early_stopping(f, k) for f in folds]
+        moved = sum(a.best_epoch != b.best_epoch for a, b in zip(r, full, strict=True))
+        parts.append(f"{k}: {sum(x.epochs_run for x in r)} epochs, {moved} moved")
+    chosen = ", ".join(str(x.best_epoch) for x in full)
+    return f"replay (every epoch chose {chosen}; patience: epochs run, folds choosing another epoch): " + "; ".join(
+        parts
+    )
 
 
 def json_param(base: Path, name: str) -> str:
@@ -158,6 +179,8 @@ def main(argv=None) -> int:
                     f"{res['s_per_epoch']:.2f} s/epoch, OOF AUC {res['oof_auc']:.3f}, test AUC {res['test_auc']:.3f}",
                     flush=True,
                 )
+                if res["replay"]:
+                    print("  " + res["replay"], flush=True)
     for line in summary(rows, lever=args.lever):
         print(line)
     return 0

@@ -11,6 +11,7 @@ import re
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -73,3 +74,16 @@ def test_kernel_summary_is_per_epoch(bench):
     lines = bench.summary(_rows([0.7, 0.6], [0.7, 0.6]), lever="cpu_kernels")
     # 300 s / 120 epochs against 150 s / 50 epochs: 2.5 s against 3.0 s per epoch
     assert lines[0] == "per-epoch speed-up (stock / her2lib), median of 2 seeds: 0.83x"
+
+
+def test_replay_line_counts_epochs_and_moved_folds(bench):
+    #               epoch: 1    2    3    4    5    6
+    aucs = {0: [0.5, 0.7, 0.6, 0.6, 0.6, 0.6], 1: [0.5, 0.6, 0.6, 0.6, 0.6, 0.9]}
+    m = pd.DataFrame(
+        [{"fold": f, "epoch": e, "val_auc": a, "val_loss": 0.5} for f, v in aucs.items() for e, a in enumerate(v, 1)]
+    )
+    line = bench.replay_line(m, patiences=(2, 4))
+    # fold 0: best 2 whatever the patience, stops at 4 (patience 2) or 6; fold 1: best 6 unstopped, patience 2 stops
+    # at 4 with best 2, patience 4 runs to 6 and keeps 6
+    assert line.startswith("replay (every epoch chose 2, 6;")
+    assert line.endswith("2: 8 epochs, 1 moved; 4: 12 epochs, 0 moved")
