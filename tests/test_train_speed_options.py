@@ -227,3 +227,20 @@ def test_the_nan_fill_changes_no_weight(cfg, monkeypatch):
             torch.use_deterministic_algorithms(False)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_learning_curve_dot_is_the_epoch_training_kept(tmp_path):
+    # an AUC tie (a 22-patient selection set has few distinct AUCs): the loop keeps the later epoch with the lower
+    # loss; the figure once marked the first maximum of the AUC instead
+    rows = [
+        {"fold": 0, "epoch": e, "train_loss": 1.0, "val_loss": loss, "val_auc": auc}
+        for e, (auc, loss) in enumerate([(0.6, 0.7), (0.9, 0.6), (0.8, 0.5), (0.9, 0.4), (0.7, 0.3)], 1)
+    ]
+    fig = plot_learning_curves(pd.DataFrame(rows))
+    dots = [ln for ln in fig.axes[1].lines if ln.get_marker() == "o"]
+    assert [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in dots] == [(4.0, 0.9)]
+    # and on a real fold: the dot sits at FoldResult.best_epoch
+    res = _fit(replace(BASE, epochs=4), tmp_path / "fold")
+    fig = plot_learning_curves(pd.DataFrame([{"fold": 0, **r} for r in res.history]))
+    (dot,) = [ln for ln in fig.axes[1].lines if ln.get_marker() == "o"]
+    assert float(dot.get_xdata()[0]) == res.best_epoch

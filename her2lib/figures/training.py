@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from ..contract import SELECTION_SETS
 from ..io import save_figure
 from ..options import look_up_option
+from ..train.stopping import replay_early_stopping
 
 __all__ = ["plot_learning_curves"]
 
@@ -61,8 +62,11 @@ def plot_learning_curves(
         (line,) = axes[0].plot(ep, h["train_loss"], ls="--", lw=1)
         axes[0].plot(ep, h["val_loss"], color=line.get_color(), lw=1.2, label=f"fold {k}")
         axes[1].plot(ep, h["val_auc"], color=line.get_color(), lw=1.2, label=f"fold {k}")
-        best = h.loc[h["val_auc"].fillna(-1).idxmax()]
-        axes[1].plot(best["epoch"], best["val_auc"], "o", color=line.get_color(), ms=4)
+        # the epoch training kept: the best selection key (AUC, then the lower loss), as the loop ranks them
+        best = h.set_index("epoch").loc[
+            replay_early_stopping(h.sort_values("epoch").to_dict("records"), None).best_epoch
+        ]
+        axes[1].plot(best.name, best["val_auc"], "o", color=line.get_color(), ms=4)
     axes[0].set(xlabel="epoch", ylabel="loss", title=f"loss (dashed: training, solid: {where})")
     axes[1].set(xlabel="epoch", ylabel=auc_label, title=f"{where} {auc_label} (dot: chosen epoch)", ylim=(0, 1))
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
