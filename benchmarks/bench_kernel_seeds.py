@@ -20,7 +20,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --seeds 0 1 2 3 4 5 6 7
     .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --seeds 0 --epochs 2  # minutes
-    .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --lever patience --seeds 0 1 2 3
+    .venv/bin/python benchmarks/bench_kernel_seeds.py --base reports/default --modality mri --lever patience --patience 5 --seeds 0 1 2 3
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ def _settings(profile: Path, modality: str) -> dict:
     return yaml.safe_load(profile.read_text())["notebooks"][NOTEBOOK[modality]]
 
 
-def _configs(p: dict, spec, modality: str, *, lever: str, on: bool, epochs: int | None):
+def _configs(p: dict, spec, modality: str, *, lever: str, on: bool, epochs: int | None, patience: int | None = None):
+    """The model and training configuration of one arm. The profile's ``patience`` (0 or absent: every epoch) unless
+    the lever is early stopping: then every epoch (off) or ``patience`` (on; the profile's when not given)."""
+    kept = p.get("patience") or None
+    if lever == "patience":
+        kept = (patience or kept) if on else None
     if modality == "us":
         cfg = models.DLUSConfig(variant=p.get("variant", "convnextv2_atto"), image_size=spec.us_size)
         wd, mixup = p.get("weight_decay", 0.05), p.get("mixup", True)
@@ -71,13 +76,14 @@ def _configs(p: dict, spec, modality: str, *, lever: str, on: bool, epochs: int 
         weight_decay=wd,
         epochs=epochs or p["epochs"],
         mixup=mixup,
-        patience=p.get("patience") if (on or lever != "patience") else None,
+        patience=kept,
         cpu_kernels=on or lever != "cpu_kernels",
     )
     return cfg, tc
 
 
-def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, lever: str, on: bool, epochs=None) -> dict:
+def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, lever: str, on: bool, epochs=None,
+            patience=None) -> dict:  # fmt: skip
     """Train one cross-validation into ``work`` (made from ``base``'s cache, parameters and folds); its figures."""
     shutil.rmtree(work, ignore_errors=True)
     (work / "predictions").mkdir(parents=True)
@@ -88,7 +94,7 @@ def run_one(base: Path, work: Path, p: dict, modality: str, *, seed: int, lever:
     run = RunDirs.from_out_dir(work, cohort_dir)
     cohort = data.load_cohort(run.manifest, check_files="exists")
     spec = roi.PreprocessSpec.from_params(run.params / "02_preprocess.json")
-    cfg, tc = _configs(p, spec, modality, lever=lever, on=on, epochs=epochs)
+    cfg, tc = _configs(p, spec, modality, lever=lever, on=on, epochs=epochs, patience=patience)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         train_modality(run, cohort, modality, spec, cfg, tc, seed=seed, augment=transforms.AugmentSpec(),
@@ -165,14 +171,21 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--epochs", type=int, default=None, help="override the profile's epochs (a quick check)")
     ap.add_argument("--lever", choices=sorted(ARMS), default="cpu_kernels", help="what the two arms differ in")
+    ap.add_argument(
+        "--patience", type=int, default=None, help="--lever patience: the patience arm's (default: the profile's)"
+    )
     args = ap.parse_args(argv)
     p = _settings(args.profile, args.modality)
+    if args.lever == "patience" and not (args.patience or p.get("patience")):
+        ap.error(
+            f"--lever patience: {NOTEBOOK[args.modality]} trains every epoch in {args.profile.name}; give --patience N"
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="her2lib_seeds_") as tmp:
         for seed in args.seeds:
             for flag in (False, True) if seed % 2 else (True, False):
                 res = run_one(args.base, Path(tmp) / f"{flag}_{seed}", p, args.modality, seed=seed,
-                              lever=args.lever, on=flag, epochs=args.epochs)  # fmt: skip
+                              lever=args.lever, on=flag, epochs=args.epochs, patience=args.patience)  # fmt: skip
                 rows.append({"seed": seed, "on": flag, **res})
                 print(
                     f"seed {seed} {ARMS[args.lever][flag]:11s}: {res['wall']:6.1f} s, {res['epochs']} epochs, "

@@ -87,3 +87,21 @@ def test_replay_line_counts_epochs_and_moved_folds(bench):
     # at 4 with best 2, patience 4 runs to 6 and keeps 6
     assert line.startswith("replay (every epoch chose 2, 6;")
     assert line.endswith("2: 8 epochs, 1 moved; 4: 12 epochs, 0 moved")
+
+
+def test_a_profile_that_trains_every_epoch(bench):
+    every = {**PROFILE_MRI, "patience": 0}  # the default profile's DL-MRI since issue 11's seed study
+    for on in (False, True):
+        _cfg, tc = bench._configs(every, SIZES, "mri", lever="cpu_kernels", on=on, epochs=None)
+        assert tc.patience is None and tc.cpu_kernels is on
+    _cfg, tc = bench._configs(every, SIZES, "mri", lever="patience", on=True, epochs=None, patience=5)
+    assert tc.patience == 5
+    _cfg, tc = bench._configs(PROFILE_MRI, SIZES, "mri", lever="patience", on=True, epochs=None, patience=10)
+    assert tc.patience == 10  # --patience overrides the profile's
+
+
+def test_patience_lever_without_a_patience_is_refused_before_training(bench, capsys):
+    # the repository's default profile trains DL-MRI every epoch: the patience arm needs --patience
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--base", "reports/none", "--modality", "mri", "--lever", "patience", "--seeds", "0"])
+    assert err.value.code == 2 and "give --patience N" in capsys.readouterr().err
