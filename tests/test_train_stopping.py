@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from her2lib.errors import ParameterError
-from her2lib.train.stopping import Replay, replay_early_stopping, selection_key, stops_early
+from her2lib.train.stopping import Replay, improves, replay_early_stopping, selection_key, stops_early
 
 
 def _rows(aucs, losses=None):
@@ -23,6 +23,11 @@ def test_selection_key_ranks_auc_then_lower_loss_and_undefined_auc_last():
     assert selection_key(0.7, 0.9) > selection_key(0.6, 0.1)
     assert selection_key(0.7, 0.4) > selection_key(0.7, 0.5)
     assert selection_key(math.nan, 0.1) < selection_key(0.0, 9.9)
+
+
+def test_improves_is_strict_so_a_tie_keeps_the_earlier_epoch():
+    assert improves((0.5, -1.0), None)
+    assert improves((0.7, -0.5), (0.7, -0.6)) and not improves((0.7, -0.5), (0.7, -0.5))
 
 
 def test_stops_early_counts_epochs_since_the_best():

@@ -52,7 +52,7 @@ from .runtime import (
     predict_proba,
     resolve_device,
 )
-from .stopping import selection_key, stops_early
+from .stopping import improves, selection_key, stops_early
 
 __all__ = ["FoldResult", "fit_fold", "train_one_epoch", "place_inputs", "EpochHook"]
 
@@ -338,7 +338,7 @@ def _selection_row(
 
 def _keep_if_best(run: _FoldRun, tr: _Trainer, prog: _Progress, epoch: int, row: dict, met: dict) -> None:
     key = selection_key(met["auc"], row["val_loss"])
-    if prog.best_key is None or key > prog.best_key:
+    if improves(key, prog.best_key):
         prog.best_key, prog.best_epoch, prog.best_metrics = key, epoch + 1, row
         prog.best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tr.model.state_dict().items()}
 

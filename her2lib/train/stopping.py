@@ -15,12 +15,18 @@ from dataclasses import dataclass
 
 from ..errors import ParameterError
 
-__all__ = ["selection_key", "stops_early", "replay_early_stopping", "Replay"]
+__all__ = ["selection_key", "improves", "stops_early", "replay_early_stopping", "Replay"]
 
 
 def selection_key(auc: float, val_loss: float) -> tuple[float, float]:
     """The key an epoch is ranked by: selection-set AUC (an undefined AUC counts as -1), then the lower loss."""
     return (auc if math.isfinite(auc) else -1.0, -val_loss)
+
+
+def improves(key: tuple[float, float], best_key: tuple[float, float] | None) -> bool:
+    """True when an epoch's ``key`` beats the best so far (strictly: on a tie the earlier epoch stays); the first
+    epoch (``best_key=None``) always does."""
+    return best_key is None or key > best_key
 
 
 def stops_early(epoch: int, best_epoch: int, patience: int | None) -> bool:
@@ -58,7 +64,7 @@ def replay_early_stopping(history: Iterable[Mapping], patience: int | None) -> R
             raise ParameterError(f"replay_early_stopping: epoch {epoch} where {expected} was expected; give one "
                                  "fold's rows in epoch order (metrics.csv has a 'fold' column to split by).")  # fmt: skip
         key = selection_key(float(row["val_auc"]), float(row["val_loss"]))
-        if best_key is None or key > best_key:
+        if improves(key, best_key):
             best_key, best_epoch = key, epoch
         if stops_early(epoch, best_epoch, patience):
             break
